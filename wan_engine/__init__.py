@@ -1,0 +1,1 @@
+"""The resident Wan engine: networks, samplers, LoRA, model registry, pipeline."""

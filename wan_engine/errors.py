@@ -1,0 +1,35 @@
+"""Exception types the engine raises; the worker maps each to what happens to the task row."""
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class of everything the engine raises on purpose."""
+
+
+class InvalidRequest(EngineError, ValueError):
+    """The request can never succeed as given (permanent). `field` names the offending input."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.rule = message
+
+
+class UnknownModel(InvalidRequest):
+    """A model key or preset that no definition provides."""
+
+
+class WeightsMissing(EngineError):
+    """Weight files a model definition needs are not in models_dir (permanent until an operator acts)."""
+
+
+class LoadError(EngineError):
+    """A checkpoint whose keys or shapes do not fit the network (missing, unexpected, wrong shape)."""
+
+
+class GenerationCancelled(EngineError):
+    """should_cancel() said yes; raised at the next denoising-step boundary."""
+
+
+class OutOfMemory(EngineError):
+    """The device ran out of memory even after the engine freed caches and retried once."""

@@ -1,0 +1,23 @@
+"""Error types handlers raise; the poller decides what each means for the row."""
+from __future__ import annotations
+
+
+class TaskError(Exception):
+    """Base class for errors a handler raises on purpose."""
+
+
+class ValidationError(TaskError, ValueError):
+    """Bad params: permanent, the task fails at once without retry. Names the field and the rule."""
+
+    def __init__(self, field: str, rule: str):
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
+
+
+class TransientError(TaskError):
+    """Worth retrying later (with backoff) while attempts remain."""
+
+
+class TaskCancelled(TaskError):
+    """The row was cancelled while the handler ran."""
