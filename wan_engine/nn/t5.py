@@ -5,13 +5,14 @@ pre-norm blocks, each with its own relative position bias table (bidirectional b
 norm (no mean subtraction, no bias), attention without 1/sqrt(d) scaling, and a gated GELU(tanh)
 feed-forward; a final RMS norm.
 
-Precision policy (the one place it is decided): the residual stream, the norms and the attention
-softmax (with the position bias and padding mask added) are computed in float32; the matmuls run
-in the weights' dtype. umT5 activations grow large in the residual stream: in float16 they
-overflow (the reference clamps them at +-65504, losing information), and in bfloat16 repeated
-rounding of the running sum costs accuracy. A float32 residual is [B, L, 4096] floats, negligible
-next to the 11 GB of XXL weights. Run the weights in bfloat16 (or float32); in float16 the
-feed-forward output itself can still overflow, as in every T5 v1.1 model.
+Precision policy (the one place it is decided): the residual stream, the norms, the attention
+logits (with the position bias and padding mask added) and the softmax are float32; the
+projections and the feed-forward run in the weights' dtype. umT5 activations grow large in the
+residual stream: in float16 they overflow (the reference clamps them at +-65504, losing
+information), and in bfloat16 repeated rounding of the running sum and of the unscaled logits costs
+accuracy. The float32 residual is [B, L, 4096] and the logits [B, H, L, L], small next to the 11 GB
+of XXL weights. Run the weights in bfloat16 (or float32); in float16 the feed-forward output itself
+can still overflow, as in every T5 v1.1 model.
 """
 from __future__ import annotations
 
@@ -97,7 +98,9 @@ class T5Attention(nn.Module):
         """x: [B, L, C]; bias: float32 [B, H, L, L] (position bias + padding mask) -> [B, L, C]."""
         b, length, _ = x.shape
         q, k, v = (proj(x).view(b, length, self.num_heads, -1).transpose(1, 2) for proj in (self.q, self.k, self.v))
-        logits = torch.matmul(q, k.transpose(-1, -2)).float() + bias  # T5 folds 1/sqrt(d) into its init
+        # float32 logits: T5 logits are unscaled (1/sqrt(d) is folded into the init), so they are
+        # large and bfloat16 rounding of them would shift the softmax by percents. L x L is small.
+        logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) + bias
         weights = logits.softmax(dim=-1).to(v.dtype)
         out = torch.matmul(weights, v).transpose(1, 2).reshape(b, length, -1)
         return self.o(out)
@@ -137,6 +140,9 @@ class T5Block(nn.Module):
 class UMT5Encoder(nn.Module):
     """umT5 encoder: token ids -> contextual embeddings that condition the Wan DiT."""
 
+    # wan_engine.weights keeps these float32 whatever the load dtype: tiny tables added to the logits.
+    keep_in_fp32 = ("pos_embedding",)
+
     def __init__(
         self,
         vocab: int,
@@ -172,7 +178,7 @@ class UMT5Encoder(nn.Module):
 
 # transformers `UMT5EncoderModel` / `UMT5Model` parameter names -> official Wan names (regex, replacement).
 TRANSFORMERS_TO_OFFICIAL: tuple[tuple[str, str], ...] = (
-    (r"^(?:shared|encoder\.embed_tokens)\.weight$", "token_embedding.weight"),
+    (r"^shared\.weight$", "token_embedding.weight"),
     (r"^encoder\.block\.(\d+)\.layer\.0\.layer_norm\.", r"blocks.\1.norm1."),
     (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.([qkvo])\.", r"blocks.\1.attn.\2."),
     (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.", r"blocks.\1.pos_embedding.embedding."),
@@ -182,11 +188,14 @@ TRANSFORMERS_TO_OFFICIAL: tuple[tuple[str, str], ...] = (
     (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wo\.", r"blocks.\1.ffn.fc2."),
     (r"^encoder\.final_layer_norm\.", "norm."),
 )
-_TRANSFORMERS_DROPPED = re.compile(r"^(?:decoder|lm_head)\.")  # a full UMT5 checkpoint's decoder side
+# Dropped: the decoder side of a full UMT5 checkpoint, and `encoder.embed_tokens`, which transformers
+# ties to `shared` (files written by save_pretrained carry only `shared.weight`).
+_TRANSFORMERS_DROPPED = re.compile(r"^(?:decoder\.|lm_head\.|encoder\.embed_tokens\.)")
 
 
 def transformers_to_official(key: str) -> str | None:
-    """Official name of a transformers umT5 parameter; None for decoder-side keys; unknown keys unchanged."""
+    """Official name of a transformers umT5 parameter; None for dropped keys; unknown keys unchanged
+    (so the loader reports them as unexpected)."""
     if _TRANSFORMERS_DROPPED.match(key):
         return None
     for pattern, replacement in TRANSFORMERS_TO_OFFICIAL:
