@@ -1,0 +1,306 @@
+"""Video and image I/O: frames in and out of ffmpeg, images fitted to a resolution.
+
+Every frame array in the worker is uint8 RGB, `[H, W, 3]` for one frame and `[F, H, W, 3]` for a
+clip. ffmpeg is imageio-ffmpeg's bundled binary (so a bare `pip install` is enough); commands are
+built with ffmpeg-python and run with `subprocess`, so the worker owns the process: stderr goes to a
+temporary file (an unread pipe would stall ffmpeg once it fills), and a failed or abandoned run is
+killed and leaves no half-written output behind.
+
+ffprobe is not bundled. `probe` reads the stream header that `ffmpeg -i` prints (size, fps) and
+counts frames by stream-copying the video to the null muxer (`-c copy -f null -`): that walks the
+packets without decoding them, one packet per frame for the H.264 mp4 files the worker writes, and
+ffmpeg's final `frame=` line is the count.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import ffmpeg
+import imageio_ffmpeg
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from worker.errors import ValidationError
+
+# H.264 settings of every mp4 the worker writes: CRF 18 is visually lossless for generated content;
+# yuv420p and +faststart make the file play in browsers and start before it is fully downloaded.
+VIDEO_CODEC = "libx264"
+PIXEL_FORMAT = "yuv420p"
+CRF = 18
+# Encode with BT.709 and say so in the stream, so players do not guess the matrix.
+COLOR_SPACE = "bt709"
+
+_STDERR_TAIL_CHARS = 2000
+
+
+class FFmpegError(RuntimeError):
+    """ffmpeg failed on a file the worker made or was asked to read; carries ffmpeg's own words."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What `probe` reads from a video file."""
+
+    frames: int
+    width: int
+    height: int
+    fps: float
+
+
+def ffmpeg_exe() -> str:
+    """Path of the bundled ffmpeg binary."""
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def run_ffmpeg(args: list[str], check: bool = False) -> str:
+    """Run ffmpeg to completion and return its stderr (where it reports stream info and progress).
+
+    `ffmpeg -i FILE` alone exits non-zero by design (no output given), hence `check` is opt-in.
+    """
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise FFmpegError(f"ffmpeg {' '.join(args)} failed: {proc.stderr[-_STDERR_TAIL_CHARS:].strip()}")
+    return proc.stderr
+
+
+def _stderr_tail(stderr_file: IO[bytes]) -> str:
+    stderr_file.seek(0)
+    return stderr_file.read().decode(errors="replace")[-_STDERR_TAIL_CHARS:].strip()
+
+
+_VIDEO_STREAM = re.compile(r"Stream #\d+:\d+.*?: Video: (.*)")
+_SIZE = re.compile(r"[ ,](\d+)x(\d+)(?=[\s,\[]|$)")
+_FPS = re.compile(r"(\d+(?:\.\d+)?) fps")
+_TBR = re.compile(r"(\d+(?:\.\d+)?)(k?) tbr")
+_FRAME_COUNT = re.compile(r"frame=\s*(\d+)")
+
+
+def _parse_video_header(path: Path, stderr: str) -> tuple[int, int, float]:
+    """(width, height, fps) of the first video stream, from the header `ffmpeg -i` prints."""
+    match = _VIDEO_STREAM.search(stderr)
+    if match is None:
+        raise FFmpegError(f"{path}: no video stream found; ffmpeg said: {stderr[-_STDERR_TAIL_CHARS:].strip()}")
+    stream = match.group(1)
+    size = _SIZE.search(stream)
+    if size is None:
+        raise FFmpegError(f"{path}: cannot read the frame size from {stream!r}")
+    fps = _FPS.search(stream)
+    if fps is not None:
+        rate = float(fps.group(1))
+    else:
+        tbr = _TBR.search(stream)
+        if tbr is None:
+            raise FFmpegError(f"{path}: cannot read the frame rate from {stream!r}")
+        rate = float(tbr.group(1)) * (1000 if tbr.group(2) else 1)
+    return int(size.group(1)), int(size.group(2)), rate
+
+
+def _existing(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return path
+
+
+def probe(path: str | os.PathLike[str]) -> VideoInfo:
+    """Frame count, size and fps of a video, in one ffmpeg run (header + packet count, no decoding)."""
+    path = _existing(path)
+    stderr = run_ffmpeg(["-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"], check=True)
+    width, height, fps = _parse_video_header(path, stderr)
+    counts = _FRAME_COUNT.findall(stderr)
+    if not counts:
+        raise FFmpegError(f"{path}: ffmpeg did not report a frame count: {stderr[-_STDERR_TAIL_CHARS:].strip()}")
+    return VideoInfo(frames=int(counts[-1]), width=width, height=height, fps=fps)
+
+
+def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
+    """Decode a video one frame at a time, each uint8 [H, W, 3]; memory holds one frame.
+
+    Frames come out exactly as stored (`-fps_mode passthrough`: none duplicated or dropped to fit a
+    rate). Closing the generator early kills ffmpeg.
+    """
+    path = _existing(path)
+    width, height, _ = _parse_video_header(path, run_ffmpeg(["-i", str(path)]))
+    args = (
+        ffmpeg.input(str(path))
+        .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", map="0:v:0")
+        .global_args("-hide_banner", "-nostdin", "-loglevel", "error")
+        .compile(cmd=ffmpeg_exe())
+    )
+    frame_bytes = width * height * 3
+    with tempfile.TemporaryFile() as stderr_file:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr_file, bufsize=frame_bytes)
+        assert proc.stdout is not None
+        try:
+            while True:
+                buffer = proc.stdout.read(frame_bytes)
+                if not buffer:
+                    break
+                if len(buffer) != frame_bytes:
+                    raise FFmpegError(f"{path}: truncated frame ({len(buffer)} of {frame_bytes} bytes)")
+                yield np.frombuffer(buffer, np.uint8).reshape(height, width, 3)
+            if proc.wait() != 0:
+                raise FFmpegError(f"{path}: decoding failed: {_stderr_tail(stderr_file)}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+
+
+def read_video(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode a whole video into memory: uint8 [F, H, W, 3]. For short clips; stream long ones."""
+    frames = list(iter_frames(path))
+    if not frames:
+        raise FFmpegError(f"{path}: the video has no frames")
+    return np.stack(frames)
+
+
+def read_last_frames(path: str | os.PathLike[str], count: int) -> np.ndarray:
+    """The last `count` frames of a video (fewer if it is shorter): uint8 [<=count, H, W, 3].
+
+    Streams the whole file but holds only `count` frames: how a segment picks up its predecessor's tail.
+    """
+    if count <= 0:
+        raise ValueError(f"count must be positive, got {count}")
+    tail = deque(iter_frames(path), maxlen=count)
+    if not tail:
+        raise FFmpegError(f"{path}: the video has no frames")
+    return np.stack(tail)
+
+
+class VideoWriter:
+    """Stream RGB frames into an H.264 mp4 (libx264, yuv420p, CRF 18, +faststart).
+
+    Use as a context manager. Frames go to `<name>.partial.mp4` and the file is renamed to `path`
+    only when the block ends without an exception, so `path` never holds a half-written video.
+    Width and height must be even (yuv420p subsamples chroma by 2 in both directions).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fps: float, width: int, height: int):
+        if width <= 0 or height <= 0 or width % 2 or height % 2:
+            raise ValueError(f"video size must be positive and even for {PIXEL_FORMAT}, got {width}x{height}")
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.path = Path(path)
+        self.fps = fps
+        self.width = width
+        self.height = height
+        self.frames_written = 0
+        self._partial = self.path.with_name(self.path.stem + ".partial" + self.path.suffix)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+
+    def __enter__(self) -> VideoWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        args = (
+            ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{self.width}x{self.height}", framerate=self.fps)
+            .output(
+                str(self._partial),
+                vcodec=VIDEO_CODEC,
+                pix_fmt=PIXEL_FORMAT,
+                crf=CRF,
+                movflags="+faststart",
+                vf=f"scale=out_color_matrix={COLOR_SPACE}",
+                colorspace=COLOR_SPACE,
+                color_primaries=COLOR_SPACE,
+                color_trc=COLOR_SPACE,
+                format="mp4",
+            )
+            .overwrite_output()
+            .global_args("-hide_banner", "-nostdin", "-loglevel", "error")
+            .compile(cmd=ffmpeg_exe())
+        )
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=self._stderr)
+        return self
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append one frame uint8 [H, W, 3] or several [N, H, W, 3]."""
+        if self._proc is None or self._proc.stdin is None:
+            raise RuntimeError("VideoWriter.write outside its `with` block")
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.dtype != np.uint8 or frames.shape[1:] != (self.height, self.width, 3):
+            raise ValueError(
+                f"expected uint8 frames [N, {self.height}, {self.width}, 3], got {frames.dtype} {list(frames.shape)}"
+            )
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frames).tobytes())
+        except BrokenPipeError:
+            self._proc.wait()
+            raise FFmpegError(f"{self.path}: ffmpeg stopped while encoding: {self._tail()}") from None
+        self.frames_written += len(frames)
+
+    def _tail(self) -> str:
+        assert self._stderr is not None
+        return _stderr_tail(self._stderr)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        assert self._proc is not None and self._proc.stdin is not None and self._stderr is not None
+        try:
+            if exc_type is not None:
+                self._proc.kill()
+                self._proc.wait()
+                self._partial.unlink(missing_ok=True)
+                return
+            try:
+                self._proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            if self._proc.wait() != 0 or self.frames_written == 0:
+                self._partial.unlink(missing_ok=True)
+                reason = self._tail() if self.frames_written else "no frames were written"
+                raise FFmpegError(f"{self.path}: encoding failed: {reason}")
+            os.replace(self._partial, self.path)
+        finally:
+            self._stderr.close()
+
+
+def _open_image(path: str | os.PathLike[str], field: str) -> Image.Image:
+    """Open an image lazily (header only); a missing or non-image file is the caller's bad param."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValidationError(field, f"image file not found: {path}")
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValidationError(field, f"not a readable image: {path} ({error})") from None
+
+
+def check_image(path: str | os.PathLike[str], field: str) -> tuple[int, int]:
+    """Check that `path` is an image by reading its header; return its (width, height)."""
+    with _open_image(path, field) as image:
+        return image.size
+
+
+def load_image(path: str | os.PathLike[str], width: int, height: int, field: str = "image") -> np.ndarray:
+    """Load an image fitted to width x height: scaled to cover it (aspect kept), centre-cropped.
+
+    The one fitting rule for keyframes everywhere, so guides and references line up. EXIF rotation
+    is applied; alpha is dropped. Returns uint8 [height, width, 3].
+    """
+    with _open_image(path, field) as image:
+        try:
+            image = ImageOps.exif_transpose(image).convert("RGB")
+        except OSError as error:
+            raise ValidationError(field, f"not a readable image: {path} ({error})") from None
+    fitted = ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+    return np.asarray(fitted, dtype=np.uint8)
+
+
+def save_png(frame: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write one uint8 [H, W, 3] frame as PNG (thumbnails, contact sheets, debug frames)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(path, format="PNG")
+    return path
