@@ -99,6 +99,14 @@ def load_model(
     return model.requires_grad_(False).eval()
 
 
+def apply_dtype_policy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast an already-built network in place the way load_model casts a loaded one."""
+    keep_fp32 = tuple(getattr(model, "keep_in_fp32", ()))
+    for name, param in model.named_parameters():
+        param.data = param.data.to(_target_dtype(name, param, dtype, keep_fp32, is_buffer=False))
+    return model
+
+
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
     """Write tensors to a safetensors file (contiguous CPU copies; shared storage is not an issue)."""
     path = Path(path)
