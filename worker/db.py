@@ -1,0 +1,151 @@
+"""Database access: one SQLAlchemy Core engine per process, the named queries of worker/sql/, and the
+per-dialect encoding of ids, JSON and timestamps.
+
+Postgres is the production store (psycopg v3); SQLite (a file, WAL mode) is the embedded default for
+a single box. Both run the same named queries, written once per dialect in worker/sql/<dialect>.sql.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+
+SQL_DIR = Path(__file__).parent / "sql"
+NOTIFY_CHANNEL = "wan_worker_tasks"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_QUERY_HEADER = re.compile(r"^-- name: (\w+) --$", re.MULTILINE)
+
+
+def load_queries(path: Path) -> dict[str, str]:
+    """Parse a file of `-- name: x --` blocks into {name: sql}; text before the first header is the
+    file's preamble. The description comment under each header stays part of the SQL (harmless)."""
+    source = path.read_text()
+    parts = _QUERY_HEADER.split(source)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2]):
+        if name in queries:
+            raise ValueError(f"{path}: query {name!r} is defined twice")
+        queries[name] = body.strip().rstrip(";")
+    return queries
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://` and `postgres://` mean psycopg v3; anything else is passed to SQLAlchemy as is."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+@dataclass
+class Database:
+    """An engine plus what differs between dialects: the named queries and value encodings."""
+
+    engine: sa.Engine
+    dialect: str  # "postgresql" or "sqlite"
+    queries: dict[str, sa.TextClause] = field(repr=False)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    def query(self, name: str) -> sa.TextClause:
+        return self.queries[name]
+
+    def listen_conninfo(self) -> str:
+        """A libpq connection string for the dedicated LISTEN connection (psycopg, outside the pool)."""
+        return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    # Encodings: Postgres takes JSON text cast to jsonb and arrays as lists; SQLite stores JSON text.
+
+    def encode_json(self, value: Any) -> str | None:
+        return None if value is None else json.dumps(value)
+
+    def encode_ids(self, ids: Sequence[str]) -> list[str] | str:
+        return list(ids) if self.is_postgres else json.dumps(list(ids))
+
+    def encode_names(self, names: Sequence[str] | None) -> list[str] | str | None:
+        if names is None:
+            return None
+        return list(names) if self.is_postgres else json.dumps(list(names))
+
+    def decode_json(self, value: Any) -> Any:
+        if value is None or self.is_postgres:  # psycopg already decoded jsonb
+            return value
+        return json.loads(value)
+
+    def decode_ids(self, value: Any) -> list[str]:
+        items = value if self.is_postgres else json.loads(value)
+        return [str(item) for item in items]
+
+    def decode_id(self, value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    def decode_time(self, value: Any) -> datetime | None:
+        if value is None or isinstance(value, datetime):
+            return value
+        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def connect(url: str, *, pool_size: int = 4) -> Database:
+    """Open (lazily) the database at `url`: sqlite:///path or postgresql://user@host:port/db."""
+    sa_url = sa.make_url(normalise_url(url))
+    dialect = sa_url.get_backend_name()
+    if dialect == "postgresql":
+        engine = sa.create_engine(sa_url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+    elif dialect == "sqlite":
+        if sa_url.database in (None, "", ":memory:"):
+            raise ValueError("SQLite needs a file (sqlite:///path/to/wan-worker.db): workers share it")
+        engine = sa.create_engine(sa_url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _configure_sqlite(engine)
+    else:
+        raise ValueError(f"unsupported database {dialect!r}: use postgresql://... or sqlite:///path")
+    sql_file = SQL_DIR / f"{'postgres' if dialect == 'postgresql' else 'sqlite'}.sql"
+    queries = {name: sa.text(sql) for name, sql in load_queries(sql_file).items()}
+    return Database(engine=engine, dialect=dialect, queries=queries)
+
+
+def _configure_sqlite(engine: sa.Engine) -> None:
+    """WAL (readers never block the writer), a busy timeout, foreign keys, and BEGIN IMMEDIATE for every
+    transaction so the write lock is taken up front (no lock upgrade that could fail mid-transaction)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_transient(error: BaseException) -> bool:
+    """Errors worth retrying: the server went away, the connection broke, a lock timed out, a deadlock."""
+    if isinstance(error, (exc.OperationalError, exc.InterfaceError)):
+        return True
+    return isinstance(error, exc.DBAPIError) and error.connection_invalidated
+
+
+def parse_uuid(value: str) -> str | None:
+    """The canonical text of a task id, or None when `value` is not a UUID (so lookups by a typo find
+    nothing instead of raising a type error in Postgres)."""
+    try:
+        return str(UUID(str(value)))
+    except ValueError:
+        return None

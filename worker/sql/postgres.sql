@@ -1,0 +1,238 @@
+-- Every query the worker runs against Postgres, by name. worker/db.py loads this file; each query
+-- starts at a `-- name: <query> --` header followed by a one-line description.
+-- The database clock (now()) is the only clock. Writes after a claim are fenced on
+-- `worker_id = :worker_id AND status = 'In Progress'`, so a worker that lost its lease changes nothing.
+
+-- name: lock_schema_migrations --
+-- Serialises concurrent `migrate` runs (a fleet starting at once) until the transaction ends.
+SELECT pg_advisory_xact_lock(hashtext('wan_worker.schema_migrations'));
+
+-- name: create_schema_migrations --
+-- The ledger of applied migrations; the runner creates it before reading it.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: applied_migrations --
+-- Versions already applied.
+SELECT version FROM schema_migrations ORDER BY version;
+
+-- name: record_migration --
+-- Marks one migration as applied, in the transaction that applied it.
+INSERT INTO schema_migrations (version, name) VALUES (:version, :name);
+
+-- name: insert_task --
+-- One new Queued row; the caller makes the id so that rows inserted together can depend on each other.
+INSERT INTO tasks (id, task_type, params, priority, dependant_on, parent_task_id, project_id, max_attempts)
+VALUES (CAST(:id AS uuid), :task_type, CAST(:params AS jsonb), :priority, CAST(:dependant_on AS uuid[]),
+        CAST(:parent_task_id AS uuid), :project_id, :max_attempts);
+
+-- name: get_task --
+-- One row by id.
+SELECT * FROM tasks WHERE id = CAST(:id AS uuid);
+
+-- name: children --
+-- The rows an orchestrator created, in creation order.
+SELECT * FROM tasks
+WHERE parent_task_id = CAST(:parent_id AS uuid)
+ORDER BY created_at, params ->> 'child_key';
+
+-- name: recent_tasks --
+-- The newest rows, for `wan-worker status`.
+SELECT * FROM tasks ORDER BY created_at DESC, id LIMIT :limit;
+
+-- name: count_by_status --
+-- How many rows are in each status.
+SELECT status, count(*) AS n FROM tasks GROUP BY status;
+
+-- name: claim --
+-- Takes the best ready row for this worker in one statement and marks it In Progress.
+-- Ready: Queued, run_after reached, a task_type this worker accepts (NULL = any), every dependency
+-- Complete (a dependency id with no row keeps it waiting). Best: priority, then rows that waited longer
+-- than the affinity bound (oldest first, so no model starves), then rows for the model already
+-- loaded, then the oldest.
+WITH candidate AS (
+    SELECT t.id
+    FROM tasks t
+    WHERE t.status = 'Queued'
+      AND t.run_after <= now()
+      AND (CAST(:task_types AS text[]) IS NULL OR t.task_type = ANY (CAST(:task_types AS text[])))
+      AND NOT EXISTS (
+          SELECT 1
+          FROM unnest(t.dependant_on) AS dependency (id)
+          LEFT JOIN tasks d ON d.id = dependency.id
+          WHERE d.status IS DISTINCT FROM 'Complete')
+    ORDER BY t.priority DESC,
+             CASE WHEN t.created_at <= now() - make_interval(secs => :affinity_max_wait_seconds) THEN 0
+                  WHEN t.params ->> 'model' = :loaded_model THEN 1
+                  ELSE 2 END,
+             t.created_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t
+SET status = 'In Progress',
+    worker_id = :worker_id,
+    heartbeat_at = now(),
+    attempts = t.attempts + 1,
+    generation_started_at = now()
+FROM candidate
+WHERE t.id = candidate.id
+RETURNING t.*;
+
+-- name: heartbeat --
+-- Extends the lease of a row this worker still holds.
+UPDATE tasks SET heartbeat_at = now()
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress'
+RETURNING id;
+
+-- name: task_status --
+-- Status alone, to tell a cancelled row from a lost lease.
+SELECT status FROM tasks WHERE id = CAST(:id AS uuid);
+
+-- name: set_progress --
+-- Progress of a running row (fenced).
+UPDATE tasks SET progress = CAST(:progress AS jsonb)
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+
+-- name: complete --
+-- Success (fenced): the artifact path and result data.
+UPDATE tasks
+SET status = 'Complete', output_location = :output_location, result_data = CAST(:result_data AS jsonb),
+    error_message = NULL, generation_processed_at = now()
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+
+-- name: fail --
+-- Permanent failure (fenced), with an operator-readable message.
+UPDATE tasks
+SET status = 'Failed', error_message = :message, generation_processed_at = now()
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+
+-- name: retry_later --
+-- Transient failure (fenced): back to Queued, claimable again after the backoff delay.
+UPDATE tasks
+SET status = 'Queued', worker_id = NULL, heartbeat_at = NULL, error_message = :message,
+    run_after = now() + make_interval(secs => :delay_seconds)
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+
+-- name: release --
+-- Shutdown (fenced): back to Queued at once, and the claim does not count as an attempt.
+UPDATE tasks
+SET status = 'Queued', worker_id = NULL, heartbeat_at = NULL, attempts = attempts - 1
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+
+-- name: lock_held_task --
+-- The row this worker holds, locked for a multi-statement change (fenced).
+SELECT * FROM tasks
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress'
+FOR UPDATE;
+
+-- name: child_keys --
+-- An orchestrator's existing children and their child_key.
+SELECT id, params ->> 'child_key' AS child_key FROM tasks
+WHERE parent_task_id = CAST(:parent_id AS uuid)
+ORDER BY created_at, params ->> 'child_key';
+
+-- name: park --
+-- An orchestrator waits for its children: In Progress without a worker or a lease, so no lease
+-- rescue touches it; a child's failure or the last child (travel_stitch) ends it.
+UPDATE tasks SET worker_id = NULL, heartbeat_at = NULL, progress = CAST(:progress AS jsonb)
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+
+-- name: complete_parked --
+-- Success of a parked orchestrator, written by the child that finishes the job.
+UPDATE tasks
+SET status = 'Complete', output_location = :output_location, result_data = CAST(:result_data AS jsonb),
+    error_message = NULL, generation_processed_at = now()
+WHERE id = CAST(:id AS uuid) AND status = 'In Progress' AND worker_id IS NULL AND heartbeat_at IS NULL;
+
+-- name: cancel --
+-- A backend's or operator's cancellation of a row that has not ended; the cascade reaches its
+-- children and dependants.
+UPDATE tasks SET status = 'Cancelled', generation_processed_at = now()
+WHERE id = CAST(:id AS uuid) AND status IN ('Queued', 'In Progress')
+RETURNING id;
+
+-- name: requeue_expired --
+-- Lease rescue: running rows whose heartbeat is older than the lease go back to Queued, or to Failed
+-- when their attempts are used up. Parked orchestrators (no worker, no heartbeat) are never touched.
+WITH expired AS (
+    SELECT id FROM tasks
+    WHERE status = 'In Progress' AND worker_id IS NOT NULL
+      AND heartbeat_at < now() - make_interval(secs => :lease_seconds)
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t
+SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'Failed' ELSE 'Queued' END,
+    error_message = CASE
+        WHEN t.attempts >= t.max_attempts
+        THEN format('lease expired on attempt %s of %s; last worker %s', t.attempts, t.max_attempts, t.worker_id)
+        ELSE format('lease expired on attempt %s of %s (worker %s); requeued', t.attempts, t.max_attempts, t.worker_id)
+    END,
+    generation_processed_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+    worker_id = NULL,
+    heartbeat_at = NULL
+FROM expired
+WHERE t.id = expired.id
+RETURNING t.id, t.status;
+
+-- name: end_dependants_of_ended --
+-- A Queued row with a Failed or Cancelled dependency ends with the same status, naming it
+-- (the oldest such dependency when there are several).
+WITH doomed AS (
+    SELECT DISTINCT ON (t.id) t.id, d.id AS dependency_id, d.task_type AS dependency_type,
+           d.status AS dependency_status, d.error_message AS dependency_error
+    FROM tasks t
+    JOIN tasks d ON d.id = ANY (t.dependant_on)
+    WHERE t.status = 'Queued' AND d.status IN ('Failed', 'Cancelled')
+    ORDER BY t.id, d.created_at, d.id
+)
+UPDATE tasks t
+SET status = doomed.dependency_status,
+    error_message = CASE doomed.dependency_status
+        WHEN 'Failed' THEN format('dependency %s (%s) failed: %s', doomed.dependency_id,
+                                  doomed.dependency_type, coalesce(doomed.dependency_error, 'no message'))
+        ELSE format('dependency %s (%s) was cancelled', doomed.dependency_id, doomed.dependency_type)
+    END,
+    generation_processed_at = now()
+FROM doomed
+WHERE t.id = doomed.id AND t.status = 'Queued'
+RETURNING t.id;
+
+-- name: end_parked_parents_of_ended --
+-- A parked orchestrator whose child Failed or was Cancelled ends with the same status, naming it.
+WITH doomed AS (
+    SELECT DISTINCT ON (p.id) p.id, c.id AS child_id, c.task_type AS child_type,
+           c.status AS child_status, c.error_message AS child_error
+    FROM tasks p
+    JOIN tasks c ON c.parent_task_id = p.id
+    WHERE p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL
+      AND c.status IN ('Failed', 'Cancelled')
+    ORDER BY p.id, c.updated_at, c.id
+)
+UPDATE tasks p
+SET status = doomed.child_status,
+    error_message = CASE doomed.child_status
+        WHEN 'Failed' THEN format('child %s (%s) failed: %s', doomed.child_id, doomed.child_type,
+                                  coalesce(doomed.child_error, 'no message'))
+        ELSE format('child %s (%s) was cancelled', doomed.child_id, doomed.child_type)
+    END,
+    generation_processed_at = now()
+FROM doomed
+WHERE p.id = doomed.id AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL
+RETURNING p.id;
+
+-- name: cancel_children_of_ended --
+-- Children still Queued or In Progress under a Failed or Cancelled parent are Cancelled (a running one
+-- notices at its next heartbeat).
+UPDATE tasks c
+SET status = 'Cancelled',
+    error_message = format('parent %s (%s) %s', p.id, p.task_type,
+                           CASE p.status WHEN 'Failed' THEN 'failed' ELSE 'was cancelled' END),
+    generation_processed_at = now()
+FROM tasks p
+WHERE c.parent_task_id = p.id AND p.status IN ('Failed', 'Cancelled')
+  AND c.status IN ('Queued', 'In Progress')
+RETURNING c.id;

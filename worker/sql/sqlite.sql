@@ -1,0 +1,232 @@
+-- Every query the worker runs against SQLite, by name (same names and meaning as postgres.sql).
+-- worker/db.py loads this file; each query starts at a `-- name: <query> --` header followed by a
+-- one-line description. Every transaction starts with BEGIN IMMEDIATE (worker/db.py), so the write
+-- lock is taken up front and a claim is atomic across processes.
+-- The database clock is the only clock: strftime('%Y-%m-%d %H:%M:%f', 'now') is UTC with
+-- milliseconds and sorts as time. Writes after a claim are fenced on
+-- `worker_id = :worker_id AND status = 'In Progress'`.
+
+-- name: lock_schema_migrations --
+-- BEGIN IMMEDIATE already holds the write lock; this only touches the database inside it.
+SELECT 1;
+
+-- name: create_schema_migrations --
+-- The ledger of applied migrations; the runner creates it before reading it.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    TEXT PRIMARY KEY NOT NULL,
+    name       TEXT NOT NULL,
+    applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
+);
+
+-- name: applied_migrations --
+-- Versions already applied.
+SELECT version FROM schema_migrations ORDER BY version;
+
+-- name: record_migration --
+-- Marks one migration as applied, in the transaction that applied it.
+INSERT INTO schema_migrations (version, name) VALUES (:version, :name);
+
+-- name: insert_task --
+-- One new Queued row; the caller makes the id so that rows inserted together can depend on each other.
+INSERT INTO tasks (id, task_type, params, priority, dependant_on, parent_task_id, project_id, max_attempts)
+VALUES (:id, :task_type, :params, :priority, :dependant_on, :parent_task_id, :project_id, :max_attempts);
+
+-- name: get_task --
+-- One row by id.
+SELECT * FROM tasks WHERE id = :id;
+
+-- name: children --
+-- The rows an orchestrator created, in creation order.
+SELECT * FROM tasks
+WHERE parent_task_id = :parent_id
+ORDER BY created_at, json_extract(params, '$.child_key');
+
+-- name: recent_tasks --
+-- The newest rows, for `wan-worker status`.
+SELECT * FROM tasks ORDER BY created_at DESC, id LIMIT :limit;
+
+-- name: count_by_status --
+-- How many rows are in each status.
+SELECT status, count(*) AS n FROM tasks GROUP BY status;
+
+-- name: claim --
+-- Takes the best ready row for this worker in one statement and marks it In Progress.
+-- Ready: Queued, run_after reached, a task_type this worker accepts (NULL = any), every dependency
+-- Complete (a dependency id with no row keeps it waiting). Best: priority, then rows that waited longer
+-- than the affinity bound (oldest first, so no model starves), then rows for the model already
+-- loaded, then the oldest.
+UPDATE tasks
+SET status = 'In Progress',
+    worker_id = :worker_id,
+    heartbeat_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    attempts = attempts + 1,
+    generation_started_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = (
+    SELECT t.id
+    FROM tasks t
+    WHERE t.status = 'Queued'
+      AND t.run_after <= strftime('%Y-%m-%d %H:%M:%f', 'now')
+      AND (:task_types IS NULL OR t.task_type IN (SELECT value FROM json_each(:task_types)))
+      AND NOT EXISTS (
+          SELECT 1
+          FROM json_each(t.dependant_on) AS dependency
+          LEFT JOIN tasks d ON d.id = dependency.value
+          WHERE d.status IS NOT 'Complete')
+    ORDER BY t.priority DESC,
+             CASE WHEN t.created_at <= strftime('%Y-%m-%d %H:%M:%f', 'now',
+                                                printf('-%.3f seconds', :affinity_max_wait_seconds)) THEN 0
+                  WHEN json_extract(t.params, '$.model') = :loaded_model THEN 1
+                  ELSE 2 END,
+             t.created_at
+    LIMIT 1)
+RETURNING *;
+
+-- name: heartbeat --
+-- Extends the lease of a row this worker still holds.
+UPDATE tasks SET heartbeat_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress'
+RETURNING id;
+
+-- name: task_status --
+-- Status alone, to tell a cancelled row from a lost lease.
+SELECT status FROM tasks WHERE id = :id;
+
+-- name: set_progress --
+-- Progress of a running row (fenced).
+UPDATE tasks SET progress = :progress
+WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+
+-- name: complete --
+-- Success (fenced): the artifact path and result data.
+UPDATE tasks
+SET status = 'Complete', output_location = :output_location, result_data = :result_data,
+    error_message = NULL, generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+
+-- name: fail --
+-- Permanent failure (fenced), with an operator-readable message.
+UPDATE tasks
+SET status = 'Failed', error_message = :message,
+    generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+
+-- name: retry_later --
+-- Transient failure (fenced): back to Queued, claimable again after the backoff delay.
+UPDATE tasks
+SET status = 'Queued', worker_id = NULL, heartbeat_at = NULL, error_message = :message,
+    run_after = strftime('%Y-%m-%d %H:%M:%f', 'now', printf('+%.3f seconds', :delay_seconds))
+WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+
+-- name: release --
+-- Shutdown (fenced): back to Queued at once, and the claim does not count as an attempt.
+UPDATE tasks
+SET status = 'Queued', worker_id = NULL, heartbeat_at = NULL, attempts = attempts - 1
+WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+
+-- name: lock_held_task --
+-- The row this worker holds (fenced); BEGIN IMMEDIATE already locks the database.
+SELECT * FROM tasks
+WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+
+-- name: child_keys --
+-- An orchestrator's existing children and their child_key.
+SELECT id, json_extract(params, '$.child_key') AS child_key FROM tasks
+WHERE parent_task_id = :parent_id
+ORDER BY created_at, json_extract(params, '$.child_key');
+
+-- name: park --
+-- An orchestrator waits for its children: In Progress without a worker or a lease, so no lease
+-- rescue touches it; a child's failure or the last child (travel_stitch) ends it.
+UPDATE tasks SET worker_id = NULL, heartbeat_at = NULL, progress = :progress
+WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+
+-- name: complete_parked --
+-- Success of a parked orchestrator, written by the child that finishes the job.
+UPDATE tasks
+SET status = 'Complete', output_location = :output_location, result_data = :result_data,
+    error_message = NULL, generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND status = 'In Progress' AND worker_id IS NULL AND heartbeat_at IS NULL;
+
+-- name: cancel --
+-- A backend's or operator's cancellation of a row that has not ended; the cascade reaches its
+-- children and dependants.
+UPDATE tasks SET status = 'Cancelled', generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND status IN ('Queued', 'In Progress')
+RETURNING id;
+
+-- name: requeue_expired --
+-- Lease rescue: running rows whose heartbeat is older than the lease go back to Queued, or to Failed
+-- when their attempts are used up. Parked orchestrators (no worker, no heartbeat) are never touched.
+UPDATE tasks
+SET status = CASE WHEN attempts >= max_attempts THEN 'Failed' ELSE 'Queued' END,
+    error_message = CASE
+        WHEN attempts >= max_attempts
+        THEN printf('lease expired on attempt %d of %d; last worker %s', attempts, max_attempts, worker_id)
+        ELSE printf('lease expired on attempt %d of %d (worker %s); requeued', attempts, max_attempts, worker_id)
+    END,
+    generation_processed_at = CASE WHEN attempts >= max_attempts
+                                   THEN strftime('%Y-%m-%d %H:%M:%f', 'now') END,
+    worker_id = NULL,
+    heartbeat_at = NULL
+WHERE status = 'In Progress' AND worker_id IS NOT NULL
+  AND heartbeat_at < strftime('%Y-%m-%d %H:%M:%f', 'now', printf('-%.3f seconds', :lease_seconds))
+RETURNING id, status;
+
+-- name: end_dependants_of_ended --
+-- A Queued row with a Failed or Cancelled dependency ends with the same status, naming it
+-- (the oldest such dependency when there are several).
+UPDATE tasks AS t
+SET status = doomed.dependency_status,
+    error_message = CASE doomed.dependency_status
+        WHEN 'Failed' THEN printf('dependency %s (%s) failed: %s', doomed.dependency_id,
+                                  doomed.dependency_type, coalesce(doomed.dependency_error, 'no message'))
+        ELSE printf('dependency %s (%s) was cancelled', doomed.dependency_id, doomed.dependency_type)
+    END,
+    generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+FROM (
+    SELECT queued.id, d.id AS dependency_id, d.task_type AS dependency_type,
+           d.status AS dependency_status, d.error_message AS dependency_error,
+           row_number() OVER (PARTITION BY queued.id ORDER BY d.created_at, d.id) AS rank
+    FROM tasks queued
+    JOIN json_each(queued.dependant_on) AS dependency
+    JOIN tasks d ON d.id = dependency.value
+    WHERE queued.status = 'Queued' AND d.status IN ('Failed', 'Cancelled')
+) AS doomed
+WHERE t.id = doomed.id AND doomed.rank = 1 AND t.status = 'Queued'
+RETURNING id;
+
+-- name: end_parked_parents_of_ended --
+-- A parked orchestrator whose child Failed or was Cancelled ends with the same status, naming it.
+UPDATE tasks AS p
+SET status = doomed.child_status,
+    error_message = CASE doomed.child_status
+        WHEN 'Failed' THEN printf('child %s (%s) failed: %s', doomed.child_id, doomed.child_type,
+                                  coalesce(doomed.child_error, 'no message'))
+        ELSE printf('child %s (%s) was cancelled', doomed.child_id, doomed.child_type)
+    END,
+    generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+FROM (
+    SELECT parked.id, c.id AS child_id, c.task_type AS child_type,
+           c.status AS child_status, c.error_message AS child_error,
+           row_number() OVER (PARTITION BY parked.id ORDER BY c.updated_at, c.id) AS rank
+    FROM tasks parked
+    JOIN tasks c ON c.parent_task_id = parked.id
+    WHERE parked.status = 'In Progress' AND parked.worker_id IS NULL AND parked.heartbeat_at IS NULL
+      AND c.status IN ('Failed', 'Cancelled')
+) AS doomed
+WHERE p.id = doomed.id AND doomed.rank = 1
+  AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL
+RETURNING id;
+
+-- name: cancel_children_of_ended --
+-- Children still Queued or In Progress under a Failed or Cancelled parent are Cancelled (a running one
+-- notices at its next heartbeat).
+UPDATE tasks AS c
+SET status = 'Cancelled',
+    error_message = printf('parent %s (%s) %s', p.id, p.task_type,
+                           CASE p.status WHEN 'Failed' THEN 'failed' ELSE 'was cancelled' END),
+    generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+FROM tasks AS p
+WHERE c.parent_task_id = p.id AND p.status IN ('Failed', 'Cancelled')
+  AND c.status IN ('Queued', 'In Progress')
+RETURNING id;

@@ -1,0 +1,347 @@
+"""The task store: every read and write of the `tasks` table, by named query (worker/sql/).
+
+Each method is one transaction. Writes after a claim are fenced on the claiming worker and the
+'In Progress' status and return whether the row changed, so a worker whose lease was taken over
+changes nothing. Timestamps come from the database clock only.
+"""
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Sequence
+
+import sqlalchemy as sa
+
+from worker.db import Database, parse_uuid
+
+
+class TaskStatus(str, enum.Enum):
+    QUEUED = "Queued"
+    IN_PROGRESS = "In Progress"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+class HeartbeatState(enum.Enum):
+    """What a heartbeat found: the lease is extended, the row was cancelled, or another worker (or
+    the lease rescue) took it."""
+
+    ALIVE = "alive"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+@dataclass
+class Task:
+    """One row of `tasks`, with JSON columns decoded and ids as text."""
+
+    id: str
+    task_type: str
+    params: Any  # a dict for every valid task; the poller fails rows whose params are not an object
+    status: str
+    priority: int
+    dependant_on: list[str]
+    parent_task_id: str | None
+    project_id: str | None
+    attempts: int
+    max_attempts: int
+    run_after: datetime | None
+    worker_id: str | None
+    heartbeat_at: datetime | None
+    progress: dict | None
+    output_location: str | None
+    result_data: dict | None
+    error_message: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    generation_started_at: datetime | None
+    generation_processed_at: datetime | None
+
+    @property
+    def is_parked(self) -> bool:
+        """An orchestrator waiting for its children (In Progress without a worker or a lease)."""
+        return self.status == TaskStatus.IN_PROGRESS and self.worker_id is None and self.heartbeat_at is None
+
+    def as_json(self) -> dict[str, Any]:
+        """The row as JSON-ready values (timestamps in ISO 8601)."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+@dataclass
+class NewTask:
+    """A row to insert. The id is made here so that rows inserted together can name each other in
+    dependant_on. priority None inherits the parent's priority."""
+
+    task_type: str
+    params: dict[str, Any]
+    priority: int | None = None
+    dependant_on: Sequence[str] = ()
+    max_attempts: int = 3
+    project_id: str | None = None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+class TaskStore:
+    """The `tasks` table through a Database (Postgres or SQLite)."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    # ---- inserting and reading -------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        task_type: str,
+        params: Any,
+        *,
+        priority: int = 0,
+        dependant_on: Sequence[str] = (),
+        parent_task_id: str | None = None,
+        project_id: str | None = None,
+        max_attempts: int = 3,
+        task_id: str | None = None,
+    ) -> str:
+        """Insert one Queued row; returns its id."""
+        row = NewTask(
+            task_type=task_type, params=params, priority=priority, dependant_on=dependant_on,
+            max_attempts=max_attempts, project_id=project_id, id=task_id or str(uuid.uuid4()),
+        )
+        with self.db.engine.begin() as conn:
+            self._insert(conn, row, parent_task_id=parent_task_id, default_priority=priority)
+        return row.id
+
+    def enqueue_many(self, rows: Sequence[NewTask]) -> list[str]:
+        """Insert several Queued rows in one transaction (all or none); returns their ids."""
+        with self.db.engine.begin() as conn:
+            for row in rows:
+                self._insert(conn, row, parent_task_id=None, default_priority=0)
+        return [row.id for row in rows]
+
+    def get(self, task_id: str) -> Task | None:
+        canonical = parse_uuid(task_id)
+        if canonical is None:
+            return None
+        with self.db.engine.begin() as conn:
+            row = conn.execute(self.db.query("get_task"), {"id": canonical}).mappings().first()
+        return None if row is None else self._task(row)
+
+    def children(self, parent_id: str) -> list[Task]:
+        canonical = parse_uuid(parent_id)
+        if canonical is None:
+            return []
+        with self.db.engine.begin() as conn:
+            rows = conn.execute(self.db.query("children"), {"parent_id": canonical}).mappings().all()
+        return [self._task(row) for row in rows]
+
+    def recent(self, limit: int = 20) -> list[Task]:
+        """The newest rows first."""
+        with self.db.engine.begin() as conn:
+            rows = conn.execute(self.db.query("recent_tasks"), {"limit": limit}).mappings().all()
+        return [self._task(row) for row in rows]
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.db.engine.begin() as conn:
+            rows = conn.execute(self.db.query("count_by_status")).all()
+        return {status: n for status, n in rows}
+
+    # ---- the claim and the lease -----------------------------------------------------------------
+
+    def claim(
+        self,
+        worker_id: str,
+        task_types: Sequence[str] | None,
+        loaded_model: str | None,
+        *,
+        affinity_max_wait_seconds: float = 300.0,
+    ) -> Task | None:
+        """Take the best ready row (see the `claim` query) for `worker_id`; None when nothing is ready.
+        task_types None accepts every type."""
+        params = {
+            "worker_id": worker_id,
+            "task_types": self.db.encode_names(task_types),
+            "loaded_model": loaded_model,
+            "affinity_max_wait_seconds": float(affinity_max_wait_seconds),
+        }
+        with self.db.engine.begin() as conn:
+            row = conn.execute(self.db.query("claim"), params).mappings().first()
+        return None if row is None else self._task(row)
+
+    def heartbeat(self, task_id: str, worker_id: str) -> HeartbeatState:
+        """Extend the lease, or say why it cannot be extended."""
+        with self.db.engine.begin() as conn:
+            if conn.execute(self.db.query("heartbeat"), {"id": task_id, "worker_id": worker_id}).first():
+                return HeartbeatState.ALIVE
+            status = conn.execute(self.db.query("task_status"), {"id": task_id}).scalar()
+        return HeartbeatState.CANCELLED if status == TaskStatus.CANCELLED else HeartbeatState.LOST
+
+    def requeue_expired(self, lease_seconds: float) -> int:
+        """Lease rescue: rows whose heartbeat is older than the lease go back to Queued (or to Failed when
+        their attempts are used up, then their dependants follow). Returns the number of rows moved."""
+        with self.db.engine.begin() as conn:
+            rows = conn.execute(self.db.query("requeue_expired"), {"lease_seconds": float(lease_seconds)}).all()
+            if any(status == TaskStatus.FAILED for _, status in rows):
+                self._cascade(conn)
+        return len(rows)
+
+    # ---- fenced writes by the claiming worker -----------------------------------------------------
+
+    def progress(self, task_id: str, worker_id: str, progress: dict[str, Any]) -> bool:
+        return self._fenced("set_progress", task_id, worker_id, progress=self.db.encode_json(progress))
+
+    def complete(
+        self, task_id: str, worker_id: str, output_location: str | None, result_data: dict[str, Any] | None
+    ) -> bool:
+        return self._fenced(
+            "complete", task_id, worker_id,
+            output_location=output_location, result_data=self.db.encode_json(result_data),
+        )
+
+    def fail(self, task_id: str, worker_id: str, message: str) -> bool:
+        """Permanent failure; dependants and a parked parent end with it in the same transaction."""
+        return self._fenced("fail", task_id, worker_id, cascade=True, message=message)
+
+    def retry_later(self, task_id: str, worker_id: str, message: str, delay_seconds: float) -> bool:
+        return self._fenced("retry_later", task_id, worker_id, message=message, delay_seconds=float(delay_seconds))
+
+    def release(self, task_id: str, worker_id: str) -> bool:
+        """Give the row back unfinished (shutdown): Queued again, and this claim is not an attempt."""
+        return self._fenced("release", task_id, worker_id)
+
+    # ---- orchestrators ---------------------------------------------------------------------------
+
+    def park_with_children(
+        self, parent_id: str, worker_id: str, children: Sequence[NewTask], progress: dict[str, Any] | None
+    ) -> list[str] | None:
+        """In one transaction: lock the parent this worker holds, insert its children unless it already
+        has some (then insert nothing and return the existing ids: a re-run planner never duplicates),
+        and park the parent until its children end it. Every child must carry params['child_key'].
+        Returns the children's ids, or None when this worker no longer holds the parent."""
+        for child in children:
+            if not isinstance(child.params, dict) or "child_key" not in child.params:
+                raise ValueError(f"child {child.task_type} needs params['child_key'] (unique per parent)")
+        fence = {"id": parent_id, "worker_id": worker_id}
+        with self.db.engine.begin() as conn:
+            parent = conn.execute(self.db.query("lock_held_task"), fence).mappings().first()
+            if parent is None:
+                return None
+            existing = conn.execute(self.db.query("child_keys"), {"parent_id": parent_id}).all()
+            if existing:
+                ids = _in_requested_order(existing, children)
+            else:
+                for child in children:
+                    self._insert(
+                        conn, child, parent_task_id=parent_id, default_priority=parent["priority"],
+                        default_project_id=parent["project_id"],
+                    )
+                ids = [child.id for child in children]
+            conn.execute(self.db.query("park"), {**fence, "progress": self.db.encode_json(progress)})
+        return ids
+
+    def complete_parked(
+        self, parent_id: str, output_location: str | None, result_data: dict[str, Any] | None
+    ) -> bool:
+        """Complete a parked orchestrator (only a parked one: never a row some worker holds)."""
+        params = {"id": parent_id, "output_location": output_location, "result_data": self.db.encode_json(result_data)}
+        with self.db.engine.begin() as conn:
+            return conn.execute(self.db.query("complete_parked"), params).rowcount == 1
+
+    # ---- cancellation and the cascade --------------------------------------------------------------
+
+    def cancel(self, task_id: str) -> int:
+        """Cancel a Queued or In Progress row; its children, their children and its dependants follow.
+        Returns how many rows this call ended (0 when the row had already ended or does not exist)."""
+        canonical = parse_uuid(task_id)
+        if canonical is None:
+            return 0
+        with self.db.engine.begin() as conn:
+            if conn.execute(self.db.query("cancel"), {"id": canonical}).first() is None:
+                return 0
+            return 1 + self._cascade(conn)
+
+    def cascade_dependencies(self) -> int:
+        """End what can never run: dependants of Failed/Cancelled rows, parked parents of Failed/Cancelled
+        children, live children of Failed/Cancelled parents. Returns how many rows it ended."""
+        with self.db.engine.begin() as conn:
+            return self._cascade(conn)
+
+    def _cascade(self, conn: sa.Connection) -> int:
+        """Repeat the three cascade rules until none changes a row (chains end link by link)."""
+        rules = ("end_dependants_of_ended", "end_parked_parents_of_ended", "cancel_children_of_ended")
+        total = 0
+        while True:
+            changed = sum(len(conn.execute(self.db.query(rule)).all()) for rule in rules)
+            if changed == 0:
+                return total
+            total += changed
+
+    # ---- helpers -----------------------------------------------------------------------------------
+
+    def _fenced(self, query: str, task_id: str, worker_id: str, *, cascade: bool = False, **values: Any) -> bool:
+        with self.db.engine.begin() as conn:
+            changed = conn.execute(self.db.query(query), {"id": task_id, "worker_id": worker_id, **values}).rowcount == 1
+            if changed and cascade:
+                self._cascade(conn)
+        return changed
+
+    def _insert(
+        self,
+        conn: sa.Connection,
+        row: NewTask,
+        *,
+        parent_task_id: str | None,
+        default_priority: int,
+        default_project_id: str | None = None,
+    ) -> None:
+        conn.execute(
+            self.db.query("insert_task"),
+            {
+                "id": row.id,
+                "task_type": row.task_type,
+                "params": self.db.encode_json(row.params),
+                "priority": default_priority if row.priority is None else row.priority,
+                "dependant_on": self.db.encode_ids(row.dependant_on),
+                "parent_task_id": parent_task_id,
+                "project_id": row.project_id if row.project_id is not None else default_project_id,
+                "max_attempts": row.max_attempts,
+            },
+        )
+
+    def _task(self, row: sa.RowMapping) -> Task:
+        db = self.db
+        return Task(
+            id=db.decode_id(row["id"]),
+            task_type=row["task_type"],
+            params=db.decode_json(row["params"]),
+            status=row["status"],
+            priority=row["priority"],
+            dependant_on=db.decode_ids(row["dependant_on"]),
+            parent_task_id=db.decode_id(row["parent_task_id"]),
+            project_id=row["project_id"],
+            attempts=row["attempts"],
+            max_attempts=row["max_attempts"],
+            run_after=db.decode_time(row["run_after"]),
+            worker_id=row["worker_id"],
+            heartbeat_at=db.decode_time(row["heartbeat_at"]),
+            progress=db.decode_json(row["progress"]),
+            output_location=row["output_location"],
+            result_data=db.decode_json(row["result_data"]),
+            error_message=row["error_message"],
+            created_at=db.decode_time(row["created_at"]),
+            updated_at=db.decode_time(row["updated_at"]),
+            generation_started_at=db.decode_time(row["generation_started_at"]),
+            generation_processed_at=db.decode_time(row["generation_processed_at"]),
+        )
+
+
+def _in_requested_order(existing: Sequence[sa.Row], requested: Sequence[NewTask]) -> list[str]:
+    """Existing children's ids, in the order of the requested child_keys where they match, then the rest."""
+    by_key = {str(key): str(task_id) for task_id, key in existing}
+    ordered = [by_key.pop(str(child.params["child_key"])) for child in requested if str(child.params["child_key"]) in by_key]
+    return ordered + list(by_key.values())
