@@ -1,0 +1,137 @@
+"""worker.travel.stitch: frame counts, cross-fade values and the thumbnail of stitched travel videos."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+from worker.travel.stitch import crossfade_weights, stitch, thumbnail_path
+from worker.video import VideoWriter, probe, read_video
+
+W, H, FPS = 64, 48, 16
+# Gray levels survive H.264 (CRF 18, yuv420p) to within a level or two; allow a few.
+CODEC_TOLERANCE = 3
+
+
+def write_grays(path: Path, levels: list[int], width: int = W) -> Path:
+    """A segment whose frame k is flat gray `levels[k]`."""
+    with VideoWriter(path, FPS, width, H) as writer:
+        for level in levels:
+            writer.write(np.full((H, width, 3), level, np.uint8))
+    return path
+
+
+def mean_levels(path: Path) -> np.ndarray:
+    """Mean gray level of each decoded frame: float [F]."""
+    return read_video(path).reshape(probe(path).frames, -1).mean(axis=1)
+
+
+def test_two_flat_segments_cross_fade_with_the_eased_weights(tmp_path: Path) -> None:
+    dark, light, overlap = 30, 220, 6
+    a = write_grays(tmp_path / "a.mp4", [dark] * 13)
+    b = write_grays(tmp_path / "b.mp4", [light] * 9)
+    result = stitch([a, b], [overlap], tmp_path / "out.mp4", FPS)
+
+    weights = crossfade_weights(overlap)
+    expected = np.array([dark] * (13 - overlap) + list(dark + (light - dark) * weights) + [light] * (9 - overlap))
+    levels = mean_levels(result.path)
+    assert len(levels) == 13 + 9 - overlap
+    assert np.abs(levels - expected).max() <= CODEC_TOLERANCE
+
+
+def test_blended_frames_are_computed_from_both_segments_per_pixel(tmp_path: Path) -> None:
+    # Left half and right half swap between segments: every overlap pixel must be its own blend.
+    left_dark = np.full((H, W, 3), 200, np.uint8)
+    left_dark[:, : W // 2] = 40
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    for path, frame in [(a, left_dark), (b, 240 - left_dark)]:
+        with VideoWriter(path, FPS, W, H) as writer:
+            writer.write(np.stack([frame] * 9))
+    out = read_video(stitch([a, b], [4], tmp_path / "out.mp4", FPS).path).astype(float)
+    weights = crossfade_weights(4)
+    for k, weight in enumerate(weights):
+        frame = out[9 - 4 + k]
+        assert abs(frame[:, 4 : W // 2 - 4].mean() - (40 + (200 - 40) * weight)) <= CODEC_TOLERANCE
+        assert abs(frame[:, W // 2 + 4 : -4].mean() - (200 + (40 - 200) * weight)) <= CODEC_TOLERANCE
+
+
+def test_length_is_the_sum_of_frames_minus_the_sum_of_overlaps(tmp_path: Path) -> None:
+    frames, overlaps = [9, 13, 5, 9], [4, 2, 0]
+    paths = [write_grays(tmp_path / f"s{i}.mp4", [60 + 20 * i] * n) for i, n in enumerate(frames)]
+    result = stitch(paths, overlaps, tmp_path / "out.mp4", FPS)
+    info = probe(result.path)
+    assert result.frames == info.frames == sum(frames) - sum(overlaps)
+    assert (result.width, result.height, result.fps) == (info.width, info.height, info.fps) == (W, H, FPS)
+
+
+def test_frames_outside_the_overlaps_appear_once_and_in_order(tmp_path: Path) -> None:
+    # Every frame has its own gray level; the stitched video must run through the unshared ones in order.
+    first = [20 + 8 * k for k in range(9)]  # 20 .. 84
+    second = [120 + 8 * k for k in range(9)]  # 120 .. 184
+    paths = [write_grays(tmp_path / "a.mp4", first), write_grays(tmp_path / "b.mp4", second)]
+    levels = mean_levels(stitch(paths, [2], tmp_path / "out.mp4", FPS).path)
+    assert np.abs(levels[:7] - first[:7]).max() <= CODEC_TOLERANCE
+    assert np.abs(levels[9:] - second[2:]).max() <= CODEC_TOLERANCE
+    shared = [first[7 + k] + (second[k] - first[7 + k]) * w for k, w in enumerate(crossfade_weights(2))]
+    assert np.abs(levels[7:9] - shared).max() <= CODEC_TOLERANCE
+
+
+def test_zero_overlap_is_a_plain_cut(tmp_path: Path) -> None:
+    paths = [write_grays(tmp_path / "a.mp4", [50] * 5), write_grays(tmp_path / "b.mp4", [200] * 5)]
+    levels = mean_levels(stitch(paths, [0], tmp_path / "out.mp4", FPS).path)
+    assert np.abs(levels - np.array([50] * 5 + [200] * 5)).max() <= CODEC_TOLERANCE
+
+
+def test_a_single_segment_is_written_unchanged(tmp_path: Path) -> None:
+    levels = [40, 80, 120, 160, 200]
+    result = stitch([write_grays(tmp_path / "a.mp4", levels)], [], tmp_path / "out.mp4", FPS)
+    assert np.abs(mean_levels(result.path) - levels).max() <= CODEC_TOLERANCE
+
+
+def test_the_thumbnail_is_the_first_frame_beside_the_video(tmp_path: Path) -> None:
+    paths = [write_grays(tmp_path / "a.mp4", [90, 10, 10, 10, 10]), write_grays(tmp_path / "b.mp4", [200] * 5)]
+    result = stitch(paths, [2], tmp_path / "final.mp4", FPS)
+    assert result.thumbnail == thumbnail_path(result.path) and result.thumbnail.parent == result.path.parent
+    thumbnail = np.asarray(Image.open(result.thumbnail))
+    assert thumbnail.shape == (H, W, 3)
+    assert np.abs(thumbnail.astype(int) - 90).max() <= CODEC_TOLERANCE
+
+
+def test_segments_of_different_sizes_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    paths = [write_grays(tmp_path / "a.mp4", [50] * 5), write_grays(tmp_path / "b.mp4", [50] * 5, width=W + 16)]
+    with pytest.raises(ValueError, match="first segment"):
+        stitch(paths, [2], tmp_path / "out.mp4", FPS)
+    assert not (tmp_path / "out.mp4").exists() and not thumbnail_path(tmp_path / "out.mp4").exists()
+
+
+def test_a_segment_shorter_than_its_overlaps_is_refused(tmp_path: Path) -> None:
+    paths = [write_grays(tmp_path / f"s{i}.mp4", [50] * n) for i, n in enumerate([9, 5, 9])]
+    with pytest.raises(ValueError, match="cannot hold the overlaps"):
+        stitch(paths, [4, 2], tmp_path / "out.mp4", FPS)
+
+
+def test_the_overlap_count_must_match_the_segments(tmp_path: Path) -> None:
+    paths = [write_grays(tmp_path / f"s{i}.mp4", [50] * 5) for i in range(3)]
+    with pytest.raises(ValueError, match="need 2 overlaps"):
+        stitch(paths, [2], tmp_path / "out.mp4", FPS)
+
+
+@given(st.integers(min_value=1, max_value=64))
+def test_crossfade_weights_rise_strictly_inside_0_and_1_and_are_symmetric(overlap: int) -> None:
+    weights = crossfade_weights(overlap)
+    assert weights.shape == (overlap,)
+    assert ((weights > 0) & (weights < 1)).all()
+    assert (np.diff(weights) > 0).all()
+    assert np.allclose(weights + weights[::-1], 1.0)
+
+
+@given(st.integers(min_value=4, max_value=64))
+def test_crossfade_weights_ease_in_and_out(overlap: int) -> None:
+    # Eased: the fade changes slowest at its ends and fastest in the middle (unlike a linear ramp).
+    steps = np.diff(np.concatenate([[0.0], crossfade_weights(overlap), [1.0]]))
+    middle = steps[len(steps) // 2]
+    assert steps[0] < middle and steps[-1] < middle
