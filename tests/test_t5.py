@@ -95,6 +95,17 @@ def test_padding_does_not_change_real_positions():
     torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-5)
 
 
+def test_padded_positions_are_zero_as_wan_feeds_the_dit():
+    cfg = CONFIGS[0]
+    torch.manual_seed(0)
+    model = UMT5Encoder(**cfg).eval()
+    ids, mask = padded_batch(cfg["vocab"], seed=0)
+    with torch.no_grad():
+        out = model(ids, mask)
+    assert out[mask == 0].eq(0).all()
+    assert out[mask == 1].ne(0).any(dim=-1).all()
+
+
 @pytest.mark.parametrize("num_buckets", [32, 16])
 def test_relative_position_buckets_match_transformers(num_buckets: int):
     length = 2 * RELATIVE_MAX_DISTANCE + 40

@@ -165,7 +165,9 @@ class UMT5Encoder(nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids: long [B, L]; mask: [B, L], nonzero on real tokens -> [B, L, dim] in the weights' dtype.
 
-        Padded keys are masked out of attention; outputs at padded positions are meaningless.
+        Padded keys are masked out of attention, and the outputs at padded positions are zero: Wan
+        trims each prompt's context to its real length and zero-pads it back to text_len before the
+        DiT sees it, so zeros here are exactly what the DiT was trained with.
         """
         x = self.token_embedding(ids).to(RESIDUAL_DTYPE)
         buckets = relative_position_buckets(ids.shape[1], self.num_buckets, device=ids.device)
@@ -173,7 +175,7 @@ class UMT5Encoder(nn.Module):
         mask_bias = mask_bias.masked_fill(mask == 0, torch.finfo(RESIDUAL_DTYPE).min)[:, None, None, :]
         for block in self.blocks:
             x = block(x, buckets, mask_bias)
-        return self.norm(x)
+        return self.norm(x).masked_fill(mask[..., None] == 0, 0.0)
 
 
 # transformers `UMT5EncoderModel` / `UMT5Model` parameter names -> official Wan names (regex, replacement).
