@@ -115,3 +115,86 @@ def test_non_persistent_buffer_is_refused(tmp_path: Path):
     file = save_state_dict(toy_state(), tmp_path / "toy.safetensors")
     with pytest.raises(LoadError, match="table"):
         load_model(WithDerivedBuffer, [file], dtype=torch.float32)
+
+
+# --- The Wan DiT in the official layout -------------------------------------------------------
+
+from wan_engine.nn.dit import TINY_DIT, TINY_VACE_LAYERS, WanDiT  # noqa: E402
+
+BLOCK_KEYS = [
+    "modulation", "norm3.weight", "norm3.bias", "ffn.0.weight", "ffn.0.bias", "ffn.2.weight", "ffn.2.bias",
+    *(f"{attn}.{p}.{t}" for attn in ("self_attn", "cross_attn") for p in "qkvo" for t in ("weight", "bias")),
+    *(f"{attn}.norm_{p}.weight" for attn in ("self_attn", "cross_attn") for p in "qk"),
+]  # fmt: skip
+TOP_KEYS = [
+    "patch_embedding.weight", "patch_embedding.bias", "head.head.weight", "head.head.bias", "head.modulation",
+    *(f"{m}.{i}.{t}" for m, i in (("text_embedding", 0), ("text_embedding", 2), ("time_embedding", 0),
+                                  ("time_embedding", 2), ("time_projection", 1)) for t in ("weight", "bias")),
+]  # fmt: skip
+
+
+def tiny_vace() -> WanDiT:
+    return WanDiT(**TINY_DIT, vace_layers=TINY_VACE_LAYERS, vace_in_dim=96)
+
+
+def seeded_tiny_vace() -> WanDiT:
+    torch.manual_seed(0)
+    return tiny_vace().eval()
+
+
+def split_base_and_module(model: WanDiT, folder: Path) -> tuple[Path, Path]:
+    """The files users have: a base DiT, and a VACE module file holding only the vace_* tensors."""
+    state = model.state_dict()
+    base = {k: v for k, v in state.items() if not k.startswith("vace_")}
+    module = {k: v for k, v in state.items() if k.startswith("vace_")}
+    return save_state_dict(base, folder / "t2v.safetensors"), save_state_dict(module, folder / "vace_module.safetensors")
+
+
+def test_dit_state_dict_uses_the_official_names():
+    blocks = [f"blocks.{n}.{k}" for n in range(TINY_DIT["num_layers"]) for k in BLOCK_KEYS]
+    vace = [f"vace_blocks.{n}.{k}" for n in range(len(TINY_VACE_LAYERS)) for k in BLOCK_KEYS]
+    vace += [f"vace_blocks.{n}.after_proj.{t}" for n in range(len(TINY_VACE_LAYERS)) for t in ("weight", "bias")]
+    vace += ["vace_blocks.0.before_proj.weight", "vace_blocks.0.before_proj.bias"]
+    vace += ["vace_patch_embedding.weight", "vace_patch_embedding.bias"]
+    assert sorted(tiny_vace().state_dict()) == sorted(TOP_KEYS + blocks + vace)
+
+
+def test_base_file_and_vace_module_file_load_together(tmp_path: Path):
+    original = seeded_tiny_vace()
+    files = split_base_and_module(original, tmp_path)
+    loaded = load_model(tiny_vace, files, dtype=torch.float32)
+    x, t = torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0])
+    context, control = torch.randn(1, 7, TINY_DIT["text_dim"]), torch.randn(1, 96, 2, 4, 4)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x, t, context, control), original(x, t, context, control))
+
+
+def test_vace_model_without_its_module_file_names_the_missing_tensors(tmp_path: Path):
+    base, _ = split_base_and_module(seeded_tiny_vace(), tmp_path)
+    with pytest.raises(LoadError, match=r"missing: .*vace_patch_embedding\.weight"):
+        load_model(tiny_vace, [base], dtype=torch.float32)
+
+
+def test_bf16_load_follows_the_precision_policy(tmp_path: Path):
+    files = split_base_and_module(seeded_tiny_vace(), tmp_path)
+    model = load_model(tiny_vace, files, dtype=torch.bfloat16)
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    assert dtypes["blocks.0.self_attn.q.weight"] == torch.bfloat16
+    assert dtypes["vace_blocks.1.ffn.0.weight"] == torch.bfloat16
+    assert dtypes["patch_embedding.weight"] == torch.bfloat16
+    for fp32 in ("blocks.0.modulation", "time_embedding.0.weight", "time_projection.1.weight", "head.head.weight",
+                 "blocks.3.norm3.weight"):  # fmt: skip
+        assert dtypes[fp32] == torch.float32, fp32
+
+
+def test_bf16_forward_stays_close_to_fp32(tmp_path: Path):
+    original = seeded_tiny_vace()
+    files = split_base_and_module(original, tmp_path)
+    model = load_model(tiny_vace, files, dtype=torch.bfloat16)
+    x, t = torch.randn(1, 16, 2, 4, 4), torch.tensor([700.0])
+    context, control = torch.randn(1, 7, TINY_DIT["text_dim"]), torch.randn(1, 96, 2, 4, 4)
+    with torch.inference_mode():
+        expected = original(x, t, context, control)
+        out = model(x, t, context, control)
+    assert out.dtype == torch.float32
+    assert (out - expected).abs().max() <= 0.01 * expected.abs().max()  # measured ~0.004
