@@ -1,0 +1,122 @@
+"""Task handlers: a registry from task_type to a function, and what a handler gets and returns.
+
+A handler is `def handle(ctx: TaskContext) -> HandlerResult`, registered with `@register("type", ...)`
+in a module of this package (every module here is imported by `load_handlers()`). Handlers raise the
+error types of worker.errors / wan_engine.errors; the poller decides what happens to the row.
+Handlers never write the row themselves except through `ctx`. Importing a handler module must stay
+cheap (no torch at import time).
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import sqlalchemy as sa
+import structlog
+
+from worker.config import WorkerConfig
+from worker.errors import TaskCancelled
+from worker.resources import WorkerResources
+from worker.store import NewTask, Task, TaskStore
+
+# Progress writes are throttled to one per this many seconds (a phase change is always written).
+PROGRESS_MIN_INTERVAL_SECONDS = 1.0
+
+
+@dataclass
+class HandlerResult:
+    """What a finished handler hands back. With park_children set, the poller inserts those children
+    (once: see TaskStore.park_with_children) and parks the row until they end it, instead of completing."""
+
+    output_location: str | None = None
+    result_data: dict[str, Any] = field(default_factory=dict)
+    park_children: list[NewTask] | None = None
+    park_progress: dict[str, Any] | None = None
+
+
+class TaskContext:
+    """Everything a handler may use for one claimed task."""
+
+    def __init__(
+        self,
+        task: Task,
+        store: TaskStore,
+        config: WorkerConfig,
+        resources: WorkerResources,
+        log: structlog.typing.FilteringBoundLogger,
+    ):
+        self.task = task
+        self.store = store
+        self.config = config
+        self.resources = resources
+        self.log = log  # bound to task_id and task_type
+        self._cancelled = threading.Event()
+        self._last_progress_at = 0.0
+        self._last_phase: Any = None
+
+    @property
+    def worker_id(self) -> str:
+        return self.config.worker_id
+
+    @cached_property
+    def output_dir(self) -> Path:
+        """<output_dir>/<task id>/, created on first use."""
+        path = Path(self.config.output_dir) / self.task.id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def report_progress(self, progress: dict[str, Any]) -> None:
+        """Write progress to the row (fenced), at most once per PROGRESS_MIN_INTERVAL_SECONDS unless the
+        phase changed. A database error is logged, never raised: progress is not worth failing a task."""
+        now = time.monotonic()
+        phase = progress.get("phase")
+        if phase == self._last_phase and now - self._last_progress_at < PROGRESS_MIN_INTERVAL_SECONDS:
+            return
+        self._last_progress_at, self._last_phase = now, phase
+        try:
+            self.store.progress(self.task.id, self.worker_id, progress)
+        except sa.exc.SQLAlchemyError as error:
+            self.log.warning("progress not written", error=str(error))
+
+    def cancelled(self) -> bool:
+        """True once the row was cancelled, the lease was lost, or shutdown's grace period ran out:
+        stop at the next safe point and raise TaskCancelled (or return nothing useful)."""
+        return self._cancelled.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancelled():
+            raise TaskCancelled(f"task {self.task.id} stopped: cancelled, lease lost, or shutting down")
+
+    def cancel(self) -> None:
+        """Called by the heartbeat thread and by shutdown, not by handlers."""
+        self._cancelled.set()
+
+
+Handler = Callable[[TaskContext], HandlerResult]
+HANDLERS: dict[str, Handler] = {}
+
+
+def register(*task_types: str) -> Callable[[Handler], Handler]:
+    """Route each of `task_types` to the decorated handler."""
+
+    def decorate(handler: Handler) -> Handler:
+        for task_type in task_types:
+            if task_type in HANDLERS and HANDLERS[task_type] is not handler:
+                raise ValueError(f"task_type {task_type!r} is registered twice")
+            HANDLERS[task_type] = handler
+        return handler
+
+    return decorate
+
+
+def load_handlers() -> dict[str, Handler]:
+    """Import every handler module of this package (each registers itself) and return the registry."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    return HANDLERS

@@ -1,0 +1,204 @@
+"""`wan-worker`: the command line. Each subcommand is one function plus one entry in SUBCOMMANDS.
+
+A subcommand whose module is heavy (torch) names its function as "module:function"; it is imported only
+when that subcommand runs, so `wan-worker run` starts fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from worker.config import ALL_SETTINGS, CONNECTION_SETTINGS, WorkerConfig, add_setting_arguments, load_config
+from worker.logging import configure_logging
+
+Command = Callable[[argparse.Namespace, WorkerConfig], int]
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    run: Command | str  # a function, or "module:function" imported when the subcommand runs
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda _parser: None
+    settings: Sequence[str] = CONNECTION_SETTINGS
+
+    def resolve(self) -> Command:
+        if callable(self.run):
+            return self.run
+        module, _, function = self.run.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+
+# ---- migrate -------------------------------------------------------------------------------------------
+
+def migrate_command(args: argparse.Namespace, config: WorkerConfig) -> int:
+    from worker.db import connect
+    from worker.migrate import migrate
+
+    db = connect(config.database_url)
+    applied = migrate(db)
+    print(json.dumps({"applied": [f"{m.version}_{m.name}" for m in applied]}))
+    db.dispose()
+    return 0
+
+
+# ---- run ---------------------------------------------------------------------------------------------
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    stop = parser.add_mutually_exclusive_group()
+    stop.add_argument("--once", action="store_true", help="run at most one task, then exit")
+    stop.add_argument("--exit-when-idle", action="store_true", help="exit when no task is ready to claim")
+
+
+def run_command(args: argparse.Namespace, config: WorkerConfig) -> int:
+    """Run the worker. On SQLite (the embedded default) missing migrations are applied first; on Postgres
+    the schema is the operator's step (`wan-worker migrate`) and a missing one stops the start."""
+    import structlog
+
+    from worker.db import connect
+    from worker.migrate import migrate, pending_migrations
+    from worker.poller import Worker
+    from worker.store import TaskStore
+
+    log = structlog.get_logger("worker")
+    db = connect(config.database_url)
+    if db.is_postgres:
+        pending = pending_migrations(db)
+        if pending:
+            log.error("schema is not up to date; run `wan-worker migrate`", pending=[m.version for m in pending])
+            return 2
+    else:
+        applied = migrate(db)
+        if applied:
+            log.info("applied migrations", applied=[m.version for m in applied])
+    worker = Worker(config, TaskStore(db))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: worker.request_stop())
+    try:
+        return worker.run(once=args.once, exit_when_idle=args.exit_when_idle)
+    finally:
+        db.dispose()
+
+
+# ---- submit / status / cancel ------------------------------------------------------------------------
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task_type")
+    parser.add_argument("--params", default="{}", help="a JSON object, or @file holding one")
+    parser.add_argument("--priority", type=int, default=0, help="higher is claimed first")
+    parser.add_argument("--depends-on", nargs="+", action="extend", default=[], metavar="ID",
+                        help="claimable only when all these tasks are Complete")
+    parser.add_argument("--max-attempts", type=int, default=3)
+    parser.add_argument("--project-id")
+
+
+def submit_command(args: argparse.Namespace, config: WorkerConfig) -> int:
+    from worker.db import connect
+    from worker.store import TaskStore
+
+    text = Path(args.params[1:]).read_text() if args.params.startswith("@") else args.params
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as error:
+        print(f"--params is not valid JSON: {error}", file=sys.stderr)
+        return 2
+    if not isinstance(params, dict):
+        print(f"--params must be a JSON object, got {type(params).__name__}", file=sys.stderr)
+        return 2
+    store = TaskStore(connect(config.database_url))
+    task_id = store.enqueue(
+        args.task_type, params, priority=args.priority, dependant_on=args.depends_on,
+        max_attempts=args.max_attempts, project_id=args.project_id,
+    )
+    print(task_id)
+    store.db.dispose()
+    return 0
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task_id", nargs="?", help="one task as JSON; without it, a table of recent tasks")
+    parser.add_argument("--limit", type=int, default=20, help="rows in the table")
+
+
+def status_command(args: argparse.Namespace, config: WorkerConfig) -> int:
+    from worker.db import connect
+    from worker.store import TaskStore
+
+    store = TaskStore(connect(config.database_url))
+    try:
+        if args.task_id:
+            task = store.get(args.task_id)
+            if task is None:
+                print(f"no task {args.task_id}", file=sys.stderr)
+                return 1
+            print(json.dumps(task.as_json(), indent=2))
+            return 0
+        counts = store.count_by_status()
+        print("  ".join(f"{status}: {n}" for status, n in sorted(counts.items())) or "no tasks")
+        rows = [(t.id, t.task_type, t.status, f"{t.attempts}/{t.max_attempts}", t.worker_id or "",
+                 t.created_at.strftime("%Y-%m-%d %H:%M:%S") if t.created_at else "", (t.error_message or "")[:60])
+                for t in store.recent(args.limit)]
+        header = ("id", "task_type", "status", "attempts", "worker", "created (UTC)", "error")
+        widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+        for row in (header, *rows):
+            print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        return 0
+    finally:
+        store.db.dispose()
+
+
+def add_cancel_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task_id")
+
+
+def cancel_command(args: argparse.Namespace, config: WorkerConfig) -> int:
+    """Exit 1 when nothing was cancelled (no such task, or it had already ended)."""
+    from worker.db import connect
+    from worker.store import TaskStore
+
+    store = TaskStore(connect(config.database_url))
+    cancelled = store.cancel(args.task_id)
+    store.db.dispose()
+    print(json.dumps({"cancelled": cancelled}))
+    return 0 if cancelled else 1
+
+
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("migrate", "create or upgrade the schema (twice is a no-op)", migrate_command),
+    Subcommand("run", "claim and run tasks until SIGTERM", run_command, add_run_arguments, ALL_SETTINGS),
+    Subcommand("submit", "insert a task; prints its id", submit_command, add_submit_arguments),
+    Subcommand("status", "one task as JSON, or recent tasks", status_command, add_status_arguments),
+    Subcommand("cancel", "cancel a task, its children and its dependants", cancel_command, add_cancel_arguments),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wan-worker", description="Headless Wan video-generation worker.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for sub in SUBCOMMANDS:
+        sub_parser = commands.add_parser(sub.name, help=sub.help, description=sub.help)
+        sub.add_arguments(sub_parser)
+        add_setting_arguments(sub_parser, sub.settings)
+        sub_parser.set_defaults(subcommand=sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args)
+    except ValueError as error:
+        parser.error(str(error))
+    configure_logging(config.log_format, config.log_level)
+    return args.subcommand.resolve()(args, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

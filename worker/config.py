@@ -1,0 +1,155 @@
+"""Worker settings: one dataclass, read from command-line flags and WAN_WORKER_* environment variables
+(flag > variable > default). Every setting is declared once here, with its unit in its name."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def default_worker_id() -> str:
+    """host:gpuN:pid (host:cpu:pid without a GPU): unique per process, readable in the table."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    device = f"gpu{visible}" if visible and visible != "-1" else "cpu"
+    return f"{socket.gethostname()}:{device}:{os.getpid()}"
+
+
+def _setting(default: Any = None, *, help: str, parse: Callable[[str], Any] = str, env: str | None = None,
+             factory: Callable[[], Any] | None = None) -> Any:
+    metadata = {"help": help, "parse": parse, "env": env}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _optional_str(value: str) -> str | None:
+    return value or None
+
+
+def _optional_int(value: str) -> int | None:
+    return int(value) if value else None
+
+
+def _task_types(value: str) -> tuple[str, ...] | None:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    return names or None
+
+
+def _boolean(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    database_url: str = _setting("sqlite:///wan-worker.db", help="postgresql://user@host:port/db or sqlite:///path")
+    models_dir: Path = _setting(Path("models"), parse=Path, help="folder of model weight files")
+    output_dir: Path = _setting(Path("outputs"), parse=Path, help="artifacts go to <output-dir>/<task id>/")
+    device: str | None = _setting(
+        None, parse=_optional_str, help="torch device; default cuda when an NVIDIA GPU is visible, else cpu"
+    )
+    worker_id: str = _setting(factory=default_worker_id, env="WAN_WORKER_ID", help="default host:gpuN:pid")
+    task_types: tuple[str, ...] | None = _setting(
+        None, parse=_task_types, help="comma-separated task types to claim (default: every type)"
+    )
+    lease_seconds: float = _setting(60.0, parse=float, help="a claim without a heartbeat for this long is rescued")
+    heartbeat_seconds: float = _setting(10.0, parse=float, help="how often a running task's lease is refreshed")
+    poll_seconds: float = _setting(2.0, parse=float, help="claim attempts when no NOTIFY arrives (and on SQLite)")
+    grace_seconds: float = _setting(30.0, parse=float, help="on SIGTERM, time the running task gets to finish")
+    maintenance_seconds: float = _setting(15.0, parse=float, help="interval of lease rescue and dependency cascade")
+    affinity_max_wait_seconds: float = _setting(
+        300.0, parse=float, help="rows older than this are claimed by age before rows for the loaded model"
+    )
+    retry_base_seconds: float = _setting(10.0, parse=float, help="first retry delay of a transient failure")
+    retry_max_seconds: float = _setting(600.0, parse=float, help="cap of the exponential retry delay")
+    notify_wakeups: bool = _setting(True, parse=_boolean, help="LISTEN for Postgres NOTIFY (else poll only)")
+    preload_model: str | None = _setting(None, parse=_optional_str, help="model to load before the first claim")
+    metrics_port: int | None = _setting(None, parse=_optional_int, help="serve Prometheus metrics on this port")
+    log_format: str = _setting("auto", help="json, console, or auto (console on a terminal, else json)")
+    log_level: str = _setting("info", help="debug, info, warning or error")
+
+    def __post_init__(self) -> None:
+        for name in ("lease_seconds", "heartbeat_seconds", "poll_seconds", "maintenance_seconds",
+                     "retry_base_seconds", "retry_max_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("grace_seconds", "affinity_max_wait_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"heartbeat_seconds ({self.heartbeat_seconds}) must be shorter than lease_seconds ({self.lease_seconds})"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql", "postgres:"))
+
+
+def env_name(name: str) -> str:
+    """The WAN_WORKER_* variable of a setting."""
+    env = _field(name).metadata["env"]
+    return env or f"WAN_WORKER_{name.upper()}"
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# Settings every subcommand that touches the database takes; `run` takes all of them.
+CONNECTION_SETTINGS = ("database_url", "log_format", "log_level")
+ALL_SETTINGS = tuple(f.name for f in dataclasses.fields(WorkerConfig))
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """Add a flag per setting; unset flags stay None so that the environment and defaults apply."""
+    group = parser.add_argument_group("settings (flag, else the WAN_WORKER_* variable, else the default)")
+    for name in names:
+        meta = _field(name).metadata
+        default = _default(name)
+        shown = "every type" if name == "task_types" else default
+        group.add_argument(
+            flag_name(name), dest=name, default=None, metavar=name.split("_")[-1].upper(),
+            help=f"{meta['help']} [{env_name(name)}; default {shown}]",
+        )
+
+
+def load_config(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> WorkerConfig:
+    """Resolve every setting: the flag if given, else the environment variable, else the default."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(WorkerConfig):
+        raw = getattr(args, f.name, None) if args is not None else None
+        if raw is None:
+            raw = environ.get(env_name(f.name))
+        if raw is None:
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw)
+        except ValueError as error:
+            raise ValueError(f"{flag_name(f.name)} / {env_name(f.name)}: {error}") from None
+    return WorkerConfig(**values)
+
+
+def _field(name: str) -> dataclasses.Field:
+    return {f.name: f for f in dataclasses.fields(WorkerConfig)}[name]
+
+
+def _default(name: str) -> Any:
+    f = _field(name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

@@ -1,0 +1,60 @@
+"""The lease of a running task: a thread that refreshes heartbeat_at every heartbeat_seconds from its
+own pooled connection, and that tells the handler to stop when the row was cancelled or the lease
+was lost (another worker or the lease rescue took it)."""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import structlog
+
+from worker.store import HeartbeatState, TaskStore
+
+
+class Heartbeat:
+    """Use as a context manager around the handler. `on_stop` is called once on CANCELLED or LOST;
+    `on_alive` after every extended lease (the systemd watchdog ping)."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        task_id: str,
+        worker_id: str,
+        interval_seconds: float,
+        *,
+        on_stop: Callable[[HeartbeatState], None],
+        on_alive: Callable[[], None],
+        log: structlog.typing.FilteringBoundLogger,
+    ):
+        self.store, self.task_id, self.worker_id = store, task_id, worker_id
+        self.interval_seconds = interval_seconds
+        self.on_stop, self.on_alive, self.log = on_stop, on_alive, log
+        self.state = HeartbeatState.ALIVE
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{task_id[:8]}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.interval_seconds):
+            try:
+                state = self.store.heartbeat(self.task_id, self.worker_id)
+            except Exception as error:  # a database outage must not end the lease thread
+                self.log.warning("heartbeat failed; retrying at the next interval", error=str(error))
+                continue
+            if state is HeartbeatState.ALIVE:
+                self.on_alive()
+                continue
+            self.state = state
+            self.log.warning(
+                "task was cancelled; stopping it" if state is HeartbeatState.CANCELLED
+                else "lease lost (rescued by another worker); stopping the task"
+            )
+            self.on_stop(state)
+            return

@@ -1,0 +1,275 @@
+"""The claim loop: claim -> route to the handler -> run it (with a heartbeat) -> write back.
+
+The handler runs in its own thread so the loop can enforce the shutdown grace period; the lease is kept
+by the heartbeat thread; maintenance and NOTIFY wake-ups run in the background. What happens to the
+row is decided here, from the handler's result or the type of what it raised:
+
+  HandlerResult                      -> Complete (or parked with children)
+  bad params / unknown task_type /   -> Failed at once (permanent; the message names field and rule)
+  engine request, model, weights,
+  load and out-of-memory errors
+  TaskCancelled / GenerationCancelled -> nothing: the row is already Cancelled or no longer ours
+  anything else                       -> Queued again after exponential backoff with jitter, until
+                                         max_attempts, then Failed with the last error
+Database outages are retried (tenacity) with backoff: the worker never dies because Postgres restarted.
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+import structlog
+import tenacity
+
+from wan_engine import errors as engine_errors
+from worker import errors, sdnotify
+from worker.config import WorkerConfig
+from worker.db import is_transient
+from worker.handlers import Handler, HandlerResult, TaskContext, load_handlers
+from worker.heartbeat import Heartbeat
+from worker.maintenance import Maintenance
+from worker.resources import WorkerResources, resolve_device
+from worker.store import HeartbeatState, Task, TaskStore
+from worker.wakeup import Wakeup
+
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    errors.ValidationError,
+    engine_errors.InvalidRequest,  # includes UnknownModel
+    engine_errors.WeightsMissing,
+    engine_errors.LoadError,
+    engine_errors.OutOfMemory,
+)
+CANCELLATION_ERRORS: tuple[type[BaseException], ...] = (errors.TaskCancelled, engine_errors.GenerationCancelled)
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Released:
+    """The shutdown grace period ran out before the handler finished."""
+
+
+@dataclass
+class _Raised:
+    error: BaseException
+
+
+Outcome = HandlerResult | _Raised | _Released
+
+
+class Worker:
+    """One worker process: `run()` until stopped (SIGTERM/SIGINT call `request_stop()`)."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        store: TaskStore,
+        *,
+        handlers: dict[str, Handler] | None = None,
+        resources: WorkerResources | None = None,
+    ):
+        self.config = config
+        self.store = store
+        self.handlers = load_handlers() if handlers is None else handlers
+        self.resources = resources or WorkerResources(device=resolve_device(config.device), models_dir=config.models_dir)
+        self.log = structlog.get_logger("worker").bind(worker_id=config.worker_id)
+        self.watchdog = sdnotify.Watchdog()
+        self.wakeup = Wakeup(store.db, listen=config.notify_wakeups, log=self.log)
+        self.maintenance = Maintenance(
+            store, lease_seconds=config.lease_seconds, interval_seconds=config.maintenance_seconds, log=self.log
+        )
+        self._stopping = threading.Event()  # stop claiming; the running task gets the grace period
+        self._hurry = threading.Event()  # a second signal: release the running task now
+        self.counts = {"completed": 0, "parked": 0, "failed": 0, "retried": 0, "cancelled": 0, "released": 0}
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """First call: finish gracefully. Second call: do not wait for the grace period."""
+        if self._stopping.is_set():
+            self._hurry.set()
+        self._stopping.set()
+        self.wakeup.set()
+
+    def run(self, *, once: bool = False, exit_when_idle: bool = False) -> int:
+        """Claim and run tasks until stopped. once: at most one task. exit_when_idle: stop when nothing is
+        ready to claim. Returns the process exit code (0)."""
+        task_types = self.config.task_types
+        self.log.info("worker starting", task_types=list(task_types) if task_types else "all",
+                      handlers=sorted(self.handlers), device=self.resources.device, database=self.store.db.dialect)
+        try:
+            self._with_db_retry(self.maintenance.run_once, until=self._stopping)
+            self.wakeup.start()
+            self.maintenance.start()
+            sdnotify.notify("READY=1", "STATUS=waiting for tasks")
+            while not self._stopping.is_set():
+                self.wakeup.clear()
+                task = self._with_db_retry(self._claim, until=self._stopping)
+                if task is None:
+                    if once or exit_when_idle:
+                        break
+                    self.watchdog.ping()
+                    self.wakeup.wait(self.config.poll_seconds)
+                    continue
+                self._run(task)
+                if once:
+                    break
+        except _GaveUp:
+            pass  # stopping while the database was unreachable
+        finally:
+            sdnotify.notify("STOPPING=1", "STATUS=stopping")
+            self.maintenance.stop()
+            self.wakeup.close()
+            self.log.info("worker stopped", **self.counts)
+        return 0
+
+    def _claim(self) -> Task | None:
+        return self.store.claim(
+            self.config.worker_id,
+            self.config.task_types,
+            self.resources.loaded_model,
+            affinity_max_wait_seconds=self.config.affinity_max_wait_seconds,
+        )
+
+    # ---- one task ------------------------------------------------------------------------------------
+
+    def _run(self, task: Task) -> None:
+        log = self.log.bind(task_id=task.id, task_type=task.task_type, attempt=task.attempts)
+        log.info("task claimed", max_attempts=task.max_attempts, priority=task.priority)
+        sdnotify.notify(f"STATUS=running {task.task_type} {task.id}")
+        ctx = TaskContext(task, self.store, self.config, self.resources, log)
+        started = time.monotonic()
+        heartbeat = Heartbeat(
+            self.store, task.id, self.config.worker_id, self.config.heartbeat_seconds,
+            on_stop=lambda _state: ctx.cancel(), on_alive=self.watchdog.ping, log=log,
+        )
+        with heartbeat:
+            outcome = self._execute(ctx)
+        try:
+            self._settle(ctx, outcome, lease=heartbeat.state, log=log.bind(seconds=round(time.monotonic() - started, 3)))
+        except _GaveUp:
+            log.error("result not written: database unreachable at shutdown; the lease rescue will requeue it")
+        sdnotify.notify("STATUS=waiting for tasks")
+
+    def _execute(self, ctx: TaskContext) -> Outcome:
+        """Run the handler in a thread; during shutdown give it grace_seconds, then release the row."""
+        task = ctx.task
+        handler = self.handlers.get(task.task_type)
+        if handler is None:
+            known = ", ".join(sorted(self.handlers))
+            return _Raised(errors.ValidationError("task_type", f"unknown task_type {task.task_type!r}; known: {known}"))
+        if not isinstance(task.params, dict):
+            kind = type(task.params).__name__
+            return _Raised(errors.ValidationError("params", f"must be a JSON object, got {kind} {task.params!r:.80}"))
+
+        outcome: list[Outcome] = []
+
+        def call_handler() -> None:
+            try:
+                result = handler(ctx)
+                if not isinstance(result, HandlerResult):
+                    raise TypeError(f"handler returned {type(result).__name__}, not HandlerResult")
+                outcome.append(result)
+            except BaseException as error:  # everything a handler raises is the poller's to judge
+                outcome.append(_Raised(error))
+
+        thread = threading.Thread(target=call_handler, name=f"task-{task.id[:8]}", daemon=True)
+        thread.start()
+        deadline: float | None = None
+        while True:
+            thread.join(timeout=0.25)
+            if not thread.is_alive():
+                return outcome[0]
+            if self._stopping.is_set() and deadline is None:
+                deadline = time.monotonic() + self.config.grace_seconds
+                ctx.log.info("stopping: the running task has the grace period to finish",
+                             grace_seconds=self.config.grace_seconds)
+            if deadline is not None and (time.monotonic() >= deadline or self._hurry.is_set()):
+                ctx.cancel()
+                return _Released()
+
+    def _settle(self, ctx: TaskContext, outcome: Outcome, *, lease: HeartbeatState, log: Any) -> None:
+        """Write what the outcome means to the row (every write is fenced)."""
+        task, me = ctx.task, self.config.worker_id
+
+        def write(method: Callable[..., T], *args: Any) -> T:
+            return self._with_db_retry(lambda: method(task.id, me, *args), until=self._hurry)
+
+        if isinstance(outcome, _Released):
+            released = write(self.store.release)
+            self._count("released", log, "released unfinished at shutdown (attempt not counted)" if released
+                        else "shutdown: row no longer ours")
+            return
+        if isinstance(outcome, HandlerResult):
+            if outcome.park_children is not None:
+                ids = write(self.store.park_with_children, outcome.park_children, outcome.park_progress)
+                if ids is None:
+                    self._count("cancelled", log, "children not inserted: lease lost or task cancelled")
+                else:
+                    self._count("parked", log, "parked until its children finish", children=len(ids))
+                return
+            written = write(self.store.complete, outcome.output_location, outcome.result_data)
+            if written:
+                self._count("completed", log, "task complete", output_location=outcome.output_location)
+            else:
+                self._count("cancelled", log, "result discarded: lease lost or task cancelled", lease=lease.value)
+            return
+
+        error = outcome.error
+        message = f"{type(error).__name__}: {error}"
+        if isinstance(error, CANCELLATION_ERRORS):
+            self._count("cancelled", log, "task stopped", reason=lease.value, error=message)
+        elif isinstance(error, PERMANENT_ERRORS):
+            write(self.store.fail, message)
+            self._count("failed", log, "task failed (permanent)", error=message)
+        elif task.attempts >= task.max_attempts:
+            write(self.store.fail, f"{message} (attempt {task.attempts} of {task.max_attempts}; giving up)")
+            self._count("failed", log, "task failed: attempts used up", error=message, exc_info=error)
+        else:
+            delay = self._retry_delay_seconds(task.attempts)
+            write(self.store.retry_later, f"{message} (attempt {task.attempts} of {task.max_attempts}; will retry)", delay)
+            self._count("retried", log, "task will be retried", error=message, retry_in_seconds=round(delay, 1),
+                        exc_info=error)
+
+    def _retry_delay_seconds(self, attempts: int) -> float:
+        """Exponential backoff with jitter: base * 2^(attempts-1), capped, then scaled by U(0.5, 1)."""
+        ceiling = min(self.config.retry_max_seconds, self.config.retry_base_seconds * 2 ** (attempts - 1))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    def _count(self, outcome: str, log: Any, event: str, **fields: Any) -> None:
+        self.counts[outcome] += 1
+        level = log.warning if outcome in ("failed", "retried") else log.info
+        level(event, outcome=outcome, **fields)
+
+    # ---- database outages ------------------------------------------------------------------------------
+
+    def _with_db_retry(self, call: Callable[[], T], *, until: threading.Event) -> T:
+        """Run `call`, retrying transient database errors with capped exponential backoff and jitter for as
+        long as it takes, unless `until` is set (then raise _GaveUp)."""
+
+        def log_retry(state: tenacity.RetryCallState) -> None:
+            self.watchdog.ping()  # an outage is not a hung worker
+            self.log.warning("database unavailable; retrying", error=str(state.outcome.exception()),
+                             attempt=state.attempt_number, retry_in_seconds=round(state.upcoming_sleep, 2))
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_transient),
+            wait=tenacity.wait_exponential_jitter(initial=0.2, max=10.0),
+            stop=lambda _state: until.is_set(),
+            sleep=until.wait,
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        try:
+            return retrying(call)
+        except Exception as error:
+            if is_transient(error) and until.is_set():
+                raise _GaveUp() from error
+            raise
+
+
+class _GaveUp(Exception):
+    """A database call was abandoned because the worker is stopping."""
