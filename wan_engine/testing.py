@@ -1,0 +1,171 @@
+"""Tiny random Wan checkpoints, in the official file layout, for tests, the demo and anyone without
+real weights: `python -m wan_engine.testing DIR` (or `write_tiny_models(DIR)`).
+
+Every network is built at its tiny configuration and filled from a seeded generator, so the files
+are byte-for-byte reproducible. The scale of each tensor keeps activations O(1) through the tiny
+networks (weights ~ N(0, 1/fan_in), norm gains ~ 1, small biases) so that outputs depend visibly on
+every input: a degenerate model (all zeros, all saturated) would let pipeline bugs pass unnoticed.
+
+Files (names fixed by the model definitions in defaults/):
+    tiny_t2v.safetensors                      Wan 2.1 DiT, no VACE keys
+    tiny_vace_module.safetensors              its VACE blocks (vace_patch_embedding.*, vace_blocks.*)
+    tiny_t2v_2_2_{high,low}.safetensors       the two Wan 2.2 experts
+    tiny_vace_2_2_module_{high,low}.safetensors
+    tiny_vae.safetensors, tiny_umt5.safetensors, tiny_umt5/tokenizer.json
+    loras/tiny_kohya.safetensors              kohya layout (lora_unet_ prefix, lora_down/lora_up/alpha)
+    loras/tiny_peft.safetensors               PEFT layout (diffusion_model. prefix, lora_A/lora_B)
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from wan_engine.nn.dit import TINY_DIT, TINY_VACE_LAYERS, VACE_IN_DIM, WanDiT
+from wan_engine.nn.t5 import TINY_UMT5, UMT5Encoder
+from wan_engine.nn.vae import TINY_VAE, WanVAE
+from wan_engine.tokenizer import write_tiny_tokenizer
+from wan_engine.weights import save_state_dict
+
+VACE_KEY_PREFIX = "vace_"  # vace_patch_embedding.*, vace_blocks.*
+LORA_RANK = 4
+LORA_TARGETS = ("self_attn.q", "self_attn.v", "cross_attn.k", "cross_attn.o", "ffn.0", "ffn.2")
+LORA_BLOCKS = (0, 1)
+
+TINY_T5_FOLDER = "tiny_umt5"
+
+
+def tiny_dit(vace: bool = False) -> WanDiT:
+    """The tiny DiT architecture (with its VACE blocks when `vace`)."""
+    if vace:
+        return WanDiT(**TINY_DIT, vace_layers=TINY_VACE_LAYERS, vace_in_dim=VACE_IN_DIM)
+    return WanDiT(**TINY_DIT)
+
+
+def tiny_vae() -> WanVAE:
+    return WanVAE(**TINY_VAE)
+
+
+def tiny_text_encoder() -> UMT5Encoder:
+    return UMT5Encoder(**TINY_UMT5)
+
+
+def random_state(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """Deterministic float32 values for every tensor of `model`'s state dict (see the module docstring).
+
+    Only names and shapes are read, so `model` may live on the meta device.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, like in sorted(model.state_dict().items()):
+        if not like.is_floating_point():
+            state[name] = torch.zeros(like.shape, dtype=like.dtype)
+            continue
+        noise = torch.randn(like.shape, generator=generator, dtype=torch.float32)
+        state[name] = _scaled(name, noise)
+    return state
+
+
+def _scaled(name: str, noise: torch.Tensor) -> torch.Tensor:
+    """Scale standard normal noise to the role the tensor plays in its network."""
+    leaf = name.rsplit(".", 1)[-1]
+    if "modulation" in name:  # [1, 6, dim] shift/scale/gate tables, official init randn / sqrt(dim)
+        return noise / noise.shape[-1] ** 0.5
+    if noise.ndim >= 2:  # linear, convolution, embedding: unit gain on O(1) inputs
+        return noise / (noise.numel() // noise.shape[0]) ** 0.5
+    if leaf in ("weight", "gamma"):  # norm gains
+        return 1.0 + 0.1 * noise
+    return 0.1 * noise  # biases
+
+
+def tiny_lora_state(model: nn.Module, seed: int, layout: str) -> dict[str, torch.Tensor]:
+    """A rank-4 LoRA over a few linear layers of `model`, in 'kohya' or 'peft' key layout.
+
+    up/down are scaled so the merged update is a sizeable fraction of each weight (outputs change
+    visibly) without swamping it.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    weights = dict(model.named_parameters())
+    state: dict[str, torch.Tensor] = {}
+    for block in LORA_BLOCKS:
+        for target in LORA_TARGETS:
+            module = f"blocks.{block}.{target}"
+            out_dim, in_dim = weights[f"{module}.weight"].shape
+            down = torch.randn(LORA_RANK, in_dim, generator=generator) / in_dim**0.5
+            up = torch.randn(out_dim, LORA_RANK, generator=generator) / LORA_RANK**0.5 * 0.5
+            if layout == "kohya":
+                prefix = "lora_unet_" + module.replace(".", "_")
+                state[f"{prefix}.lora_down.weight"] = down
+                state[f"{prefix}.lora_up.weight"] = up
+                state[f"{prefix}.alpha"] = torch.tensor(float(LORA_RANK) / 2)
+            elif layout == "peft":
+                state[f"diffusion_model.{module}.lora_A.weight"] = down
+                state[f"diffusion_model.{module}.lora_B.weight"] = up
+            else:
+                raise ValueError(f"unknown LoRA layout {layout!r}")
+    return state
+
+
+def _split_vace(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(base keys, VACE keys) of a VACE DiT's state: the two files Wan2GP ships separately."""
+    base = {k: v for k, v in state.items() if not k.startswith(VACE_KEY_PREFIX)}
+    vace = {k: v for k, v in state.items() if k.startswith(VACE_KEY_PREFIX)}
+    return base, vace
+
+
+def _seed(name: str) -> int:
+    """A stable seed per file name, so each file's content is independent of the others."""
+    return zlib.crc32(name.encode())
+
+
+def _write(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Write atomically, leaving an identical existing file untouched (idempotent, safe for readers)."""
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_state_dict(state, scratch)
+    scratch.chmod(0o644)  # a models folder is read by other users (the worker service)
+    if path.is_file() and filecmp.cmp(scratch, path, shallow=False):
+        scratch.unlink()
+    else:
+        os.replace(scratch, path)
+
+
+def write_tiny_models(folder: str | Path) -> Path:
+    """Write every tiny checkpoint, the tiny tokenizer and the tiny LoRAs into `folder`; returns it."""
+    folder = Path(folder)
+    (folder / "loras").mkdir(parents=True, exist_ok=True)
+
+    with torch.device("meta"):  # shapes only: nothing allocated, no init kernels
+        vace_dit, vae, text_encoder = tiny_dit(vace=True), tiny_vae(), tiny_text_encoder()
+    base, vace = _split_vace(random_state(vace_dit, _seed("tiny_t2v")))
+    _write(base, folder / "tiny_t2v.safetensors")
+    _write(vace, folder / "tiny_vace_module.safetensors")
+    for expert in ("high", "low"):
+        base, vace = _split_vace(random_state(vace_dit, _seed(f"tiny_t2v_2_2_{expert}")))
+        _write(base, folder / f"tiny_t2v_2_2_{expert}.safetensors")
+        _write(vace, folder / f"tiny_vace_2_2_module_{expert}.safetensors")
+
+    _write(random_state(vae, _seed("tiny_vae")), folder / "tiny_vae.safetensors")
+    _write(random_state(text_encoder, _seed("tiny_umt5")), folder / "tiny_umt5.safetensors")
+    write_tiny_tokenizer(folder / TINY_T5_FOLDER)
+
+    for layout in ("kohya", "peft"):
+        name = f"tiny_{layout}"
+        _write(tiny_lora_state(vace_dit, _seed(name), layout), folder / "loras" / f"{name}.safetensors")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="models folder to write into (created if missing)")
+    folder = write_tiny_models(parser.parse_args(argv).folder)
+    print(folder)
+
+
+if __name__ == "__main__":
+    main()
