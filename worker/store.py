@@ -272,8 +272,9 @@ class TaskStore:
             return self._cascade(conn)
 
     def _cascade(self, conn: sa.Connection) -> int:
-        """Repeat the three cascade rules until none changes a row (chains end link by link)."""
-        rules = ("end_dependants_of_ended", "end_parked_parents_of_ended", "cancel_children_of_ended")
+        """Repeat the three cascade rules until none changes a row (chains end link by link). Parents go
+        first so that a parent names the child that failed on its own, not a dependant that followed it."""
+        rules = ("end_parked_parents_of_ended", "end_dependants_of_ended", "cancel_children_of_ended")
         total = 0
         while True:
             changed = sum(len(conn.execute(self.db.query(rule)).all()) for rule in rules)
