@@ -1,0 +1,204 @@
+"""Reading task params: one place that turns JSON values into typed values, or into a
+ValidationError that names the field and the rule, so every handler rejects bad input the same way.
+
+Backends written in other languages send loosely typed JSON (numbers as strings, integral floats),
+so readers accept the unambiguous spellings of a value and reject everything else.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from worker.errors import ValidationError
+
+RESOLUTION_MULTIPLE = 16
+MAX_SIDE_PIXELS = 4096
+MAX_VIDEO_FRAMES = 1025
+
+
+class _Required:
+    """Marker default: the field must be present."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+class ParamReader:
+    """Typed, validated access to one task's params.
+
+    Each reader returns the default when the field is absent (None or an empty string counts as
+    absent) and raises ValidationError(field, rule) when it is required or malformed.
+    """
+
+    def __init__(self, params: Mapping[str, Any]):
+        if not isinstance(params, Mapping):
+            raise ValidationError("params", "must be a JSON object")
+        self.params = params
+
+    def has(self, field: str) -> bool:
+        return not _is_missing(self.params.get(field))
+
+    def _raw(self, field: str, default: Any) -> Any:
+        value = self.params.get(field)
+        if _is_missing(value):
+            if default is REQUIRED:
+                raise ValidationError(field, "is required")
+            return default
+        return value
+
+    def text(self, field: str, default: Any = REQUIRED, *, choices: Sequence[str] | None = None) -> Any:
+        value = self._raw(field, default)
+        if value is default:
+            return value
+        if not isinstance(value, str):
+            raise ValidationError(field, f"must be a string, got {type(value).__name__}")
+        if choices is not None and value not in choices:
+            raise ValidationError(field, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def integer(self, field: str, default: Any = REQUIRED, *, minimum: int | None = None,
+                maximum: int | None = None) -> Any:
+        value = self._raw(field, default)
+        if value is default:
+            return value
+        number = to_int(value, field)
+        _check_range(field, number, minimum, maximum)
+        return number
+
+    def number(self, field: str, default: Any = REQUIRED, *, minimum: float | None = None,
+               maximum: float | None = None) -> Any:
+        value = self._raw(field, default)
+        if value is default:
+            return value
+        number = to_float(value, field)
+        _check_range(field, number, minimum, maximum)
+        return number
+
+    def flag(self, field: str, default: Any = REQUIRED) -> Any:
+        value = self._raw(field, default)
+        if value is default or isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValidationError(field, "must be true or false")
+
+    def texts(self, field: str, default: Any = REQUIRED) -> Any:
+        """A list of strings; a single string is a list of one."""
+        value = self._raw(field, default)
+        if value is default:
+            return value
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValidationError(field, "must be a list of strings")
+        return list(value)
+
+    def resolution(self, field: str = "resolution", default: Any = REQUIRED) -> Any:
+        value = self._raw(field, default)
+        if value is default:
+            return value
+        return parse_resolution(value, field)
+
+    def input_file(self, field: str, default: Any = REQUIRED) -> Any:
+        value = self._raw(field, default)
+        if value is default:
+            return value
+        return existing_file(value, field)
+
+    def input_files(self, field: str, default: Any = REQUIRED) -> Any:
+        value = self._raw(field, default)
+        if value is default:
+            return value
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ValidationError(field, "must be a path or a list of paths")
+        return [existing_file(item, f"{field}[{index}]") for index, item in enumerate(items)]
+
+
+def to_int(value: Any, field: str) -> int:
+    """An int from an int, an integral float or a decimal string; never from a bool."""
+    if isinstance(value, bool):
+        raise ValidationError(field, "must be an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValidationError(field, f"must be an integer, got {value!r}")
+
+
+def to_float(value: Any, field: str) -> float:
+    """A finite float from a number or a numeric string; never from a bool."""
+    if isinstance(value, bool):
+        raise ValidationError(field, "must be a number, got a boolean")
+    number: float | None = None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number):
+        raise ValidationError(field, f"must be a finite number, got {value!r}")
+    return number
+
+
+def _check_range(field: str, number: float, minimum: float | None, maximum: float | None) -> None:
+    if minimum is not None and number < minimum:
+        raise ValidationError(field, f"must be >= {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise ValidationError(field, f"must be <= {maximum}, got {number}")
+
+
+def parse_resolution(value: Any, field: str = "resolution") -> tuple[int, int]:
+    """(width, height) from "WxH" or [W, H]; both sides multiples of 16 within [16, 4096]."""
+    if isinstance(value, str):
+        parts = value.lower().replace(" ", "").split("x")
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = []
+    if len(parts) != 2:
+        raise ValidationError(field, f"must be 'WIDTHxHEIGHT' like '832x480', got {value!r}")
+    try:
+        width, height = (to_int(part, field) for part in parts)
+    except ValidationError:
+        raise ValidationError(field, f"must be 'WIDTHxHEIGHT' like '832x480', got {value!r}") from None
+    for side in (width, height):
+        if side % RESOLUTION_MULTIPLE or not RESOLUTION_MULTIPLE <= side <= MAX_SIDE_PIXELS:
+            raise ValidationError(
+                field, f"width and height must be multiples of {RESOLUTION_MULTIPLE} between "
+                f"{RESOLUTION_MULTIPLE} and {MAX_SIDE_PIXELS}, got {width}x{height}")
+    return width, height
+
+
+def round_to_frame_count(frames: int, field: str) -> int:
+    """Largest 4n+1 <= frames (what the Wan VAE's 4x temporal compression needs)."""
+    if not 1 <= frames <= MAX_VIDEO_FRAMES:
+        raise ValidationError(field, f"must be between 1 and {MAX_VIDEO_FRAMES} frames, got {frames}")
+    return (frames - 1) // 4 * 4 + 1
+
+
+def existing_file(value: Any, field: str) -> Path:
+    """An absolute or working-directory-relative path to a regular file that exists."""
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ValidationError(field, f"must be a file path, got {value!r}")
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValidationError(field, f"file does not exist: {value}")
+    return path
+
