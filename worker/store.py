@@ -16,6 +16,9 @@ import sqlalchemy as sa
 
 from worker.db import Database, parse_uuid
 
+# The params field that names a child within its parent (unique per parent, see park_with_children).
+CHILD_KEY_PARAM = "child_key"
+
 
 class TaskStatus(str, enum.Enum):
     QUEUED = "Queued"
@@ -224,8 +227,8 @@ class TaskStore:
         and park the parent until its children end it. Every child must carry params['child_key'].
         Returns the children's ids, or None when this worker no longer holds the parent."""
         for child in children:
-            if not isinstance(child.params, dict) or "child_key" not in child.params:
-                raise ValueError(f"child {child.task_type} needs params['child_key'] (unique per parent)")
+            if not isinstance(child.params, dict) or CHILD_KEY_PARAM not in child.params:
+                raise ValueError(f"child {child.task_type} needs params[{CHILD_KEY_PARAM!r}] (unique per parent)")
         fence = {"id": parent_id, "worker_id": worker_id}
         with self.db.engine.begin() as conn:
             parent = conn.execute(self.db.query("lock_held_task"), fence).mappings().first()
@@ -344,5 +347,6 @@ class TaskStore:
 def _in_requested_order(existing: Sequence[sa.Row], requested: Sequence[NewTask]) -> list[str]:
     """Existing children's ids, in the order of the requested child_keys where they match, then the rest."""
     by_key = {str(key): str(task_id) for task_id, key in existing}
-    ordered = [by_key.pop(str(child.params["child_key"])) for child in requested if str(child.params["child_key"]) in by_key]
+    keys = [str(child.params[CHILD_KEY_PARAM]) for child in requested]
+    ordered = [by_key.pop(key) for key in keys if key in by_key]
     return ordered + list(by_key.values())

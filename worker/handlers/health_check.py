@@ -11,9 +11,10 @@ import time
 
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
+from worker.store import CHILD_KEY_PARAM
 
 MAX_SLEEP_SECONDS = 3600.0
-ACCEPTED_FIELDS = ("sleep_seconds",)
+ACCEPTED_FIELDS = ("sleep_seconds", CHILD_KEY_PARAM)  # child_key: when an orchestrator inserted the probe
 
 
 @register("health_check")
@@ -41,7 +42,7 @@ def health_check(ctx: TaskContext) -> HandlerResult:
 def _sleep_seconds(params: dict) -> float:
     for name in params:
         if name not in ACCEPTED_FIELDS:
-            raise ValidationError(name, f"unknown field; health_check accepts only {', '.join(ACCEPTED_FIELDS)}")
+            raise ValidationError(name, f"unknown field; health_check accepts {', '.join(ACCEPTED_FIELDS)}")
     value = params.get("sleep_seconds", 0)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationError("sleep_seconds", f"must be a number of seconds, got {type(value).__name__} {value!r}")
