@@ -300,7 +300,10 @@ def test_more_multipliers_than_loras_is_an_invalid_request() -> None:
 def test_a_lora_matching_no_layer_is_an_invalid_request_and_changes_nothing() -> None:
     model = make_dit(0)
     lora = parse_lora_state_dict(
-        {"diffusion_model.foo.bar.lora_down.weight": torch.ones(2, 4), "diffusion_model.foo.bar.lora_up.weight": torch.ones(4, 2)},
+        {
+            "diffusion_model.foo.bar.lora_down.weight": torch.ones(2, 4),
+            "diffusion_model.foo.bar.lora_up.weight": torch.ones(4, 2),
+        },
         "stranger",
     )
     with pytest.raises(InvalidRequest, match="stranger"), applied_loras(model, [lora], constant(1.0)):
@@ -363,7 +366,10 @@ def test_lora_names_resolve_by_file_stem_case_insensitively(loras_dir: Path) -> 
 
 
 def test_a_url_resolves_by_its_file_name(loras_dir: Path) -> None:
-    url = "https://huggingface.co/DeepBeepMeep/Wan2.1/resolve/main/loras_accelerators/Wan21_CausVid_14B_T2V_lora_rank32_v2.safetensors"
+    url = (
+        "https://huggingface.co/DeepBeepMeep/Wan2.1/resolve/main/loras_accelerators/"
+        "Wan21_CausVid_14B_T2V_lora_rank32_v2.safetensors"
+    )
     assert lora_file_stem(url) == "Wan21_CausVid_14B_T2V_lora_rank32_v2"
     assert resolve_lora(url, loras_dir).stem == "Wan21_CausVid_14B_T2V_lora_rank32_v2"
 

@@ -1,0 +1,270 @@
+"""Model definitions, presets, file lookup and parameter resolution."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wan_engine.errors import InvalidRequest, UnknownModel, WeightsMissing
+from wan_engine.nn.dit import VACE_14B_LAYERS, VACE_IN_DIM, WAN21_14B, WAN21_1_3B, WanDiT
+from wan_engine.nn.t5 import UMT5_XXL
+from wan_engine.nn.vae import TINY_VAE
+from wan_engine.registry import FAMILY_DEFAULTS, ModelRegistry, ModelSpec, resolve_parameters
+from wan_engine.request import GenerationRequest
+from wan_engine.testing import write_tiny_models
+
+TINY_KEYS = ("tiny_t2v", "tiny_vace", "tiny_t2v_2_2", "tiny_vace_2_2")
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_models: Path) -> ModelRegistry:
+    return ModelRegistry(models_dir=tiny_models)
+
+
+def write_defaults(folder: Path, definitions: dict, presets: dict | None = None) -> Path:
+    (folder / "presets").mkdir(parents=True)
+    for key, definition in definitions.items():
+        (folder / f"{key}.json").write_text(json.dumps(definition))
+    for name, preset in (presets or {}).items():
+        (folder / "presets" / f"{name}.json").write_text(json.dumps(preset))
+    return folder
+
+
+def base_files(spec: ModelSpec) -> list[tuple[str, ...]]:
+    return [expert.base for expert in spec.experts]
+
+
+def test_the_shipped_definitions_and_presets_are_all_known(registry: ModelRegistry) -> None:
+    expected = {
+        "t2v_1.3B", "t2v", "vace_1.3B", "vace_14B", "t2v_2_2", "vace_14B_cocktail_2_2", *TINY_KEYS,
+        "vace_21_14b", "vace_22_14b", "vace_21_13b", "t2v_14B",
+    }  # fmt: skip
+    assert expected <= set(registry.known_keys)
+    assert all(isinstance(registry.get(key), ModelSpec) for key in registry.known_keys)
+
+
+def test_real_definitions_use_wan2gp_file_names(registry: ModelRegistry) -> None:
+    assert base_files(registry.get("t2v")) == [("wan2.1_text2video_14B_mbf16.safetensors",)]
+    assert base_files(registry.get("t2v_2_2")) == [
+        ("wan2.2_text2video_14B_high_mbf16.safetensors",),
+        ("wan2.2_text2video_14B_low_mbf16.safetensors",),
+    ]
+    assert registry.get("vace_14B").experts[0].modules == (("wan2.1_Vace_14B_module_mbf16.safetensors",),)
+    spec = registry.get("t2v_1.3B")
+    assert spec.vae_file == ("Wan2.1_VAE.safetensors",)
+    assert spec.text_encoder_file == ("umt5-xxl/models_t5_umt5-xxl-enc-bf16.safetensors",)
+    assert spec.tokenizer_folder == "umt5-xxl"
+
+
+def test_urls_naming_another_definition_reuse_its_files(registry: ModelRegistry) -> None:
+    assert base_files(registry.get("vace_14B")) == base_files(registry.get("t2v"))
+    assert base_files(registry.get("vace_1.3B")) == base_files(registry.get("t2v_1.3B"))
+    assert base_files(registry.get("vace_14B_cocktail_2_2")) == base_files(registry.get("t2v_2_2"))
+
+
+def test_modules_naming_another_definition_reuse_its_modules_on_every_expert(registry: ModelRegistry) -> None:
+    vace = registry.get("vace_14B").experts[0].modules
+    assert [e.modules for e in registry.get("vace_14B_cocktail_2_2").experts] == [vace, vace]
+
+
+def test_a_module_pair_gives_each_expert_its_own_module(registry: ModelRegistry) -> None:
+    high, low = registry.get("tiny_vace_2_2").experts
+    assert (high.name, high.modules) == ("high", (("tiny_vace_2_2_module_high.safetensors",),))
+    assert (low.name, low.modules) == ("low", (("tiny_vace_2_2_module_low.safetensors",),))
+
+
+def test_group_wan2_2_and_urls2_make_a_dual_expert_wan22_model(registry: ModelRegistry) -> None:
+    for key in ("t2v_2_2", "vace_14B_cocktail_2_2", "tiny_vace_2_2"):
+        spec = registry.get(key)
+        assert spec.family == "wan2_2" and spec.is_dual_expert
+        assert [e.name for e in spec.experts] == ["high", "low"]
+    for key in ("t2v", "vace_1.3B", "tiny_vace"):
+        spec = registry.get(key)
+        assert spec.family == "wan2_1" and not spec.is_dual_expert and spec.experts[0].name == "main"
+
+
+def test_network_configs_come_from_the_architecture(registry: ModelRegistry) -> None:
+    assert registry.get("t2v_1.3B").dit_config == WAN21_1_3B
+    assert registry.get("vace_14B").dit_config == dict(WAN21_14B, vace_layers=VACE_14B_LAYERS, vace_in_dim=VACE_IN_DIM)
+    assert registry.get("vace_14B").text_encoder_config == UMT5_XXL and registry.get("t2v").text_len == 512
+    tiny = registry.get("tiny_vace_2_2")
+    assert tiny.is_vace and tiny.vae_config == TINY_VAE and tiny.text_len == 32
+    assert isinstance(WanDiT(**tiny.dit_config), WanDiT)
+
+
+def test_the_cocktail_carries_its_loras_and_multipliers(registry: ModelRegistry) -> None:
+    spec = registry.get("vace_14B_cocktail_2_2")
+    assert len(spec.loras) == 4 and spec.loras[0].endswith("Wan21_CausVid_14B_T2V_lora_rank32_v2.safetensors")
+    assert spec.lora_multipliers == ("1", "0.2", "0.5", "0.5")
+
+
+def test_an_unknown_key_is_unknown_model_listing_the_known_keys(registry: ModelRegistry) -> None:
+    with pytest.raises(UnknownModel) as err:
+        registry.get("wan3")
+    assert err.value.field == "model" and "vace_14B_cocktail_2_2" in str(err.value) and "vace_22_14b" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "preset,model,steps,guidance",
+    [
+        ("vace_21_14b", "vace_14B", 25, 7.5),
+        ("vace_22_14b", "vace_14B_cocktail_2_2", 10, 1.0),
+        ("vace_21_13b", "vace_1.3B", 25, 7.5),
+    ],
+)
+def test_presets_are_their_model_with_the_preset_defaults(
+    registry: ModelRegistry, preset: str, model: str, steps: int, guidance: float
+) -> None:
+    spec = registry.get(preset)
+    assert (spec.key, spec.preset) == (model, preset)
+    assert spec.experts == registry.get(model).experts
+    values, sources = resolve_parameters(spec, {})
+    assert (values["num_inference_steps"], values["guidance_scale"]) == (steps, guidance)
+    assert sources["num_inference_steps"] == sources["guidance_scale"] == "definition"
+
+
+@pytest.mark.parametrize("key", TINY_KEYS)
+def test_the_files_wan_engine_testing_writes_are_found_for_each_tiny_model(
+    registry: ModelRegistry, tiny_models: Path, key: str
+) -> None:
+    spec = registry.get(key)
+    files = registry.files_for(spec)
+    assert list(files.experts) == [e.name for e in spec.experts]
+    assert all(len(paths) == 1 + len(spec.experts[0].modules) for paths in files.experts.values())
+    assert all(p.is_file() and p.parent == tiny_models for paths in files.experts.values() for p in paths)
+    assert files.vae.is_file() and files.text_encoder.is_file() and (files.tokenizer / "tokenizer.json").is_file()
+    registry.check_files(spec)
+
+
+def test_missing_weights_list_the_expected_names_and_the_folder(tmp_path: Path) -> None:
+    registry = ModelRegistry(models_dir=tmp_path)
+    with pytest.raises(WeightsMissing) as err:
+        registry.check_files(registry.get("vace_14B_cocktail_2_2"))
+    message = str(err.value)
+    for name in ("wan2.2_text2video_14B_high_mbf16.safetensors", "wan2.2_text2video_14B_low_mbf16.safetensors",
+                 "wan2.1_Vace_14B_module_mbf16.safetensors", "Wan2.1_VAE.safetensors", str(tmp_path)):  # fmt: skip
+        assert name in message
+    assert "quanto" not in message
+
+
+def test_the_first_alternative_present_is_used(tmp_path: Path, tiny_models: Path) -> None:
+    defaults = write_defaults(tmp_path / "defaults", {
+        "alt": {"model": {"architecture": "tiny_t2v", "URLs": ["absent.safetensors", "tiny_t2v.safetensors"]}},
+    })  # fmt: skip
+    registry = ModelRegistry(models_dir=tiny_models, defaults_dir=defaults)
+    assert registry.files_for(registry.get("alt")).experts["main"] == [tiny_models / "tiny_t2v.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "definitions,presets,message",
+    [
+        (
+            {
+                "a": {"model": {"architecture": "t2v", "URLs": "b"}},
+                "b": {"model": {"architecture": "t2v", "URLs": "a"}},
+            },
+            {},
+            "circular",
+        ),
+        ({"a": {"model": {"architecture": "t2v", "URLs": "nowhere"}}}, {}, "not a definition"),
+        ({"a": {"model": {"architecture": "t9v", "URLs": ["x.safetensors"]}}}, {}, "unknown architecture"),
+        ({"a": {"model": {"architecture": "t2v", "URLs": ["x.safetensors"]}}}, {"p": {"model": "b"}}, "preset p"),
+    ],
+)
+def test_a_broken_definition_fails_at_startup_naming_it(
+    tmp_path: Path, definitions: dict, presets: dict, message: str
+) -> None:
+    defaults = write_defaults(tmp_path / "defaults", definitions, presets)
+    with pytest.raises(ValueError, match=message):
+        ModelRegistry(models_dir=tmp_path, defaults_dir=defaults)
+
+
+def test_explicit_values_beat_the_definition_which_beats_the_family(registry: ModelRegistry) -> None:
+    spec = registry.get("t2v_2_2")
+    values, sources = resolve_parameters(spec, {"guidance_scale": 6.0, "num_inference_steps": None})
+    assert (values["guidance_scale"], sources["guidance_scale"]) == (6.0, "request")
+    assert (values["guidance2_scale"], sources["guidance2_scale"]) == (3.0, "definition")
+    assert (values["flow_shift"], sources["flow_shift"]) == (12.0, "definition")
+    assert (values["num_inference_steps"], sources["num_inference_steps"]) == (10, "family")
+    assert (values["guidance3_scale"], sources["guidance3_scale"]) == (1.0, "family")
+
+
+@pytest.mark.parametrize("key,family", [("t2v_1.3B", "wan2_1"), ("vace_14B", "wan2_1")])
+def test_wan21_family_defaults_fill_what_the_definition_leaves_out(
+    registry: ModelRegistry, key: str, family: str
+) -> None:
+    values, sources = resolve_parameters(registry.get(key), {})
+    assert values["num_inference_steps"] == 25 and values["guidance_scale"] == 7.5
+    assert {name: values[name] for name in FAMILY_DEFAULTS[family]} == FAMILY_DEFAULTS[family]
+    assert set(sources.values()) == {"family"}
+
+
+def test_wan22_family_defaults_are_ten_steps_guidance_one_shift_two(registry: ModelRegistry) -> None:
+    values, sources = resolve_parameters(registry.get("tiny_vace_2_2"), {})
+    assert (values["guidance_scale"], values["guidance2_scale"], values["flow_shift"]) == (1.0, 1.0, 2.0)
+    assert sources["flow_shift"] == "family" and values["switch_threshold"] == 875.0
+    assert FAMILY_DEFAULTS["wan2_2"]["num_inference_steps"] == 10
+    assert (values["num_inference_steps"], sources["num_inference_steps"]) == (4, "definition")
+
+
+def test_a_generation_request_resolves_like_its_fields(registry: ModelRegistry) -> None:
+    request = GenerationRequest(
+        model="vace_22_14b", prompt="a cat", width=832, height=480, video_length=81, flow_shift=3.0,
+        sample_solver="euler", lora_names=["CausVid"], lora_multipliers=["1;0"],
+    )  # fmt: skip
+    values, sources = resolve_parameters(registry.get(request.model), request)
+    assert (values["flow_shift"], values["sample_solver"]) == (3.0, "euler")
+    assert (values["lora_names"], values["lora_multipliers"]) == (["CausVid"], ["1;0"])
+    assert sources["lora_names"] == sources["lora_multipliers"] == sources["flow_shift"] == "request"
+    assert sources["num_inference_steps"] == "definition"
+
+
+def test_definition_loras_apply_unless_the_request_names_its_own(registry: ModelRegistry) -> None:
+    spec = registry.get("vace_14B_cocktail_2_2")
+    values, sources = resolve_parameters(spec, {})
+    assert values["lora_names"] == list(spec.loras) and values["lora_multipliers"] == ["1", "0.2", "0.5", "0.5"]
+    assert sources["lora_names"] == "definition"
+    values, _ = resolve_parameters(spec, {"lora_names": ["DetailEnhancerV1"]})
+    assert (values["lora_names"], values["lora_multipliers"]) == (["DetailEnhancerV1"], [])
+    values, sources = resolve_parameters(spec, {"lora_multipliers": ["1", "0", "0", "0"]})
+    assert values["lora_names"] == list(spec.loras) and sources["lora_multipliers"] == "request"
+
+
+def test_an_empty_solver_name_means_unipc(registry: ModelRegistry) -> None:
+    assert resolve_parameters(registry.get("t2v"), {"sample_solver": ""})[0]["sample_solver"] == "unipc"
+
+
+@pytest.mark.parametrize(
+    "key,fields,field",
+    [
+        ("t2v", {"width": 830, "height": 480, "video_length": 81}, "resolution"),
+        ("t2v", {"width": 832, "height": 488, "video_length": 81}, "resolution"),
+        ("t2v", {"width": 832, "height": 480, "video_length": 80}, "video_length"),
+        ("t2v", {"width": 832, "height": 480, "video_length": 0}, "video_length"),
+        ("t2v_2_2", {"guidance_phases": 1}, "guidance_phases"),
+        ("t2v_2_2", {"model_switch_phase": 2}, "model_switch_phase"),
+        ("t2v", {"sample_solver": "ddim"}, "sample_solver"),
+        ("t2v", {"num_inference_steps": 2.5}, "num_inference_steps"),
+        ("t2v", {"num_inference_steps": 0}, "num_inference_steps"),
+        ("t2v", {"guidance_scale": "high"}, "guidance_scale"),
+        ("t2v", {"flow_shift": 0}, "flow_shift"),
+        ("t2v", {"guidance_phases": 3, "switch_threshold": 500, "switch_threshold2": 700}, "switch_threshold2"),
+    ],
+)
+def test_bad_values_are_invalid_requests_naming_the_field(
+    registry: ModelRegistry, key: str, fields: dict, field: str
+) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        resolve_parameters(registry.get(key), fields)
+    assert err.value.field == field
+
+
+def test_a_good_geometry_passes(registry: ModelRegistry) -> None:
+    values, _ = resolve_parameters(registry.get("t2v"), {"width": 832, "height": 480, "video_length": 81})
+    assert values["num_inference_steps"] == 25
