@@ -189,7 +189,8 @@ def test_headless_resolution_may_be_a_width_height_pair(images: list[str]) -> No
 def test_a_plan_survives_a_json_round_trip(images: list[str], layout: tuple[list[int], list[int]]) -> None:
     frames, overlaps = layout
     plan = plan_travel(
-        ours(images[: len(frames) + 1], prompts=["p"], segment_frames=frames, frame_overlap=overlaps, guidance_scale=1.0)
+        ours(images[: len(frames) + 1], prompts=["p"], segment_frames=frames, frame_overlap=overlaps,
+             guidance_scale=1.0)
     )
     stored = json.loads(json.dumps(plan.to_params()))
     assert stored["expected_frames"] == plan.expected_frames
@@ -280,7 +281,8 @@ def test_prompts_must_be_strings(images: list[str]) -> None:
 
 @pytest.mark.parametrize("frames", [-81, 0, 4, MAX_SEGMENT_FRAMES + 1, 10**9])
 def test_negative_tiny_or_absurd_frame_counts_are_rejected(images: list[str], frames: int) -> None:
-    rejects(ours(images[:3], segment_frames=[17, frames]), "segment_frames[1]", f"{MIN_SEGMENT_FRAMES}..{MAX_SEGMENT_FRAMES}")
+    rule = f"{MIN_SEGMENT_FRAMES}..{MAX_SEGMENT_FRAMES}"
+    rejects(ours(images[:3], segment_frames=[17, frames]), "segment_frames[1]", rule)
 
 
 def test_frame_counts_must_be_integers(images: list[str]) -> None:
@@ -311,7 +313,8 @@ def test_a_negative_overlap_is_rejected(images: list[str]) -> None:
 
 
 def test_overlaps_at_both_ends_must_leave_the_middle_segment_a_frame(images: list[str]) -> None:
-    rejects(ours(images[:4], prompts=["p"], segment_frames=[17, 9, 17], frame_overlap=[4, 6]), "frame_overlap", "segment 1 has 9 frames")
+    params = ours(images[:4], prompts=["p"], segment_frames=[17, 9, 17], frame_overlap=[4, 6])
+    rejects(params, "frame_overlap", "segment 1 has 9 frames")
 
 
 @pytest.mark.parametrize("resolution", ["832x481", "830x480", "832*480", "832", "0x480", "widexhigh", "8192x480", 832])

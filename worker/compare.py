@@ -153,7 +153,7 @@ def compare(
 
     sheet_path = save_png(_contact_sheet(sheet_tiles, labels, sample_indices), out_dir / "contact_sheet.png")
     report = {
-        "inputs": [_input_entry(path, label, info, scores) for path, label, info, scores in zip(inputs, labels, infos, temporal)],
+        "inputs": [_input_entry(*entry) for entry in zip(inputs, labels, infos, temporal)],
         "compared_frames": length,
         "metric_size": f"{metric_size[0]}x{metric_size[1]}",
         "psnr_cap_db": PSNR_CAP_DB,
@@ -203,7 +203,9 @@ def _label_band(labels: Sequence[str], widths: Sequence[int], height: int) -> np
     return np.asarray(band)
 
 
-def _contact_sheet(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str], frame_indices: Sequence[int]) -> np.ndarray:
+def _contact_sheet(
+    rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str], frame_indices: Sequence[int]
+) -> np.ndarray:
     """One labelled row of tiles per input, the sampled frame numbers in a header: uint8 [H, W, 3]."""
     row_widths = [sum(tile.shape[1] for tile in row) for row in rows]
     width = max(row_widths)

@@ -122,7 +122,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
 
 
 def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
-    """Decode a video one frame at a time, each uint8 [H, W, 3]; memory holds one frame.
+    """Decode a video one frame at a time, each uint8 [H, W, 3] (read-only); memory holds one frame.
 
     Frames come out exactly as stored (`-fps_mode passthrough`: none duplicated or dropped to fit a
     rate). Closing the generator early kills ffmpeg.
@@ -130,7 +130,7 @@ def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
     path = _existing(path)
     width, height, _ = _parse_video_header(path, run_ffmpeg(["-i", str(path)]))
     args = (
-        ffmpeg.input(str(path))
+        ffmpeg.input(str(path), noautorotate=None)  # frames as stored, matching the header's size
         .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", map="0:v:0")
         .global_args("-hide_banner", "-nostdin", "-loglevel", "error")
         .compile(cmd=ffmpeg_exe())
@@ -202,7 +202,9 @@ class VideoWriter:
     def __enter__(self) -> VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         args = (
-            ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{self.width}x{self.height}", framerate=self.fps)
+            ffmpeg.input(
+                "pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{self.width}x{self.height}", framerate=self.fps
+            )
             .output(
                 str(self._partial),
                 vcodec=VIDEO_CODEC,

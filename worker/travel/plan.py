@@ -232,7 +232,9 @@ def _parse_resolution(value: Any, name: str) -> tuple[int, int]:
     for size in (width, height):
         if size <= 0 or size % RESOLUTION_MULTIPLE or size > MAX_DIMENSION:
             raise ValidationError(
-                name, f"width and height must be multiples of {RESOLUTION_MULTIPLE} in 16..{MAX_DIMENSION}, got {width}x{height}"
+                name,
+                f"width and height must be multiples of {RESOLUTION_MULTIPLE} in 16..{MAX_DIMENSION},"
+                f" got {width}x{height}",
             )
     return width, height
 
@@ -358,14 +360,16 @@ class _Planner:
             shorter = min(frames[i], frames[i + 1])
             if used >= shorter:
                 raise ValidationError(
-                    field_name, f"{used} frames must be fewer than both segments it joins ({frames[i]} and {frames[i + 1]})"
+                    field_name,
+                    f"{used} frames must be fewer than both segments it joins ({frames[i]} and {frames[i + 1]})",
                 )
             used_overlaps.append(used)
         for i in range(1, len(frames) - 1):
             head, tail = used_overlaps[i - 1], used_overlaps[i]
             if head + tail >= frames[i]:
                 raise ValidationError(
-                    name, f"segment {i} has {frames[i]} frames; its overlaps {head} + {tail} must leave it a frame of its own"
+                    name,
+                    f"segment {i} has {frames[i]} frames; its overlaps {head} + {tail} must leave it a frame of its own",
                 )
         return used_overlaps
 
@@ -375,7 +379,8 @@ class _Planner:
         if seed == RANDOM_SEED:
             return secrets.randbelow(MAX_SEED - count + 2)
         if not 0 <= seed <= MAX_SEED - (count - 1):
-            raise ValidationError(name, f"must be -1 (random) or in 0..{MAX_SEED - (count - 1)} (seed + segment index), got {seed}")
+            highest = MAX_SEED - (count - 1)
+            raise ValidationError(name, f"must be -1 (random) or in 0..{highest} (seed + segment index), got {seed}")
         return seed
 
     def _fps(self) -> int:

@@ -112,7 +112,9 @@ def stitched_frames(
         for frame in iter_frames(path):
             size = size or frame.shape
             if frame.shape != size:
-                raise ValueError(f"{path}: frames are {frame.shape[1]}x{frame.shape[0]}, the first segment's {size[1]}x{size[0]}")
+                raise ValueError(
+                    f"{path}: frames are {frame.shape[1]}x{frame.shape[0]}, the first segment's {size[1]}x{size[0]}"
+                )
             if count < head:
                 frame = blend(held[count], frame, weights[count])
             pending.append(frame)
