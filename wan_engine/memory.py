@@ -1,0 +1,155 @@
+"""Where the engine's networks live: the compute device, or host memory that lends them to it.
+
+The policy in one place:
+- the text encoder (umT5-XXL, 11 GB in bf16) is needed for a fraction of a second per task; it
+  lives in host memory and visits the device only to encode;
+- the two Wan 2.2 experts (28 GB each at 14B bf16) are used one after the other; when both do
+  not fit next to the working memory of a generation, only the active one sits on the device;
+- the DiT of a single-expert model and the VAE stay on the device.
+
+A host-resident network keeps one host copy of its tensors (page-locked when the device is CUDA,
+so the copy to the device runs at full bus speed and asynchronously). Sending it back to host
+memory only drops the device copy: weights are never modified in place, so nothing needs to be
+copied back.
+"""
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+
+OFFLOAD_POLICIES = ("auto", "experts", "none")
+
+# Device memory a generation needs beside the weights (activations, attention workspace, VAE decode
+# chunks, allocator slack), as a fraction of the experts' size: 14B bf16 at 480p peaks ~10 GB above
+# the weights of one expert.
+WORKING_MEMORY_FRACTION = 0.35
+
+
+def tensor_bytes(modules: Iterable[nn.Module], device: torch.device | None = None) -> int:
+    """Bytes of all parameters and buffers of `modules` (only those on `device`, when given).
+
+    Tensors shared between modules are counted once."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in _tensors(modules):
+        if device is not None and tensor.device != device:
+            continue
+        key = tensor.untyped_storage().data_ptr() if not tensor.is_meta else id(tensor)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += tensor.untyped_storage().nbytes()
+    return total
+
+
+def free_device_bytes(device: torch.device) -> int | None:
+    """Free memory the device reports (CUDA), or None where the notion does not apply (CPU)."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return free
+
+
+def experts_must_take_turns(policy: str, expert_bytes: int, device: torch.device) -> bool:
+    """Whether only the active expert may sit on the device (the other in host memory).
+
+    "experts" forces it, "none" forbids it; "auto" decides from the free device memory: both
+    experts plus the working memory of a generation must fit, or they take turns."""
+    if policy not in OFFLOAD_POLICIES:
+        raise ValueError(f"offload must be one of {', '.join(OFFLOAD_POLICIES)}, got {policy!r}")
+    if policy != "auto":
+        return policy == "experts"
+    free = free_device_bytes(device)
+    if free is None:
+        return False
+    return expert_bytes * (1 + WORKING_MEMORY_FRACTION) > free
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Return freed blocks to the device (after a model switch or an out-of-memory error)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class HostResident:
+    """A network whose weights live in host memory and visit `device` on demand.
+
+    `to_device()` copies every tensor to the device (no-op when there); `to_host()` drops the
+    device copies. The tensors are swapped under the module's own Parameter objects (`.data`), so
+    hooks and parametrizations installed on the module (LoRAs) keep working. On a CPU device both
+    are no-ops: host memory is the device.
+    """
+
+    def __init__(self, module: nn.Module, device: torch.device):
+        self.module = module
+        self.device = device
+        pin = device.type == "cuda"
+        self._slots: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for tensor in _tensors([module]):
+            host = tensor.detach().to("cpu")
+            self._slots.append((tensor, host.pin_memory() if pin else host))
+        self.on_device = device.type == "cpu"
+        self._point_to_host()
+
+    def to_device(self) -> nn.Module:
+        if not self.on_device:
+            for tensor, host in self._slots:
+                tensor.data = host.to(self.device, non_blocking=True)
+            self.on_device = True
+        return self.module
+
+    def to_host(self) -> None:
+        if self.on_device and self.device.type != "cpu":
+            self._point_to_host()
+            self.on_device = False
+
+    def _point_to_host(self) -> None:
+        for tensor, host in self._slots:
+            tensor.data = host
+
+
+def _tensors(modules: Iterable[nn.Module]) -> Iterator[torch.Tensor]:
+    for module in modules:
+        yield from module.parameters()
+        yield from module.buffers()
+
+
+class Experts:
+    """The denoising networks of one model by expert name ("main", or "high" and "low").
+
+    When the experts take turns, each lives in host memory and only the one asked for by
+    `activate` sits on the device; otherwise all stay on the device.
+    """
+
+    def __init__(self, networks: dict[str, nn.Module], device: torch.device, take_turns: bool):
+        self.device = device
+        self.networks = dict(networks)
+        self._residents: dict[str, HostResident] = {}
+        if take_turns:
+            self.take_turns()
+
+    @property
+    def taking_turns(self) -> bool:
+        return bool(self._residents)
+
+    def take_turns(self) -> None:
+        """Switch to one-at-a-time residency (the memory-saving policy); idempotent."""
+        if self._residents or self.device.type == "cpu":
+            return
+        self._residents = {name: HostResident(net, self.device) for name, net in self.networks.items()}
+        release_cached_memory(self.device)
+
+    def activate(self, name: str) -> nn.Module:
+        """The network `name`, on the device (sending the others back to host memory if needed)."""
+        if name not in self.networks:
+            raise KeyError(f"no expert {name!r}; this model has {', '.join(self.networks)}")
+        if self._residents:
+            for other, resident in self._residents.items():
+                if other != name:
+                    resident.to_host()
+            return self._residents[name].to_device()
+        return self.networks[name]
