@@ -190,6 +190,36 @@ def test_an_exception_inside_the_block_still_removes_the_loras() -> None:
     assert torch.equal(run(model), baseline)
 
 
+class ProjectAndNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x))
+
+
+def test_loras_follow_a_model_converted_while_they_are_applied() -> None:
+    """The engine may move an expert between devices mid-task; a dtype change takes the same path."""
+    torch.manual_seed(0)
+    model = ProjectAndNorm()
+    gen = torch.Generator().manual_seed(4)
+    down, up = torch.randn(2, 8, generator=gen), torch.randn(8, 2, generator=gen)
+    norm_delta = torch.randn(8, generator=gen)
+    state = {"proj.lora_down.weight": down, "proj.lora_up.weight": up, "norm.diff": norm_delta}
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference.proj.weight += 0.5 * up @ down
+        reference.norm.weight += 0.5 * norm_delta
+    x = torch.randn(3, 8, generator=gen, dtype=torch.float64)
+    with applied_loras(model, [parse_lora_state_dict(state, "moved")], constant(0.5)), torch.no_grad():
+        model.double()
+        out = model(x)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, reference.double()(x), rtol=1e-5, atol=1e-5)  # reference merged in fp32
+
+
 def two_phase_plan(steps: int = 6):
     settings = PhaseSettings(guidance_phases=2, switch_threshold=875.0)
     return plan_steps(UniPCSampler(steps, 5.0).timesteps, settings, dual_expert=True)

@@ -47,6 +47,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from wan_engine.errors import InvalidRequest
+from wan_engine.nn.dit import diffusers_to_official
 from wan_engine.phases import StepPlan, steps_per_phase
 
 LORA_SUFFIX = ".safetensors"
@@ -162,8 +163,6 @@ def _split_key(key: str) -> tuple[str, str] | None:
 
 def _official_module_name(module: str) -> str:
     """Rename a diffusers module name with the DiT checkpoint key map (which works on tensor keys)."""
-    from wan_engine.nn.dit import diffusers_to_official
-
     renamed = diffusers_to_official(f"{module}.weight")
     return module if renamed is None else renamed[: -len(".weight")]
 
