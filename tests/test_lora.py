@@ -308,6 +308,7 @@ def test_numbers_and_missing_multipliers_are_constant() -> None:
         ("1;0", 1, 6),  # phase values for a one-phase generation
         ("abc", 1, 6),
         ("1,,2", 1, 6),
+        ("nan", 1, 6),
         ("1,2,3", 1, 2),  # more per-step values than steps
         ("1,0.5,0.2,0.1,0,0,0;1", 2, 8),  # more values than phase 1 has steps
     ],

@@ -33,6 +33,7 @@ for that step at the cost of a few scalar writes.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -222,9 +223,12 @@ def _expand_multiplier(text: str | float, counts: Sequence[int]) -> list[float]:
 
 def _numbers(part: str, text: str) -> list[float]:
     try:
-        return [float(value) for value in part.split(",")]
+        values = [float(value) for value in part.split(",")]
     except ValueError:
-        raise InvalidRequest("lora_multipliers", f"{text!r}: {part.strip()!r} is not a number list") from None
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise InvalidRequest("lora_multipliers", f"{text!r}: {part.strip()!r} is not a list of numbers")
+    return values
 
 
 def _spread(values: list[float], steps: int, text: str, where: str) -> list[float]:
