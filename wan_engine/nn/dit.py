@@ -248,6 +248,13 @@ class WanDiT(nn.Module):
 
         return _unpatchify(self.head(x, e).float(), grid, self.patch_size, self.out_dim)
 
+    def compile_blocks(self) -> WanDiT:
+        """Compile each block with torch.compile (one graph shared by all blocks of a kind), fusing
+        the norms, modulation, RoPE and residual updates around the matmuls and attention."""
+        for block in [*self.blocks, *getattr(self, "vace_blocks", [])]:
+            block.compile()
+        return self
+
     def _pad_text(self, context: torch.Tensor) -> torch.Tensor:
         """[B, L, text_dim] -> [B, text_len, text_dim], zeros after the prompt as in training."""
         if context.shape[1] > self.text_len:
@@ -284,8 +291,14 @@ def _modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, dt
 
 
 def _patchify(embedding: nn.Conv3d, video: torch.Tensor) -> torch.Tensor:
-    """[B, C, F, H, W] -> [B, L, dim] tokens, frame-major (the order rope_tables assumes)."""
-    return embedding(video).flatten(2).transpose(1, 2).contiguous()
+    """[B, C, F, H, W] -> [B, L, dim] tokens, frame-major (the order rope_tables assumes).
+
+    The strided convolution is applied as what it is, one matmul over the flattened patches: the
+    same numbers as the Conv3d, without the slow generic 3D convolution paths."""
+    b, c, f, h, w = video.shape
+    pt, ph, pw = embedding.kernel_size
+    patches = video.reshape(b, c, f // pt, pt, h // ph, ph, w // pw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    return F.linear(patches.reshape(b, -1, c * pt * ph * pw), embedding.weight.flatten(1), embedding.bias)
 
 
 def _unpatchify(x: torch.Tensor, grid: tuple[int, ...], patch_size: tuple[int, ...], channels: int) -> torch.Tensor:
