@@ -207,3 +207,14 @@ def private_postgres() -> Iterator[PrivateCluster]:
     yield cluster
     cluster.pg_ctl("-m", "immediate", "stop")
     shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---- tiny Wan models ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with every tiny checkpoint, the tiny tokenizer and the tiny LoRAs
+    (`python -m wan_engine.testing DIR`), written once per session."""
+    from wan_engine.testing import write_tiny_models
+
+    return write_tiny_models(tmp_path_factory.mktemp("tiny_models"))
