@@ -147,6 +147,7 @@ def test_a_worker_carries_on_after_postgres_restarts(private_postgres, start_wor
     running = store.enqueue("health_check", {"sleep_seconds": 1.5})
     wait_for_status(store, running, TaskStatus.IN_PROGRESS)
     private_postgres.restart()  # drops every connection: the worker's pool, heartbeat and LISTEN ones
+    store.db.engine.dispose()  # this test's own client reconnects too
 
     after = [store.enqueue("health_check", {}) for _ in range(3)]
     for task_id in (running, *after):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -60,6 +61,27 @@ class Database:
     def query(self, name: str) -> sa.TextClause:
         return self.queries[name]
 
+    @contextmanager
+    def transaction(self, *, durable: bool = True) -> Iterator[sa.Connection]:
+        """One transaction for several statements. durable=False: see `run`."""
+        with self.engine.begin() as conn:
+            if not durable and self.is_postgres:
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+            yield conn
+
+    def run(self, name: str, params: dict[str, Any] | None = None, *, durable: bool = True) -> "Executed":
+        """One named statement on its own. On Postgres a durable one runs in autocommit (one round trip);
+        durable=False runs it in a transaction whose commit does not wait for the WAL to reach the disk.
+        The worker uses that for writes a server crash may undo without harm, because every later
+        write is fenced and leases expire: claims, heartbeats, progress, retries, releases, maintenance.
+        Results, failures, parking, inserts and cancellations stay durable. SQLite runs every statement
+        in its own BEGIN IMMEDIATE transaction (WAL with synchronous=NORMAL throughout)."""
+        if self.is_postgres and durable:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                return Executed.of(conn.execute(self.query(name), params or {}))
+        with self.transaction(durable=durable) as conn:
+            return Executed.of(conn.execute(self.query(name), params or {}))
+
     def listen_conninfo(self) -> str:
         """A libpq connection string for the dedicated LISTEN connection (psycopg, outside the pool)."""
         return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -98,12 +120,27 @@ class Database:
         self.engine.dispose()
 
 
+@dataclass(frozen=True)
+class Executed:
+    """What a statement returned, read before its connection went back to the pool."""
+
+    rows: list[sa.RowMapping]
+    rowcount: int
+
+    @classmethod
+    def of(cls, result: sa.CursorResult) -> "Executed":
+        rows = list(result.mappings()) if result.returns_rows else []
+        return cls(rows=rows, rowcount=result.rowcount)
+
+
 def connect(url: str, *, pool_size: int = 4) -> Database:
     """Open (lazily) the database at `url`: sqlite:///path or postgresql://user@host:port/db."""
     sa_url = sa.make_url(normalise_url(url))
     dialect = sa_url.get_backend_name()
     if dialect == "postgresql":
-        engine = sa.create_engine(sa_url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+        # No pre-ping (a round trip per checkout): a broken connection raises a disconnect error, SQLAlchemy
+        # then discards the pool's connections, and the caller's retry gets fresh ones.
+        engine = sa.create_engine(sa_url, pool_size=pool_size, max_overflow=pool_size)
     elif dialect == "sqlite":
         if sa_url.database in (None, "", ":memory:"):
             raise ValueError("SQLite needs a file (sqlite:///path/to/wan-worker.db): workers share it")

@@ -1,8 +1,8 @@
 """The task store: every read and write of the `tasks` table, by named query (worker/sql/).
 
-Each method is one transaction. Writes after a claim are fenced on the claiming worker and the
-'In Progress' status and return whether the row changed, so a worker whose lease was taken over
-changes nothing. Timestamps come from the database clock only.
+Each method is one statement or one transaction. Writes after a claim are fenced on the claiming
+worker and the 'In Progress' status and return whether the row changed, so a worker whose lease was
+taken over changes nothing. Timestamps come from the database clock only.
 """
 from __future__ import annotations
 
@@ -116,13 +116,13 @@ class TaskStore:
             task_type=task_type, params=params, priority=priority, dependant_on=dependant_on,
             max_attempts=max_attempts, project_id=project_id, id=task_id or str(uuid.uuid4()),
         )
-        with self.db.engine.begin() as conn:
+        with self.db.transaction() as conn:
             self._insert(conn, row, parent_task_id=parent_task_id, default_priority=priority)
         return row.id
 
     def enqueue_many(self, rows: Sequence[NewTask]) -> list[str]:
         """Insert several Queued rows in one transaction (all or none); returns their ids."""
-        with self.db.engine.begin() as conn:
+        with self.db.transaction() as conn:
             for row in rows:
                 self._insert(conn, row, parent_task_id=None, default_priority=0)
         return [row.id for row in rows]
@@ -131,28 +131,21 @@ class TaskStore:
         canonical = parse_uuid(task_id)
         if canonical is None:
             return None
-        with self.db.engine.begin() as conn:
-            row = conn.execute(self.db.query("get_task"), {"id": canonical}).mappings().first()
-        return None if row is None else self._task(row)
+        rows = self.db.run("get_task", {"id": canonical}).rows
+        return self._task(rows[0]) if rows else None
 
     def children(self, parent_id: str) -> list[Task]:
         canonical = parse_uuid(parent_id)
         if canonical is None:
             return []
-        with self.db.engine.begin() as conn:
-            rows = conn.execute(self.db.query("children"), {"parent_id": canonical}).mappings().all()
-        return [self._task(row) for row in rows]
+        return [self._task(row) for row in self.db.run("children", {"parent_id": canonical}).rows]
 
     def recent(self, limit: int = 20) -> list[Task]:
         """The newest rows first."""
-        with self.db.engine.begin() as conn:
-            rows = conn.execute(self.db.query("recent_tasks"), {"limit": limit}).mappings().all()
-        return [self._task(row) for row in rows]
+        return [self._task(row) for row in self.db.run("recent_tasks", {"limit": limit}).rows]
 
     def count_by_status(self) -> dict[str, int]:
-        with self.db.engine.begin() as conn:
-            rows = conn.execute(self.db.query("count_by_status")).all()
-        return {status: n for status, n in rows}
+        return {row["status"]: row["n"] for row in self.db.run("count_by_status").rows}
 
     # ---- the claim and the lease -----------------------------------------------------------------
 
@@ -172,22 +165,21 @@ class TaskStore:
             "loaded_model": loaded_model,
             "affinity_max_wait_seconds": float(affinity_max_wait_seconds),
         }
-        with self.db.engine.begin() as conn:
-            row = conn.execute(self.db.query("claim"), params).mappings().first()
-        return None if row is None else self._task(row)
+        rows = self.db.run("claim", params, durable=False).rows
+        return self._task(rows[0]) if rows else None
 
     def heartbeat(self, task_id: str, worker_id: str) -> HeartbeatState:
         """Extend the lease, or say why it cannot be extended."""
-        with self.db.engine.begin() as conn:
-            if conn.execute(self.db.query("heartbeat"), {"id": task_id, "worker_id": worker_id}).first():
-                return HeartbeatState.ALIVE
-            status = conn.execute(self.db.query("task_status"), {"id": task_id}).scalar()
-        return HeartbeatState.CANCELLED if status == TaskStatus.CANCELLED else HeartbeatState.LOST
+        if self.db.run("heartbeat", {"id": task_id, "worker_id": worker_id}, durable=False).rows:
+            return HeartbeatState.ALIVE
+        rows = self.db.run("task_status", {"id": task_id}).rows
+        cancelled = bool(rows) and rows[0]["status"] == TaskStatus.CANCELLED
+        return HeartbeatState.CANCELLED if cancelled else HeartbeatState.LOST
 
     def requeue_expired(self, lease_seconds: float) -> int:
         """Lease rescue: rows whose heartbeat is older than the lease go back to Queued (or to Failed when
         their attempts are used up, then their dependants follow). Returns the number of rows moved."""
-        with self.db.engine.begin() as conn:
+        with self.db.transaction(durable=False) as conn:
             rows = conn.execute(self.db.query("requeue_expired"), {"lease_seconds": float(lease_seconds)}).all()
             if any(status == TaskStatus.FAILED for _, status in rows):
                 self._cascade(conn)
@@ -196,7 +188,7 @@ class TaskStore:
     # ---- fenced writes by the claiming worker -----------------------------------------------------
 
     def progress(self, task_id: str, worker_id: str, progress: dict[str, Any]) -> bool:
-        return self._fenced("set_progress", task_id, worker_id, progress=self.db.encode_json(progress))
+        return self._fenced("set_progress", task_id, worker_id, durable=False, progress=self.db.encode_json(progress))
 
     def complete(
         self, task_id: str, worker_id: str, output_location: str | None, result_data: dict[str, Any] | None
@@ -208,14 +200,21 @@ class TaskStore:
 
     def fail(self, task_id: str, worker_id: str, message: str) -> bool:
         """Permanent failure; dependants and a parked parent end with it in the same transaction."""
-        return self._fenced("fail", task_id, worker_id, cascade=True, message=message)
+        with self.db.transaction() as conn:
+            params = {"id": task_id, "worker_id": worker_id, "message": message}
+            changed = conn.execute(self.db.query("fail"), params).rowcount == 1
+            if changed:
+                self._cascade(conn)
+        return changed
 
     def retry_later(self, task_id: str, worker_id: str, message: str, delay_seconds: float) -> bool:
-        return self._fenced("retry_later", task_id, worker_id, message=message, delay_seconds=float(delay_seconds))
+        return self._fenced(
+            "retry_later", task_id, worker_id, durable=False, message=message, delay_seconds=float(delay_seconds)
+        )
 
     def release(self, task_id: str, worker_id: str) -> bool:
         """Give the row back unfinished (shutdown): Queued again, and this claim is not an attempt."""
-        return self._fenced("release", task_id, worker_id)
+        return self._fenced("release", task_id, worker_id, durable=False)
 
     # ---- orchestrators ---------------------------------------------------------------------------
 
@@ -230,7 +229,7 @@ class TaskStore:
             if not isinstance(child.params, dict) or CHILD_KEY_PARAM not in child.params:
                 raise ValueError(f"child {child.task_type} needs params[{CHILD_KEY_PARAM!r}] (unique per parent)")
         fence = {"id": parent_id, "worker_id": worker_id}
-        with self.db.engine.begin() as conn:
+        with self.db.transaction() as conn:
             parent = conn.execute(self.db.query("lock_held_task"), fence).mappings().first()
             if parent is None:
                 return None
@@ -252,8 +251,7 @@ class TaskStore:
     ) -> bool:
         """Complete a parked orchestrator (only a parked one: never a row some worker holds)."""
         params = {"id": parent_id, "output_location": output_location, "result_data": self.db.encode_json(result_data)}
-        with self.db.engine.begin() as conn:
-            return conn.execute(self.db.query("complete_parked"), params).rowcount == 1
+        return self.db.run("complete_parked", params).rowcount == 1
 
     # ---- cancellation and the cascade --------------------------------------------------------------
 
@@ -263,7 +261,7 @@ class TaskStore:
         canonical = parse_uuid(task_id)
         if canonical is None:
             return 0
-        with self.db.engine.begin() as conn:
+        with self.db.transaction() as conn:
             if conn.execute(self.db.query("cancel"), {"id": canonical}).first() is None:
                 return 0
             return 1 + self._cascade(conn)
@@ -271,7 +269,7 @@ class TaskStore:
     def cascade_dependencies(self) -> int:
         """End what can never run: dependants of Failed/Cancelled rows, parked parents of Failed/Cancelled
         children, live children of Failed/Cancelled parents. Returns how many rows it ended."""
-        with self.db.engine.begin() as conn:
+        with self.db.transaction(durable=False) as conn:
             return self._cascade(conn)
 
     def _cascade(self, conn: sa.Connection) -> int:
@@ -287,12 +285,8 @@ class TaskStore:
 
     # ---- helpers -----------------------------------------------------------------------------------
 
-    def _fenced(self, query: str, task_id: str, worker_id: str, *, cascade: bool = False, **values: Any) -> bool:
-        with self.db.engine.begin() as conn:
-            changed = conn.execute(self.db.query(query), {"id": task_id, "worker_id": worker_id, **values}).rowcount == 1
-            if changed and cascade:
-                self._cascade(conn)
-        return changed
+    def _fenced(self, query: str, task_id: str, worker_id: str, *, durable: bool = True, **values: Any) -> bool:
+        return self.db.run(query, {"id": task_id, "worker_id": worker_id, **values}, durable=durable).rowcount == 1
 
     def _insert(
         self,
