@@ -119,13 +119,16 @@ class CausalConv3d(nn.Conv3d):
         if self.time_padding == 0:
             return super().forward(x)
         past = cache.history(self) if cache is not None else None
-        if past is not None:
-            x = torch.cat([past, x], dim=2)
         if cache is not None:
-            cache.keep(self, x[:, :, -self.time_padding :])
-        missing = self.time_padding - (past.shape[2] if past is not None else 0)
-        x = F.pad(x, (0, 0, 0, 0, missing, 0))
-        return super().forward(x)
+            kept = x if past is None or x.shape[2] >= self.time_padding else torch.cat([past, x], dim=2)
+            cache.keep(self, kept[:, :, -self.time_padding :])
+        # [zeros, past frames, chunk] in one copy; the zeros stand for frames before the clip's start.
+        frames = [] if past is None else [past]
+        missing = self.time_padding - sum(f.shape[2] for f in frames)
+        if missing > 0:
+            b, c, _, h, w = x.shape
+            frames.insert(0, x.new_zeros(b, c, missing, h, w))
+        return super().forward(torch.cat([*frames, x], dim=2))
 
 
 class ChannelRMSNorm(nn.Module):
