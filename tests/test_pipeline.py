@@ -48,9 +48,9 @@ WIDTH, HEIGHT, FRAMES = 64, 48, 9
 SHIFT = 3.0
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return testing.write_tiny_models(tmp_path_factory.mktemp("models"))
+@pytest.fixture
+def models_dir(tiny_models_dir: Path) -> Path:
+    return tiny_models_dir
 
 
 def our_dit(models_dir: Path, *files: str) -> torch.nn.Module:

@@ -153,3 +153,20 @@ class Experts:
                     resident.to_host()
             return self._residents[name].to_device()
         return self.networks[name]
+
+    def to_host(self) -> None:
+        """Park every network in host memory (page-locked on CUDA), e.g. while another model runs."""
+        if self._residents:
+            for resident in self._residents.values():
+                resident.to_host()
+        elif self.device.type != "cpu":
+            for net in self.networks.values():
+                for tensor in _tensors([net]):
+                    tensor.data = tensor.data.to("cpu").pin_memory()
+            release_cached_memory(self.device)
+
+    def to_device(self) -> None:
+        """Undo `to_host`: networks that do not take turns go back to the device."""
+        if not self._residents:
+            for net in self.networks.values():
+                net.to(self.device)
