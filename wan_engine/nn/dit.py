@@ -237,6 +237,9 @@ class WanDiT(nn.Module):
         scales = _scale_list(vace_scale, len(controls))
         hint_index = {layer: i for i, layer in enumerate(self.vace_layers)}
 
+        # VACE block j reads only its control stream and the embedded noisy video (never the main
+        # stream), so running it right before main block vace_layers[j] needs its hint gives the
+        # reference's numbers while one control stream per context is alive instead of every hint.
         x = tokens.to(torch.float32, copy=True)  # the fp32 residual stream; tokens stay for VACE
         for layer, block in enumerate(self.blocks):
             x = block(x, e0, context, rope)
