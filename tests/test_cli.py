@@ -1,0 +1,152 @@
+"""`wan-worker` as an operator uses it: real processes, real databases."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conftest import POSTGRES_ADMIN_URL, REPO_ROOT, worker_command
+from worker.config import ALL_SETTINGS, WorkerConfig, add_setting_arguments, load_config
+from worker.store import TaskStore
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(worker_command(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_migrate_applies_the_schema_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    first = cli("migrate", "--database-url", url)
+    second = cli("migrate", "--database-url", url)
+    assert (first.returncode, second.returncode) == (0, 0)
+    assert json.loads(first.stdout) == {"applied": ["0001_tasks"]}
+    assert json.loads(second.stdout) == {"applied": []}
+
+
+def test_submit_prints_an_id_that_status_shows_as_json(sqlite_url: str) -> None:
+    submitted = cli("submit", "health_check", "--params", '{"sleep_seconds": 0}', "--priority", "4",
+                    "--database-url", sqlite_url)
+    task_id = submitted.stdout.strip()
+    shown = json.loads(cli("status", task_id, "--database-url", sqlite_url).stdout)
+    assert (shown["id"], shown["status"], shown["priority"], shown["params"]) == (
+        task_id, "Queued", 4, {"sleep_seconds": 0})
+
+
+def test_submit_reads_params_from_a_file_and_records_dependencies(sqlite_url: str, sqlite_store: TaskStore,
+                                                                   tmp_path: Path) -> None:
+    first = sqlite_store.enqueue("health_check", {})
+    params = tmp_path / "params.json"
+    params.write_text('{"sleep_seconds": 1}')
+    task_id = cli("submit", "health_check", "--params", f"@{params}", "--depends-on", first,
+                  "--database-url", sqlite_url).stdout.strip()
+    task = sqlite_store.get(task_id)
+    assert (task.params, task.dependant_on) == ({"sleep_seconds": 1}, [first])
+
+
+def test_submit_refuses_params_that_are_not_an_object(sqlite_url: str, sqlite_store: TaskStore) -> None:
+    result = cli("submit", "health_check", "--params", "[1, 2]", "--database-url", sqlite_url)
+    assert result.returncode == 2
+    assert "--params must be a JSON object, got list" in result.stderr
+    assert sqlite_store.recent() == []
+
+
+def test_status_without_an_id_lists_recent_tasks_and_counts(sqlite_url: str, sqlite_store: TaskStore) -> None:
+    ids = [sqlite_store.enqueue("health_check", {}) for _ in range(3)]
+    sqlite_store.cancel(ids[0])
+    lines = cli("status", "--database-url", sqlite_url).stdout.splitlines()
+    assert lines[0] == "Cancelled: 1  Queued: 2"
+    assert lines[1].split()[:3] == ["id", "task_type", "status"]
+    assert {line.split()[0] for line in lines[2:]} == set(ids)
+
+
+def test_status_of_an_unknown_task_exits_1(sqlite_url: str) -> None:
+    result = cli("status", str(uuid.uuid4()), "--database-url", sqlite_url)
+    assert result.returncode == 1 and "no task" in result.stderr
+
+
+def test_cancel_reports_what_it_cancelled_and_exits_1_when_nothing_was(sqlite_url: str, sqlite_store: TaskStore) -> None:
+    task_id = sqlite_store.enqueue("health_check", {})
+    first = cli("cancel", task_id, "--database-url", sqlite_url)
+    second = cli("cancel", task_id, "--database-url", sqlite_url)
+    assert (first.returncode, json.loads(first.stdout)) == (0, {"cancelled": 1})
+    assert (second.returncode, json.loads(second.stdout)) == (1, {"cancelled": 0})
+    assert sqlite_store.get(task_id).status == "Cancelled"
+
+
+def test_run_once_runs_one_task_and_exits(sqlite_url: str, sqlite_store: TaskStore, tmp_path: Path) -> None:
+    first = sqlite_store.enqueue("health_check", {})
+    second = sqlite_store.enqueue("health_check", {})
+    result = cli("run", "--once", "--database-url", sqlite_url, "--output-dir", str(tmp_path))
+    assert result.returncode == 0
+    assert (sqlite_store.get(first).status, sqlite_store.get(second).status) == ("Complete", "Queued")
+
+
+def test_run_logs_json_lines_that_carry_task_id_and_task_type(sqlite_url: str, sqlite_store: TaskStore,
+                                                              tmp_path: Path) -> None:
+    task_id = sqlite_store.enqueue("health_check", {})
+    result = cli("run", "--once", "--database-url", sqlite_url, "--output-dir", str(tmp_path))
+    entries = [json.loads(line) for line in result.stderr.splitlines()]  # stderr is not a terminal: JSON
+    of_task = [e for e in entries if e.get("task_id") == task_id]
+    assert {e["event"] for e in of_task} == {"task claimed", "task complete"}
+    assert all(e["task_type"] == "health_check" and e["worker_id"] for e in of_task)
+
+
+def test_run_creates_the_sqlite_schema_itself(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    result = cli("run", "--exit-when-idle", "--database-url", url, "--output-dir", str(tmp_path))
+    assert result.returncode == 0
+    assert "applied migrations" in result.stderr
+    assert json.loads(cli("migrate", "--database-url", url).stdout) == {"applied": []}
+
+
+def test_run_refuses_a_postgres_database_without_the_schema() -> None:
+    name = f"wan_worker_unmigrated_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        result = cli("run", "--once", "--database-url", POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name)
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    assert result.returncode == 2
+    assert "run `wan-worker migrate`" in result.stderr
+
+
+def test_an_inconsistent_setting_is_a_usage_error(sqlite_url: str) -> None:
+    result = cli("run", "--once", "--database-url", sqlite_url, "--lease-seconds", "5", "--heartbeat-seconds", "5")
+    assert result.returncode == 2
+    assert "heartbeat_seconds (5.0) must be shorter than lease_seconds (5.0)" in result.stderr
+
+
+def test_worker_start_up_imports_no_torch() -> None:
+    probe = ("import sys, worker.cli, worker.poller, worker.handlers as h; h.load_handlers(); "
+             "print('torch' in sys.modules)")
+    result = subprocess.run([*worker_command()[:1], "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+# ---- settings ------------------------------------------------------------------------------------------
+
+def parse_settings(*flags: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_setting_arguments(parser, ALL_SETTINGS)
+    return parser.parse_args(flags)
+
+
+def test_a_flag_overrides_its_environment_variable_which_overrides_the_default() -> None:
+    env = {"WAN_WORKER_LEASE_SECONDS": "30", "WAN_WORKER_ID": "from-env", "WAN_WORKER_TASK_TYPES": "a, b"}
+    from_env = load_config(parse_settings(), env)
+    from_flag = load_config(parse_settings("--lease-seconds", "40"), env)
+    assert (from_env.lease_seconds, from_env.worker_id, from_env.task_types) == (30.0, "from-env", ("a", "b"))
+    assert from_flag.lease_seconds == 40.0
+    assert load_config(parse_settings(), {}).lease_seconds == WorkerConfig().lease_seconds == 60.0
+
+
+def test_a_malformed_environment_variable_names_itself() -> None:
+    with pytest.raises(ValueError, match="WAN_WORKER_POLL_SECONDS"):
+        load_config(parse_settings(), {"WAN_WORKER_POLL_SECONDS": "soon"})
