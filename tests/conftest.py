@@ -108,14 +108,16 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
     test is killed."""
     started: list[subprocess.Popen] = []
 
-    def start(database_url: str, *args: str, worker_id: str | None = None) -> subprocess.Popen:
+    def start(database_url: str, *args: str, worker_id: str | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
         worker_id = worker_id or f"test-worker-{len(started)}"
         log = open(tmp_path / f"{worker_id}.log", "w")
         command = worker_command(
             "run", "--database-url", database_url, "--worker-id", worker_id,
             "--output-dir", str(tmp_path / "outputs"), "--log-format", "json", *args,
         )
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
         log.close()
         started.append(process)
         return process

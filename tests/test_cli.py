@@ -150,3 +150,25 @@ def test_a_flag_overrides_its_environment_variable_which_overrides_the_default()
 def test_a_malformed_environment_variable_names_itself() -> None:
     with pytest.raises(ValueError, match="WAN_WORKER_POLL_SECONDS"):
         load_config(parse_settings(), {"WAN_WORKER_POLL_SECONDS": "soon"})
+
+
+# ---- the systemd unit --------------------------------------------------------------------------------------
+
+def read_assignments(path: Path) -> dict[str, list[str]]:
+    """KEY=value lines of a unit or env file (repeated keys keep every value)."""
+    found: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def test_the_systemd_unit_outlasts_the_grace_period_and_hears_from_the_worker_within_its_watchdog() -> None:
+    unit = read_assignments(REPO_ROOT / "systemd" / "wan-worker@.service")
+    env = {key: values[-1] for key, values in read_assignments(REPO_ROOT / "systemd" / "wan-worker.env.example").items()}
+    config = load_config(None, env)
+    assert unit["Type"] == ["notify"]
+    assert "CUDA_VISIBLE_DEVICES=%i" in unit["Environment"]
+    assert int(unit["TimeoutStopSec"][0]) > config.grace_seconds + 10
+    assert max(config.heartbeat_seconds, config.poll_seconds) < int(unit["WatchdogSec"][0]) / 2

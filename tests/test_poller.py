@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -193,6 +195,25 @@ def test_sigterm_releases_a_task_that_outlives_the_grace_period_without_using_an
     task = store.get(task_id)
     assert (task.status, task.attempts, task.worker_id) == ("Queued", 0, None)
     assert store.get(queued).status == TaskStatus.QUEUED  # stopped claiming
+
+
+def test_under_systemd_the_worker_reports_ready_watchdog_and_stopping(sqlite_url: str, start_worker) -> None:
+    folder = tempfile.mkdtemp(prefix="notify-")  # unix socket paths must stay short
+    address = os.path.join(folder, "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
+        notify_socket.bind(address)
+        notify_socket.settimeout(30)
+        worker = start_worker(sqlite_url, *FAST_WORKER_FLAGS,
+                              env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"})
+        messages = [notify_socket.recv(4096).decode()]
+        while "WATCHDOG=1" not in messages[-1]:
+            messages.append(notify_socket.recv(4096).decode())
+        assert stop_worker(worker) == 0
+        while "STOPPING=1" not in messages[-1]:
+            messages.append(notify_socket.recv(4096).decode())
+    os.remove(address)
+    os.rmdir(folder)
+    assert messages[0].splitlines()[0] == "READY=1"
 
 
 # ---- cancellation -----------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from sqlalchemy import event, exc
 SQL_DIR = Path(__file__).parent / "sql"
 NOTIFY_CHANNEL = "wan_worker_tasks"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_SECONDS = 10  # an unreachable server fails fast and is retried, instead of a long TCP wait
 
 _QUERY_HEADER = re.compile(r"^-- name: (\w+) --$", re.MULTILINE)
 
@@ -140,7 +141,10 @@ def connect(url: str, *, pool_size: int = 4) -> Database:
     if dialect == "postgresql":
         # No pre-ping (a round trip per checkout): a broken connection raises a disconnect error, SQLAlchemy
         # then discards the pool's connections, and the caller's retry gets fresh ones.
-        engine = sa.create_engine(sa_url, pool_size=pool_size, max_overflow=pool_size)
+        engine = sa.create_engine(
+            sa_url, pool_size=pool_size, max_overflow=pool_size,
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        )
     elif dialect == "sqlite":
         if sa_url.database in (None, "", ":memory:"):
             raise ValueError("SQLite needs a file (sqlite:///path/to/wan-worker.db): workers share it")

@@ -8,7 +8,7 @@ import threading
 import psycopg
 import structlog
 
-from worker.db import NOTIFY_CHANNEL, Database
+from worker.db import CONNECT_TIMEOUT_SECONDS, NOTIFY_CHANNEL, Database
 
 RECONNECT_MAX_SECONDS = 30.0
 
@@ -48,7 +48,7 @@ class Wakeup:
         delay = 0.5
         while not self._closing.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self._log.debug("listening for task notifications", channel=NOTIFY_CHANNEL)
                     self._event.set()
