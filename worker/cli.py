@@ -61,9 +61,12 @@ def run_command(args: argparse.Namespace, config: WorkerConfig) -> int:
     the schema is the operator's step (`wan-worker migrate`) and a missing one stops the start."""
     import structlog
 
+    from wan_engine.errors import LoadError, UnknownModel, WeightsMissing
     from worker.db import connect
+    from worker.metrics import serve_worker_metrics
     from worker.migrate import migrate, pending_migrations
     from worker.poller import Worker
+    from worker.resources import WorkerResources, resolve_device
     from worker.store import TaskStore
 
     log = structlog.get_logger("worker")
@@ -77,7 +80,16 @@ def run_command(args: argparse.Namespace, config: WorkerConfig) -> int:
         applied = migrate(db)
         if applied:
             log.info("applied migrations", applied=[m.version for m in applied])
-    worker = Worker(config, TaskStore(db))
+    resources = WorkerResources(device=resolve_device(config.device), models_dir=config.models_dir)
+    store = TaskStore(db) if config.metrics_port is None else serve_worker_metrics(config.metrics_port, db, resources)
+    if config.preload_model:
+        try:
+            resources.load_model(config.preload_model)
+        except (UnknownModel, WeightsMissing, LoadError) as error:
+            log.error("cannot preload the model", model=config.preload_model, error=str(error))
+            return 2
+        log.info("model preloaded", model=resources.loaded_model)
+    worker = Worker(config, store, resources=resources)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: worker.request_stop())
     try:
@@ -169,12 +181,46 @@ def cancel_command(args: argparse.Namespace, config: WorkerConfig) -> int:
     return 0 if cancelled else 1
 
 
+# ---- stats / compare / demo ----------------------------------------------------------------------------
+
+def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--since", help="only rows created since: a duration (90m, 24h, 7d) or an ISO date/time")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("videos", nargs="+", type=Path, help="two or more mp4 files (e.g. Wan 2.1 vs 2.2 outputs)")
+    parser.add_argument("--labels", nargs="+", help="one label per video (default: file names)")
+    parser.add_argument("--out-dir", type=Path, default=Path("compare"), help="where the outputs go [compare]")
+
+
+def compare_command(args: argparse.Namespace, config: WorkerConfig) -> int:
+    """Side-by-side video, contact sheet and compare.json (printed) for the given videos."""
+    from worker.compare import compare
+
+    print(json.dumps(compare(args.videos, args.out_dir, labels=args.labels), indent=2))
+    return 0
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", type=Path, default=Path("demo"),
+                        help="folder for the tiny models, the SQLite file, keyframes and outputs [demo]")
+    parser.add_argument("--model", default="tiny_vace_2_2", help="tiny VACE model to run [tiny_vace_2_2]")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps per segment [4]")
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("migrate", "create or upgrade the schema (twice is a no-op)", migrate_command),
     Subcommand("run", "claim and run tasks until SIGTERM", run_command, add_run_arguments, ALL_SETTINGS),
     Subcommand("submit", "insert a task; prints its id", submit_command, add_submit_arguments),
     Subcommand("status", "one task as JSON, or recent tasks", status_command, add_status_arguments),
     Subcommand("cancel", "cancel a task, its children and its dependants", cancel_command, add_cancel_arguments),
+    Subcommand("stats", "counts and phase timings per model/preset and task type (fleet-wide, from SQL)",
+               "worker.stats:stats_command", add_stats_arguments),
+    Subcommand("compare", "side-by-side video, contact sheet, PSNR/SSIM/flicker JSON of two or more videos",
+               compare_command, add_compare_arguments, ("log_format", "log_level")),
+    Subcommand("demo", "a whole travel job on the tiny model: SQLite, CPU, under two minutes",
+               "worker.demo:demo_command", add_demo_arguments, ("device", "log_format", "log_level")),
 ]
 
 

@@ -98,6 +98,19 @@ class WorkerMetrics:
         start_http_server(port, addr=address, registry=self.registry)
 
 
+def serve_worker_metrics(port: int, db: Database, resources: Any) -> MeteredTaskStore:
+    """Start serving a worker's metrics on `port`; returns the store the worker must use so that its
+    claims and outcomes are counted. `resources` (WorkerResources) counts the engine's model loads."""
+    from worker.stats import oldest_ready_task_age_seconds
+
+    metrics = WorkerMetrics()
+    resources.metrics = metrics
+    metrics.watch_gpu_memory(resources.device)
+    metrics.watch_oldest_queued(lambda: oldest_ready_task_age_seconds(db))
+    metrics.serve(port)
+    return MeteredTaskStore(db, metrics)
+
+
 def _cuda_memory(device: str, kind: str) -> float:
     if not device.startswith("cuda"):
         return 0.0

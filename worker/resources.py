@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def resolve_device(configured: str | None) -> str:
@@ -28,8 +28,48 @@ class WorkerResources:
     device: str
     models_dir: Path
     engine: Any | None = None
+    metrics: Any | None = None  # worker.metrics.WorkerMetrics when the worker serves metrics
 
     @property
     def loaded_model(self) -> str | None:
         """The model the engine holds now (the claim prefers tasks for it)."""
         return None if self.engine is None else self.engine.loaded_model
+
+    def resident_engine(self) -> Any:
+        """The engine, created on first use (torch is imported only then) and kept for the worker's
+        life: bf16 on a GPU, float32 on the CPU (where bf16 matmuls are slow and gain nothing)."""
+        if self.engine is None:
+            import torch
+
+            from wan_engine.engine import Engine
+
+            dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
+            self.engine = Engine(self.models_dir, device=self.device, dtype=dtype)
+        return self.engine
+
+    def model_registry(self) -> Any:
+        """The model definitions, to check a model or preset without loading it."""
+        return self.resident_engine().registry
+
+    def load_model(self, model: str) -> bool:
+        """Make `model` (a definition key or preset) resident (--preload-model); False when it was."""
+        engine = self.resident_engine()
+        previous = engine.loaded_model
+        try:
+            return engine.load(model)
+        finally:
+            self._count_load(previous)
+
+    def generate(self, request: Any, on_progress: Callable[[dict], None], should_cancel: Callable[[], bool]) -> Any:
+        """engine.generate (which loads the request's model when another one is resident)."""
+        engine = self.resident_engine()
+        previous = engine.loaded_model
+        try:
+            return engine.generate(request, on_progress=on_progress, should_cancel=should_cancel)
+        finally:
+            self._count_load(previous)
+
+    def _count_load(self, previous: str | None) -> None:
+        current = self.engine.loaded_model if self.engine is not None else None
+        if self.metrics is not None and current is not None and current != previous:
+            self.metrics.model_loaded(current, previous)

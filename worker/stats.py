@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -145,3 +146,21 @@ def format_stats(stats: FleetStats) -> str:
 
 def stats_json(stats: FleetStats) -> str:
     return json.dumps(stats.as_json(), indent=2)
+
+
+def stats_command(args: Any, config: Any) -> int:
+    """`wan-worker stats [--since 24h] [--json]` (args.since, args.json; config.database_url)."""
+    from worker.db import connect
+
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    db = connect(config.database_url)
+    try:
+        stats = collect_stats(db, since)
+    finally:
+        db.dispose()
+    print(stats_json(stats) if args.json else format_stats(stats))
+    return 0

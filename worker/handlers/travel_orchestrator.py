@@ -1,0 +1,85 @@
+"""`travel_orchestrator`: validate a travel job and expand it into its children, in one transaction.
+
+For N keyframes: N-1 `travel_segment` rows (segment i depends on segment i-1, whose last frames
+open it) and one `travel_stitch` depending on every segment. The orchestrator then stays
+'In Progress', parked, until the stitch completes it (or a child's failure or cancellation ends
+it). Children carry `child_key` ("segment-<i>", "stitch"), so a re-run orchestrator (a crash, a
+lost lease) finds its children and inserts nothing.
+
+Everything that can be checked without a GPU is checked here, so a bad job fails at once with the
+field and the rule instead of failing a segment later: the plan (images exist and are images,
+counts, frames, overlaps, resolution), the model or preset against the definitions (no load), and
+the sampling fields' types.
+"""
+from __future__ import annotations
+
+from worker.errors import ValidationError
+from worker.handlers import HandlerResult, TaskContext, register
+from worker.handlers.generate import check_parameters, resolve_model, sampling_fields
+from worker.store import NewTask
+from worker.travel.plan import DEFAULT_MODEL, HEADLESS_KEY, is_headless_form, plan_travel
+
+SEGMENT_TASK = "travel_segment"
+STITCH_TASK = "travel_stitch"
+STITCH_KEY = "stitch"
+
+
+def segment_key(index: int) -> str:
+    return f"segment-{index}"
+
+
+@register("travel_orchestrator")
+def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
+    params = ctx.task.params
+    prefix = f"{HEADLESS_KEY}." if is_headless_form(params) else ""
+    plan = plan_travel(params)
+    spec = resolve_model(ctx, plan.model, plan.preset, default=DEFAULT_MODEL, field_prefix=prefix)
+    if not spec.is_vace:
+        raise ValidationError(prefix + ("preset" if plan.preset else "model"),
+                              f"{spec.key!r} is not a VACE model; travel needs one (e.g. {DEFAULT_MODEL})")
+    sampling = sampling_fields(plan.sampling, lambda field: prefix + field)
+    for segment in plan.segments:
+        check_parameters(spec, {**sampling, "width": plan.width, "height": plan.height,
+                                "video_length": segment.frames}, prefix)
+    stored_plan = plan.to_params()
+
+    segments: list[NewTask] = []
+    for segment in plan.segments:
+        previous = segments[-1].id if segments else None
+        segments.append(NewTask(
+            task_type=SEGMENT_TASK,
+            params={
+                "child_key": segment_key(segment.index),
+                "orchestrator_task_id": ctx.task.id,
+                "model": spec.key,
+                "preset": spec.preset,
+                "segment_index": segment.index,
+                "previous_segment_task_id": previous,
+                "plan": stored_plan,
+            },
+            dependant_on=[previous] if previous else [],
+            max_attempts=ctx.task.max_attempts,
+        ))
+    stitch = NewTask(
+        task_type=STITCH_TASK,
+        params={
+            "child_key": STITCH_KEY,
+            "orchestrator_task_id": ctx.task.id,
+            "segment_task_ids": [segment.id for segment in segments],
+            "plan": stored_plan,
+        },
+        dependant_on=[segment.id for segment in segments],
+        max_attempts=ctx.task.max_attempts,
+    )
+    ctx.log.info("travel planned", segments=len(segments), expected_frames=plan.expected_frames, model=spec.key,
+                 roundings=[f"{r.field}: {r.requested} -> {r.used}" for r in plan.roundings])
+    return HandlerResult(
+        park_children=[*segments, stitch],
+        park_progress={
+            "phase": "waiting_for_children",
+            "segments": len(segments),
+            "expected_frames": plan.expected_frames,
+            "model": spec.key,
+        },
+    )
+

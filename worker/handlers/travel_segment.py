@@ -1,0 +1,97 @@
+"""`travel_segment`: one VACE generation from a keyframe (or the previous segment's last frames) to
+the next keyframe.
+
+The guide opens with the previous segment's last `overlap` frames (read from its output_location;
+dependant_on guarantees it is Complete) or, for the first segment, the start image; it ends on the
+end image; the frames between are generated (worker/travel/guide.py). The output is
+<output_dir>/<task id>/segment-<i>.mp4, which the stitch reads.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from worker.errors import ValidationError
+from worker.handlers import HandlerResult, TaskContext, register
+from worker.handlers.generate import generation_result_data, run_generation, sampling_fields, write_video
+from worker.params import ParamReader
+from worker.paths import output_file
+from worker.travel.guide import segment_guide
+from worker.travel.plan import TravelPlan
+from worker.video import iter_frames, load_image
+
+
+@register("travel_segment")
+def travel_segment(ctx: TaskContext) -> HandlerResult:
+    from wan_engine.request import GenerationRequest
+
+    params = ctx.task.params
+    reader = ParamReader(params)
+    plan = TravelPlan.from_params(params["plan"])
+    index = reader.integer("segment_index", minimum=0, maximum=len(plan.segments) - 1)
+    segment = plan.segments[index]
+    model = reader.text("preset", None) or reader.text("model")
+
+    start = load_image(segment.start_image, plan.width, plan.height, field=f"images[{index}]")
+    end = load_image(segment.end_image, plan.width, plan.height, field=f"images[{index + 1}]")
+    tail = None
+    if segment.overlap:
+        tail = _previous_tail(ctx, reader.text("previous_segment_task_id"), segment.overlap)
+    guide = segment_guide(segment.frames, segment.overlap, start, end, tail)
+
+    request = GenerationRequest(
+        model=model,
+        prompt=segment.prompt,
+        negative_prompt=segment.negative_prompt,
+        width=plan.width,
+        height=plan.height,
+        video_length=segment.frames,
+        seed=segment.seed,
+        video_guide=guide.guide,
+        video_mask=guide.mask,
+        **sampling_fields(plan.sampling),
+    )
+    ctx.raise_if_cancelled()
+    generation = run_generation(ctx, request, {"segment": index, "segments": len(plan.segments)})
+    if len(generation.frames) != segment.frames:
+        raise RuntimeError(f"the engine returned {len(generation.frames)} frames for a {segment.frames}-frame segment")
+    output = output_file(ctx.output_dir, f"segment-{index}.mp4")
+    thumbnail, encode_seconds = write_video(generation.frames, output, plan.fps)
+    generation.phase_seconds["video_encode"] = encode_seconds
+
+    result_data = generation_result_data(
+        generation,
+        preset=reader.text("preset", None),
+        worker_parameters={
+            "width": (plan.width, "plan"),
+            "height": (plan.height, "plan"),
+            "video_length": (segment.frames, "plan"),
+            "seed": (segment.seed, "plan (seed + segment index)"),
+            "fps": (plan.fps, "plan"),
+            "overlap": (segment.overlap, "plan"),
+        },
+        fps=plan.fps,
+        output=output,
+        thumbnail=thumbnail,
+    )
+    result_data.update(segment_index=index, orchestrator_task_id=params.get("orchestrator_task_id"),
+                       kept_frames=guide.kept_frames)
+    return HandlerResult(output_location=str(output), result_data=result_data)
+
+
+def _previous_tail(ctx: TaskContext, previous_id: str, overlap: int) -> np.ndarray:
+    """The last `overlap` frames of the previous segment's video, uint8 [overlap, H, W, 3] (streamed:
+    only those frames are kept)."""
+    previous = ctx.store.get(previous_id)
+    location = previous.output_location if previous is not None else None
+    if location is None:
+        raise ValidationError("previous_segment_task_id", f"segment {previous_id} has no output to continue from")
+    try:
+        frames = deque(iter_frames(location), maxlen=overlap)
+    except FileNotFoundError:
+        raise ValidationError("previous_segment_task_id", f"the output of segment {previous_id} is gone: {location}") from None
+    if len(frames) < overlap:
+        raise ValidationError("previous_segment_task_id",
+                              f"segment {previous_id} has {len(frames)} frames, fewer than the overlap {overlap}")
+    return np.stack(frames)
