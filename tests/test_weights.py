@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from wan_engine.errors import LoadError
+from wan_engine.nn.dit import TINY_DIT, TINY_VACE_LAYERS, WanDiT
 from wan_engine.weights import load_model, save_state_dict
 
 
@@ -118,8 +119,6 @@ def test_non_persistent_buffer_is_refused(tmp_path: Path):
 
 
 # --- The Wan DiT in the official layout -------------------------------------------------------
-
-from wan_engine.nn.dit import TINY_DIT, TINY_VACE_LAYERS, WanDiT  # noqa: E402
 
 BLOCK_KEYS = [
     "modulation", "norm3.weight", "norm3.bias", "ffn.0.weight", "ffn.0.bias", "ffn.2.weight", "ffn.2.bias",
