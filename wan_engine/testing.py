@@ -68,12 +68,12 @@ def random_state(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
             state[name] = torch.zeros(like.shape, dtype=like.dtype)
             continue
         noise = torch.randn(like.shape, generator=generator, dtype=torch.float32)
-        state[name] = _scaled(name, noise)
+        state[name] = scaled_noise(name, noise)
     return state
 
 
-def _scaled(name: str, noise: torch.Tensor) -> torch.Tensor:
-    """Scale standard normal noise to the role the tensor plays in its network."""
+def scaled_noise(name: str, noise: torch.Tensor) -> torch.Tensor:
+    """Scale standard normal noise to the role the tensor named `name` plays in its network."""
     leaf = name.rsplit(".", 1)[-1]
     if "modulation" in name:  # [1, 6, dim] shift/scale/gate tables, official init randn / sqrt(dim)
         return noise / noise.shape[-1] ** 0.5
