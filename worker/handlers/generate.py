@@ -93,20 +93,20 @@ def read_seed(reader: ParamReader, field: str = "seed") -> tuple[int, str]:
 
 
 def resolve_model(ctx: TaskContext, model: str | None, preset: str | None, *, default: str,
-                  field_prefix: str = "") -> Any:
+                  name: Callable[[str], str] = lambda field: field) -> Any:
     """The ModelSpec (wan_engine.registry) of what the task names (a preset wins over a model),
     checked against the model definitions without loading anything; an unknown name fails the task
     with the field that named it. Give the engine `spec.preset or spec.key`, so preset defaults apply."""
     from wan_engine.errors import UnknownModel
 
-    name, field = (preset, "preset") if preset else (model or default, "model")
+    key, field = (preset, "preset") if preset else (model or default, "model")
     try:
-        return ctx.resources.model_registry().get(name)
+        return ctx.resources.model_registry().get(key)
     except UnknownModel as error:
-        raise ValidationError(field_prefix + field, error.rule) from None
+        raise ValidationError(name(field), error.rule) from None
 
 
-def check_parameters(spec: Any, fields: Mapping[str, Any], field_prefix: str = "") -> None:
+def check_parameters(spec: Any, fields: Mapping[str, Any], name: Callable[[str], str] = lambda field: field) -> None:
     """Resolve and validate sampling fields and geometry for `spec` as the engine will (no load), so
     a bad combination fails the task before any work; the error names the task's field."""
     from wan_engine.errors import InvalidRequest
@@ -115,7 +115,7 @@ def check_parameters(spec: Any, fields: Mapping[str, Any], field_prefix: str = "
     try:
         resolve_parameters(spec, fields)
     except InvalidRequest as error:
-        raise ValidationError(field_prefix + error.field, error.rule) from None
+        raise ValidationError(name(error.field), error.rule) from None
 
 
 # ---- running the engine -------------------------------------------------------------------------
@@ -296,4 +296,4 @@ def _reference_image(path: Path, field: str) -> np.ndarray:
     """A reference image as uint8 [h, w, 3] at its own size (the engine fits it onto a white frame)."""
     check_image(path, field)
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return np.array(image.convert("RGB"), dtype=np.uint8)

@@ -28,19 +28,25 @@ def segment_key(index: int) -> str:
     return f"segment-{index}"
 
 
+def _headless_name(field: str) -> str:
+    """How a headless row spells a field this handler checks (the model is `model_name` there; the
+    sampling fields keep their names), so its errors point at what the backend wrote."""
+    return f"{HEADLESS_KEY}.{'model_name' if field == 'model' else field}"
+
+
 @register("travel_orchestrator")
 def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
     params = ctx.task.params
-    prefix = f"{HEADLESS_KEY}." if is_headless_form(params) else ""
+    name = _headless_name if is_headless_form(params) else (lambda field: field)
     plan = plan_travel(params)
-    spec = resolve_model(ctx, plan.model, plan.preset, default=DEFAULT_MODEL, field_prefix=prefix)
+    spec = resolve_model(ctx, plan.model, plan.preset, default=DEFAULT_MODEL, name=name)
     if not spec.is_vace:
-        raise ValidationError(prefix + ("preset" if plan.preset else "model"),
+        raise ValidationError(name("preset" if plan.preset else "model"),
                               f"{spec.key!r} is not a VACE model; travel needs one (e.g. {DEFAULT_MODEL})")
-    sampling = sampling_fields(plan.sampling, lambda field: prefix + field)
+    sampling = sampling_fields(plan.sampling, name)
     for segment in plan.segments:
         check_parameters(spec, {**sampling, "width": plan.width, "height": plan.height,
-                                "video_length": segment.frames}, prefix)
+                                "video_length": segment.frames}, name)
     stored_plan = plan.to_params()
 
     segments: list[NewTask] = []
