@@ -26,8 +26,18 @@ CREATE TABLE tasks (
     generation_processed_at timestamptz
 );
 
+-- A queue table churns: every claim and completion leaves a dead row version. Vacuum and analyze it
+-- after 1% of its rows changed (the default waits for 10-20%), so dead index entries stay few and the
+-- planner knows how many rows are queued (with stale numbers it may sort every queued row per claim
+-- instead of walking the claim index).
+ALTER TABLE tasks SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.01);
+
 -- The claim scans only queued rows, best first.
 CREATE INDEX tasks_claimable_idx ON tasks (priority DESC, created_at) WHERE status = 'Queued';
+
+-- ... and, at one priority, the oldest queued row for the model a worker has loaded.
+CREATE INDEX tasks_claimable_model_idx ON tasks (priority, (params ->> 'model'), created_at)
+    WHERE status = 'Queued';
 
 -- Lease rescue scans only running rows by heartbeat age.
 CREATE INDEX tasks_in_progress_idx ON tasks (heartbeat_at) WHERE status = 'In Progress';
@@ -52,9 +62,11 @@ CREATE TRIGGER tasks_touch_updated_at BEFORE UPDATE ON tasks
     FOR EACH ROW EXECUTE FUNCTION tasks_touch_updated_at();
 
 -- Wake idle workers: on any insert (so a backend's plain INSERT is enough) and whenever a row becomes
--- Queued again or Complete (which may make its dependants ready). The payload (the row's task_type)
--- is advisory; workers re-run their claim on any notification. Identical payloads within one
--- transaction are folded into one notification by Postgres.
+-- Queued again (released, rescued). The payload (the row's task_type) is advisory; workers re-run
+-- their claim on any notification. Identical payloads within one transaction are folded into one
+-- notification by Postgres. A completion sends nothing: the completing worker claims again at once
+-- (so a chain of dependants moves without delay), and other workers poll; notifying every listener
+-- on every completion would cost more than it saves.
 CREATE FUNCTION tasks_notify_workers() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('wan_worker_tasks', NEW.task_type);
@@ -65,7 +77,7 @@ $$;
 CREATE TRIGGER tasks_notify_on_insert AFTER INSERT ON tasks
     FOR EACH ROW EXECUTE FUNCTION tasks_notify_workers();
 
-CREATE TRIGGER tasks_notify_on_ready AFTER UPDATE OF status ON tasks
+CREATE TRIGGER tasks_notify_on_requeue AFTER UPDATE OF status ON tasks
     FOR EACH ROW
-    WHEN (NEW.status IN ('Queued', 'Complete') AND OLD.status IS DISTINCT FROM NEW.status)
+    WHEN (NEW.status = 'Queued' AND OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION tasks_notify_workers();

@@ -35,6 +35,10 @@ CREATE TABLE tasks (
 -- The claim scans only queued rows, best first.
 CREATE INDEX tasks_claimable_idx ON tasks (priority DESC, created_at) WHERE status = 'Queued';
 
+-- ... and, at one priority, the oldest queued row for the model a worker has loaded.
+CREATE INDEX tasks_claimable_model_idx ON tasks (priority, json_extract(params, '$.model'), created_at)
+    WHERE status = 'Queued';
+
 -- Lease rescue scans only running rows by heartbeat age.
 CREATE INDEX tasks_in_progress_idx ON tasks (heartbeat_at) WHERE status = 'In Progress';
 

@@ -50,11 +50,15 @@ SELECT status, count(*) AS n FROM tasks GROUP BY status;
 -- name: claim --
 -- Takes the best ready row for this worker in one statement and marks it In Progress.
 -- Ready: Queued, run_after reached, a task_type this worker accepts (NULL = any), every dependency
--- Complete (a dependency id with no row keeps it waiting). Best: priority, then rows that waited longer
--- than the affinity bound (oldest first, so no model starves), then rows for the model already
--- loaded, then the oldest.
-WITH candidate AS (
-    SELECT t.id
+-- Complete (a dependency id with no row keeps it waiting). Best: the highest priority; within it, the
+-- oldest row if it waited longer than the affinity bound (so no model starves), else the oldest row
+-- for the model this worker already has loaded, else the oldest row.
+-- `head` walks the claim index (priority, age) to the first ready row nobody else is locking;
+-- `same_model` looks for a row of the loaded model only when the head is neither starved nor
+-- for the loaded model. Both stop at their first match, so a claim costs the same with 10 or 100,000
+-- rows queued.
+WITH head AS (
+    SELECT t.id, t.priority, t.created_at, t.params ->> 'model' AS model
     FROM tasks t
     WHERE t.status = 'Queued'
       AND t.run_after <= now()
@@ -64,11 +68,26 @@ WITH candidate AS (
           FROM unnest(t.dependant_on) AS dependency (id)
           LEFT JOIN tasks d ON d.id = dependency.id
           WHERE d.status IS DISTINCT FROM 'Complete')
-    ORDER BY t.priority DESC,
-             CASE WHEN t.created_at <= now() - make_interval(secs => :affinity_max_wait_seconds) THEN 0
-                  WHEN t.params ->> 'model' = :loaded_model THEN 1
-                  ELSE 2 END,
-             t.created_at
+    ORDER BY t.priority DESC, t.created_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), same_model AS (
+    SELECT t.id
+    FROM tasks t
+    WHERE EXISTS (SELECT 1 FROM head
+                  WHERE head.created_at > now() - make_interval(secs => :affinity_max_wait_seconds)
+                    AND head.model IS DISTINCT FROM :loaded_model)
+      AND t.priority = (SELECT priority FROM head)
+      AND t.params ->> 'model' = :loaded_model
+      AND t.status = 'Queued'
+      AND t.run_after <= now()
+      AND (CAST(:task_types AS text[]) IS NULL OR t.task_type = ANY (CAST(:task_types AS text[])))
+      AND NOT EXISTS (
+          SELECT 1
+          FROM unnest(t.dependant_on) AS dependency (id)
+          LEFT JOIN tasks d ON d.id = dependency.id
+          WHERE d.status IS DISTINCT FROM 'Complete')
+    ORDER BY t.created_at
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
@@ -78,8 +97,7 @@ SET status = 'In Progress',
     heartbeat_at = now(),
     attempts = t.attempts + 1,
     generation_started_at = now()
-FROM candidate
-WHERE t.id = candidate.id
+WHERE t.id = coalesce((SELECT id FROM same_model), (SELECT id FROM head))
 RETURNING t.*;
 
 -- name: heartbeat --
