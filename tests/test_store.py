@@ -105,6 +105,19 @@ def test_claim_prefers_rows_for_the_model_already_loaded(store: TaskStore) -> No
     assert claim(store, loaded_model="vace_14B").id == other
 
 
+def test_priority_outranks_the_loaded_model(store: TaskStore) -> None:
+    store.enqueue("generate_video", {"model": "vace_14B"})
+    urgent = store.enqueue("generate_video", {"model": "t2v_14B"}, priority=1)
+    assert claim(store, loaded_model="vace_14B").id == urgent
+
+
+def test_a_row_for_the_loaded_model_that_is_not_ready_is_passed_over(store: TaskStore) -> None:
+    blocker = store.enqueue("health_check", {}, priority=-1)
+    other = store.enqueue("generate_video", {"model": "t2v_14B"})
+    store.enqueue("generate_video", {"model": "vace_14B"}, dependant_on=[blocker])
+    assert claim(store, loaded_model="vace_14B").id == other
+
+
 def test_claim_takes_rows_past_the_affinity_bound_by_age_before_the_loaded_model(store: TaskStore) -> None:
     waited = store.enqueue("generate_video", {"model": "t2v_14B"})
     store.enqueue("generate_video", {"model": "vace_14B"})
