@@ -14,7 +14,7 @@ from worker.metrics import MeteredTaskStore, WorkerMetrics
 from worker.poller import Worker
 from worker.store import TaskStore
 
-from conftest import store_url
+from conftest import store_url, wait_for
 from test_stats import backdate
 
 
@@ -123,3 +123,21 @@ def test_an_unreachable_database_shows_as_a_gap_not_a_failed_scrape(tmp_path: Pa
     assert math.isnan(sample(metrics, "wan_worker_oldest_queued_task_age_seconds"))
     db.dispose()
 
+
+
+def test_a_worker_run_with_metrics_port_and_preload_model_serves_its_load(sqlite_url: str, start_worker,
+                                                                         tiny_models_dir: Path) -> None:
+    port = free_port()
+    start_worker(sqlite_url, "--metrics-port", str(port), "--preload-model", "tiny_t2v",
+                 "--models-dir", str(tiny_models_dir), "--device", "cpu")
+
+    def scrape() -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        return text if 'wan_worker_model_loads_total{model="tiny_t2v"} 1.0' in text else None
+
+    text = wait_for(scrape, timeout_seconds=120, what="the preloaded model in the served metrics")
+    assert "wan_worker_oldest_queued_task_age_seconds 0.0" in text
