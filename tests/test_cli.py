@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from conftest import POSTGRES_ADMIN_URL, REPO_ROOT, worker_command
-from worker.config import ALL_SETTINGS, WorkerConfig, add_setting_arguments, load_config
+from worker.config import ALL_SETTINGS, WorkerConfig, add_setting_arguments, env_name, flag_name, load_config
 from worker.store import TaskStore
 
 
@@ -172,3 +172,9 @@ def test_the_systemd_unit_outlasts_the_grace_period_and_hears_from_the_worker_wi
     assert "CUDA_VISIBLE_DEVICES=%i" in unit["Environment"]
     assert int(unit["TimeoutStopSec"][0]) > config.grace_seconds + 10
     assert max(config.heartbeat_seconds, config.poll_seconds) < int(unit["WatchdogSec"][0]) / 2
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    missing = [name for name in ALL_SETTINGS if f"`{env_name(name)}`" not in readme or f"`{flag_name(name)}`" not in readme]
+    assert missing == []
