@@ -96,10 +96,6 @@ class WorkerConfig:
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
-    @property
-    def is_postgres(self) -> bool:
-        return self.database_url.startswith(("postgresql", "postgres:"))
-
 
 def env_name(name: str) -> str:
     """The WAN_WORKER_* variable of a setting."""

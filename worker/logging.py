@@ -1,6 +1,6 @@
 """structlog set-up: one JSON object per line under systemd (or whenever stderr is not a terminal),
-readable colourless-or-coloured console lines on a terminal. Logs go to stderr; stdout stays for
-command output (`wan-worker submit` prints the new id there)."""
+readable console lines on a terminal. Logs go to stderr; stdout stays for command output
+(`wan-worker submit` prints the new id there)."""
 from __future__ import annotations
 
 import logging
