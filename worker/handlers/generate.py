@@ -8,6 +8,7 @@ seed, and the seconds of each phase from queue wait to video encoding).
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,18 +20,13 @@ from PIL import Image
 
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.params import MAX_VIDEO_FRAMES, ParamReader, round_to_frame_count
+from worker.params import MAX_VIDEO_FRAMES, ParamReader, parse_resolution, round_to_frame_count
 from worker.paths import output_file
+from worker.travel.plan import DEFAULT_FPS, DEFAULT_RESOLUTION, DEFAULT_SEED, MAX_FPS, MAX_SEED, RANDOM_SEED
 from worker.travel.stitch import thumbnail_path
-from worker.video import VideoWriter, check_image, read_video, save_png
+from worker.video import VideoWriter, check_image, iter_frames, save_png
 
-DEFAULT_RESOLUTION = (832, 480)
 DEFAULT_VIDEO_LENGTH = 81
-DEFAULT_FPS = 16
-DEFAULT_SEED = 12345
-RANDOM_SEED = -1
-MAX_SEED = 2**32 - 1
-MAX_FPS = 120
 DEFAULT_OUTPUT_NAME = "video.mp4"
 
 # The model each task type runs when the row names neither `model` nor `preset` (registry keys).
@@ -218,7 +214,7 @@ def generate_video(ctx: TaskContext) -> HandlerResult:
     reader = ParamReader(params)
     spec = resolve_model(ctx, reader.text("model", None), reader.text("preset", None),
                          default=DEFAULT_MODELS[ctx.task.task_type])
-    width, height = reader.resolution("resolution", DEFAULT_RESOLUTION)
+    width, height = reader.resolution("resolution", parse_resolution(DEFAULT_RESOLUTION))
     asked_length = reader.integer("video_length", DEFAULT_VIDEO_LENGTH, minimum=1, maximum=MAX_VIDEO_FRAMES)
     video_length = round_to_frame_count(asked_length, "video_length")
     seed, seed_source = read_seed(reader)
@@ -248,6 +244,7 @@ def generate_video(ctx: TaskContext) -> HandlerResult:
     )
     ctx.raise_if_cancelled()
     generation = run_generation(ctx, request)
+    ctx.report_progress({"phase": "video_encode", "frames": len(generation.frames)})
     thumbnail, encode_seconds = write_video(generation.frames, output, fps)
     generation.phase_seconds["video_encode"] = encode_seconds
 
@@ -267,21 +264,21 @@ def generate_video(ctx: TaskContext) -> HandlerResult:
 
 
 def _control_video(reader: ParamReader, field: str, length: int, width: int, height: int) -> np.ndarray | None:
-    """A control video uint8 [length, H, W, 3]: the first `length` frames of the file, which must have
-    the task's resolution and at least that many frames."""
+    """A control video uint8 [length, H, W, 3]: the first `length` frames of the file (only those are
+    decoded), which must have the task's resolution and at least that many frames."""
     path = reader.input_file(field, None)
     if path is None:
         return None
     try:
-        frames = read_video(path)
+        frames = list(itertools.islice(iter_frames(path), length))
     except (OSError, RuntimeError) as error:
         raise ValidationError(field, f"not a readable video: {path} ({error})") from None
-    count, got_height, got_width = frames.shape[:3]
+    got_height, got_width = frames[0].shape[:2] if frames else (0, 0)
     if (got_width, got_height) != (width, height):
         raise ValidationError(field, f"is {got_width}x{got_height}; it must match resolution {width}x{height}")
-    if count < length:
-        raise ValidationError(field, f"has {count} frames; video_length needs at least {length}")
-    return frames[:length]
+    if len(frames) < length:
+        raise ValidationError(field, f"has only {len(frames)} frames; video_length needs {length}")
+    return np.stack(frames)
 
 
 def _mask_video(reader: ParamReader, field: str, length: int, width: int, height: int) -> np.ndarray | None:

@@ -57,6 +57,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     if len(generation.frames) != segment.frames:
         raise RuntimeError(f"the engine returned {len(generation.frames)} frames for a {segment.frames}-frame segment")
     output = output_file(ctx.output_dir, f"segment-{index}.mp4")
+    ctx.report_progress({"phase": "video_encode", "segment": index, "segments": len(plan.segments)})
     thumbnail, encode_seconds = write_video(generation.frames, output, plan.fps)
     generation.phase_seconds["video_encode"] = encode_seconds
 
