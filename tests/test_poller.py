@@ -109,12 +109,17 @@ def run_until_idle(in_process_worker, store: TaskStore) -> None:
 
 # ---- many workers --------------------------------------------------------------------------------------------
 
-def test_eight_worker_processes_complete_2000_tasks_each_claimed_exactly_once(pg_store: TaskStore, start_worker, tmp_path: Path) -> None:
-    ids = pg_store.enqueue_many([NewTask("health_check", {}) for _ in range(2000)])
-    workers = [start_worker(store_url(pg_store), "--exit-when-idle", *FAST_WORKER_FLAGS) for _ in range(8)]
-    assert [w.wait(timeout=180) for w in workers] == [0] * 8
+@pytest.mark.parametrize(("dialect", "worker_count", "task_count"), [("postgres", 8, 2000), ("sqlite", 4, 400)],
+                         ids=["postgres-8x2000", "sqlite-4x400"])
+def test_worker_processes_complete_every_task_each_claimed_exactly_once(
+    request: pytest.FixtureRequest, start_worker, tmp_path: Path, dialect: str, worker_count: int, task_count: int
+) -> None:
+    store: TaskStore = request.getfixturevalue(f"{'pg' if dialect == 'postgres' else 'sqlite'}_store")
+    ids = store.enqueue_many([NewTask("health_check", {}) for _ in range(task_count)])
+    workers = [start_worker(store_url(store), "--exit-when-idle", *FAST_WORKER_FLAGS) for _ in range(worker_count)]
+    assert [w.wait(timeout=180) for w in workers] == [0] * worker_count
 
-    tasks = [pg_store.get(task_id) for task_id in ids]
+    tasks = [store.get(task_id) for task_id in ids]
     assert {t.status for t in tasks} == {"Complete"}
     assert {t.attempts for t in tasks} == {1}
     assert all(t.result_data["worker_id"] == t.worker_id for t in tasks)
@@ -122,6 +127,20 @@ def test_eight_worker_processes_complete_2000_tasks_each_claimed_exactly_once(pg
               for line in log.read_text().splitlines() if line.startswith("{")]
     claimed_ids = [entry["task_id"] for entry in claims if entry.get("event") == "task claimed"]
     assert sorted(claimed_ids) == sorted(ids)
+
+
+def test_a_worker_whose_lease_was_taken_over_stops_its_handler_and_writes_nothing(
+    store: TaskStore, in_process_worker
+) -> None:
+    worker = in_process_worker(store)
+    task_id = store.enqueue("health_check", {"sleep_seconds": 60})
+    wait_for_status(store, task_id, TaskStatus.IN_PROGRESS)
+    with store.db.transaction() as conn:  # another worker rescued and re-claimed it
+        conn.execute(sa.text("UPDATE tasks SET worker_id = 'other', attempts = 2 WHERE id = :id"), {"id": task_id})
+    wait_for(lambda: worker.worker.counts["cancelled"] == 1, what="the worker to stop the task it lost")
+    task = store.get(task_id)
+    assert (task.status, task.worker_id, task.result_data) == ("In Progress", "other", None)
+    worker.stop()
 
 
 # ---- crashes, leases, restarts ----------------------------------------------------------------------------------
@@ -283,6 +302,16 @@ def test_an_unexpected_error_fails_the_task_with_the_last_error_when_attempts_ru
     assert task.attempts == 3
     assert task.error_message == "RuntimeError: transient trouble on attempt 3 (attempt 3 of 3; giving up)"
     worker.stop()
+
+
+def test_retry_delays_grow_exponentially_with_jitter_up_to_the_cap(sqlite_store: TaskStore) -> None:
+    worker = Worker(WorkerConfig(database_url=store_url(sqlite_store), retry_base_seconds=10, retry_max_seconds=600),
+                    sqlite_store, handlers={})
+    for attempt in range(1, 10):
+        ceiling = min(600, 10 * 2 ** (attempt - 1))
+        delays = [worker._retry_delay_seconds(attempt) for _ in range(50)]
+        assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
+        assert len(set(delays)) > 1  # jittered: a fleet does not retry in lock-step
 
 
 def test_a_handler_that_returns_children_parks_its_task_until_they_end_it(store: TaskStore, in_process_worker) -> None:
