@@ -203,6 +203,30 @@ def test_guidance_above_one_adds_the_unconditional_pass_only_in_its_phase(engine
     assert len(log.calls) == 4 + low_steps
 
 
+@pytest.mark.parametrize("model_switch_phase", [1, 2])
+def test_three_phase_fleet_setup_switches_guidance_and_expert_at_the_thresholds(
+    engine: Engine, forward_log, model_switch_phase: int
+):
+    """The headless Wan2GP fleets' setting: 3 phases, 6 euler steps, guidance 3/1/1, thresholds 883/558."""
+    engine.load("tiny_vace_2_2")
+    log = forward_log()
+    reports: list[dict] = []
+    engine.generate(
+        request(
+            "tiny_vace_2_2", num_inference_steps=6, sample_solver="euler", guidance_phases=3, guidance_scale=3.0,
+            guidance2_scale=1.0, guidance3_scale=1.0, switch_threshold=883, switch_threshold2=558,
+            model_switch_phase=model_switch_phase,
+        ),
+        on_progress=reports.append,
+    )  # fmt: skip
+    step_timesteps = list(dict.fromkeys(t for _, t in log.calls))  # decreasing; CFG steps call twice
+    phases = [r["guidance_phase"] for r in reports]
+    assert phases == [1 if t >= 883 else 2 if t >= 558 else 3 for t in step_timesteps]
+    assert set(phases) == {1, 2, 3}
+    assert [r["expert"] for r in reports] == ["high" if p <= model_switch_phase else "low" for p in phases]
+    assert len(log.calls) == len(reports) + phases.count(1)  # CFG (two passes) in phase 1 only
+
+
 def test_cancellation_stops_at_the_next_step_and_the_engine_still_works(engine: Engine):
     reports: list[dict] = []
     with pytest.raises(GenerationCancelled):

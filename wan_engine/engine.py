@@ -282,20 +282,22 @@ class Engine:
             # Outside the except block: the traceback (and the activations it pins) is gone.
             release_cached_memory(self.device)
             if attempt == 2:
+                policy = "with the experts taking turns, " if networks.experts.taking_turns else ""
                 raise OutOfMemory(
-                    f"{self.device} ran out of memory twice, the second time with the experts taking turns "
-                    f"on the device ({failure}); try a smaller resolution or fewer frames"
+                    f"{self.device} ran out of memory twice ({failure}), the second time after freeing its caches "
+                    f"{policy}with the model still loaded; try a smaller resolution or fewer frames"
                 )
             networks.experts.take_turns()
         raise AssertionError("unreachable")
 
     def _with_injected_oom(self, should_cancel: Callable[[], bool]) -> Callable[[], bool]:
         """should_cancel, preceded once by a simulated out-of-memory while oom_injections > 0."""
-        pending = [self.oom_injections > 0]
+        pending = self.oom_injections > 0
 
         def check() -> bool:
-            if pending[0]:
-                pending[0] = False
+            nonlocal pending
+            if pending:
+                pending = False
                 self.oom_injections -= 1
                 raise torch.OutOfMemoryError("injected out-of-memory (Engine.oom_injections)")
             return should_cancel()

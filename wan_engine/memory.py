@@ -22,9 +22,10 @@ from torch import nn
 
 OFFLOAD_POLICIES = ("auto", "experts", "none")
 
-# Device memory a generation needs beside the weights (activations, attention workspace, VAE decode
-# chunks, allocator slack), as a fraction of the experts' size: 14B bf16 at 480p peaks ~10 GB above
-# the weights of one expert.
+# Device memory a generation needs beside the weights (activations, attention workspace, VAE chunks,
+# allocator slack), as a fraction of both experts' size. Measured on an H200 (bench/generate.py): the
+# 14B VACE expert pair (68 GB in bf16) peaked ~10 GB above all weights at 480p x 81 frames; 720p has
+# 2.3x the tokens. 0.35 of the pair (24 GB) covers both.
 WORKING_MEMORY_FRACTION = 0.35
 
 
@@ -137,8 +138,9 @@ class Experts:
         return bool(self._residents)
 
     def take_turns(self) -> None:
-        """Switch to one-at-a-time residency (the memory-saving policy); idempotent."""
-        if self._residents or self.device.type == "cpu":
+        """Switch to one-at-a-time residency (the memory-saving policy); idempotent. A single
+        network, or a CPU device, has nothing to gain from it."""
+        if self._residents or self.device.type == "cpu" or len(self.networks) < 2:
             return
         self._residents = {name: HostResident(net, self.device) for name, net in self.networks.items()}
         release_cached_memory(self.device)
