@@ -13,7 +13,8 @@ from worker.store import HeartbeatState, TaskStore
 
 class Heartbeat:
     """Use as a context manager around the handler. `on_stop` is called once on CANCELLED or LOST;
-    `on_alive` after every extended lease (the systemd watchdog ping)."""
+    `on_interval` after every attempt, successful or not (the systemd watchdog ping: the worker is
+    alive even while the database is not)."""
 
     def __init__(
         self,
@@ -23,12 +24,12 @@ class Heartbeat:
         interval_seconds: float,
         *,
         on_stop: Callable[[HeartbeatState], None],
-        on_alive: Callable[[], None],
+        on_interval: Callable[[], None],
         log: structlog.typing.FilteringBoundLogger,
     ):
         self.store, self.task_id, self.worker_id = store, task_id, worker_id
         self.interval_seconds = interval_seconds
-        self.on_stop, self.on_alive, self.log = on_stop, on_alive, log
+        self.on_stop, self.on_interval, self.log = on_stop, on_interval, log
         self.state = HeartbeatState.ALIVE
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{task_id[:8]}", daemon=True)
@@ -43,13 +44,13 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while not self._done.wait(self.interval_seconds):
+            self.on_interval()
             try:
                 state = self.store.heartbeat(self.task_id, self.worker_id)
             except Exception as error:  # a database outage must not end the lease thread
                 self.log.warning("heartbeat failed; retrying at the next interval", error=str(error))
                 continue
             if state is HeartbeatState.ALIVE:
-                self.on_alive()
                 continue
             self.state = state
             self.log.warning(

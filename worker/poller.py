@@ -144,7 +144,7 @@ class Worker:
         started = time.monotonic()
         heartbeat = Heartbeat(
             self.store, task.id, self.config.worker_id, self.config.heartbeat_seconds,
-            on_stop=lambda _state: ctx.cancel(), on_alive=self.watchdog.ping, log=log,
+            on_stop=lambda _state: ctx.cancel(), on_interval=self.watchdog.ping, log=log,
         )
         with heartbeat:
             outcome = self._execute(ctx)

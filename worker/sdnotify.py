@@ -9,15 +9,19 @@ import time
 
 
 def notify(*assignments: str) -> bool:
-    """Send e.g. notify("READY=1", "STATUS=idle"); False when there is no NOTIFY_SOCKET."""
+    """Send e.g. notify("READY=1", "STATUS=idle"); False when there is no NOTIFY_SOCKET or it cannot be
+    reached (like sd_notify, a failure never stops the worker)."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
     if address.startswith("@"):  # abstract namespace
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall("\n".join(assignments).encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall("\n".join(assignments).encode())
+    except OSError:
+        return False
     return True
 
 
