@@ -16,6 +16,19 @@ same initial latents, UniPC, the VAE in float32 on both sides. Our text encoder 
 memory between prompts (the engine's policy), so our text_encode includes its trip to the device;
 diffusers keeps its text encoder on the device. Both pipelines are warmed up first (one denoising
 step at the full size, one small decode); then they take turns.
+
+Measured (one run each, 832x480, 81 frames, 4 UniPC steps, bf16, fp32 VAE; seconds):
+
+    NVIDIA H200      ours: text  vace  denoise decode total | diffusers: text vace denoise decode total | speed-up
+    14B VACE 2.2 g=1       0.23  3.28  14.85   2.56   20.94 |            0.03 4.21 16.52   3.11   23.89 | 1.14
+    14B VACE g=5           0.23  3.28  29.50   2.58   35.61 |            0.06 4.29 32.99   3.14   40.51 | 1.14
+    1.3B VACE g=5          0.23  3.28   6.91   2.60   13.03 |            0.06 4.17  7.78   3.14   15.16 | 1.16
+
+Forwards per step: 1.0 for Wan 2.2 at guidance 1 (1 high + 3 low over 4 steps), 2.0 with CFG, on
+both sides. Our text_encode is umT5-XXL's 11 GB trip from pinned host memory to the device and back.
+Peak allocated memory (both pipelines' weights included): 90.1 vs 88.4 GB (14B 2.2), 56.3 vs 54.6
+GB (14B), 26.6 vs 25.0 GB (1.3B). On the 2-core CPU (tiny models, noisy: other jobs ran) ours was
+1.2x to 3.5x faster end to end.
 """
 from __future__ import annotations
 
