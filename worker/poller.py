@@ -257,7 +257,7 @@ class Worker:
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(is_transient),
-            wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=10.0),
+            wait=tenacity.wait_random_exponential(multiplier=0.2, max=10.0),
             stop=lambda _state: until.is_set(),
             sleep=until.wait,
             before_sleep=log_retry,
