@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import shutil
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ class ForwardLog:
 
 
 @pytest.fixture
-def forward_log(engine: Engine) -> Iterator[callable]:
+def forward_log(engine: Engine) -> Iterator[Callable[[], ForwardLog]]:
     logs: list[ForwardLog] = []
 
     def attach() -> ForwardLog:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -394,7 +394,7 @@ def _check_array(name: str, value: Any, shape: tuple[int, ...]) -> None:
         )
 
 
-def _checkpoint_bytes(file_groups: Sequence[Sequence[Path]] | Any, dtype: torch.dtype) -> int:
+def _checkpoint_bytes(file_groups: Iterable[Sequence[Path]], dtype: torch.dtype) -> int:
     """Bytes the tensors of these safetensors files take in `dtype` (read from the headers only)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     total = 0
