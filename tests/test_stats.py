@@ -1,14 +1,16 @@
 """`wan-worker stats`: counts and phase percentiles computed by the database, on both dialects."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from worker.cli import main
 from worker.stats import collect_stats, oldest_ready_task_age_seconds, parse_since
 from worker.store import TaskStore
 
-from conftest import store_url
+from conftest import REPO_ROOT, store_url
 
 
 def run_to_end(store: TaskStore, task_type: str, params: dict, *, result_data: dict | None = None,
@@ -123,13 +125,14 @@ def test_oldest_ready_task_age_counts_only_claimable_rows(store: TaskStore) -> N
     assert age is not None and 86_000 < age < 87_000  # the blocker; its dependant is not claimable yet
 
 
-def test_stats_command_prints_counts_and_phase_table(store: TaskStore, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stats_command_prints_counts_and_phase_table(store: TaskStore) -> None:
     run_to_end(store, "t2v", {"model": "tiny_t2v"}, result_data={"model": "tiny_t2v", "phase_seconds": {"decode": 1.5}})
 
-    assert main(["stats", "--database-url", store_url(store), "--since", "1h"]) == 0
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "stats", "--database-url", store_url(store), "--since", "1h"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
-    out = capsys.readouterr().out
-    assert "tiny_t2v" in out and "decode" in out and "1.500" in out
+    assert done.returncode == 0, done.stderr
+    assert "tiny_t2v" in done.stdout and "decode" in done.stdout and "1.500" in done.stdout
 
 
 @pytest.mark.parametrize("text, seconds", [("90m", 5400.0), ("24h", 86400.0), ("7d", 604800.0), ("2w", 1209600.0)])
