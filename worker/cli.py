@@ -18,6 +18,7 @@ from worker.config import ALL_SETTINGS, CONNECTION_SETTINGS, WorkerConfig, add_s
 from worker.logging import configure_logging
 
 Command = Callable[[argparse.Namespace, WorkerConfig], int]
+PRELOAD_TIMEOUT_USEC = 30 * 60 * 1_000_000  # systemd start-up time granted to --preload-model
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ def run_command(args: argparse.Namespace, config: WorkerConfig) -> int:
     import structlog
 
     from wan_engine.errors import LoadError, UnknownModel, WeightsMissing
+    from worker import sdnotify
     from worker.db import connect
     from worker.metrics import serve_worker_metrics
     from worker.migrate import migrate, pending_migrations
@@ -83,6 +85,8 @@ def run_command(args: argparse.Namespace, config: WorkerConfig) -> int:
     resources = WorkerResources(device=resolve_device(config.device), models_dir=config.models_dir)
     store = TaskStore(db) if config.metrics_port is None else serve_worker_metrics(config.metrics_port, db, resources)
     if config.preload_model:
+        # Loading a 14B model can outlast the unit's TimeoutStartSec: ask systemd for more time first.
+        sdnotify.notify(f"STATUS=loading {config.preload_model}", f"EXTEND_TIMEOUT_USEC={PRELOAD_TIMEOUT_USEC}")
         try:
             resources.load_model(config.preload_model)
         except (UnknownModel, WeightsMissing, LoadError) as error:
