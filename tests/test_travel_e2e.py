@@ -6,13 +6,11 @@ import os
 import signal
 from pathlib import Path
 
-import pytest
-
 from conftest import FAST_WORKER_FLAGS, wait_for, wait_for_status
 from worker.store import TaskStatus, TaskStore
 from worker.travel.plan import plan_travel
 from worker.video import probe
-from worker_harness import background_workers, resources, run_until_idle, write_keyframes  # noqa: F401 (fixtures)
+from worker_harness import resources, run_until_idle, write_keyframes  # noqa: F401 (resources is a fixture)
 
 MODEL = "tiny_vace"
 
