@@ -6,6 +6,8 @@ import os
 import signal
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from conftest import FAST_WORKER_FLAGS, wait_for, wait_for_status
 from worker.store import TaskStatus, TaskStore
 from worker.travel.plan import plan_travel
@@ -168,6 +170,19 @@ def test_cancelling_the_orchestrator_cancels_its_children(store: TaskStore, reso
 
     assert store.get(orchestrator_id).status == TaskStatus.CANCELLED
     assert {child.status for child in store.children(orchestrator_id)} == {TaskStatus.CANCELLED}
+
+
+def test_an_orchestrator_run_again_creates_no_second_set_of_children(store: TaskStore, resources, tmp_path: Path) -> None:
+    orchestrator_id = store.enqueue("travel_orchestrator", travel(write_keyframes(tmp_path / "keys", 3)))
+    run_until_idle(store, resources, tmp_path / "outputs", task_types=("travel_orchestrator",))
+    first = sorted(child.id for child in store.children(orchestrator_id))
+    with store.db.engine.begin() as conn:  # an operator puts the parked orchestrator back in the queue
+        conn.execute(sa.text("UPDATE tasks SET status = 'Queued', worker_id = NULL WHERE id = :id"), {"id": orchestrator_id})
+
+    run_until_idle(store, resources, tmp_path / "outputs", task_types=("travel_orchestrator",))
+
+    assert store.get(orchestrator_id).attempts == 2
+    assert sorted(child.id for child in store.children(orchestrator_id)) == first
 
 
 def test_a_worker_killed_mid_segment_still_ends_in_one_complete_video(pg_store: TaskStore, start_worker, tiny_models_dir: Path,

@@ -13,11 +13,13 @@ the sampling fields' types.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.handlers.generate import check_parameters, resolve_model, sampling_fields
 from worker.store import NewTask
-from worker.travel.plan import DEFAULT_MODEL, HEADLESS_KEY, is_headless_form, plan_travel
+from worker.travel.plan import DEFAULT_MODEL, HEADLESS_KEY, TravelPlan, is_headless_form, plan_travel
 
 SEGMENT_TASK = "travel_segment"
 STITCH_TASK = "travel_stitch"
@@ -26,6 +28,15 @@ STITCH_KEY = "stitch"
 
 def segment_key(index: int) -> str:
     return f"segment-{index}"
+
+
+def stored_plan(params: dict[str, Any]) -> TravelPlan:
+    """The plan a child carries in params['plan'], as its orchestrator wrote it; anything else (a row
+    written by hand) fails the child for good instead of being retried."""
+    try:
+        return TravelPlan.from_params(params["plan"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValidationError("plan", f"not a plan written by travel_orchestrator ({type(error).__name__}: {error})") from None
 
 
 def _headless_name(field: str) -> str:

@@ -15,10 +15,10 @@ import numpy as np
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.handlers.generate import generation_result_data, run_generation, sampling_fields, write_video
+from worker.handlers.travel_orchestrator import stored_plan
 from worker.params import ParamReader
 from worker.paths import output_file
 from worker.travel.guide import segment_guide
-from worker.travel.plan import TravelPlan
 from worker.video import iter_frames, load_image
 
 
@@ -28,7 +28,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
 
     params = ctx.task.params
     reader = ParamReader(params)
-    plan = TravelPlan.from_params(params["plan"])
+    plan = stored_plan(params)
     index = reader.integer("segment_index", minimum=0, maximum=len(plan.segments) - 1)
     segment = plan.segments[index]
     model = reader.text("preset", None) or reader.text("model")

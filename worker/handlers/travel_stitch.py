@@ -14,10 +14,10 @@ from typing import Any
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.handlers.generate import queue_wait_seconds
+from worker.handlers.travel_orchestrator import stored_plan
 from worker.params import ParamReader
 from worker.paths import output_file
 from worker.store import Task, TaskStatus
-from worker.travel.plan import TravelPlan
 from worker.travel.stitch import stitch
 
 OUTPUT_NAME = "travel.mp4"
@@ -28,7 +28,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     started = time.perf_counter()
     params = ctx.task.params
     reader = ParamReader(params)
-    plan = TravelPlan.from_params(params["plan"])
+    plan = stored_plan(params)
     orchestrator_id = reader.text("orchestrator_task_id")
     segments = [_finished_segment(ctx, task_id) for task_id in reader.texts("segment_task_ids")]
     if len(segments) != len(plan.segments):
