@@ -51,6 +51,11 @@ def test_resolution_reads_text_and_pairs() -> None:
     assert parse_resolution([96, 64]) == (96, 64)
 
 
+@pytest.mark.parametrize("value", [" 832 X 480", ["832", "480"], [832.0, 480.0]])
+def test_resolution_accepts_the_loose_spellings_of_json_writers(value: object) -> None:
+    assert parse_resolution(value) == (832, 480)
+
+
 @pytest.mark.parametrize("value", ["832x481", "832*480", "x480", "0x0", "8192x480", 832])
 def test_resolution_must_be_multiples_of_16_as_wxh(value: object) -> None:
     with pytest.raises(ValidationError) as error:

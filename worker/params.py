@@ -13,7 +13,7 @@ from typing import Any
 
 from worker.errors import ValidationError
 
-RESOLUTION_MULTIPLE = 16
+RESOLUTION_MULTIPLE = 16  # VAE stride 8 x DiT patch 2
 MAX_SIDE_PIXELS = 4096
 MAX_VIDEO_FRAMES = 1025
 
@@ -165,7 +165,12 @@ def _check_range(field: str, number: float, minimum: float | None, maximum: floa
 
 
 def parse_resolution(value: Any, field: str = "resolution") -> tuple[int, int]:
-    """(width, height) from "WxH" or [W, H]; both sides multiples of 16 within [16, 4096]."""
+    """(width, height) from "WxH" or [W, H]; both sides multiples of 16 within [16, 4096].
+
+    The one resolution rule for every task type: generate's `resolution`, a travel plan's
+    `resolution` and headless rows' `parsed_resolution_wh` (a string or a [W, H] pair). `field` is
+    the name the user wrote, so the error points at it.
+    """
     if isinstance(value, str):
         parts = value.lower().replace(" ", "").split("x")
     elif isinstance(value, (list, tuple)):

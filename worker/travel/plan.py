@@ -23,11 +23,12 @@ engine's registry. Nothing here touches the database.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from worker.errors import ValidationError
+from worker.params import parse_resolution
 from worker.video import check_image
 
 DEFAULT_MODEL = "vace_14B_cocktail_2_2"  # the Wan 2.2 VACE 14B preset ("vace_22_14b")
@@ -40,8 +41,6 @@ RANDOM_SEED = -1
 
 MIN_SEGMENT_FRAMES = 5  # 4n+1 with n >= 1: a start frame, an end frame and something between
 MAX_SEGMENT_FRAMES = 1000  # ~60 s at 16 fps per segment; far past what Wan keeps coherent
-RESOLUTION_MULTIPLE = 16  # VAE stride 8 x DiT patch 2
-MAX_DIMENSION = 4096
 MAX_FPS = 120
 MAX_SEED = 2**32 - 1  # seeds of all segments (seed + index) must fit numpy / torch generators
 
@@ -154,7 +153,7 @@ class TravelPlan:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> TravelPlan:
         """Inverse of `to_params` (a plan the worker stored; its files were checked when planned)."""
-        width, height = _parse_resolution(params["resolution"], "resolution")
+        width, height = parse_resolution(params["resolution"], "resolution")
         plan = cls(
             model=params["model"],
             preset=params["preset"],
@@ -218,27 +217,6 @@ def _as_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def _parse_resolution(value: Any, name: str) -> tuple[int, int]:
-    """'WxH' (or [W, H] from headless rows) -> (W, H), both multiples of 16 within MAX_DIMENSION."""
-    if isinstance(value, str):
-        parts = value.lower().split("x")
-        if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
-            raise ValidationError(name, f"must be 'WxH' like '832x480', got {value!r}")
-        width, height = (int(part) for part in parts)
-    elif isinstance(value, Sequence) and len(value) == 2:
-        width, height = (_as_int(part, name) for part in value)
-    else:
-        raise ValidationError(name, f"must be 'WxH' like '832x480', got {value!r}")
-    for size in (width, height):
-        if size <= 0 or size % RESOLUTION_MULTIPLE or size > MAX_DIMENSION:
-            raise ValidationError(
-                name,
-                f"width and height must be multiples of {RESOLUTION_MULTIPLE} in 16..{MAX_DIMENSION},"
-                f" got {width}x{height}",
-            )
-    return width, height
-
-
 class _Planner:
     """Builds a plan from our form; `name` maps our field names to what the user wrote, for errors."""
 
@@ -250,7 +228,7 @@ class _Planner:
     def plan(self) -> TravelPlan:
         images = self._images()
         count = len(images) - 1
-        width, height = _parse_resolution(self.params.get("resolution", DEFAULT_RESOLUTION), self.name("resolution"))
+        width, height = parse_resolution(self.params.get("resolution", DEFAULT_RESOLUTION), self.name("resolution"))
         prompts = self._prompts(count)
         negative_prompts = self._per_segment("negative_prompt", count, default="", kind=str)
         frames = self._segment_frames(count)
