@@ -65,10 +65,14 @@ def run_ffmpeg(args: list[str], check: bool = False) -> str:
 
     `ffmpeg -i FILE` alone exits non-zero by design (no output given), hence `check` is opt-in.
     """
+    return _ffmpeg(args, check).stderr
+
+
+def _ffmpeg(args: list[str], check: bool) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *args], capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise FFmpegError(f"ffmpeg {' '.join(args)} failed: {proc.stderr[-_STDERR_TAIL_CHARS:].strip()}")
-    return proc.stderr
+    return proc
 
 
 def _stderr_tail(stderr_file: IO[bytes]) -> str:
@@ -80,7 +84,6 @@ _VIDEO_STREAM = re.compile(r"Stream #\d+:\d+.*?: Video: (.*)")
 _SIZE = re.compile(r"[ ,](\d+)x(\d+)(?=[\s,\[]|$)")
 _FPS = re.compile(r"(\d+(?:\.\d+)?) fps")
 _TBR = re.compile(r"(\d+(?:\.\d+)?)(k?) tbr")
-_FRAME_COUNT = re.compile(r"frame=\s*(\d+)")
 
 
 def _parse_video_header(path: Path, stderr: str) -> tuple[int, int, float]:
@@ -111,14 +114,17 @@ def _existing(path: str | os.PathLike[str]) -> Path:
 
 
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
-    """Frame count, size and fps of a video, in one ffmpeg run (header + packet count, no decoding)."""
+    """Frame count, size and fps of a video, in one ffmpeg run (header + packet count, no decoding).
+
+    The count is the number of video packets, one `framecrc` line each on stdout: a stable format,
+    unlike the progress line on stderr, whose `frame=` field some ffmpeg releases leave out when
+    stream-copying.
+    """
     path = _existing(path)
-    stderr = run_ffmpeg(["-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"], check=True)
-    width, height, fps = _parse_video_header(path, stderr)
-    counts = _FRAME_COUNT.findall(stderr)
-    if not counts:
-        raise FFmpegError(f"{path}: ffmpeg did not report a frame count: {stderr[-_STDERR_TAIL_CHARS:].strip()}")
-    return VideoInfo(frames=int(counts[-1]), width=width, height=height, fps=fps)
+    proc = _ffmpeg(["-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"], check=True)
+    width, height, fps = _parse_video_header(path, proc.stderr)
+    frames = sum(1 for line in proc.stdout.splitlines() if line and not line.startswith("#"))
+    return VideoInfo(frames=frames, width=width, height=height, fps=fps)
 
 
 def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
