@@ -7,15 +7,17 @@ so readers accept the unambiguous spellings of a value and reject everything els
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from worker.errors import ValidationError
 
 RESOLUTION_MULTIPLE = 16  # VAE stride 8 x DiT patch 2
 MAX_SIDE_PIXELS = 4096
 MAX_VIDEO_FRAMES = 1025
+
+_Number = TypeVar("_Number", int, float)
 
 
 class _Required:
@@ -47,81 +49,53 @@ class ParamReader:
     def has(self, field: str) -> bool:
         return not _is_missing(self.params.get(field))
 
-    def _raw(self, field: str, default: Any) -> Any:
+    def _read(self, field: str, default: Any, convert: Callable[[Any, str], Any]) -> Any:
+        """`convert(value, field)` of a present field; the default (or "is required") of an absent one."""
         value = self.params.get(field)
         if _is_missing(value):
             if default is REQUIRED:
                 raise ValidationError(field, "is required")
             return default
-        return value
+        return convert(value, field)
 
-    def text(self, field: str, default: Any = REQUIRED, *, choices: Sequence[str] | None = None) -> Any:
-        value = self._raw(field, default)
-        if value is default:
-            return value
-        if not isinstance(value, str):
-            raise ValidationError(field, f"must be a string, got {type(value).__name__}")
-        if choices is not None and value not in choices:
-            raise ValidationError(field, f"must be one of {', '.join(choices)}; got {value!r}")
-        return value
+    def text(self, field: str, default: Any = REQUIRED) -> Any:
+        return self._read(field, default, to_text)
 
     def integer(self, field: str, default: Any = REQUIRED, *, minimum: int | None = None,
                 maximum: int | None = None) -> Any:
-        value = self._raw(field, default)
-        if value is default:
-            return value
-        number = to_int(value, field)
-        _check_range(field, number, minimum, maximum)
-        return number
+        return self._read(field, default, lambda value, name: _in_range(to_int(value, name), name, minimum, maximum))
 
     def number(self, field: str, default: Any = REQUIRED, *, minimum: float | None = None,
                maximum: float | None = None) -> Any:
-        value = self._raw(field, default)
-        if value is default:
-            return value
-        number = to_float(value, field)
-        _check_range(field, number, minimum, maximum)
-        return number
-
-    def flag(self, field: str, default: Any = REQUIRED) -> Any:
-        value = self._raw(field, default)
-        if value is default or isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ValidationError(field, "must be true or false")
+        return self._read(field, default, lambda value, name: _in_range(to_float(value, name), name, minimum, maximum))
 
     def texts(self, field: str, default: Any = REQUIRED) -> Any:
-        """A list of strings; a single string is a list of one."""
-        value = self._raw(field, default)
-        if value is default:
-            return value
-        if isinstance(value, str):
-            return [value]
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise ValidationError(field, "must be a list of strings")
-        return list(value)
+        return self._read(field, default, to_texts)
 
     def resolution(self, field: str = "resolution", default: Any = REQUIRED) -> Any:
-        value = self._raw(field, default)
-        if value is default:
-            return value
-        return parse_resolution(value, field)
+        return self._read(field, default, parse_resolution)
 
     def input_file(self, field: str, default: Any = REQUIRED) -> Any:
-        value = self._raw(field, default)
-        if value is default:
-            return value
-        return existing_file(value, field)
+        return self._read(field, default, existing_file)
 
     def input_files(self, field: str, default: Any = REQUIRED) -> Any:
-        value = self._raw(field, default)
-        if value is default:
-            return value
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list):
-            raise ValidationError(field, "must be a path or a list of paths")
-        return [existing_file(item, f"{field}[{index}]") for index, item in enumerate(items)]
+        return self._read(field, default, existing_files)
+
+
+def to_text(value: Any, field: str) -> str:
+    """A string, as given (no number or list is turned into one)."""
+    if not isinstance(value, str):
+        raise ValidationError(field, f"must be a string, got {type(value).__name__}")
+    return value
+
+
+def to_texts(value: Any, field: str) -> list[str]:
+    """A list of strings; a single string is a list of one."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValidationError(field, "must be a list of strings")
+    return list(value)
 
 
 def to_int(value: Any, field: str) -> int:
@@ -157,11 +131,13 @@ def to_float(value: Any, field: str) -> float:
     return number
 
 
-def _check_range(field: str, number: float, minimum: float | None, maximum: float | None) -> None:
+def _in_range(number: _Number, field: str, minimum: float | None, maximum: float | None) -> _Number:
+    """`number` itself, once it is within [minimum, maximum] (either bound may be None)."""
     if minimum is not None and number < minimum:
         raise ValidationError(field, f"must be >= {minimum}, got {number}")
     if maximum is not None and number > maximum:
         raise ValidationError(field, f"must be <= {maximum}, got {number}")
+    return number
 
 
 def parse_resolution(value: Any, field: str = "resolution") -> tuple[int, int]:
@@ -207,3 +183,10 @@ def existing_file(value: Any, field: str) -> Path:
         raise ValidationError(field, f"file does not exist: {value}")
     return path
 
+
+def existing_files(value: Any, field: str) -> list[Path]:
+    """One path or a list of paths, each to an existing regular file (errors name the entry)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValidationError(field, "must be a path or a list of paths")
+    return [existing_file(item, f"{field}[{index}]") for index, item in enumerate(items)]
