@@ -43,6 +43,7 @@ from wan_engine.nn.dit import (  # noqa: E402
     WAN21_1_3B,
     WAN21_14B,
     WanDiT,
+    diffusers_config,
     diffusers_to_official,
 )
 from wan_engine.weights import apply_dtype_policy, load_model, save_state_dict  # noqa: E402
@@ -199,22 +200,9 @@ def diffusers_sharing_weights(ours: WanDiT, network: Network, device: torch.devi
     from accelerate import init_empty_weights
     from diffusers import WanVACETransformer3DModel
 
-    config = network.config
     with init_empty_weights():  # parameters on meta; the RoPE buffers are built for real
         reference = WanVACETransformer3DModel(
-            patch_size=tuple(config["patch_size"]),
-            num_attention_heads=config["num_heads"],
-            attention_head_dim=config["dim"] // config["num_heads"],
-            in_channels=config["in_dim"],
-            out_channels=config["out_dim"],
-            text_dim=config["text_dim"],
-            freq_dim=config["freq_dim"],
-            ffn_dim=config["ffn_dim"],
-            num_layers=config["num_layers"],
-            cross_attn_norm=config["cross_attn_norm"],
-            eps=config["eps"],
-            vace_layers=network.vace_layers,
-            vace_in_channels=VACE_IN_DIM,
+            **diffusers_config(network.config), vace_layers=network.vace_layers, vace_in_channels=VACE_IN_DIM
         )
     keep_fp32 = set(WanVACETransformer3DModel._keep_in_fp32_modules)
     ours_state = ours.state_dict()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 
-from wan_engine.nn.dit import TINY_DIT, TINY_VACE_LAYERS, WanDiT, diffusers_to_official
+from wan_engine.nn.dit import TINY_DIT, TINY_VACE_LAYERS, WanDiT, diffusers_config, diffusers_to_official
 from wan_engine.weights import load_model, save_state_dict
 
 TOLERANCE = 1e-4  # of the reference output's standard deviation
@@ -31,23 +31,6 @@ VACE_CONFIGS = {
     "tiny": (dict(TINY_DIT), TINY_VACE_LAYERS, 96),
     "three_hints": (dict(TINY_DIT, num_layers=5, dim=48, num_heads=3), [0, 1, 4], 20),
 }
-
-
-def diffusers_kwargs(config: dict) -> dict:
-    """The diffusers constructor arguments of the same network."""
-    return dict(
-        patch_size=tuple(config["patch_size"]),
-        num_attention_heads=config["num_heads"],
-        attention_head_dim=config["dim"] // config["num_heads"],
-        in_channels=config["in_dim"],
-        out_channels=config["out_dim"],
-        text_dim=config["text_dim"],
-        freq_dim=config["freq_dim"],
-        ffn_dim=config["ffn_dim"],
-        num_layers=config["num_layers"],
-        cross_attn_norm=config["cross_attn_norm"],
-        eps=config["eps"],
-    )
 
 
 def seeded_reference(cls: type, seed: int, **kwargs) -> torch.nn.Module:
@@ -91,7 +74,7 @@ def assert_close(ours: torch.Tensor, reference: torch.Tensor) -> None:
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_matches_diffusers_transformer(name: str, seed: int, tmp_path: Path):
     config = CONFIGS[name]
-    reference = seeded_reference(WanTransformer3DModel, seed, **diffusers_kwargs(config))
+    reference = seeded_reference(WanTransformer3DModel, seed, **diffusers_config(config))
     ours = ours_from(reference, lambda: WanDiT(**config), tmp_path)
     x, t, context = inputs(config, LATENT_SIZES[name], seed)
     with torch.inference_mode():
@@ -104,7 +87,7 @@ def test_matches_diffusers_transformer(name: str, seed: int, tmp_path: Path):
 def test_matches_diffusers_vace_transformer(name: str, seed: int, tmp_path: Path):
     config, layers, vace_in_dim = VACE_CONFIGS[name]
     reference = seeded_reference(
-        WanVACETransformer3DModel, seed, **diffusers_kwargs(config), vace_layers=layers, vace_in_channels=vace_in_dim
+        WanVACETransformer3DModel, seed, **diffusers_config(config), vace_layers=layers, vace_in_channels=vace_in_dim
     )
     ours = ours_from(reference, lambda: WanDiT(**config, vace_layers=layers, vace_in_dim=vace_in_dim), tmp_path)
     x, t, context = inputs(config, (3, 4, 6), seed)
@@ -123,7 +106,7 @@ def test_matches_diffusers_vace_transformer(name: str, seed: int, tmp_path: Path
 def test_vace_model_without_control_is_the_plain_model(tmp_path: Path):
     """Hints are only added when a control video is given: a VACE model then equals its base."""
     config = CONFIGS["tiny"]
-    reference = seeded_reference(WanTransformer3DModel, 0, **diffusers_kwargs(config))
+    reference = seeded_reference(WanTransformer3DModel, 0, **diffusers_config(config))
     file = save_state_dict(reference.state_dict(), tmp_path / "base.safetensors")
     base = load_model(lambda: WanDiT(**config), [file], dtype=torch.float32, key_map=diffusers_to_official)
     vace = WanDiT(**config, vace_layers=TINY_VACE_LAYERS, vace_in_dim=96).eval()
@@ -137,7 +120,7 @@ def test_several_vace_contexts_add_their_scaled_hints(tmp_path: Path):
     """Two control videos: the reference's hints of each, scaled and summed, drive its main blocks."""
     config, layers, vace_in_dim = VACE_CONFIGS["tiny"]
     reference = seeded_reference(
-        WanVACETransformer3DModel, 3, **diffusers_kwargs(config), vace_layers=layers, vace_in_channels=vace_in_dim
+        WanVACETransformer3DModel, 3, **diffusers_config(config), vace_layers=layers, vace_in_channels=vace_in_dim
     )
     ours = ours_from(reference, lambda: WanDiT(**config, vace_layers=layers, vace_in_dim=vace_in_dim), tmp_path)
     x, t, context = inputs(config, (3, 4, 4), 3)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -343,6 +344,30 @@ DIFFUSERS_RENAMES: tuple[tuple[str, str], ...] = (
     (r"\.ffn\.net\.2\.", ".ffn.2."),
 )
 _DIFFUSERS_RENAMES = tuple((re.compile(pattern), repl) for pattern, repl in DIFFUSERS_RENAMES)
+
+
+# Official config name -> the diffusers WanTransformer3DModel argument that holds the same number.
+DIFFUSERS_CONFIG_NAMES = {
+    "in_dim": "in_channels",
+    "out_dim": "out_channels",
+    "num_heads": "num_attention_heads",
+    "num_layers": "num_layers",
+    "ffn_dim": "ffn_dim",
+    "freq_dim": "freq_dim",
+    "text_dim": "text_dim",
+    "cross_attn_norm": "cross_attn_norm",
+    "eps": "eps",
+}
+
+
+def diffusers_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor arguments of diffusers' WanTransformer3DModel (and WanVACETransformer3DModel, plus
+    its vace_* arguments) for the network an official `config` (e.g. WAN21_14B) describes: the model
+    whose checkpoint keys `diffusers_to_official` renames."""
+    arguments = {theirs: config[ours] for ours, theirs in DIFFUSERS_CONFIG_NAMES.items()}
+    arguments["patch_size"] = tuple(config["patch_size"])
+    arguments["attention_head_dim"] = config["dim"] // config["num_heads"]
+    return arguments
 
 
 def diffusers_to_official(key: str) -> str | None:
