@@ -33,7 +33,6 @@ GB (14B), 26.6 vs 25.0 GB (1.3B). On the 2-core CPU (tiny models, noisy: other j
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import platform
 import statistics
@@ -49,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.dit import Network, build_ours, diffusers_sharing_weights  # noqa: E402
+from bench.dit import Network, build_ours, diffusers_sharing_weights, release, synchronize  # noqa: E402
 from wan_engine import pipeline, testing  # noqa: E402
 from wan_engine.memory import Experts, HostResident  # noqa: E402
 from wan_engine.nn.dit import (  # noqa: E402
@@ -389,11 +388,6 @@ def _our_tokenizer(tokenizer_file: Path, text_len: int):
 # ---- device helpers ------------------------------------------------------------------------------------
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -401,12 +395,6 @@ def reset_peak(device: torch.device) -> None:
 
 def peak(device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-
-
-def release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def machine(device: torch.device) -> str:
