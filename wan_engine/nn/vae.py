@@ -234,6 +234,26 @@ class Resample(nn.Module):
         return x
 
 
+def _middle(dim: int, dropout: float) -> nn.Sequential:
+    """The lowest-resolution stage of encoder and decoder alike: residual, attention, residual."""
+    return nn.Sequential(ResidualBlock(dim, dim, dropout), AttentionBlock(dim), ResidualBlock(dim, dim, dropout))
+
+
+class Head(nn.Sequential):
+    """The last layers of encoder and decoder alike: RMSNorm, SiLU, causal 3x3x3 conv to `out_dim`.
+
+    A Sequential so that the parameters keep the official names (head.0.gamma, head.2.*).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__(ChannelRMSNorm(in_dim), nn.SiLU(), CausalConv3d(in_dim, out_dim, 3, padding=1))
+
+    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        """x: [B, in_dim, T, H, W] -> [B, out_dim, T, H, W]."""
+        norm, act, conv = self
+        return conv(act(norm(x)), cache)
+
+
 class Encoder3d(nn.Module):
     """Video [B, 3, T, H, W] -> [B, z_dim, T', H/8, W/8] (z_dim here = mean and log-variance)."""
 
@@ -265,18 +285,15 @@ class Encoder3d(nn.Module):
         self.downsamples = nn.Sequential(*blocks)
 
         top = dims[-1]
-        self.middle = nn.Sequential(
-            ResidualBlock(top, top, dropout), AttentionBlock(top), ResidualBlock(top, top, dropout)
-        )
-        self.head = nn.Sequential(ChannelRMSNorm(top), nn.SiLU(), CausalConv3d(top, z_dim, 3, padding=1))
+        self.middle = _middle(top, dropout)
+        self.head = Head(top, z_dim)
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
         """x: one chunk [B, 3, 1 or 4, H, W] -> [B, z_dim, 1, H/8, W/8]."""
         x = self.conv1(x, cache)
         for block in (*self.downsamples, *self.middle):
             x = block(x, cache)
-        norm, act, conv = self.head
-        return conv(act(norm(x)), cache)
+        return self.head(x, cache)
 
 
 class Decoder3d(nn.Module):
@@ -296,9 +313,7 @@ class Decoder3d(nn.Module):
         dims = [dim * m for m in (dim_mult[-1], *dim_mult[::-1])]
         scale = 1.0 / 2 ** (len(dim_mult) - 2)
         self.conv1 = CausalConv3d(z_dim, dims[0], 3, padding=1)
-        self.middle = nn.Sequential(
-            ResidualBlock(dims[0], dims[0], dropout), AttentionBlock(dims[0]), ResidualBlock(dims[0], dims[0], dropout)
-        )
+        self.middle = _middle(dims[0], dropout)
 
         blocks: list[nn.Module] = []
         for level, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
@@ -313,15 +328,14 @@ class Decoder3d(nn.Module):
                 blocks.append(Resample(out_dim, "upsample3d" if temperal_upsample[level] else "upsample2d"))
                 scale *= 2.0
         self.upsamples = nn.Sequential(*blocks)
-        self.head = nn.Sequential(ChannelRMSNorm(out_dim), nn.SiLU(), CausalConv3d(out_dim, 3, 3, padding=1))
+        self.head = Head(out_dim, 3)
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
         """x: one latent frame [B, z_dim, 1, h, w] -> [B, 3, 1 (first) or 4, 8h, 8w]."""
         x = self.conv1(x, cache)
         for block in (*self.middle, *self.upsamples):
             x = block(x, cache)
-        norm, act, conv = self.head
-        return conv(act(norm(x)), cache)
+        return self.head(x, cache)
 
 
 class WanVAE(nn.Module):
