@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,23 +60,23 @@ def low_rank_parts(model: nn.Module, seed: int = 5) -> dict[str, tuple[torch.Ten
     return parts
 
 
-def comfy_state(parts) -> dict[str, torch.Tensor]:
+def down_up_alpha_state(parts, prefix: Callable[[str], str]) -> dict[str, torch.Tensor]:
+    """`<prefix>.lora_down.weight`, `.lora_up.weight` and `.alpha` per module: the layout ComfyUI
+    and kohya share; they differ only in how a module name becomes the prefix."""
     state = {}
     for name, (down, up) in parts.items():
-        state[f"diffusion_model.{name}.lora_down.weight"] = down
-        state[f"diffusion_model.{name}.lora_up.weight"] = up
-        state[f"diffusion_model.{name}.alpha"] = torch.tensor(ALPHA)
+        state[f"{prefix(name)}.lora_down.weight"] = down
+        state[f"{prefix(name)}.lora_up.weight"] = up
+        state[f"{prefix(name)}.alpha"] = torch.tensor(ALPHA)
     return state
+
+
+def comfy_state(parts) -> dict[str, torch.Tensor]:
+    return down_up_alpha_state(parts, lambda name: f"diffusion_model.{name}")
 
 
 def kohya_state(parts) -> dict[str, torch.Tensor]:
-    state = {}
-    for name, (down, up) in parts.items():
-        prefix = "lora_unet_" + name.replace(".", "_")
-        state[f"{prefix}.lora_down.weight"] = down
-        state[f"{prefix}.lora_up.weight"] = up
-        state[f"{prefix}.alpha"] = torch.tensor(ALPHA)
-    return state
+    return down_up_alpha_state(parts, lambda name: "lora_unet_" + name.replace(".", "_"))
 
 
 def peft_state(parts) -> dict[str, torch.Tensor]:
