@@ -73,12 +73,19 @@ def valid_layouts(draw: st.DrawFn) -> tuple[list[int], list[int]]:
     return frames, overlaps
 
 
+def plan_of_layout(images: list[str], layout: tuple[list[int], list[int]], **overrides: Any) -> TravelPlan:
+    """The plan of a drawn layout over as many images as it needs, one prompt for every segment."""
+    frames, overlaps = layout
+    chosen = images[: len(frames) + 1]
+    return plan_travel(ours(chosen, prompts=["p"], segment_frames=frames, frame_overlap=overlaps, **overrides))
+
+
 @given(layout=valid_layouts())
 def test_segment_frames_are_4n_plus_1_rounded_down_and_every_rounding_is_recorded(
     images: list[str], layout: tuple[list[int], list[int]]
 ) -> None:
-    frames, overlaps = layout
-    plan = plan_travel(ours(images[: len(frames) + 1], prompts=["p"], segment_frames=frames, frame_overlap=overlaps))
+    frames, _ = layout
+    plan = plan_of_layout(images, layout)
     recorded = {r.field: r for r in plan.roundings}
     for i, (segment, requested) in enumerate(zip(plan.segments, frames)):
         assert (segment.frames - 1) % 4 == 0
@@ -95,8 +102,8 @@ def test_segment_frames_are_4n_plus_1_rounded_down_and_every_rounding_is_recorde
 def test_overlaps_are_even_and_shorter_than_both_neighbours(
     images: list[str], layout: tuple[list[int], list[int]]
 ) -> None:
-    frames, overlaps = layout
-    plan = plan_travel(ours(images[: len(frames) + 1], prompts=["p"], segment_frames=frames, frame_overlap=overlaps))
+    _, overlaps = layout
+    plan = plan_of_layout(images, layout)
     assert plan.segments[0].overlap == 0
     assert plan.overlaps == [o // 2 * 2 for o in overlaps]
     for i, overlap in enumerate(plan.overlaps):
@@ -110,8 +117,7 @@ def test_overlaps_are_even_and_shorter_than_both_neighbours(
 def test_expected_length_is_sum_of_frames_minus_sum_of_overlaps(
     images: list[str], layout: tuple[list[int], list[int]]
 ) -> None:
-    frames, overlaps = layout
-    plan = plan_travel(ours(images[: len(frames) + 1], prompts=["p"], segment_frames=frames, frame_overlap=overlaps))
+    plan = plan_of_layout(images, layout)
     assert plan.expected_frames == sum(s.frames for s in plan.segments) - sum(plan.overlaps)
 
 
@@ -119,9 +125,9 @@ def test_expected_length_is_sum_of_frames_minus_sum_of_overlaps(
 def test_segments_chain_the_images_and_seeds_count_up(
     images: list[str], layout: tuple[list[int], list[int]], seed: int
 ) -> None:
-    frames, overlaps = layout
+    frames, _ = layout
     chosen = images[: len(frames) + 1]
-    plan = plan_travel(ours(chosen, prompts=["p"], segment_frames=frames, frame_overlap=overlaps, seed=seed))
+    plan = plan_of_layout(images, layout, seed=seed)
     assert [s.index for s in plan.segments] == list(range(len(frames)))
     assert [(s.start_image, s.end_image) for s in plan.segments] == list(zip(chosen, chosen[1:]))
     assert [s.seed for s in plan.segments] == [seed + i for i in range(len(frames))]
