@@ -234,6 +234,18 @@ class Resample(nn.Module):
         return x
 
 
+def _stage(in_dim: int, out_dim: int, count: int, attention: bool, dropout: float) -> list[nn.Module]:
+    """`count` residual blocks (the first maps in_dim -> out_dim), each followed by an attention
+    block when the stage's resolution is in attn_scales: one resolution level of encoder or decoder."""
+    blocks: list[nn.Module] = []
+    for _ in range(count):
+        blocks.append(ResidualBlock(in_dim, out_dim, dropout))
+        if attention:
+            blocks.append(AttentionBlock(out_dim))
+        in_dim = out_dim
+    return blocks
+
+
 def _middle(dim: int, dropout: float) -> nn.Sequential:
     """The lowest-resolution stage of encoder and decoder alike: residual, attention, residual."""
     return nn.Sequential(ResidualBlock(dim, dim, dropout), AttentionBlock(dim), ResidualBlock(dim, dim, dropout))
@@ -274,11 +286,7 @@ class Encoder3d(nn.Module):
 
         blocks: list[nn.Module] = []
         for level, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
-            for _ in range(num_res_blocks):
-                blocks.append(ResidualBlock(in_dim, out_dim, dropout))
-                if scale in attn_scales:
-                    blocks.append(AttentionBlock(out_dim))
-                in_dim = out_dim
+            blocks += _stage(in_dim, out_dim, num_res_blocks, scale in attn_scales, dropout)
             if level < len(dim_mult) - 1:
                 blocks.append(Resample(out_dim, "downsample3d" if temperal_downsample[level] else "downsample2d"))
                 scale /= 2.0
@@ -319,11 +327,7 @@ class Decoder3d(nn.Module):
         for level, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
             if level > 0:
                 in_dim //= 2  # the upsampler before this stage halved the channels
-            for _ in range(num_res_blocks + 1):
-                blocks.append(ResidualBlock(in_dim, out_dim, dropout))
-                if scale in attn_scales:
-                    blocks.append(AttentionBlock(out_dim))
-                in_dim = out_dim
+            blocks += _stage(in_dim, out_dim, num_res_blocks + 1, scale in attn_scales, dropout)
             if level < len(dim_mult) - 1:
                 blocks.append(Resample(out_dim, "upsample3d" if temperal_upsample[level] else "upsample2d"))
                 scale *= 2.0
