@@ -83,11 +83,15 @@ def test_matches_transformers_on_real_positions(seed: int, tmp_path: Path):
         assert (got - want).abs().max() <= 1e-4 * want.abs().max()
 
 
-def test_padding_does_not_change_real_positions():
+def seeded_encoder_and_batch() -> tuple[UMT5Encoder, torch.Tensor, torch.Tensor]:
+    """A seeded encoder of the first tiny config and a padded batch for it: (model, ids, mask)."""
     cfg = CONFIGS[0]
     torch.manual_seed(0)
-    model = UMT5Encoder(**cfg).eval()
-    ids, mask = padded_batch(cfg["vocab"], seed=0)
+    return UMT5Encoder(**cfg).eval(), *padded_batch(cfg["vocab"], seed=0)
+
+
+def test_padding_does_not_change_real_positions():
+    model, ids, mask = seeded_encoder_and_batch()
     length = REAL_LENGTHS[1]
     with torch.no_grad():
         padded = model(ids, mask)[1, :length]
@@ -96,10 +100,7 @@ def test_padding_does_not_change_real_positions():
 
 
 def test_padded_positions_are_zero_as_wan_feeds_the_dit():
-    cfg = CONFIGS[0]
-    torch.manual_seed(0)
-    model = UMT5Encoder(**cfg).eval()
-    ids, mask = padded_batch(cfg["vocab"], seed=0)
+    model, ids, mask = seeded_encoder_and_batch()
     with torch.no_grad():
         out = model(ids, mask)
     assert out[mask == 0].eq(0).all()
