@@ -9,12 +9,18 @@ multipliers) before anything is loaded or computed, so a bad request neither swi
 wastes device time. Out-of-memory during a generation frees the device caches and retries once
 under the memory-saving policy (experts take turns on the device); a second failure raises
 OutOfMemory. The model stays loaded either way, so the next request runs normally.
+
+A failure of the device itself during a load or a generation (a CUDA, cuBLAS, cuDNN or NCCL error;
+wan_engine/device_faults.py) is raised as DeviceFault with the torch error chained. A sticky one (an
+illegal memory access, a device-side assert, ...) leaves the engine unusable: every later load or
+generation raises DeviceFault at once, since only a new process can use the device again.
 """
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +31,8 @@ from safetensors import safe_open
 from torch import nn
 
 from wan_engine import pipeline
-from wan_engine.errors import InvalidRequest, OutOfMemory
+from wan_engine.device_faults import as_device_fault
+from wan_engine.errors import DeviceFault, InvalidRequest, OutOfMemory
 from wan_engine.lora import LoraWeights, applied_loras, load_lora, lora_multiplier_schedule, resolve_lora
 from wan_engine.memory import (
     OFFLOAD_POLICIES,
@@ -91,6 +98,12 @@ class Engine:
 
     oom_injections (attribute, for tests of the recovery path): the number of upcoming generation
     attempts that will fail with torch.OutOfMemoryError at their first denoising step.
+
+    device_fault_injections (attribute, for tests of the device-fault path): errors, e.g.
+    torch.AcceleratorError("CUDA error: ..."), that the upcoming generation attempts raise at their
+    first denoising step, one each, in order (after any pending oom_injections).
+
+    device_fault (attribute): the sticky DeviceFault that made the engine unusable, else None.
     """
 
     def __init__(
@@ -116,6 +129,8 @@ class Engine:
         self.offload = offload
         self.keep_previous_in_ram = keep_previous_in_ram
         self.oom_injections = 0
+        self.device_fault_injections: list[BaseException] = []
+        self.device_fault: DeviceFault | None = None
         self._loaded: LoadedModel | None = None
         self._previous: LoadedModel | None = None
         self._loras: OrderedDict[tuple[Path, float], LoraWeights] = OrderedDict()
@@ -133,12 +148,19 @@ class Engine:
         UnknownModel and WeightsMissing are raised before the current model is touched. The old
         model's experts leave the device before the new ones arrive (parked in host memory with
         keep_previous_in_ram, else freed). If building the new model fails, its partial networks are
-        dropped and no model is resident.
+        dropped and no model is resident; a failure of the device raises DeviceFault.
         """
         spec = self.registry.get(key)
+        self._raise_if_unusable()
         if self._loaded is not None and self._loaded.spec.key == spec.key:
             return False
         files = self.registry.files_for(spec)
+        with self._device_failures_as_faults():
+            self._switch_to(spec, files)
+        return True
+
+    def _switch_to(self, spec: ModelSpec, files: ModelFiles) -> None:
+        """Free or park the resident model, then make `spec` resident (from host memory or its files)."""
         held = [m for m in (self._loaded, self._previous) if m is not None]
         shared = _SharedNetworks.of(held)
         parked = self._previous if self._previous is not None and self._previous.spec.key == spec.key else None
@@ -156,7 +178,6 @@ class Engine:
                 self._loaded = self._build(spec, files, shared)
         finally:
             release_cached_memory(self.device)
-        return True
 
     def device_bytes(self) -> int:
         """Bytes of the parameters and buffers the engine holds on its device (all models)."""
@@ -200,7 +221,7 @@ class Engine:
         """Validate `request`, load its model if needed, generate; see the module docstring.
 
         Raises InvalidRequest (naming the field), UnknownModel, WeightsMissing, GenerationCancelled
-        (should_cancel() said yes at a step boundary) or OutOfMemory.
+        (should_cancel() said yes at a step boundary), OutOfMemory or DeviceFault.
         """
         started = time.perf_counter()
         on_progress = on_progress or (lambda progress: None)
@@ -217,14 +238,6 @@ class Engine:
             values["lora_multipliers"], len(lora_files), plan, settings.guidance_phases
         )
         loras = [self._lora(path) for path in lora_files]
-
-        with timer.measure("load"):
-            self.load(request.model)
-        assert self._loaded is not None
-        networks = self._loaded.networks
-        if loras:  # a LoRA that fits no layer fails here, before any device work
-            with applied_loras(next(iter(networks.experts.networks.values())), loras, lora_schedule):
-                pass
 
         def job() -> pipeline.Job:
             """A fresh job (samplers keep state, so each attempt gets its own)."""
@@ -243,7 +256,15 @@ class Engine:
                 lora_schedule=lora_schedule,
             )
 
-        frames = self._run_with_oom_retry(job, networks, on_progress, should_cancel, timer)
+        with self._device_failures_as_faults():
+            with timer.measure("load"):
+                self.load(request.model)
+            assert self._loaded is not None
+            networks = self._loaded.networks
+            if loras:  # a LoRA that fits no layer fails here, before any denoising
+                with applied_loras(next(iter(networks.experts.networks.values())), loras, lora_schedule):
+                    pass
+            frames = self._run_with_oom_retry(job, networks, on_progress, should_cancel, timer)
         timings = {"load": 0.0, "vace_encode": 0.0, **timer.seconds, "total": time.perf_counter() - started}
         resolved = {
             **values,
@@ -274,7 +295,7 @@ class Engine:
                     current,
                     self.device,
                     on_step=_progress_reporter(on_progress, len(current.plan)),
-                    should_cancel=self._with_injected_oom(should_cancel),
+                    should_cancel=self._with_injected_failures(should_cancel),
                     timer=timer,
                 )
             except torch.OutOfMemoryError as error:
@@ -290,19 +311,40 @@ class Engine:
             networks.experts.take_turns()
         raise AssertionError("unreachable")
 
-    def _with_injected_oom(self, should_cancel: Callable[[], bool]) -> Callable[[], bool]:
-        """should_cancel, preceded once by a simulated out-of-memory while oom_injections > 0."""
-        pending = self.oom_injections > 0
+    def _with_injected_failures(self, should_cancel: Callable[[], bool]) -> Callable[[], bool]:
+        """should_cancel, preceded once by a simulated failure while one is pending: an out-of-memory
+        (oom_injections > 0), else the next of device_fault_injections."""
+        pending = self.oom_injections > 0 or bool(self.device_fault_injections)
 
         def check() -> bool:
             nonlocal pending
             if pending:
                 pending = False
-                self.oom_injections -= 1
-                raise torch.OutOfMemoryError("injected out-of-memory (Engine.oom_injections)")
+                if self.oom_injections > 0:
+                    self.oom_injections -= 1
+                    raise torch.OutOfMemoryError("injected out-of-memory (Engine.oom_injections)")
+                raise self.device_fault_injections.pop(0)
             return should_cancel()
 
         return check
+
+    def _raise_if_unusable(self) -> None:
+        if self.device_fault is not None:
+            raise DeviceFault(f"the engine is unusable since an earlier fault: {self.device_fault}", sticky=True)
+
+    @contextmanager
+    def _device_failures_as_faults(self) -> Iterator[None]:
+        """Re-raise a failure of the device as DeviceFault (the torch error chained); a sticky one makes
+        the engine unusable."""
+        try:
+            yield
+        except RuntimeError as error:
+            fault = as_device_fault(error, self.device)
+            if fault is None:
+                raise
+            if fault.sticky:
+                self.device_fault = fault
+            raise fault from error
 
     def _lora(self, path: Path) -> LoraWeights:
         """A parsed LoRA file, cached by path and modification time."""

@@ -33,3 +33,15 @@ class GenerationCancelled(EngineError):
 
 class OutOfMemory(EngineError):
     """The device ran out of memory even after the engine freed caches and retried once."""
+
+
+class DeviceFault(EngineError):
+    """The accelerator itself failed (a CUDA, cuBLAS, cuDNN or NCCL error; never out-of-memory, which is
+    OutOfMemory). The task is not at fault and may run on another device. `sticky`: the failure poisons
+    the process's device context (an illegal memory access, a device-side assert, a launch failure, an
+    ECC error), so every later call fails too and only a new process recovers; the engine refuses work
+    from then on."""
+
+    def __init__(self, message: str, *, sticky: bool):
+        super().__init__(message)
+        self.sticky = sticky

@@ -62,12 +62,12 @@ def run_command(args: argparse.Namespace, config: WorkerConfig) -> int:
     the schema is the operator's step (`wan-worker migrate`) and a missing one stops the start."""
     import structlog
 
-    from wan_engine.errors import LoadError, UnknownModel, WeightsMissing
+    from wan_engine.errors import DeviceFault, LoadError, UnknownModel, WeightsMissing
     from worker import sdnotify
     from worker.db import connect
     from worker.metrics import serve_worker_metrics
     from worker.migrate import migrate, pending_migrations
-    from worker.poller import Worker
+    from worker.poller import EXIT_DEVICE_FAULT, Worker
     from worker.resources import WorkerResources, resolve_device
     from worker.store import TaskStore
 
@@ -92,6 +92,9 @@ def run_command(args: argparse.Namespace, config: WorkerConfig) -> int:
         except (UnknownModel, WeightsMissing, LoadError) as error:
             log.error("cannot preload the model", model=config.preload_model, error=str(error))
             return 2
+        except DeviceFault as error:
+            log.error("device failed while preloading; exiting for a restart", error=str(error))
+            return EXIT_DEVICE_FAULT
         log.info("model preloaded", model=resources.loaded_model)
     worker = Worker(config, store, resources=resources)
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -73,6 +73,9 @@ class WorkerConfig:
     )
     retry_base_seconds: float = _setting(10.0, parse=float, help="first retry delay of a transient failure")
     retry_max_seconds: float = _setting(600.0, parse=float, help="cap of the exponential retry delay")
+    max_device_faults: int = _setting(
+        2, parse=int, help="consecutive device faults (CUDA errors) after which the worker exits with 70 for a restart"
+    )
     notify_wakeups: bool = _setting(True, parse=_boolean, help="LISTEN for Postgres NOTIFY (else poll only)")
     preload_model: str | None = _setting(None, parse=_optional_str, help="model to load before the first claim")
     metrics_port: int | None = _setting(None, parse=_optional_int, help="serve Prometheus metrics on this port")
@@ -87,6 +90,8 @@ class WorkerConfig:
         for name in ("grace_seconds", "affinity_max_wait_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_device_faults < 1:
+            raise ValueError(f"max_device_faults must be >= 1, got {self.max_device_faults}")
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError(
                 f"heartbeat_seconds ({self.heartbeat_seconds}) must be shorter than lease_seconds ({self.lease_seconds})"

@@ -9,9 +9,15 @@ row is decided here, from the handler's result or the type of what it raised:
   engine request, model, weights,
   load and out-of-memory errors
   TaskCancelled / GenerationCancelled -> nothing: the row is already Cancelled or no longer ours
+  DeviceFault (the GPU failed)        -> Queued again after retry_base_seconds for another worker (the
+                                         attempt counts, so a task that breaks every GPU still ends
+                                         Failed at max_attempts)
   anything else                       -> Queued again after exponential backoff with jitter, until
                                          max_attempts, then Failed with the last error
 Database outages are retried (tenacity) with backoff: the worker never dies because Postgres restarted.
+A broken GPU is another matter: after a sticky device fault, or max_device_faults in a row with no
+task succeeding between them, the worker stops claiming and run() returns EXIT_DEVICE_FAULT, so that
+systemd (Restart=on-failure) starts a fresh process with a fresh CUDA context.
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     engine_errors.OutOfMemory,
 )
 CANCELLATION_ERRORS: tuple[type[BaseException], ...] = (errors.TaskCancelled, engine_errors.GenerationCancelled)
+EXIT_DEVICE_FAULT = 70  # EX_SOFTWARE (sysexits.h): the process must be restarted to use its GPU again
 
 T = TypeVar("T")
 
@@ -84,6 +91,8 @@ class Worker:
         self._stopping = threading.Event()  # stop claiming; the running task gets the grace period
         self._hurry = threading.Event()  # a second signal: release the running task now
         self.counts = {"completed": 0, "parked": 0, "failed": 0, "retried": 0, "cancelled": 0, "released": 0}
+        self.consecutive_device_faults = 0
+        self.exit_code = 0  # EXIT_DEVICE_FAULT once the device is given up on
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -96,7 +105,8 @@ class Worker:
 
     def run(self, *, once: bool = False, exit_when_idle: bool = False) -> int:
         """Claim and run tasks until stopped. once: at most one task. exit_when_idle: stop when nothing is
-        ready to claim. Returns the process exit code (0)."""
+        ready to claim. Returns the process exit code: 0, or EXIT_DEVICE_FAULT when the device failed
+        (the task it was running is back in the queue by then)."""
         task_types = self.config.task_types
         self.log.info("worker starting", task_types=list(task_types) if task_types else "all",
                       handlers=sorted(self.handlers), device=self.resources.device, database=self.store.db.dialect)
@@ -123,8 +133,8 @@ class Worker:
             sdnotify.notify("STOPPING=1", "STATUS=stopping")
             self.maintenance.stop()
             self.wakeup.close()
-            self.log.info("worker stopped", **self.counts)
-        return 0
+            self.log.info("worker stopped", exit_code=self.exit_code, **self.counts)
+        return self.exit_code
 
     def _claim(self) -> Task | None:
         return self.store.claim(
@@ -204,6 +214,7 @@ class Worker:
                         else "shutdown: row no longer ours")
             return
         if isinstance(outcome, HandlerResult):
+            self.consecutive_device_faults = 0
             if outcome.park_children is not None:
                 ids = write(self.store.park_with_children, outcome.park_children, outcome.park_progress)
                 if ids is None:
@@ -228,11 +239,33 @@ class Worker:
         elif task.attempts >= task.max_attempts:
             write(self.store.fail, f"{message} (attempt {task.attempts} of {task.max_attempts}; giving up)")
             self._count("failed", log, "task failed: attempts used up", error=message, exc_info=error)
+        elif isinstance(error, engine_errors.DeviceFault):
+            # Not the task's fault: back in the queue soon, for a worker whose GPU works.
+            delay = self.config.retry_base_seconds
+            write(self.store.retry_later, f"{message} (attempt {task.attempts} of {task.max_attempts}; "
+                                          "requeued for another worker)", delay)
+            self._count("retried", log, "device failed; task requeued", error=message, retry_in_seconds=delay,
+                        exc_info=error)
         else:
             delay = self._retry_delay_seconds(task.attempts)
             write(self.store.retry_later, f"{message} (attempt {task.attempts} of {task.max_attempts}; will retry)", delay)
             self._count("retried", log, "task will be retried", error=message, retry_in_seconds=round(delay, 1),
                         exc_info=error)
+        if isinstance(error, engine_errors.DeviceFault):
+            self._device_failed(error, log)
+
+    def _device_failed(self, fault: engine_errors.DeviceFault, log: Any) -> None:
+        """Count a device fault (its task is already written back); give the device up, that is stop
+        claiming and exit with EXIT_DEVICE_FAULT, when it is sticky or the faults in a row reach
+        max_device_faults."""
+        self.consecutive_device_faults += 1
+        limit = self.config.max_device_faults
+        if fault.sticky or self.consecutive_device_faults >= limit:
+            self.exit_code = EXIT_DEVICE_FAULT
+            self._stopping.set()
+            self.wakeup.set()
+            log.error("device unusable; exiting for a restart", sticky=fault.sticky, exit_code=EXIT_DEVICE_FAULT,
+                      consecutive_device_faults=self.consecutive_device_faults, max_device_faults=limit)
 
     def _retry_delay_seconds(self, attempts: int) -> float:
         """Exponential backoff with jitter: base * 2^(attempts-1), capped, then scaled by U(0.5, 1)."""
