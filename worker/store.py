@@ -253,6 +253,12 @@ class TaskStore:
         params = {"id": parent_id, "output_location": output_location, "result_data": self.db.encode_json(result_data)}
         return self.db.run("complete_parked", params).rowcount == 1
 
+    def parent_progress(self, child_id: str, worker_id: str, progress: dict[str, Any]) -> bool:
+        """Write the progress of the parked orchestrator of a child this worker holds (fenced on the
+        child; a parent that some worker holds, or that has ended, is not touched)."""
+        return self._fenced("set_parent_progress", child_id, worker_id, durable=False,
+                            progress=self.db.encode_json(progress))
+
     # ---- cancellation and the cascade --------------------------------------------------------------
 
     def cancel(self, task_id: str) -> int:

@@ -4,13 +4,15 @@ the next keyframe.
 The guide opens with the previous segment's last `overlap` frames (read from its output_location;
 dependant_on guarantees it is Complete) or, for the first segment, the start image; it ends on the
 end image; the frames between are generated (worker/travel/guide.py). The output is
-<output_dir>/<task id>/segment-<i>.mp4, which the stitch reads.
+<output_dir>/<task id>/segment-<i>.mp4, which the stitch reads. Once it is written, the parked
+orchestrator's progress says how many segments are done (report_job_progress).
 """
 from __future__ import annotations
 
 from collections import deque
 
 import numpy as np
+import sqlalchemy as sa
 
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
@@ -18,7 +20,9 @@ from worker.handlers.generate import generation_result_data, run_generation, sam
 from worker.handlers.travel_orchestrator import stored_plan
 from worker.params import ParamReader
 from worker.paths import output_file
+from worker.store import CHILD_KEY_PARAM
 from worker.travel.guide import segment_guide
+from worker.travel.plan import TravelPlan
 from worker.video import iter_frames, load_image
 
 
@@ -60,6 +64,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     ctx.report_progress({"phase": "video_encode", "segment": index, "segments": len(plan.segments)})
     thumbnail, encode_seconds = write_video(generation.frames, output, plan.fps)
     generation.phase_seconds["video_encode"] = encode_seconds
+    report_job_progress(ctx, plan, phase="segments", segments_done=index + 1)
 
     result_data = generation_result_data(
         generation,
@@ -79,6 +84,25 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     result_data.update(segment_index=index, orchestrator_task_id=params.get("orchestrator_task_id"),
                        kept_frames=guide.kept_frames)
     return HandlerResult(output_location=str(output), result_data=result_data)
+
+
+def report_job_progress(ctx: TaskContext, plan: TravelPlan, *, phase: str, segments_done: int) -> None:
+    """Show the job's progress on the parked orchestrator, the row a backend watches: `segments_done`
+    of the plan's segments, `current` the child writing it, `percent` the share of the job's children
+    (the segments and the stitch) finished. A database error is logged, never raised."""
+    segments = len(plan.segments)
+    progress = {
+        "phase": phase,
+        "segments_done": segments_done,
+        "segments": segments,
+        "percent": round(100.0 * segments_done / (segments + 1), 1),
+        "current": ctx.task.params.get(CHILD_KEY_PARAM),
+        "expected_frames": plan.expected_frames,
+    }
+    try:
+        ctx.store.parent_progress(ctx.task.id, ctx.worker_id, progress)
+    except sa.exc.SQLAlchemyError as error:
+        ctx.log.warning("orchestrator progress not written", error=str(error))
 
 
 def _previous_tail(ctx: TaskContext, previous_id: str, overlap: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """`travel_stitch`: the last child of a travel job. Cross-fades the segment videos into one mp4
 (worker/travel/stitch.py), writes it with a thumbnail to its own folder and row, and completes the
-parked orchestrator with the same video and a summary of the whole job.
+parked orchestrator with the same video and a summary of the whole job. When it starts, the
+orchestrator's progress moves to the "stitch" phase.
 
 The orchestrator is completed before this row (whose completion the poller writes after the handler
 returns), so a backend that watches only the orchestrator sees it end. If this worker dies in
@@ -15,6 +16,7 @@ from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.handlers.generate import queue_wait_seconds
 from worker.handlers.travel_orchestrator import stored_plan
+from worker.handlers.travel_segment import report_job_progress
 from worker.params import ParamReader
 from worker.paths import output_file
 from worker.store import Task, TaskStatus
@@ -36,6 +38,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
 
     ctx.raise_if_cancelled()
     ctx.report_progress({"phase": "stitch", "segments": len(segments), "expected_frames": plan.expected_frames})
+    report_job_progress(ctx, plan, phase="stitch", segments_done=len(segments))
     stitched = stitch([segment.output_location for segment in segments], plan.overlaps,
                       output_file(ctx.output_dir, OUTPUT_NAME), plan.fps)
     if stitched.frames != plan.expected_frames:

@@ -56,7 +56,8 @@ SELECT status, count(*) AS n FROM tasks GROUP BY status;
 -- `head` walks the claim index (priority, age) to the first ready row nobody else is locking;
 -- `same_model` looks for a row of the loaded model only when the head is neither starved nor
 -- for the loaded model. Both stop at their first match, so a claim costs the same with 10 or 100,000
--- rows queued.
+-- rows queued. The readiness conditions are written out in both on purpose: each subquery walks its
+-- own index (tasks_claimable_idx, tasks_claimable_model_idx), which one shared CTE of ready rows could not.
 WITH head AS (
     SELECT t.id, t.priority, t.created_at, t.params ->> 'model' AS model
     FROM tasks t
@@ -165,6 +166,15 @@ UPDATE tasks
 SET status = 'Complete', output_location = :output_location, result_data = CAST(:result_data AS jsonb),
     error_message = NULL, generation_processed_at = now()
 WHERE id = CAST(:id AS uuid) AND status = 'In Progress' AND worker_id IS NULL AND heartbeat_at IS NULL;
+
+-- name: set_parent_progress --
+-- Progress of a parked orchestrator, written by a child this worker holds (fenced on the child);
+-- only a parked parent: never a row some worker holds.
+UPDATE tasks p SET progress = CAST(:progress AS jsonb)
+FROM tasks c
+WHERE c.id = CAST(:id AS uuid) AND c.worker_id = :worker_id AND c.status = 'In Progress'
+  AND p.id = c.parent_task_id
+  AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
 
 -- name: cancel --
 -- A backend's or operator's cancellation of a row that has not ended; the cascade reaches its

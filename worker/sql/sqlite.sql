@@ -58,7 +58,8 @@ SELECT status, count(*) AS n FROM tasks GROUP BY status;
 -- `head` walks the claim index (priority, age) to the first ready row; the second subquery looks for
 -- a row of the loaded model only when the head is neither starved nor for that model. Both stop at
 -- their first match, so a claim costs the same with 10 or 100,000 rows queued. INDEXED BY pins the
--- plan (SQLite's planner may otherwise prefer a full scan and a sort once ANALYZE has run).
+-- plan (SQLite's planner may otherwise prefer a full scan and a sort once ANALYZE has run). The
+-- readiness conditions are written out in both on purpose: each subquery walks its own index.
 UPDATE tasks
 SET status = 'In Progress',
     worker_id = :worker_id,
@@ -167,6 +168,15 @@ UPDATE tasks
 SET status = 'Complete', output_location = :output_location, result_data = :result_data,
     error_message = NULL, generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
 WHERE id = :id AND status = 'In Progress' AND worker_id IS NULL AND heartbeat_at IS NULL;
+
+-- name: set_parent_progress --
+-- Progress of a parked orchestrator, written by a child this worker holds (fenced on the child);
+-- only a parked parent: never a row some worker holds.
+UPDATE tasks AS p SET progress = :progress
+FROM tasks AS c
+WHERE c.id = :id AND c.worker_id = :worker_id AND c.status = 'In Progress'
+  AND p.id = c.parent_task_id
+  AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
 
 -- name: cancel --
 -- A backend's or operator's cancellation of a row that has not ended; the cascade reaches its
