@@ -175,8 +175,21 @@ def test_a_sticky_device_fault_stops_the_worker_after_one_fault(store: TaskStore
     assert store.get(untouched).attempts == 0
 
 
-def test_a_task_that_succeeds_between_device_faults_resets_the_count(store: TaskStore, resources: WorkerResources,
-                                                                     tmp_path: Path) -> None:
+def test_a_generation_that_succeeds_between_device_faults_resets_the_count(
+        store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
+    task_ids = [store.enqueue("t2v", t2v(seed=seed)) for seed in (1, 2, 3)]
+    resources.resident_engine().device_fault_injections = [cublas_failure(), None, cublas_failure()]
+
+    # retries far off: each task is claimed once, oldest first
+    worker, exit_code = run_worker(store, resources, tmp_path, retry_base_seconds=60.0)
+
+    assert exit_code == 0 and worker.consecutive_device_faults == 1
+    assert [store.get(task_id).status for task_id in task_ids] == [
+        TaskStatus.QUEUED, TaskStatus.COMPLETE, TaskStatus.QUEUED]
+
+
+def test_a_task_that_never_touches_the_gpu_does_not_reset_the_count(store: TaskStore, resources: WorkerResources,
+                                                                   tmp_path: Path) -> None:
     first = store.enqueue("t2v", t2v(seed=1))
     probe = store.enqueue("health_check", {})
     second = store.enqueue("t2v", t2v(seed=2))
@@ -185,7 +198,7 @@ def test_a_task_that_succeeds_between_device_faults_resets_the_count(store: Task
     # affinity 0: strictly oldest first, so the probe runs between the two generations
     worker, exit_code = run_worker(store, resources, tmp_path, retry_base_seconds=60.0, affinity_max_wait_seconds=0.0)
 
-    assert exit_code == 0 and worker.consecutive_device_faults == 1
+    assert exit_code == EXIT_DEVICE_FAULT and worker.consecutive_device_faults == 2
     assert store.get(probe).status == TaskStatus.COMPLETE
     assert [store.get(task_id).status for task_id in (first, second)] == [TaskStatus.QUEUED, TaskStatus.QUEUED]
 

@@ -23,12 +23,14 @@ _EXPORTS = {
     "LoadError": "wan_engine.errors",
     "GenerationCancelled": "wan_engine.errors",
     "OutOfMemory": "wan_engine.errors",
+    "DeviceFault": "wan_engine.errors",
 }
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:
     from wan_engine.engine import Engine
     from wan_engine.errors import (
+        DeviceFault,
         EngineError,
         GenerationCancelled,
         InvalidRequest,

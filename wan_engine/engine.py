@@ -101,7 +101,8 @@ class Engine:
 
     device_fault_injections (attribute, for tests of the device-fault path): errors, e.g.
     torch.AcceleratorError("CUDA error: ..."), that the upcoming generation attempts raise at their
-    first denoising step, one each, in order (after any pending oom_injections).
+    first denoising step, one each, in order (after any pending oom_injections); a None entry lets
+    its attempt run normally.
 
     device_fault (attribute): the sticky DeviceFault that made the engine unusable, else None.
     """
@@ -129,7 +130,7 @@ class Engine:
         self.offload = offload
         self.keep_previous_in_ram = keep_previous_in_ram
         self.oom_injections = 0
-        self.device_fault_injections: list[BaseException] = []
+        self.device_fault_injections: list[BaseException | None] = []
         self.device_fault: DeviceFault | None = None
         self._loaded: LoadedModel | None = None
         self._previous: LoadedModel | None = None
@@ -323,7 +324,9 @@ class Engine:
                 if self.oom_injections > 0:
                     self.oom_injections -= 1
                     raise torch.OutOfMemoryError("injected out-of-memory (Engine.oom_injections)")
-                raise self.device_fault_injections.pop(0)
+                fault = self.device_fault_injections.pop(0)
+                if fault is not None:
+                    raise fault
             return should_cancel()
 
         return check

@@ -156,8 +156,11 @@ class Worker:
             self.store, task.id, self.config.worker_id, self.config.heartbeat_seconds,
             on_stop=lambda _state: ctx.cancel(), on_interval=self.watchdog.ping, log=log,
         )
+        generations_before = self.resources.generations_completed
         with heartbeat:
             outcome = self._execute(ctx)
+        if self.resources.generations_completed > generations_before:
+            self.consecutive_device_faults = 0  # only a finished generation proves the GPU works
         try:
             self._settle(ctx, outcome, lease=heartbeat.state, log=log.bind(seconds=round(time.monotonic() - started, 3)))
         except _GaveUp:
@@ -214,7 +217,6 @@ class Worker:
                         else "shutdown: row no longer ours")
             return
         if isinstance(outcome, HandlerResult):
-            self.consecutive_device_faults = 0
             if outcome.park_children is not None:
                 ids = write(self.store.park_with_children, outcome.park_children, outcome.park_progress)
                 if ids is None:

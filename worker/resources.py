@@ -29,6 +29,7 @@ class WorkerResources:
     models_dir: Path
     engine: Any | None = None
     metrics: Any | None = None  # worker.metrics.WorkerMetrics when the worker serves metrics
+    generations_completed: int = 0  # proof the device works: the poller's device-fault count resets on it
 
     @property
     def loaded_model(self) -> str | None:
@@ -65,7 +66,9 @@ class WorkerResources:
         engine = self.resident_engine()
         previous = engine.loaded_model
         try:
-            return engine.generate(request, on_progress=on_progress, should_cancel=should_cancel)
+            result = engine.generate(request, on_progress=on_progress, should_cancel=should_cancel)
+            self.generations_completed += 1
+            return result
         finally:
             self._count_load(previous)
 
