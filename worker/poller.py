@@ -16,7 +16,7 @@ row is decided here, from the handler's result or the type of what it raised:
                                          max_attempts, then Failed with the last error
 Database outages are retried (tenacity) with backoff: the worker never dies because Postgres restarted.
 A broken GPU is another matter: after a sticky device fault, or max_device_faults in a row with no
-task succeeding between them, the worker stops claiming and run() returns EXIT_DEVICE_FAULT, so that
+generation finishing between them, the worker stops claiming and run() returns EXIT_DEVICE_FAULT, so that
 systemd (Restart=on-failure) starts a fresh process with a fresh CUDA context.
 """
 from __future__ import annotations
