@@ -75,3 +75,13 @@ def test_compare_puts_the_demo_segments_side_by_side(demo: DemoRun, tmp_path: Pa
     assert 0 < pair["psnr_db"] < 100 and -1 <= pair["ssim"] < 1  # two different clips
     assert probe(tmp_path / "side_by_side.mp4").frames == 17
     assert (tmp_path / "contact_sheet.png").is_file()
+
+
+def test_compare_with_a_label_per_video_missing_says_so_without_a_traceback(demo: DemoRun, tmp_path: Path) -> None:
+    segments = [segment.strip() for segment in demo.printed("segments").split(",")]
+
+    done = wan_worker("compare", *segments, "--labels", "only one", "--out-dir", str(tmp_path))
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("wan-worker compare: ") and "2 videos but 1 labels" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -204,8 +204,14 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 def compare_command(args: argparse.Namespace, config: WorkerConfig) -> int:
     """Side-by-side video, contact sheet and compare.json (printed) for the given videos."""
     from worker.compare import compare
+    from worker.video import FFmpegError
 
-    print(json.dumps(compare(args.videos, args.out_dir, labels=args.labels), indent=2))
+    try:
+        report = compare(args.videos, args.out_dir, labels=args.labels)
+    except (ValueError, OSError, FFmpegError) as error:  # bad paths, unreadable videos, label count
+        print(f"wan-worker compare: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2))
     return 0
 
 
