@@ -55,6 +55,20 @@ def test_submit_refuses_params_that_are_not_an_object(sqlite_url: str, sqlite_st
     assert sqlite_store.recent() == []
 
 
+@pytest.mark.parametrize("args, message", [
+    (("--depends-on", "not-a-uuid"), "--depends-on not-a-uuid: no such task"),
+    (("--depends-on", str(uuid.UUID(int=0))), f"--depends-on {uuid.UUID(int=0)}: no such task"),
+    (("--max-attempts", "0"), "--max-attempts: must be >= 1, got 0"),
+    (("--params", "@/nonexistent/params.json"), "--params: cannot read /nonexistent/params.json"),
+])
+def test_submit_refuses_bad_arguments_with_one_line_and_inserts_nothing(
+        sqlite_url: str, sqlite_store: TaskStore, args: tuple[str, ...], message: str) -> None:
+    result = cli("submit", "health_check", *args, "--database-url", sqlite_url)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert sqlite_store.recent() == []
+
+
 def test_status_without_an_id_lists_recent_tasks_and_counts(sqlite_url: str, sqlite_store: TaskStore) -> None:
     ids = [sqlite_store.enqueue("health_check", {}) for _ in range(3)]
     sqlite_store.cancel(ids[0])

@@ -107,13 +107,21 @@ def run_command(args: argparse.Namespace, config: WorkerConfig) -> int:
 
 # ---- submit / status / cancel ------------------------------------------------------------------------
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a bad value is a usage error, not a database error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task_type")
     parser.add_argument("--params", default="{}", help="a JSON object, or @file holding one")
     parser.add_argument("--priority", type=int, default=0, help="higher is claimed first")
     parser.add_argument("--depends-on", nargs="+", action="extend", default=[], metavar="ID",
-                        help="claimable only when all these tasks are Complete")
-    parser.add_argument("--max-attempts", type=int, default=3)
+                        help="claimable only when all these tasks are Complete (each must exist)")
+    parser.add_argument("--max-attempts", type=_positive_int, default=3)
     parser.add_argument("--project-id")
 
 
@@ -121,7 +129,11 @@ def submit_command(args: argparse.Namespace, config: WorkerConfig) -> int:
     from worker.db import connect
     from worker.store import TaskStore
 
-    text = Path(args.params[1:]).read_text() if args.params.startswith("@") else args.params
+    try:
+        text = Path(args.params[1:]).read_text() if args.params.startswith("@") else args.params
+    except OSError as error:
+        print(f"--params: cannot read {args.params[1:]}: {error.strerror}", file=sys.stderr)
+        return 2
     try:
         params = json.loads(text)
     except json.JSONDecodeError as error:
@@ -131,18 +143,26 @@ def submit_command(args: argparse.Namespace, config: WorkerConfig) -> int:
         print(f"--params must be a JSON object, got {type(params).__name__}", file=sys.stderr)
         return 2
     store = TaskStore(connect(config.database_url))
-    task_id = store.enqueue(
-        args.task_type, params, priority=args.priority, dependant_on=args.depends_on,
-        max_attempts=args.max_attempts, project_id=args.project_id,
-    )
+    try:
+        # A dependency that names no row would keep the task waiting forever: refuse it here.
+        dependencies = [store.get(dependency) for dependency in args.depends_on]
+        for dependency, found in zip(args.depends_on, dependencies):
+            if found is None:
+                print(f"--depends-on {dependency}: no such task", file=sys.stderr)
+                return 2
+        task_id = store.enqueue(
+            args.task_type, params, priority=args.priority, dependant_on=[task.id for task in dependencies],
+            max_attempts=args.max_attempts, project_id=args.project_id,
+        )
+    finally:
+        store.db.dispose()
     print(task_id)
-    store.db.dispose()
     return 0
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task_id", nargs="?", help="one task as JSON; without it, a table of recent tasks")
-    parser.add_argument("--limit", type=int, default=20, help="rows in the table")
+    parser.add_argument("--limit", type=_positive_int, default=20, help="rows in the table")
 
 
 def status_command(args: argparse.Namespace, config: WorkerConfig) -> int:
