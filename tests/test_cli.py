@@ -110,6 +110,16 @@ def test_run_logs_json_lines_that_carry_task_id_and_task_type(sqlite_url: str, s
     assert all(e["task_type"] == "health_check" and e["worker_id"] for e in of_task)
 
 
+def test_run_refuses_task_types_it_has_no_handler_for_and_claims_nothing(
+        sqlite_url: str, sqlite_store: TaskStore, tmp_path: Path) -> None:
+    typo = sqlite_store.enqueue("helth_check", {})
+    result = cli("run", "--exit-when-idle", "--task-types", "health_check,helth_check",
+                 "--database-url", sqlite_url, "--output-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "helth_check" in result.stderr and "no handler" in result.stderr
+    assert sqlite_store.get(typo).status == "Queued"
+
+
 def test_run_creates_the_sqlite_schema_itself(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'new.db'}"
     result = cli("run", "--exit-when-idle", "--database-url", url, "--output-dir", str(tmp_path))

@@ -97,6 +97,12 @@ def run_command(args: argparse.Namespace, config: WorkerConfig) -> int:
             return EXIT_DEVICE_FAULT
         log.info("model preloaded", model=resources.loaded_model)
     worker = Worker(config, store, resources=resources)
+    unknown = sorted(set(config.task_types or ()) - set(worker.handlers))
+    if unknown:
+        # Such a worker would claim those rows only to fail them, rows a worker that knows them could run.
+        log.error("--task-types names task types this worker has no handler for", unknown=unknown,
+                  known=sorted(worker.handlers))
+        return 2
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: worker.request_stop())
     try:
