@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 
 from conftest import POSTGRES_ADMIN_URL, REPO_ROOT, worker_command
 from worker.config import ALL_SETTINGS, WorkerConfig, add_setting_arguments, env_name, flag_name, load_config
@@ -139,6 +140,26 @@ def test_run_refuses_a_postgres_database_without_the_schema() -> None:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     assert result.returncode == 2
     assert "run `wan-worker migrate`" in result.stderr
+
+
+def test_run_on_a_migrated_postgres_needs_no_right_to_create_tables(postgres_url: str, pg_store: TaskStore,
+                                                                     tmp_path: Path) -> None:
+    role = f"wan_worker_dml_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON tasks TO "{role}"')
+        admin.execute(f'GRANT SELECT ON schema_migrations TO "{role}"')
+    task_id = pg_store.enqueue("health_check", {})
+    try:
+        as_worker = sa.make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
+        result = cli("run", "--once", "--database-url", as_worker, "--output-dir", str(tmp_path))
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f'DROP OWNED BY "{role}"')
+            admin.execute(f'DROP ROLE "{role}"')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert pg_store.get(task_id).status == "Complete"
 
 
 def test_an_inconsistent_setting_is_a_usage_error(sqlite_url: str) -> None:

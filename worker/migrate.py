@@ -37,9 +37,11 @@ def available_migrations(dialect: str) -> list[Migration]:
 
 
 def pending_migrations(db: Database) -> list[Migration]:
-    """Migrations not yet recorded in schema_migrations (all of them on an empty database)."""
+    """Migrations not yet recorded in schema_migrations (all of them on an empty database). Reads only:
+    a worker checks this at start-up under a role that may have no right to create tables."""
     with db.engine.begin() as conn:
-        conn.execute(db.query("create_schema_migrations"))
+        if not conn.execute(db.query("schema_migrations_exists")).scalar_one():
+            return available_migrations(db.dialect)
         applied = {row.version for row in conn.execute(db.query("applied_migrations"))}
     return [m for m in available_migrations(db.dialect) if m.version not in applied]
 

@@ -15,6 +15,10 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- name: schema_migrations_exists --
+-- Whether the ledger exists, read without creating it (a worker's role may lack DDL rights).
+SELECT to_regclass('schema_migrations') IS NOT NULL AS present;
+
 -- name: applied_migrations --
 -- Versions already applied.
 SELECT version FROM schema_migrations ORDER BY version;

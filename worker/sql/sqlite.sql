@@ -18,6 +18,10 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
 );
 
+-- name: schema_migrations_exists --
+-- Whether the ledger exists, read without creating it (a worker's role may lack DDL rights).
+SELECT count(*) > 0 AS present FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations';
+
 -- name: applied_migrations --
 -- Versions already applied.
 SELECT version FROM schema_migrations ORDER BY version;
