@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -82,6 +83,25 @@ def test_status_without_an_id_lists_recent_tasks_and_counts(sqlite_url: str, sql
 def test_status_of_an_unknown_task_exits_1(sqlite_url: str) -> None:
     result = cli("status", str(uuid.uuid4()), "--database-url", sqlite_url)
     assert result.returncode == 1 and "no task" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["status", "cancel", "submit", "stats"])
+def test_a_database_without_the_schema_is_one_line_that_says_to_migrate(tmp_path: Path, command: str) -> None:
+    args = {"status": (), "cancel": (str(uuid.uuid4()),), "submit": ("health_check",), "stats": ()}[command]
+    result = cli(command, *args, "--database-url", f"sqlite:///{tmp_path / 'unmigrated.db'}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"wan-worker {command}: database error: no such table: tasks; run `wan-worker migrate` first"]
+
+
+def test_an_unreachable_database_is_one_line_not_a_traceback() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = cli("status", "--database-url", f"postgresql://postgres@127.0.0.1:{port}/none")
+    assert result.returncode == 1
+    assert result.stderr.startswith("wan-worker status: database error: connection failed")
+    assert "Traceback" not in result.stderr
 
 
 def test_cancel_reports_what_it_cancelled_and_exits_1_when_nothing_was(sqlite_url: str, sqlite_store: TaskStore) -> None:

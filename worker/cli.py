@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from sqlalchemy import exc as sa_exc
+
 from worker.config import ALL_SETTINGS, CONNECTION_SETTINGS, WorkerConfig, add_setting_arguments, load_config
 from worker.logging import configure_logging
 
@@ -282,7 +284,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     configure_logging(config.log_format, config.log_level)
-    return args.subcommand.resolve()(args, config)
+    try:
+        return args.subcommand.resolve()(args, config)
+    except sa_exc.DBAPIError as error:  # unreachable server, missing schema: one line, not a traceback
+        print(f"wan-worker {args.command}: {database_error_line(error)}", file=sys.stderr)
+        return 1
+
+
+def database_error_line(error: sa_exc.DBAPIError) -> str:
+    """The driver's message in one line, with the fix when the schema is missing."""
+    text = " ".join(str(error.orig).split())
+    missing_schema = isinstance(error, sa_exc.ProgrammingError) or "no such table" in text
+    return f"database error: {text}" + ("; run `wan-worker migrate` first" if missing_schema else "")
 
 
 if __name__ == "__main__":
