@@ -121,6 +121,8 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[dict, str]]:
         "unknown preset": (travel(images, preset="nope_preset"), "preset"),
         "model without VACE": (travel(images, model="tiny_t2v"), "model"),
         "bad sampler": (travel(images, sample_solver="magic"), "sample_solver"),
+        "unknown LoRA": (travel(images, lora_names=["no_such_lora"]), "lora_names"),
+        "multiplier phases": (travel(images, lora_names=["tiny_kohya"], lora_multipliers=["1;0;0"]), "lora_multipliers"),
         "headless unknown model": ({"orchestrator_details": {**headless(images)["orchestrator_details"],
                                                              "model_name": "nope"}}, "orchestrator_details.model_name"),
     }

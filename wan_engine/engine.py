@@ -229,15 +229,7 @@ class Engine:
         should_cancel = should_cancel or (lambda: False)
         timer = pipeline.PhaseTimer(self.device)
 
-        spec = self.registry.get(request.model)
-        values, sources = resolve_parameters(spec, request)
-        _check_inputs(request, spec)
-        settings = PhaseSettings.from_values(values)
-        plan = plan_steps(new_sampler(values).timesteps, settings, spec.is_dual_expert)
-        lora_files = [resolve_lora(name, self.models_dir / LORAS_FOLDER) for name in values["lora_names"]]
-        lora_schedule = lora_multiplier_schedule(
-            values["lora_multipliers"], len(lora_files), plan, settings.guidance_phases
-        )
+        spec, values, sources, plan, lora_files, lora_schedule = self._validated(request)
         loras = [self._lora(path) for path in lora_files]
 
         def job() -> pipeline.Job:
@@ -276,6 +268,28 @@ class Engine:
             "sources": sources,
         }
         return GenerationResult(frames=frames, timings=timings, resolved=resolved, model=spec.key)
+
+    def check(self, request: GenerationRequest) -> None:
+        """Validate `request` as generate() does (model, parameters, geometry, control inputs, LoRA
+        names and multipliers) without loading a model or reading a LoRA, so a caller that plans
+        work (a travel orchestrator) can refuse a bad request before queueing it."""
+        self._validated(request)
+
+    def _validated(
+        self, request: GenerationRequest
+    ) -> tuple[ModelSpec, dict[str, Any], dict[str, str], list[StepPlan], list[Path], list[list[float]]]:
+        """(spec, resolved values, their sources, step plan, LoRA files, LoRA schedule) of a valid
+        request; raises UnknownModel or InvalidRequest otherwise."""
+        spec = self.registry.get(request.model)
+        values, sources = resolve_parameters(spec, request)
+        _check_inputs(request, spec)
+        settings = PhaseSettings.from_values(values)
+        plan = plan_steps(new_sampler(values).timesteps, settings, spec.is_dual_expert)
+        lora_files = [resolve_lora(name, self.models_dir / LORAS_FOLDER) for name in values["lora_names"]]
+        lora_schedule = lora_multiplier_schedule(
+            values["lora_multipliers"], len(lora_files), plan, settings.guidance_phases
+        )
+        return spec, values, sources, plan, lora_files, lora_schedule
 
     def _run_with_oom_retry(
         self,

@@ -102,14 +102,17 @@ def resolve_model(ctx: TaskContext, model: str | None, preset: str | None, *, de
         raise ValidationError(name(field), error.rule) from None
 
 
-def check_parameters(spec: Any, fields: Mapping[str, Any], name: Callable[[str], str] = lambda field: field) -> None:
-    """Resolve and validate sampling fields and geometry for `spec` as the engine will (no load), so
-    a bad combination fails the task before any work; the error names the task's field."""
+def check_parameters(ctx: TaskContext, spec: Any, fields: Mapping[str, Any],
+                     name: Callable[[str], str] = lambda field: field) -> None:
+    """Validate sampling fields, geometry and LoRAs (names against the loras folder, multiplier
+    strings against the phase plan) for `spec` as the engine will, without loading anything, so a
+    bad combination fails the task before any work; the error names the task's field."""
     from wan_engine.errors import InvalidRequest
-    from wan_engine.registry import resolve_parameters
+    from wan_engine.request import GenerationRequest
 
+    request = GenerationRequest(model=spec.preset or spec.key, prompt="", **fields)
     try:
-        resolve_parameters(spec, fields)
+        ctx.resources.resident_engine().check(request)
     except InvalidRequest as error:
         raise ValidationError(name(error.field), error.rule) from None
 

@@ -9,7 +9,7 @@ lost lease) finds its children and inserts nothing.
 Everything that can be checked without a GPU is checked here, so a bad job fails at once with the
 field and the rule instead of failing a segment later: the plan (images exist and are images,
 counts, frames, overlaps, resolution), the model or preset against the definitions (no load), and
-the sampling fields' types.
+the sampling fields with the LoRA names and multiplier strings (as the engine will check them).
 """
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
                               f"{spec.key!r} is not a VACE model; travel needs one (e.g. {DEFAULT_MODEL})")
     sampling = sampling_fields(plan.sampling, name)
     for segment in plan.segments:
-        check_parameters(spec, {**sampling, "width": plan.width, "height": plan.height,
-                                "video_length": segment.frames}, name)
+        check_parameters(ctx, spec, {**sampling, "width": plan.width, "height": plan.height,
+                                     "video_length": segment.frames}, name)
     stored_plan = plan.to_params()
 
     segments: list[NewTask] = []
