@@ -191,6 +191,17 @@ def test_headless_resolution_may_be_a_width_height_pair(images: list[str]) -> No
     assert plan_travel(row) == plan_travel(params)
 
 
+def test_headless_resolution_is_snapped_down_to_multiples_of_16_and_recorded(images: list[str]) -> None:
+    """Reigh sends its aspect-ratio sizes as they are ("902x508" for 16:9); headless Wan2GP snaps them."""
+    params = ours(images[:3], model="vace_14B", num_inference_steps=6, lora_names=[], lora_multipliers=[])
+    row = headless(params)
+    row["orchestrator_details"]["parsed_resolution_wh"] = "902x508"
+    plan = plan_travel(row)
+    assert (plan.width, plan.height) == (896, 496)
+    assert {(r.field, r.requested, r.used) for r in plan.roundings} == {
+        ("resolution.width", 902, 896), ("resolution.height", 508, 496)}
+
+
 @given(layout=valid_layouts())
 def test_a_plan_survives_a_json_round_trip(images: list[str], layout: tuple[list[int], list[int]]) -> None:
     frames, overlaps = layout
@@ -356,7 +367,7 @@ def test_headless_errors_name_the_headless_field(images: list[str], not_an_image
     row["orchestrator_details"]["segment_frames_expanded"] = [17, 2000]
     rejects(row, "orchestrator_details.segment_frames_expanded[1]", "5..1000")
     row = headless(params)
-    row["orchestrator_details"]["parsed_resolution_wh"] = "100x100"
+    row["orchestrator_details"]["parsed_resolution_wh"] = "8x100"  # 0 wide once snapped to 16
     rejects(row, "orchestrator_details.parsed_resolution_wh", "multiples of 16")
 
 

@@ -147,6 +147,17 @@ def parse_resolution(value: Any, field: str = "resolution") -> tuple[int, int]:
     `resolution` and headless rows' `parsed_resolution_wh` (a string or a [W, H] pair). `field` is
     the name the user wrote, so the error points at it.
     """
+    width, height = split_resolution(value, field)
+    for side in (width, height):
+        if side % RESOLUTION_MULTIPLE or not RESOLUTION_MULTIPLE <= side <= MAX_SIDE_PIXELS:
+            raise ValidationError(
+                field, f"width and height must be multiples of {RESOLUTION_MULTIPLE} between "
+                f"{RESOLUTION_MULTIPLE} and {MAX_SIDE_PIXELS}, got {width}x{height}")
+    return width, height
+
+
+def split_resolution(value: Any, field: str = "resolution") -> tuple[int, int]:
+    """(width, height) integers from "WxH" (any case, spaces allowed) or [W, H], before any size rule."""
     if isinstance(value, str):
         parts = value.lower().replace(" ", "").split("x")
     elif isinstance(value, (list, tuple)):
@@ -159,11 +170,6 @@ def parse_resolution(value: Any, field: str = "resolution") -> tuple[int, int]:
         width, height = (to_int(part, field) for part in parts)
     except ValidationError:
         raise ValidationError(field, f"must be 'WIDTHxHEIGHT' like '832x480', got {value!r}") from None
-    for side in (width, height):
-        if side % RESOLUTION_MULTIPLE or not RESOLUTION_MULTIPLE <= side <= MAX_SIDE_PIXELS:
-            raise ValidationError(
-                field, f"width and height must be multiples of {RESOLUTION_MULTIPLE} between "
-                f"{RESOLUTION_MULTIPLE} and {MAX_SIDE_PIXELS}, got {width}x{height}")
     return width, height
 
 

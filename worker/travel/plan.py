@@ -10,7 +10,8 @@ Two param forms are accepted and normalised to one `TravelPlan`:
   `segment_frames_expanded`, `frame_overlap_expanded`, `parsed_resolution_wh` ("WxH" or [W, H]),
   `fps_helpers`, `model_name`, `seed_base`, `num_new_segments_to_generate` (checked if given).
   As in that ecosystem, `frame_overlap_expanded` may carry one entry per segment; the last has no
-  following segment and is ignored.
+  following segment and is ignored; and `parsed_resolution_wh` sides are rounded down to multiples
+  of 16 (its backends send sizes such as "902x508"), the rounding recorded.
 
 Frame math. Segment i has `frames[i]` frames (Wan generates 4n+1; other counts are rounded down and
 the rounding recorded) and shares `overlap[i]` frames with segment i-1 (0 for the first segment;
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from worker.errors import ValidationError
-from worker.params import parse_resolution
+from worker.params import RESOLUTION_MULTIPLE, parse_resolution, split_resolution
 from worker.video import check_image
 
 DEFAULT_MODEL = "vace_14B_cocktail_2_2"  # the Wan 2.2 VACE 14B preset ("vace_22_14b")
@@ -180,7 +181,7 @@ def plan_travel(params: Mapping[str, Any]) -> TravelPlan:
         details = params[HEADLESS_KEY]
         if not isinstance(details, Mapping):
             raise ValidationError(HEADLESS_KEY, "must be an object")
-        return _Planner(_from_headless(details), _headless_field_name).plan()
+        return _Planner(_from_headless(details), _headless_field_name, snap_resolution=True).plan()
     return _Planner(params, lambda name: name).plan()
 
 
@@ -218,17 +219,21 @@ def _as_int(value: Any, name: str) -> int:
 
 
 class _Planner:
-    """Builds a plan from our form; `name` maps our field names to what the user wrote, for errors."""
+    """Builds a plan from our form; `name` maps our field names to what the user wrote, for errors.
 
-    def __init__(self, params: Mapping[str, Any], name: Callable[[str], str]):
+    snap_resolution: round each side down to a multiple of 16 (recorded) instead of refusing it, as
+    headless Wan2GP does with the sizes its backends send ("902x508" for 16:9 becomes 896x496)."""
+
+    def __init__(self, params: Mapping[str, Any], name: Callable[[str], str], *, snap_resolution: bool = False):
         self.params = params
         self.name = name
+        self.snap_resolution = snap_resolution
         self.roundings: list[Rounding] = []
 
     def plan(self) -> TravelPlan:
         images = self._images()
         count = len(images) - 1
-        width, height = parse_resolution(self.params.get("resolution", DEFAULT_RESOLUTION), self.name("resolution"))
+        width, height = self._resolution()
         prompts = self._prompts(count)
         negative_prompts = self._per_segment("negative_prompt", count, default="", kind=str)
         frames = self._segment_frames(count)
@@ -261,6 +266,18 @@ class _Planner:
             sampling={key: self.params[key] for key in SAMPLING_FIELDS if key in self.params},
             roundings=tuple(self.roundings),
         )
+
+    def _resolution(self) -> tuple[int, int]:
+        name = self.name("resolution")
+        value = self.params.get("resolution", DEFAULT_RESOLUTION)
+        if self.snap_resolution:
+            requested = split_resolution(value, name)
+            value = [side // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE for side in requested]
+            for side, asked, used in zip(("width", "height"), requested, value):
+                if used != asked:
+                    self.roundings.append(Rounding(f"resolution.{side}", asked, used,
+                                                   f"multiple of {RESOLUTION_MULTIPLE}, rounded down"))
+        return parse_resolution(value, name)
 
     def _optional_name(self, key: str) -> str | None:
         value = self.params.get(key)
