@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from worker.stats import collect_stats, oldest_ready_task_age_seconds, parse_since
+from worker.stats import collect_stats, format_stats, oldest_ready_task_age_seconds, parse_since
 from worker.store import TaskStore
 
 from conftest import REPO_ROOT, store_url
@@ -90,6 +90,15 @@ def test_the_model_that_ran_wins_over_the_preset_asked_for(store: TaskStore) -> 
     counts = {(row.model, row.preset): row.tasks for row in collect_stats(store.db).counts}
 
     assert counts == {("vace_14B_cocktail_2_2", "vace_22_14b"): 1, ("-", "vace_22_14b"): 1}
+
+
+def test_a_model_or_preset_written_as_a_number_is_counted_under_its_text(store: TaskStore) -> None:
+    run_to_end(store, "generate_video", {"model": 7, "preset": 2},
+               result_data={"phase_seconds": {"decode": 1.0}})
+    stats = collect_stats(store.db)
+    assert [(row.model, row.preset) for row in stats.counts] == [("7", "2")]
+    assert [(row.model, row.preset) for row in stats.phases] == [("7", "2")]
+    assert "7      2" in format_stats(stats)
 
 
 def test_since_leaves_out_older_rows(store: TaskStore) -> None:

@@ -1,14 +1,15 @@
 -- Fleet statistics for `wan-worker stats` and the metrics endpoint, SQLite dialect. Loaded by
 -- worker/stats.py; each query starts at a `-- name: <query> --` header and a one-line description.
 -- Every aggregate is computed here, so the numbers cover every worker that writes to this table.
--- A row's model is the one its result names (what actually ran), else the one its params ask for.
+-- A row's model is the one its result names (what actually ran), else the one its params ask for,
+-- as text whatever JSON type a backend wrote it in (json_extract would return a number as a number).
 -- :since_seconds (a look-back from the database clock) and :since_time (an absolute UTC time as
 -- 'YYYY-MM-DD HH:MM:SS.SSS') are optional; NULL means no bound.
 
 -- name: task_counts --
 -- Rows per model, preset and task type, by outcome.
-SELECT coalesce(json_extract(result_data, '$.model'), json_extract(params, '$.model'), '-') AS model,
-       coalesce(json_extract(result_data, '$.preset'), json_extract(params, '$.preset'), '-') AS preset,
+SELECT coalesce(CAST(json_extract(result_data, '$.model') AS TEXT), CAST(json_extract(params, '$.model') AS TEXT), '-') AS model,
+       coalesce(CAST(json_extract(result_data, '$.preset') AS TEXT), CAST(json_extract(params, '$.preset') AS TEXT), '-') AS preset,
        task_type,
        count(*) AS tasks,
        sum(status = 'Complete') AS complete,
@@ -28,8 +29,8 @@ ORDER BY 1, 2, 3;
 -- sorted samples, interpolated linearly between the two nearest ranks. A sample at rank r weighs
 -- max(0, 1 - |r - p * (n - 1)|): 1 at an exact rank, the two neighbours share the weight otherwise.
 WITH phases AS (
-    SELECT coalesce(json_extract(t.result_data, '$.model'), json_extract(t.params, '$.model'), '-') AS model,
-           coalesce(json_extract(t.result_data, '$.preset'), json_extract(t.params, '$.preset'), '-') AS preset,
+    SELECT coalesce(CAST(json_extract(t.result_data, '$.model') AS TEXT), CAST(json_extract(t.params, '$.model') AS TEXT), '-') AS model,
+           coalesce(CAST(json_extract(t.result_data, '$.preset') AS TEXT), CAST(json_extract(t.params, '$.preset') AS TEXT), '-') AS preset,
            t.task_type,
            phase.key AS phase,
            CAST(phase.value AS REAL) AS seconds
