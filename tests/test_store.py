@@ -237,6 +237,18 @@ def test_a_fresh_lease_is_not_requeued(store: TaskStore) -> None:
     assert store.requeue_expired(lease_seconds=3600) == 0
 
 
+def test_a_row_set_in_progress_by_hand_without_a_heartbeat_is_rescued_after_the_lease(store: TaskStore) -> None:
+    # e.g. a row an older headless worker claimed, which wrote worker_id but never heartbeat_at
+    task_id = store.enqueue("health_check", {})
+    run_sql(store, "UPDATE tasks SET status = 'In Progress', worker_id = 'legacy-worker', attempts = 1")
+    let_the_database_clock_tick()
+    assert store.requeue_expired(lease_seconds=3600) == 0
+    assert store.requeue_expired(lease_seconds=0) == 1
+    task = store.get(task_id)
+    assert (task.status, task.worker_id) == ("Queued", None)
+    assert "(worker legacy-worker); requeued" in task.error_message
+
+
 def test_an_expired_lease_on_the_last_attempt_fails_the_row_and_its_dependants(store: TaskStore) -> None:
     task_id = store.enqueue("health_check", {}, max_attempts=1)
     dependant = store.enqueue("health_check", {}, dependant_on=[task_id])

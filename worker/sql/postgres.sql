@@ -190,10 +190,12 @@ RETURNING id;
 -- name: requeue_expired --
 -- Lease rescue: running rows whose heartbeat is older than the lease go back to Queued, or to Failed
 -- when their attempts are used up. Parked orchestrators (no worker, no heartbeat) are never touched.
+-- A row some other program set 'In Progress' with only a worker_id (no heartbeat) is held since its
+-- last change: its lease runs from updated_at, so it cannot stay In Progress for good.
 WITH expired AS (
     SELECT id FROM tasks
-    WHERE status = 'In Progress' AND worker_id IS NOT NULL
-      AND heartbeat_at < now() - make_interval(secs => :lease_seconds)
+    WHERE status = 'In Progress' AND (worker_id IS NOT NULL OR heartbeat_at IS NOT NULL)
+      AND coalesce(heartbeat_at, updated_at) < now() - make_interval(secs => :lease_seconds)
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks t

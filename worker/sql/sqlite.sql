@@ -192,6 +192,8 @@ RETURNING id;
 -- name: requeue_expired --
 -- Lease rescue: running rows whose heartbeat is older than the lease go back to Queued, or to Failed
 -- when their attempts are used up. Parked orchestrators (no worker, no heartbeat) are never touched.
+-- A row some other program set 'In Progress' with only a worker_id (no heartbeat) is held since its
+-- last change: its lease runs from updated_at, so it cannot stay In Progress for good.
 UPDATE tasks
 SET status = CASE WHEN attempts >= max_attempts THEN 'Failed' ELSE 'Queued' END,
     error_message = CASE
@@ -203,8 +205,9 @@ SET status = CASE WHEN attempts >= max_attempts THEN 'Failed' ELSE 'Queued' END,
                                    THEN strftime('%Y-%m-%d %H:%M:%f', 'now') END,
     worker_id = NULL,
     heartbeat_at = NULL
-WHERE status = 'In Progress' AND worker_id IS NOT NULL
-  AND heartbeat_at < strftime('%Y-%m-%d %H:%M:%f', 'now', printf('-%.3f seconds', :lease_seconds))
+WHERE status = 'In Progress' AND (worker_id IS NOT NULL OR heartbeat_at IS NOT NULL)
+  AND coalesce(heartbeat_at, updated_at)
+      < strftime('%Y-%m-%d %H:%M:%f', 'now', printf('-%.3f seconds', :lease_seconds))
 RETURNING id, status;
 
 -- name: end_dependants_of_ended --
