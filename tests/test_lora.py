@@ -297,6 +297,20 @@ def test_per_phase_lists_spread_over_each_phase_only() -> None:
     assert schedule == [wan2gp_expand([1.0, 0.5], counts[0]) + wan2gp_expand([0.2, 0.0], counts[1])]
 
 
+@pytest.mark.parametrize("model_switch_phase,phase_values", [(1, ["1,0.5", "0", "0"]), (2, ["1,0.5", "1,0.5", "0"])])
+def test_two_phase_values_on_three_phases_repeat_the_value_of_the_expert_spanning_two(
+    model_switch_phase: int, phase_values: list[str]
+) -> None:
+    """Wan2GP reads "high;low" on a 3-phase generation per expert instead of refusing it."""
+    settings = PhaseSettings(guidance_phases=3, switch_threshold=900.0, switch_threshold2=600.0,
+                             model_switch_phase=model_switch_phase)
+    plan = plan_steps(UniPCSampler(10, 5.0).timesteps, settings, dual_expert=True)
+    counts = [sum(s.phase == p for s in plan) for p in (1, 2, 3)]
+    assert min(counts) >= 2
+    expected = [v for text, n in zip(phase_values, counts) for v in wan2gp_expand([float(x) for x in text.split(",")], n)]
+    assert lora_multiplier_schedule(["1,0.5;0"], 1, plan, 3, model_switch_phase) == [expected]
+
+
 def test_numbers_and_missing_multipliers_are_constant() -> None:
     plan = two_phase_plan(4)
     assert lora_multiplier_schedule([0.25], 2, plan, 2) == [[0.25] * 4, [1.0] * 4]

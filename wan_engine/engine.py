@@ -287,7 +287,7 @@ class Engine:
         plan = plan_steps(new_sampler(values).timesteps, settings, spec.is_dual_expert)
         lora_files = [resolve_lora(name, self.models_dir / LORAS_FOLDER) for name in values["lora_names"]]
         lora_schedule = lora_multiplier_schedule(
-            values["lora_multipliers"], len(lora_files), plan, settings.guidance_phases
+            values["lora_multipliers"], len(lora_files), plan, settings.guidance_phases, settings.model_switch_phase
         )
         return spec, values, sources, plan, lora_files, lora_schedule
 

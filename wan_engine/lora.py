@@ -17,7 +17,9 @@ are skipped and reported; a LoRA none of whose keys fits the model is an error.
 Multipliers (one string per LoRA, Wan2GP syntax):
 - "0.8": the same value at every step;
 - "1;0" / "0;1;0": one value per guidance phase, `;`-separated; the number of values must equal the
-  generation's guidance_phases;
+  generation's guidance_phases, except that two values on a 3-phase generation are read, as Wan2GP
+  does, as high-noise;low-noise: the value of the side that spans two phases is repeated (phases
+  1+2 with model_switch_phase 2, phases 2+3 otherwise);
 - "1,0.8,0.6": values spread over the steps (of the whole generation, or of one phase when written
   inside a `;` part: "1,0.5;0"). As in Wan2GP, k values over n steps give step i the value
   number floor(i * k / n), so each value covers a run of consecutive steps. Unlike Wan2GP, which
@@ -189,7 +191,11 @@ def resolve_lora(name: str, loras_dir: str | Path) -> Path:
 
 
 def lora_multiplier_schedule(
-    multipliers: Sequence[str | float], num_loras: int, plan: Sequence[StepPlan], guidance_phases: int
+    multipliers: Sequence[str | float],
+    num_loras: int,
+    plan: Sequence[StepPlan],
+    guidance_phases: int,
+    model_switch_phase: int = 1,
 ) -> list[list[float]]:
     """Per LoRA, its multiplier at every step of `plan` ([num_loras][len(plan)]).
 
@@ -200,16 +206,18 @@ def lora_multiplier_schedule(
         raise InvalidRequest("lora_multipliers", f"{len(multipliers)} multipliers for {num_loras} LoRAs")
     counts = steps_per_phase(plan, guidance_phases)
     texts = [*multipliers, *[1.0] * (num_loras - len(multipliers))]
-    return [_expand_multiplier(text, counts) for text in texts]
+    return [_expand_multiplier(text, counts, model_switch_phase) for text in texts]
 
 
-def _expand_multiplier(text: str | float, counts: Sequence[int]) -> list[float]:
+def _expand_multiplier(text: str | float, counts: Sequence[int], model_switch_phase: int) -> list[float]:
     """One multiplier string -> its value at each step; counts = steps in each guidance phase."""
     if not isinstance(text, str):
         return [float(text)] * sum(counts)
     phases = text.split(";")
     if len(phases) == 1:
         return _spread(_numbers(text, text), sum(counts), text, "the generation")
+    if len(phases) == 2 and len(counts) == 3:  # high;low on three phases
+        phases = [phases[0], *phases] if model_switch_phase == 2 else [*phases, phases[1]]
     if len(phases) != len(counts):
         raise InvalidRequest(
             "lora_multipliers",
