@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import wait_for
-from worker.handlers.generate import DEFAULT_MODELS
+from worker.errors import ValidationError
+from worker.handlers.generate import DEFAULT_MODELS, sampling_fields
 from worker.store import TaskStatus, TaskStore
 from worker.video import VideoWriter, probe, read_video
 from worker_harness import BackgroundWorker, background_workers, resources, run_until_idle, write_keyframes  # noqa: F401
@@ -112,6 +113,15 @@ def test_a_guide_of_another_size_fails_naming_video_guide(sqlite_store: TaskStor
 
     assert task.status == TaskStatus.FAILED and task.attempts == 1
     assert "video_guide: is 64x48" in task.error_message
+
+
+def test_lora_multipliers_without_lora_names_reweight_the_definitions_loras() -> None:
+    """Multipliers alone apply to the model definition's LoRAs (the engine counts those); only next
+    to the task's own lora_names can the worker count them itself."""
+    assert sampling_fields({"lora_multipliers": ["1", "0.2;0", "0.5"]})["lora_multipliers"] == ["1", "0.2;0", "0.5"]
+    with pytest.raises(ValidationError) as error:
+        sampling_fields({"lora_names": ["CausVid"], "lora_multipliers": ["1", "0.5"]})
+    assert error.value.field == "lora_multipliers"
 
 
 @pytest.mark.parametrize("fields, field", [

@@ -65,7 +65,8 @@ def sampling_fields(params: Mapping[str, Any], name: Callable[[str], str] = lamb
             out["lora_multipliers"] = _lora_multipliers(params["lora_multipliers"])
     except ValidationError as error:
         raise ValidationError(name(error.field), error.rule) from None
-    if len(out.get("lora_multipliers", [])) > len(out.get("lora_names", [])):
+    # Without lora_names the multipliers re-weight the model definition's LoRAs: the engine checks those.
+    if "lora_names" in out and len(out.get("lora_multipliers", [])) > len(out["lora_names"]):
         raise ValidationError(name("lora_multipliers"), "has more entries than lora_names")
     return out
 
