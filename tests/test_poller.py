@@ -60,7 +60,13 @@ def reports_progress(ctx: TaskContext) -> HandlerResult:
     return HandlerResult(output_location=str(ctx.output_dir / "out.mp4"))
 
 
+def returns_nan(ctx: TaskContext) -> HandlerResult:
+    """A result JSON cannot hold (a metric of identical frames can be infinite)."""
+    return HandlerResult(result_data={"psnr": float("inf")})
+
+
 TEST_HANDLERS = {
+    "returns_nan": returns_nan,
     "needs_prompt": needs_prompt,
     "flaky": flaky_until_attempt,
     "missing_weights": missing_weights,
@@ -282,6 +288,18 @@ def test_bad_input_fails_at_once_with_a_clear_message_and_the_worker_carries_on(
     task = store.get(bad)
     assert (task.status, task.attempts) == ("Failed", 1)
     assert task.error_message.startswith(message)
+    assert store.get(good).status == TaskStatus.COMPLETE
+
+
+def test_a_result_that_cannot_be_stored_fails_the_task_and_the_worker_carries_on(
+    store: TaskStore, in_process_worker
+) -> None:
+    bad = store.enqueue("returns_nan", {})
+    good = store.enqueue("needs_prompt", {"prompt": "a cat"})
+    run_until_idle(in_process_worker, store)
+    task = store.get(bad)
+    assert (task.status, task.attempts) == ("Failed", 1)
+    assert task.error_message.startswith("handler result cannot be stored: ValueError")
     assert store.get(good).status == TaskStatus.COMPLETE
 
 

@@ -90,7 +90,9 @@ class Database:
     # Encodings: Postgres takes JSON text cast to jsonb and arrays as lists; SQLite stores JSON text.
 
     def encode_json(self, value: Any) -> str | None:
-        return None if value is None else json.dumps(value)
+        """JSON text; NaN/Infinity (which neither jsonb nor SQLite's json_valid accept) raise ValueError,
+        and values JSON cannot hold raise TypeError, before anything reaches the database."""
+        return None if value is None else json.dumps(value, allow_nan=False)
 
     def encode_ids(self, ids: Sequence[str]) -> list[str] | str:
         return list(ids) if self.is_postgres else json.dumps(list(ids))

@@ -217,18 +217,11 @@ class Worker:
                         else "shutdown: row no longer ours")
             return
         if isinstance(outcome, HandlerResult):
-            if outcome.park_children is not None:
-                ids = write(self.store.park_with_children, outcome.park_children, outcome.park_progress)
-                if ids is None:
-                    self._count("cancelled", log, "children not inserted: lease lost or task cancelled")
-                else:
-                    self._count("parked", log, "parked until its children finish", children=len(ids))
-                return
-            written = write(self.store.complete, outcome.output_location, outcome.result_data)
-            if written:
-                self._count("completed", log, "task complete", output_location=outcome.output_location)
-            else:
-                self._count("cancelled", log, "result discarded: lease lost or task cancelled", lease=lease.value)
+            try:
+                self._write_result(outcome, write, lease=lease, log=log)
+            except (TypeError, ValueError) as error:  # not storable (NaN, a Path, a child without child_key)
+                write(self.store.fail, f"handler result cannot be stored: {type(error).__name__}: {error}")
+                self._count("failed", log, "task failed: its result cannot be stored", error=str(error))
             return
 
         error = outcome.error
@@ -255,6 +248,22 @@ class Worker:
                         exc_info=error)
         if isinstance(error, engine_errors.DeviceFault):
             self._device_failed(error, log)
+
+    def _write_result(self, outcome: HandlerResult, write: Callable[..., Any], *, lease: HeartbeatState,
+                      log: Any) -> None:
+        """Complete the row, or park it with its children (fenced writes)."""
+        if outcome.park_children is not None:
+            ids = write(self.store.park_with_children, outcome.park_children, outcome.park_progress)
+            if ids is None:
+                self._count("cancelled", log, "children not inserted: lease lost or task cancelled")
+            else:
+                self._count("parked", log, "parked until its children finish", children=len(ids))
+            return
+        written = write(self.store.complete, outcome.output_location, outcome.result_data)
+        if written:
+            self._count("completed", log, "task complete", output_location=outcome.output_location)
+        else:
+            self._count("cancelled", log, "result discarded: lease lost or task cancelled", lease=lease.value)
 
     def _device_failed(self, fault: engine_errors.DeviceFault, log: Any) -> None:
         """Count a device fault (its task is already written back); give the device up, that is stop

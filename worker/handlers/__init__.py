@@ -81,7 +81,7 @@ class TaskContext:
         self._last_progress_at, self._last_phase = now, phase
         try:
             self.store.progress(self.task.id, self.worker_id, progress)
-        except sa.exc.SQLAlchemyError as error:
+        except (sa.exc.SQLAlchemyError, TypeError, ValueError) as error:  # ValueError: NaN, not JSON
             self.log.warning("progress not written", error=str(error))
 
     def cancelled(self) -> bool:
