@@ -217,6 +217,14 @@ def test_a_malformed_environment_variable_names_itself() -> None:
         load_config(parse_settings(), {"WAN_WORKER_POLL_SECONDS": "soon"})
 
 
+@pytest.mark.parametrize("variable, value", [("WAN_WORKER_LEASE_SECONDS", "inf"), ("WAN_WORKER_POLL_SECONDS", "nan"),
+                                             ("WAN_WORKER_GRACE_SECONDS", "inf")])
+def test_a_time_setting_must_be_a_finite_number(variable: str, value: str) -> None:
+    name = variable.removeprefix("WAN_WORKER_").lower()
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        load_config(parse_settings(), {variable: value})
+
+
 # ---- the systemd unit --------------------------------------------------------------------------------------
 
 def read_assignments(path: Path) -> dict[str, list[str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import socket
 from dataclasses import dataclass, field
@@ -85,11 +86,11 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         for name in ("lease_seconds", "heartbeat_seconds", "poll_seconds", "maintenance_seconds",
                      "retry_base_seconds", "retry_max_seconds"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
         for name in ("grace_seconds", "affinity_max_wait_seconds"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:  # inf would overflow the database's intervals
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.max_device_faults < 1:
             raise ValueError(f"max_device_faults must be >= 1, got {self.max_device_faults}")
         if self.heartbeat_seconds >= self.lease_seconds:
