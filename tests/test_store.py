@@ -32,30 +32,7 @@ def test_migrate_twice_applies_nothing_the_second_time(store: TaskStore) -> None
     assert migrate(store.db) == []  # the fixture already migrated
     with store.db.engine.begin() as conn:
         versions = [row[0] for row in conn.execute(sa.text("SELECT version FROM schema_migrations"))]
-    assert versions == ["0001", "0002"]
-
-
-def test_migrate_brings_a_table_made_by_the_first_0001_up_to_date(store: TaskStore) -> None:
-    # The first release of 0001 had no loaded-model claim index, and on Postgres a NOTIFY trigger
-    # that also fired on every completion; 0002 is all that such a database still needs.
-    run_sql(store, "DROP INDEX tasks_claimable_model_idx")
-    if store.db.is_postgres:
-        run_sql(store, "DROP TRIGGER tasks_notify_on_requeue ON tasks")
-        run_sql(store, "CREATE TRIGGER tasks_notify_on_ready AFTER UPDATE OF status ON tasks FOR EACH ROW "
-                       "WHEN (NEW.status IN ('Queued', 'Complete') AND OLD.status IS DISTINCT FROM NEW.status) "
-                       "EXECUTE FUNCTION tasks_notify_workers()")
-    run_sql(store, "DELETE FROM schema_migrations WHERE version = '0002'")
-
-    assert [m.version for m in migrate(store.db)] == ["0002"]
-    older = store.enqueue("health_check", {"model": "a"})
-    loaded = store.enqueue("health_check", {"model": "b"})
-    assert claim(store, loaded_model="b").id == loaded  # the claim names the index it needs
-    assert claim(store, loaded_model="b").id == older
-    if store.db.is_postgres:
-        with store.db.engine.begin() as conn:
-            triggers = set(conn.execute(sa.text(
-                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND NOT tgisinternal")).scalars())
-        assert triggers == {"tasks_touch_updated_at", "tasks_notify_on_insert", "tasks_notify_on_requeue"}
+    assert versions == ["0001"]
 
 
 def test_a_backend_insert_with_only_task_type_and_params_gets_every_default(store: TaskStore) -> None:
