@@ -400,11 +400,22 @@ def test_cancelling_a_parked_parent_cancels_its_children_including_running_ones(
     assert store.heartbeat(first, "segment-worker") is HeartbeatState.CANCELLED
 
 
-def test_complete_parked_completes_only_a_parked_row(store: TaskStore) -> None:
-    parent, _ = park_orchestrator(store)
-    held = store.enqueue("travel_orchestrator", {})
-    claim(store, task_types=["travel_orchestrator"])
-    assert not store.complete_parked(held, "/out/x.mp4", {})
-    assert store.complete_parked(parent, "/out/travel.mp4", {"segments": 2})
+def test_complete_parked_is_written_through_the_child_this_worker_holds(store: TaskStore) -> None:
+    parent, ids = park_orchestrator(store)
+    child = claim(store, worker_id="stitcher")
+    assert child.id == ids[0]
+    assert not store.complete_parked(child.id, "someone-else", "/out/x.mp4", {})
+    assert store.get(parent).is_parked
+    assert store.complete_parked(child.id, "stitcher", "/out/travel.mp4", {"segments": 2})
     task = store.get(parent)
     assert (task.status, task.output_location, task.result_data) == ("Complete", "/out/travel.mp4", {"segments": 2})
+    assert not store.complete_parked(child.id, "stitcher", "/out/again.mp4", {})  # it is no longer waiting
+
+
+def test_complete_parked_never_touches_a_parent_some_worker_holds(store: TaskStore) -> None:
+    parent = store.enqueue("travel_orchestrator", {})
+    child = store.enqueue("travel_stitch", {"child_key": "stitch"}, parent_task_id=parent)
+    claim(store, worker_id="planner", task_types=["travel_orchestrator"])
+    claim(store, worker_id="stitcher", task_types=["travel_stitch"])
+    assert not store.complete_parked(child, "stitcher", "/out/x.mp4", {})
+    assert store.get(parent).status == "In Progress" and store.get(parent).worker_id == "planner"

@@ -247,11 +247,13 @@ class TaskStore:
         return ids
 
     def complete_parked(
-        self, parent_id: str, output_location: str | None, result_data: dict[str, Any] | None
+        self, child_id: str, worker_id: str, output_location: str | None, result_data: dict[str, Any] | None
     ) -> bool:
-        """Complete a parked orchestrator (only a parked one: never a row some worker holds)."""
-        params = {"id": parent_id, "output_location": output_location, "result_data": self.db.encode_json(result_data)}
-        return self.db.run("complete_parked", params).rowcount == 1
+        """Complete the parked orchestrator of a child this worker holds (fenced on the child: a stitch
+        that lost its lease completes nothing; a parent that some worker holds, or that ended, is not
+        touched)."""
+        return self._fenced("complete_parked", child_id, worker_id, output_location=output_location,
+                            result_data=self.db.encode_json(result_data))
 
     def parent_progress(self, child_id: str, worker_id: str, progress: dict[str, Any]) -> bool:
         """Write the progress of the parked orchestrator of a child this worker holds (fenced on the

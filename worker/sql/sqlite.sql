@@ -167,11 +167,15 @@ UPDATE tasks SET worker_id = NULL, heartbeat_at = NULL, progress = :progress
 WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
 
 -- name: complete_parked --
--- Success of a parked orchestrator, written by the child that finishes the job.
-UPDATE tasks
+-- Success of a parked orchestrator, written by the child that finishes the job: fenced on that child
+-- (this worker holds it), and only a parked parent, never a row some worker holds.
+UPDATE tasks AS p
 SET status = 'Complete', output_location = :output_location, result_data = :result_data,
     error_message = NULL, generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
-WHERE id = :id AND status = 'In Progress' AND worker_id IS NULL AND heartbeat_at IS NULL;
+FROM tasks AS c
+WHERE c.id = :id AND c.worker_id = :worker_id AND c.status = 'In Progress'
+  AND p.id = c.parent_task_id
+  AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
 
 -- name: set_parent_progress --
 -- Progress of a parked orchestrator, written by a child this worker holds (fenced on the child);
