@@ -9,7 +9,7 @@ from torch import nn
 
 from wan_engine.errors import LoadError
 from wan_engine.nn.dit import TINY_DIT, TINY_VACE_LAYERS, VACE_IN_DIM, WanDiT
-from wan_engine.testing import tiny_dit
+from wan_engine.testing import split_vace, tiny_dit
 from wan_engine.weights import load_model, save_state_dict
 
 
@@ -153,9 +153,7 @@ def vace_inputs(t: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tor
 
 def split_base_and_module(model: WanDiT, folder: Path) -> tuple[Path, Path]:
     """The files users have: a base DiT, and a VACE module file holding only the vace_* tensors."""
-    state = model.state_dict()
-    base = {k: v for k, v in state.items() if not k.startswith("vace_")}
-    module = {k: v for k, v in state.items() if k.startswith("vace_")}
+    base, module = split_vace(model.state_dict())
     return save_state_dict(base, folder / "t2v.safetensors"), save_state_dict(module, folder / "vace_module.safetensors")
 
 

@@ -112,8 +112,8 @@ def tiny_lora_state(model: nn.Module, seed: int, layout: str) -> dict[str, torch
     return state
 
 
-def _split_vace(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(base keys, VACE keys) of a VACE DiT's state: the two files Wan2GP ships separately."""
+def split_vace(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(base keys, VACE keys) of a VACE DiT's state: the two files users have (Wan2GP ships them apart)."""
     base = {k: v for k, v in state.items() if not k.startswith(VACE_KEY_PREFIX)}
     vace = {k: v for k, v in state.items() if k.startswith(VACE_KEY_PREFIX)}
     return base, vace
@@ -142,11 +142,11 @@ def write_tiny_models(folder: str | Path) -> Path:
 
     with torch.device("meta"):  # shapes only: nothing allocated, no init kernels
         vace_dit, vae, text_encoder = tiny_dit(vace=True), tiny_vae(), tiny_text_encoder()
-    base, vace = _split_vace(random_state(vace_dit, _seed("tiny_t2v")))
+    base, vace = split_vace(random_state(vace_dit, _seed("tiny_t2v")))
     _write(base, folder / "tiny_t2v.safetensors")
     _write(vace, folder / "tiny_vace_module.safetensors")
     for expert in ("high", "low"):
-        base, vace = _split_vace(random_state(vace_dit, _seed(f"tiny_t2v_2_2_{expert}")))
+        base, vace = split_vace(random_state(vace_dit, _seed(f"tiny_t2v_2_2_{expert}")))
         _write(base, folder / f"tiny_t2v_2_2_{expert}.safetensors")
         _write(vace, folder / f"tiny_vace_2_2_module_{expert}.safetensors")
 
