@@ -8,12 +8,12 @@ two models' rows side by side and read where the seconds go.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -88,8 +88,13 @@ class FleetStats:
 
 
 def _queries(db: Database) -> dict[str, sa.TextClause]:
-    name = "stats_postgres.sql" if db.is_postgres else "stats_sqlite.sql"
-    return {key: sa.text(sql) for key, sql in load_queries(Path(SQL_DIR) / name).items()}
+    return _stats_queries("stats_postgres.sql" if db.is_postgres else "stats_sqlite.sql")
+
+
+@functools.cache
+def _stats_queries(file_name: str) -> dict[str, sa.TextClause]:
+    """Parsed once per process: the metrics endpoint runs oldest_ready_task_age at every scrape."""
+    return {key: sa.text(sql) for key, sql in load_queries(SQL_DIR / file_name).items()}
 
 
 def collect_stats(db: Database, since: Since | None = None) -> FleetStats:
