@@ -18,7 +18,15 @@ from collections.abc import Callable
 import torch
 from diffusers import AutoencoderKLWan
 
-from wan_engine.nn.vae import LATENTS_MEAN, LATENTS_STD, TINY_VAE, WAN21_VAE, WanVAE, diffusers_key_map
+from wan_engine.nn.vae import (
+    LATENTS_MEAN,
+    LATENTS_STD,
+    TINY_VAE,
+    WAN21_VAE,
+    WanVAE,
+    diffusers_config,
+    diffusers_key_map,
+)
 
 CONFIGS = {"tiny": TINY_VAE, "wan21": WAN21_VAE}
 
@@ -27,9 +35,7 @@ def build_pair(config: dict, device: str, dtype: torch.dtype) -> tuple[WanVAE, A
     """Our VAE with seeded random weights and diffusers' with the same weights."""
     torch.manual_seed(0)
     ours = WanVAE(**config).eval()
-    reference = AutoencoderKLWan(
-        **dict(config, dim_mult=list(config["dim_mult"]), temperal_downsample=list(config["temperal_downsample"]))
-    ).eval()
+    reference = AutoencoderKLWan(**diffusers_config(config)).eval()
     to_official = diffusers_key_map(config["num_res_blocks"])
     state = ours.state_dict()
     reference.load_state_dict({key: state[to_official(key)] for key in reference.state_dict()})

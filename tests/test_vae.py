@@ -17,6 +17,7 @@ from wan_engine.nn.vae import (
     TINY_VAE,
     WAN21_VAE,
     WanVAE,
+    diffusers_config,
     diffusers_key_map,
     diffusers_to_official,
 )
@@ -31,10 +32,6 @@ SEEDS = (0, 1)
 FRAME_COUNTS = (1, 5, 9)
 HEIGHT, WIDTH = 32, 48
 TOLERANCE = 1e-4  # max abs difference, relative to the largest reference value
-
-
-def diffusers_config(config: dict) -> dict:
-    return dict(config, dim_mult=list(config["dim_mult"]), temperal_downsample=list(config["temperal_downsample"]))
 
 
 def randomise(model: WanVAE, seed: int) -> WanVAE:

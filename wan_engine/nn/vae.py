@@ -29,7 +29,8 @@ the cache (at most two frames per causal layer), independent of F; only the outp
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -478,3 +479,9 @@ def diffusers_key_map(num_res_blocks: int = WAN21_VAE["num_res_blocks"]) -> Call
 
 # The map for the released Wan 2.1 VAE (num_res_blocks = 2).
 diffusers_to_official = diffusers_key_map()
+
+
+def diffusers_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor arguments of diffusers' AutoencoderKLWan for the VAE an official `config` (e.g.
+    WAN21_VAE) describes: the same names, with the tuples as lists."""
+    return dict(config, dim_mult=list(config["dim_mult"]), temperal_downsample=list(config["temperal_downsample"]))
