@@ -10,11 +10,13 @@ import torch
 from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_wan_lora_to_diffusers
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn.utils import parametrize
 
 from wan_engine.errors import InvalidRequest
 from wan_engine.lora import (
     LoraWeights,
     applied_loras,
+    check_loras_fit,
     load_lora,
     lora_file_stem,
     lora_multiplier_schedule,
@@ -383,6 +385,29 @@ def test_keys_for_layers_the_model_lacks_are_reported_and_the_rest_applies() -> 
     with applied_loras(model, [parse_lora_state_dict(state, "i2v")], constant(1.0)) as active:
         assert active.unmatched == {"i2v": ["blocks.0.cross_attn.k_img"]}
         torch.testing.assert_close(run(model), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_check_loras_fit_reports_unmatched_keys_without_installing_anything() -> None:
+    model = make_dit(0)
+    state = {
+        **comfy_state(low_rank_parts(model)),
+        "diffusion_model.blocks.0.cross_attn.k_img.lora_down.weight": torch.ones(RANK, 64),
+        "diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight": torch.ones(64, RANK),
+    }
+    assert check_loras_fit(model, [parse_lora_state_dict(state, "i2v")]) == {"i2v": ["blocks.0.cross_attn.k_img"]}
+    assert all(not m._forward_hooks and not parametrize.is_parametrized(m) for m in model.modules())
+
+
+def test_check_loras_fit_refuses_a_lora_for_another_model_size() -> None:
+    wrong = parse_lora_state_dict(
+        {
+            "diffusion_model.blocks.0.self_attn.k.lora_down.weight": torch.ones(2, 32),
+            "diffusion_model.blocks.0.self_attn.k.lora_up.weight": torch.ones(32, 2),
+        },
+        "big",
+    )
+    with pytest.raises(InvalidRequest, match="big"):
+        check_loras_fit(make_dit(0), [wrong])
 
 
 def test_a_half_pair_is_an_invalid_request() -> None:

@@ -33,7 +33,7 @@ from torch import nn
 from wan_engine import pipeline
 from wan_engine.device_faults import as_device_fault
 from wan_engine.errors import DeviceFault, InvalidRequest, OutOfMemory
-from wan_engine.lora import LoraWeights, applied_loras, load_lora, lora_multiplier_schedule, resolve_lora
+from wan_engine.lora import LoraWeights, check_loras_fit, load_lora, lora_multiplier_schedule, resolve_lora
 from wan_engine.memory import (
     OFFLOAD_POLICIES,
     Experts,
@@ -254,9 +254,8 @@ class Engine:
                 self.load(request.model)
             assert self._loaded is not None
             networks = self._loaded.networks
-            if loras:  # a LoRA that fits no layer fails here, before any denoising
-                with applied_loras(next(iter(networks.experts.networks.values())), loras, lora_schedule):
-                    pass
+            # a LoRA that fits no layer fails here, before any denoising
+            check_loras_fit(next(iter(networks.experts.networks.values())), loras)
             frames = self._run_with_oom_retry(job, networks, on_progress, should_cancel, timer)
         timings = {"load": 0.0, "vace_encode": 0.0, **timer.seconds, "total": time.perf_counter() - started}
         resolved = {

@@ -370,6 +370,14 @@ def applied_loras(
             remove()
 
 
+def check_loras_fit(models: nn.Module | Sequence[nn.Module], loras: Sequence[LoraWeights]) -> dict[str, list[str]]:
+    """The checks of applied_loras without installing anything (no tensor is copied or moved):
+    raises InvalidRequest for a LoRA that matches no layer or does not fit the layer it names;
+    returns the unmatched keys per LoRA name, as ActiveLoras.unmatched."""
+    models = [models] if isinstance(models, nn.Module) else list(models)
+    return _match(models, loras)[1]
+
+
 def _match(models: Sequence[nn.Module], loras: Sequence[LoraWeights]) -> tuple[list[_Targets], dict[str, list[str]]]:
     """Resolve every LoRA entry against every model, checking shapes; nothing is modified."""
     indexes = [_ModuleIndex(model) for model in models]
