@@ -9,8 +9,6 @@ orchestrator's progress says how many segments are done (report_job_progress).
 """
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 import sqlalchemy as sa
 
@@ -23,7 +21,7 @@ from worker.paths import output_file
 from worker.store import CHILD_KEY_PARAM
 from worker.travel.guide import segment_guide
 from worker.travel.plan import TravelPlan
-from worker.video import iter_frames, load_image
+from worker.video import load_image, read_last_frames
 
 
 @register("travel_segment")
@@ -37,11 +35,13 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     segment = plan.segments[index]
     model = reader.text("preset", None) or reader.text("model")
 
-    start = load_image(segment.start_image, plan.width, plan.height, field=f"images[{index}]")
     end = load_image(segment.end_image, plan.width, plan.height, field=f"images[{index + 1}]")
-    tail = None
+    # With an overlap the previous segment's last frames open the guide, so the start image is not decoded.
+    start = tail = None
     if segment.overlap:
         tail = _previous_tail(ctx, reader.text("previous_segment_task_id"), segment.overlap)
+    else:
+        start = load_image(segment.start_image, plan.width, plan.height, field=f"images[{index}]")
     guide = segment_guide(segment.frames, segment.overlap, start, end, tail)
 
     request = GenerationRequest(
@@ -113,10 +113,10 @@ def _previous_tail(ctx: TaskContext, previous_id: str, overlap: int) -> np.ndarr
     if location is None:
         raise ValidationError("previous_segment_task_id", f"segment {previous_id} has no output to continue from")
     try:
-        frames = deque(iter_frames(location), maxlen=overlap)
+        frames = read_last_frames(location, overlap)
     except FileNotFoundError:
         raise ValidationError("previous_segment_task_id", f"the output of segment {previous_id} is gone: {location}") from None
     if len(frames) < overlap:
         raise ValidationError("previous_segment_task_id",
                               f"segment {previous_id} has {len(frames)} frames, fewer than the overlap {overlap}")
-    return np.stack(frames)
+    return frames
