@@ -60,6 +60,18 @@ def test_later_segment_does_not_use_its_start_image_when_it_has_an_overlap() -> 
     assert not any(np.array_equal(frame, START) for frame in result.guide)
 
 
+def test_a_segment_with_an_overlap_needs_no_start_image() -> None:
+    previous = distinct_frames(4, first_value=100)
+    without = segment_guide(frames=9, overlap=2, start_image=None, end_image=END, previous_tail=previous)
+    with_start = segment_guide(frames=9, overlap=2, start_image=START, end_image=END, previous_tail=previous)
+    assert np.array_equal(without.guide, with_start.guide) and np.array_equal(without.mask, with_start.mask)
+
+
+def test_a_segment_without_overlap_and_without_start_image_is_refused() -> None:
+    with pytest.raises(ValueError, match="start image"):
+        segment_guide(frames=9, overlap=0, start_image=None, end_image=END)
+
+
 def test_a_zero_overlap_later_segment_starts_from_its_start_image() -> None:
     previous = distinct_frames(4, first_value=100)
     result = segment_guide(frames=5, overlap=0, start_image=START, end_image=END, previous_tail=previous)

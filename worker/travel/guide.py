@@ -41,7 +41,7 @@ class SegmentGuide:
 def segment_guide(
     frames: int,
     overlap: int,
-    start_image: np.ndarray,
+    start_image: np.ndarray | None,
     end_image: np.ndarray,
     previous_tail: np.ndarray | None = None,
 ) -> SegmentGuide:
@@ -49,15 +49,17 @@ def segment_guide(
 
     start_image, end_image: uint8 [H, W, 3], already fitted to the resolution (video.load_image).
     previous_tail: uint8 [>= overlap, H, W, 3], the end of segment i-1's output; its last `overlap`
-    frames open this segment. Needed when overlap > 0; start_image is then not used, since the
-    previous segment already ended on it.
+    frames open this segment. Needed when overlap > 0; start_image is then not used (the previous
+    segment already ended on it), so a caller may pass None instead of loading it.
     """
     height, width, _ = end_image.shape
-    if start_image.shape != end_image.shape:
+    if start_image is not None and start_image.shape != end_image.shape:
         raise ValueError(f"start and end images differ in size: {start_image.shape} vs {end_image.shape}")
     if not 0 <= overlap < frames:
         raise ValueError(f"overlap must be in 0..{frames - 1} for a {frames}-frame segment, got {overlap}")
     if overlap == 0:
+        if start_image is None:
+            raise ValueError("a segment without overlap opens on its start image, and none was given")
         head = start_image[None]
     else:
         if previous_tail is None or len(previous_tail) < overlap:
