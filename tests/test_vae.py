@@ -192,8 +192,9 @@ def test_diffusers_layout_checkpoint_loads_through_key_map(tmp_path: Path):
     loaded = load_model(
         lambda: WanVAE(**config), [file], dtype=torch.float32, key_map=diffusers_key_map(config["num_res_blocks"])
     )
+    loaded_state = loaded.state_dict()
     for name, tensor in ours.state_dict().items():
-        assert torch.equal(loaded.state_dict()[name], tensor), name
+        assert torch.equal(loaded_state[name], tensor), name
 
 
 def test_bfloat16_weights_encode_close_to_float32(tmp_path: Path):
