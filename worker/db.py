@@ -94,13 +94,11 @@ class Database:
         and values JSON cannot hold raise TypeError, before anything reaches the database."""
         return None if value is None else json.dumps(value, allow_nan=False)
 
-    def encode_ids(self, ids: Sequence[str]) -> list[str] | str:
-        return list(ids) if self.is_postgres else json.dumps(list(ids))
-
-    def encode_names(self, names: Sequence[str] | None) -> list[str] | str | None:
-        if names is None:
+    def encode_text_array(self, values: Sequence[str] | None) -> list[str] | str | None:
+        """A text[] parameter on Postgres, a JSON array (read with json_each) on SQLite; None stays NULL."""
+        if values is None:
             return None
-        return list(names) if self.is_postgres else json.dumps(list(names))
+        return list(values) if self.is_postgres else json.dumps(list(values))
 
     def decode_json(self, value: Any) -> Any:
         if value is None or self.is_postgres:  # psycopg already decoded jsonb

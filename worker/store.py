@@ -161,7 +161,7 @@ class TaskStore:
         task_types None accepts every type."""
         params = {
             "worker_id": worker_id,
-            "task_types": self.db.encode_names(task_types),
+            "task_types": self.db.encode_text_array(task_types),
             "loaded_model": loaded_model,
             "affinity_max_wait_seconds": float(affinity_max_wait_seconds),
         }
@@ -312,7 +312,7 @@ class TaskStore:
                 "task_type": row.task_type,
                 "params": self.db.encode_json(row.params),
                 "priority": default_priority if row.priority is None else row.priority,
-                "dependant_on": self.db.encode_ids(row.dependant_on),
+                "dependant_on": self.db.encode_text_array(row.dependant_on),
                 "parent_task_id": parent_task_id,
                 "project_id": row.project_id if row.project_id is not None else default_project_id,
                 "max_attempts": row.max_attempts,
