@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from worker.errors import ValidationError
-from worker.params import RESOLUTION_MULTIPLE, parse_resolution, split_resolution
+from worker.params import RESOLUTION_MULTIPLE, parse_resolution, round_to_frame_count, split_resolution
 from worker.video import check_image
 
 DEFAULT_MODEL = "vace_14B_cocktail_2_2"  # the Wan 2.2 VACE 14B preset ("vace_22_14b")
@@ -334,7 +334,7 @@ class _Planner:
                 raise ValidationError(
                     f"{name}[{i}]", f"must be in {MIN_SEGMENT_FRAMES}..{MAX_SEGMENT_FRAMES}, got {requested}"
                 )
-            used = (requested - 1) // 4 * 4 + 1
+            used = round_to_frame_count(requested, f"{name}[{i}]")
             if used != requested:
                 self.roundings.append(Rounding(f"segment_frames[{i}]", requested, used, "4n+1, rounded down"))
             rounded.append(used)
