@@ -255,10 +255,12 @@ class _Multipliers:
 
     def __init__(self, count: int):
         self.values = [0.0] * count
+        self.version = 0  # bumped by every set, so hooks know when their cached scales are stale
         self._tensors: dict[torch.device, torch.Tensor] = {}
 
     def set(self, values: Sequence[float]) -> None:
         self.values = [float(v) for v in values]
+        self.version += 1
         host = torch.tensor(self.values, dtype=torch.float32)
         for tensor in self._tensors.values():
             tensor.copy_(host)
@@ -273,7 +275,8 @@ class _LowRankHook:
     """Forward hook of one nn.Linear: adds the (concatenated) low-rank updates of its LoRAs.
 
     All LoRAs on the layer share one down [R, in] and one up [out, R] (R = sum of ranks); per-rank
-    scales m_lora * alpha_lora / rank_lora make it two matmuls whatever the number of LoRAs.
+    scales m_lora * alpha_lora / rank_lora make it two matmuls whatever the number of LoRAs. The
+    scales are recomputed only when the multipliers change (once per step), not at every forward.
     """
 
     def __init__(self, updates: Sequence[tuple[int, LowRank]], like: torch.Tensor, multipliers: _Multipliers):
@@ -285,6 +288,8 @@ class _LowRankHook:
         self.rank_scale = torch.tensor(
             [u.scale for _, u in updates for _ in range(u.rank)], dtype=torch.float32, device=like.device
         )
+        self._scale: torch.Tensor | None = None  # [R] in the input's dtype, for _scale_key
+        self._scale_key: tuple[int, torch.device, torch.dtype] | None = None
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         if not any(self.multipliers.values[i] for i in self.loras):
@@ -293,8 +298,11 @@ class _LowRankHook:
         if self.down.device != x.device or self.down.dtype != x.dtype:  # the layer moved since install
             self.down, self.up = self.down.to(x.device, x.dtype), self.up.to(x.device, x.dtype)
             self.lora_of_rank, self.rank_scale = self.lora_of_rank.to(x.device), self.rank_scale.to(x.device)
-        scale = (self.multipliers.on(x.device)[self.lora_of_rank] * self.rank_scale).to(x.dtype)
-        return output + F.linear(F.linear(x, self.down) * scale, self.up)
+        key = (self.multipliers.version, x.device, x.dtype)
+        if self._scale is None or self._scale_key != key:
+            self._scale = (self.multipliers.on(x.device)[self.lora_of_rank] * self.rank_scale).to(x.dtype)
+            self._scale_key = key
+        return output + F.linear(F.linear(x, self.down) * self._scale, self.up)
 
 
 class _DeltaParametrization(nn.Module):
