@@ -139,13 +139,12 @@ def test_the_files_wan_engine_testing_writes_are_found_for_each_tiny_model(
     assert all(len(paths) == 1 + len(spec.experts[0].modules) for paths in files.experts.values())
     assert all(p.is_file() and p.parent == tiny_models for paths in files.experts.values() for p in paths)
     assert files.vae.is_file() and files.text_encoder.is_file() and (files.tokenizer / "tokenizer.json").is_file()
-    registry.check_files(spec)
 
 
 def test_missing_weights_list_the_expected_names_and_the_folder(tmp_path: Path) -> None:
     registry = ModelRegistry(models_dir=tmp_path)
     with pytest.raises(WeightsMissing) as err:
-        registry.check_files(registry.get("vace_14B_cocktail_2_2"))
+        registry.files_for(registry.get("vace_14B_cocktail_2_2"))
     message = str(err.value)
     for name in ("wan2.2_text2video_14B_high_mbf16.safetensors", "wan2.2_text2video_14B_low_mbf16.safetensors",
                  "wan2.1_Vace_14B_module_mbf16.safetensors", "Wan2.1_VAE.safetensors", str(tmp_path)):  # fmt: skip

@@ -236,10 +236,6 @@ class ModelRegistry:
             )
         return files
 
-    def check_files(self, spec: ModelSpec) -> None:
-        """Raise WeightsMissing unless every file of `spec` is in models_dir (a pre-flight check)."""
-        self.files_for(spec)
-
     def _build(self, key: str) -> ModelSpec:
         definition = self._definitions[key]
         model = definition.get("model")
