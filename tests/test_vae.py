@@ -12,8 +12,6 @@ from diffusers import AutoencoderKLWan
 from torch.profiler import ProfilerActivity, profile
 
 from wan_engine.nn.vae import (
-    LATENTS_MEAN,
-    LATENTS_STD,
     TINY_VAE,
     WAN21_VAE,
     WanVAE,
@@ -62,9 +60,10 @@ def model_pair(config_name: str, seed: int) -> tuple[WanVAE, AutoencoderKLWan]:
     return ours, reference
 
 
-def latent_stats() -> tuple[torch.Tensor, torch.Tensor]:
-    shape = (1, 16, 1, 1, 1)
-    return torch.tensor(LATENTS_MEAN).view(shape), torch.tensor(LATENTS_STD).view(shape)
+def latent_stats(reference: AutoencoderKLWan) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' own latent statistics [1, 16, 1, 1, 1], so the comparisons also check ours."""
+    mean, std = reference.config.latents_mean, reference.config.latents_std
+    return torch.tensor(mean).view(1, 16, 1, 1, 1), torch.tensor(std).view(1, 16, 1, 1, 1)
 
 
 def assert_matches(ours: torch.Tensor, reference: torch.Tensor, scale: float | None = None) -> None:
@@ -114,7 +113,7 @@ def test_real_config_has_the_official_checkpoint_layout():
 def test_encode_matches_diffusers_posterior_mean_normalised(config_name: str, seed: int, frames: int):
     ours, reference = model_pair(config_name, seed)
     video = random_video(frames, seed)
-    mean, std = latent_stats()
+    mean, std = latent_stats(reference)
     with torch.no_grad():
         mu = reference.encode(video).latent_dist.mode()  # the posterior mean, unnormalised
     # Scale of the network's own output, not of the constant mean/std offset the normalisation adds.
@@ -127,7 +126,7 @@ def test_encode_matches_diffusers_posterior_mean_normalised(config_name: str, se
 def test_decode_matches_diffusers(config_name: str, seed: int, frames: int):
     ours, reference = model_pair(config_name, seed)
     latents = random_latents(frames, seed)
-    mean, std = latent_stats()
+    mean, std = latent_stats(reference)
     with torch.no_grad():
         expected = reference.decode(latents * std + mean).sample  # diffusers takes unnormalised latents
     assert expected.shape[2] == frames
