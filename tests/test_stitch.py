@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from worker.travel.stitch import crossfade_weights, stitch, thumbnail_path
-from worker.video import VideoWriter, probe, read_video
+from worker.travel.stitch import crossfade_weights, stitch
+from worker.video import VideoWriter, probe, read_video, thumbnail_path
 
 W, H, FPS = 64, 48, 16
 # Gray levels survive H.264 (CRF 18, yuv420p) to within a level or two; allow a few.

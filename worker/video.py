@@ -312,3 +312,9 @@ def save_png(frame: np.ndarray, path: str | os.PathLike[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(path, format="PNG")
     return path
+
+
+def thumbnail_path(video_path: str | os.PathLike[str]) -> Path:
+    """Where the thumbnail of a video goes: `<name>.thumb.png` beside it."""
+    video_path = Path(video_path)
+    return video_path.with_name(video_path.stem + ".thumb.png")

@@ -23,8 +23,7 @@ from worker.handlers import HandlerResult, TaskContext, register
 from worker.params import MAX_VIDEO_FRAMES, ParamReader, parse_resolution, round_to_frame_count
 from worker.paths import output_file
 from worker.travel.plan import DEFAULT_FPS, DEFAULT_RESOLUTION, DEFAULT_SEED, MAX_FPS, MAX_SEED, RANDOM_SEED
-from worker.travel.stitch import thumbnail_path
-from worker.video import VideoWriter, check_image, iter_frames, save_png
+from worker.video import VideoWriter, check_image, iter_frames, save_png, thumbnail_path
 
 DEFAULT_VIDEO_LENGTH = 81
 DEFAULT_OUTPUT_NAME = "video.mp4"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.video import VideoWriter, iter_frames, save_png
+from worker.video import VideoWriter, iter_frames, save_png, thumbnail_path
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,6 @@ def blend(outgoing: np.ndarray, incoming: np.ndarray, weight: float) -> np.ndarr
     """(1 - weight) * outgoing + weight * incoming, rounded to uint8 [H, W, 3]."""
     mixed = outgoing.astype(np.float32) + (incoming.astype(np.float32) - outgoing) * np.float32(weight)
     return np.rint(mixed).astype(np.uint8)
-
-
-def thumbnail_path(video_path: str | os.PathLike[str]) -> Path:
-    """Where the thumbnail of a video goes: `<name>.thumb.png` beside it."""
-    video_path = Path(video_path)
-    return video_path.with_name(video_path.stem + ".thumb.png")
 
 
 def stitch(
