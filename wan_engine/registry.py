@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from wan_engine.errors import InvalidRequest, UnknownModel, WeightsMissing
 from wan_engine.phases import HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT, SINGLE_EXPERT, PhaseSettings
-from wan_engine.sampling import SAMPLERS
+from wan_engine.sampling import make_sampler
 
 DEFAULT_DEFINITIONS_DIR = Path(__file__).resolve().parent.parent / "defaults"
 PRESETS_FOLDER = "presets"
@@ -387,12 +387,6 @@ def _coerce(name: str, raw: Any, kind: type) -> Any:
 
 
 def _validate(values: Mapping[str, Any], spec: ModelSpec) -> None:
-    if values["num_inference_steps"] < 1:
-        raise InvalidRequest("num_inference_steps", f"must be at least 1, got {values['num_inference_steps']}")
-    if not values["flow_shift"] > 0:
-        raise InvalidRequest("flow_shift", f"must be positive, got {values['flow_shift']}")
-    if values["sample_solver"] not in SAMPLERS:
-        raise InvalidRequest(
-            "sample_solver", f"unknown sampler {values['sample_solver']!r}; known: {', '.join(SAMPLERS)}"
-        )
+    """The sampler's own checks (solver name, step count, shift), then the phase settings'."""
+    make_sampler(values["sample_solver"], values["num_inference_steps"], values["flow_shift"])
     PhaseSettings.from_values(values).validate(spec.is_dual_expert)
