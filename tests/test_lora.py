@@ -356,6 +356,7 @@ def test_a_lora_matching_no_layer_is_an_invalid_request_and_changes_nothing() ->
     )
     with pytest.raises(InvalidRequest, match="stranger"), applied_loras(model, [lora], constant(1.0)):
         pass
+    assert all(not m._forward_hooks and not parametrize.is_parametrized(m) for m in model.modules())
 
 
 def test_a_lora_for_another_model_size_is_an_invalid_request_and_installs_nothing() -> None:
