@@ -17,6 +17,14 @@ RESOLUTION_MULTIPLE = 16  # VAE stride 8 x DiT patch 2
 MAX_SIDE_PIXELS = 4096
 MAX_VIDEO_FRAMES = 1025
 
+# Defaults and bounds every generation task shares (generate_video and travel jobs alike).
+DEFAULT_RESOLUTION = "832x480"
+DEFAULT_FPS = 16
+MAX_FPS = 120
+DEFAULT_SEED = 12345  # headless Wan2GP's default seed_base; -1 asks for a random seed instead
+RANDOM_SEED = -1
+MAX_SEED = 2**32 - 1  # seeds of all segments (seed + index) must fit numpy / torch generators
+
 _Number = TypeVar("_Number", int, float)
 
 

@@ -20,9 +20,19 @@ from PIL import Image
 
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.params import MAX_VIDEO_FRAMES, ParamReader, parse_resolution, round_to_frame_count
+from worker.params import (
+    DEFAULT_FPS,
+    DEFAULT_RESOLUTION,
+    DEFAULT_SEED,
+    MAX_FPS,
+    MAX_SEED,
+    MAX_VIDEO_FRAMES,
+    RANDOM_SEED,
+    ParamReader,
+    parse_resolution,
+    round_to_frame_count,
+)
 from worker.paths import output_file
-from worker.travel.plan import DEFAULT_FPS, DEFAULT_RESOLUTION, DEFAULT_SEED, MAX_FPS, MAX_SEED, RANDOM_SEED
 from worker.video import VideoWriter, check_image, iter_frames, save_png, thumbnail_path
 
 DEFAULT_VIDEO_LENGTH = 81

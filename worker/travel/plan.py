@@ -29,21 +29,26 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from worker.errors import ValidationError
-from worker.params import RESOLUTION_MULTIPLE, parse_resolution, round_to_frame_count, split_resolution
+from worker.params import (
+    DEFAULT_FPS,
+    DEFAULT_RESOLUTION,
+    DEFAULT_SEED,
+    MAX_FPS,
+    MAX_SEED,
+    RANDOM_SEED,
+    RESOLUTION_MULTIPLE,
+    parse_resolution,
+    round_to_frame_count,
+    split_resolution,
+)
 from worker.video import check_image
 
 DEFAULT_MODEL = "vace_14B_cocktail_2_2"  # the Wan 2.2 VACE 14B preset ("vace_22_14b")
-DEFAULT_RESOLUTION = "832x480"
-DEFAULT_FPS = 16
 DEFAULT_SEGMENT_FRAMES = 81
 DEFAULT_FRAME_OVERLAP = 8
-DEFAULT_SEED = 12345  # headless Wan2GP's default seed_base; -1 asks for a random seed instead
-RANDOM_SEED = -1
 
 MIN_SEGMENT_FRAMES = 5  # 4n+1 with n >= 1: a start frame, an end frame and something between
 MAX_SEGMENT_FRAMES = 1000  # ~60 s at 16 fps per segment; far past what Wan keeps coherent
-MAX_FPS = 120
-MAX_SEED = 2**32 - 1  # seeds of all segments (seed + index) must fit numpy / torch generators
 
 # Generation fields a travel job hands through to every segment untouched (the engine resolves them).
 SAMPLING_FIELDS = (
