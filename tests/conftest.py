@@ -162,7 +162,7 @@ def _postgres_binary(name: str) -> str:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -199,7 +199,7 @@ def private_postgres() -> Iterator[PrivateCluster]:
     folder = Path(tempfile.mkdtemp(prefix="wan-worker-pg-"))
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres")
-    cluster = PrivateCluster(folder=folder, port=_free_port())
+    cluster = PrivateCluster(folder=folder, port=free_port())
     subprocess.run(
         _as_postgres_user([_postgres_binary("initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres",
                            "--no-sync", "-E", "UTF8"]),

@@ -22,7 +22,7 @@ from wan_engine.request import GenerationRequest
 from worker.poller import EXIT_DEVICE_FAULT, Worker
 from worker.resources import WorkerResources
 from worker.store import TaskStatus, TaskStore
-from worker_harness import resources, worker_config  # noqa: F401 (resources is a fixture)
+from worker_harness import resources, run_until_idle, worker_config  # noqa: F401 (resources is a fixture)
 
 ILLEGAL_ACCESS = "CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be asynchronously reported"
 
@@ -105,9 +105,8 @@ def test_a_sticky_device_fault_makes_the_engine_refuse_every_later_load_and_gene
 
 def run_worker(store: TaskStore, resources: WorkerResources, tmp_path: Path, **settings: object) -> tuple[Worker, int]:
     """Run a worker in this thread until it is idle or gives its device up; returns it and its exit code."""
-    worker = Worker(worker_config(store, tmp_path / "outputs", resources.models_dir, **settings), store,
-                    resources=resources)
-    return worker, worker.run(exit_when_idle=True)
+    worker = run_until_idle(store, resources, tmp_path / "outputs", **settings)
+    return worker, worker.exit_code
 
 
 def finish_with_another_worker(store: TaskStore, resources: WorkerResources, tmp_path: Path,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from worker.metrics import MeteredTaskStore, WorkerMetrics
 from worker.poller import Worker
 from worker.store import TaskStore
 
-from conftest import store_url, wait_for
+from conftest import free_port, store_url, wait_for
 from test_stats import backdate
 
 
@@ -74,12 +73,6 @@ def test_model_loads_count_switches_between_models() -> None:
     assert sample(metrics, "wan_worker_model_loads_total", model="tiny_t2v") == 1
     assert sample(metrics, "wan_worker_model_loads_total", model="tiny_vace") == 1
     assert sample(metrics, "wan_worker_model_switches_total") == 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_the_metrics_port_serves_counters_and_the_oldest_queued_age(store: TaskStore) -> None:
