@@ -255,11 +255,14 @@ class _Multipliers:
 
     def __init__(self, count: int):
         self.values = [0.0] * count
-        self.version = 0  # bumped by every set, so hooks know when their cached scales are stale
+        self.version = 0  # bumped when set changes the values, so hooks know their cached scales are stale
         self._tensors: dict[torch.device, torch.Tensor] = {}
 
     def set(self, values: Sequence[float]) -> None:
-        self.values = [float(v) for v in values]
+        values = [float(v) for v in values]
+        if values == self.values:  # e.g. a constant multiplier: no copy, cached scales stay valid
+            return
+        self.values = values
         self.version += 1
         host = torch.tensor(self.values, dtype=torch.float32)
         for tensor in self._tensors.values():
