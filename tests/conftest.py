@@ -148,6 +148,19 @@ def wait_for_status(store: TaskStore, task_id: str, status: str, **kwargs: float
     return wait_for(reached, what=f"task {task_id} to be {status}", **kwargs)  # type: ignore[return-value]
 
 
+def backdate(store: TaskStore, task_id: str, days: int) -> None:
+    """Make a row look inserted `days` ago (created_at and its default run_after)."""
+    if store.db.is_postgres:
+        shift = f"interval '{days} days'"
+        sql = f"UPDATE tasks SET created_at = created_at - {shift}, run_after = run_after - {shift} WHERE id = '{task_id}'"
+    else:
+        shift = "strftime('%Y-%m-%d %H:%M:%f', {}, '-" + str(days) + " days')"
+        sql = (f"UPDATE tasks SET created_at = {shift.format('created_at')}, run_after = {shift.format('run_after')} "
+               f"WHERE id = '{task_id}'")
+    with store.db.engine.begin() as conn:
+        conn.exec_driver_sql(sql)
+
+
 def stop_worker(process: subprocess.Popen, timeout_seconds: float = 30.0) -> int:
     process.send_signal(signal.SIGTERM)
     return process.wait(timeout=timeout_seconds)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from test_stats import backdate
+from conftest import backdate
 from worker.metrics import WorkerMetrics
 from worker.resources import WorkerResources
 from worker.store import TaskStatus, TaskStore

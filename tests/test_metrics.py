@@ -13,8 +13,7 @@ from worker.metrics import MeteredTaskStore, WorkerMetrics
 from worker.poller import Worker
 from worker.store import TaskStore
 
-from conftest import free_port, store_url, wait_for
-from test_stats import backdate
+from conftest import backdate, free_port, store_url, wait_for
 
 
 def sample(metrics: WorkerMetrics, name: str, **labels: str) -> float | None:

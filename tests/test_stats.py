@@ -10,7 +10,7 @@ import pytest
 from worker.stats import collect_stats, format_stats, oldest_ready_task_age_seconds, parse_since
 from worker.store import TaskStore
 
-from conftest import REPO_ROOT, store_url
+from conftest import REPO_ROOT, backdate, store_url
 
 
 def run_to_end(store: TaskStore, task_type: str, params: dict, *, result_data: dict | None = None,
@@ -26,19 +26,6 @@ def run_to_end(store: TaskStore, task_type: str, params: dict, *, result_data: d
     else:
         assert store.cancel(task_id) == 1
     return task_id
-
-
-def backdate(store: TaskStore, task_id: str, days: int) -> None:
-    """Make a row look inserted `days` ago (created_at and its default run_after)."""
-    if store.db.is_postgres:
-        shift = f"interval '{days} days'"
-        sql = f"UPDATE tasks SET created_at = created_at - {shift}, run_after = run_after - {shift} WHERE id = '{task_id}'"
-    else:
-        shift = "strftime('%Y-%m-%d %H:%M:%f', {}, '-" + str(days) + " days')"
-        sql = (f"UPDATE tasks SET created_at = {shift.format('created_at')}, run_after = {shift.format('run_after')} "
-               f"WHERE id = '{task_id}'")
-    with store.db.engine.begin() as conn:
-        conn.exec_driver_sql(sql)
 
 
 def test_phase_percentiles_equal_linear_interpolation_of_the_samples(store: TaskStore) -> None:
