@@ -185,10 +185,21 @@ def test_a_worker_carries_on_after_postgres_restarts(private_postgres, start_wor
 
 
 def test_notify_wakes_an_idle_worker_long_before_its_poll_interval(pg_store: TaskStore, in_process_worker) -> None:
-    in_process_worker(pg_store, poll_seconds=600.0)
+    running = in_process_worker(pg_store, poll_seconds=600.0)
     wait_for(lambda: listeners(pg_store) == 1, what="the worker to LISTEN")
-    time.sleep(0.5)  # past its first (empty) claim, into its 600 s wait
-    task_id = pg_store.enqueue("health_check", {})
+    wakeup = running.worker.wakeup
+    idle = threading.Event()
+    wait_600_seconds = wakeup.wait
+
+    def wait_and_record(timeout_seconds: float) -> bool:
+        if not wakeup._event.is_set():  # a real wait: the claim before it found nothing
+            idle.set()
+        return wait_600_seconds(timeout_seconds)
+
+    wakeup.wait = wait_and_record
+    wakeup.set()  # one more loop turn, so an empty claim is followed by the recorded wait
+    assert idle.wait(10), "the worker never went idle"
+    task_id = pg_store.enqueue("health_check", {})  # now only a NOTIFY can wake it within 600 s
     wait_for_status(pg_store, task_id, TaskStatus.COMPLETE, timeout_seconds=30)
 
 
