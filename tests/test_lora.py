@@ -18,11 +18,10 @@ from wan_engine.lora import (
     applied_loras,
     check_loras_fit,
     load_lora,
-    lora_file_stem,
-    lora_multiplier_schedule,
     parse_lora_state_dict,
-    resolve_lora,
 )
+from wan_engine.lora_files import lora_file_stem, resolve_lora
+from wan_engine.multipliers import lora_multiplier_schedule
 from wan_engine.nn.dit import TINY_DIT, WanDiT
 from wan_engine.phases import PhaseSettings, plan_steps
 from wan_engine.sampling import UniPCSampler

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from wan_engine.errors import InvalidRequest, UnknownModel, WeightsMissing
+from wan_engine.errors import UnknownModel, WeightsMissing
 from wan_engine.nn.dit import VACE_14B_LAYERS, VACE_IN_DIM, WAN21_14B, WAN21_1_3B, WanDiT
 from wan_engine.nn.t5 import UMT5_XXL
 from wan_engine.nn.vae import TINY_VAE
-from wan_engine.registry import FAMILY_DEFAULTS, ModelRegistry, ModelSpec, resolve_parameters
-from wan_engine.request import GenerationRequest
+from wan_engine.registry import ModelRegistry, ModelSpec
 from wan_engine.testing import write_tiny_models
 
 TINY_KEYS = ("tiny_t2v", "tiny_vace", "tiny_t2v_2_2", "tiny_vace_2_2")
@@ -124,9 +123,7 @@ def test_presets_are_their_model_with_the_preset_defaults(
     spec = registry.get(preset)
     assert (spec.key, spec.preset) == (model, preset)
     assert spec.experts == registry.get(model).experts
-    values, sources = resolve_parameters(spec, {})
-    assert (values["num_inference_steps"], values["guidance_scale"]) == (steps, guidance)
-    assert sources["num_inference_steps"] == sources["guidance_scale"] == "definition"
+    assert {"num_inference_steps": steps, "guidance_scale": guidance}.items() <= spec.preset_defaults.items()
 
 
 @pytest.mark.parametrize("key", TINY_KEYS)
@@ -182,88 +179,3 @@ def test_a_broken_definition_fails_at_startup_naming_it(
     defaults = write_defaults(tmp_path / "defaults", definitions, presets)
     with pytest.raises(ValueError, match=message):
         ModelRegistry(models_dir=tmp_path, defaults_dir=defaults)
-
-
-def test_explicit_values_beat_the_definition_which_beats_the_family(registry: ModelRegistry) -> None:
-    spec = registry.get("t2v_2_2")
-    values, sources = resolve_parameters(spec, {"guidance_scale": 6.0, "num_inference_steps": None})
-    assert (values["guidance_scale"], sources["guidance_scale"]) == (6.0, "request")
-    assert (values["guidance2_scale"], sources["guidance2_scale"]) == (3.0, "definition")
-    assert (values["flow_shift"], sources["flow_shift"]) == (12.0, "definition")
-    assert (values["num_inference_steps"], sources["num_inference_steps"]) == (10, "family")
-    assert (values["guidance3_scale"], sources["guidance3_scale"]) == (1.0, "family")
-
-
-@pytest.mark.parametrize("key,family", [("t2v_1.3B", "wan2_1"), ("vace_14B", "wan2_1")])
-def test_wan21_family_defaults_fill_what_the_definition_leaves_out(
-    registry: ModelRegistry, key: str, family: str
-) -> None:
-    values, sources = resolve_parameters(registry.get(key), {})
-    assert values["num_inference_steps"] == 25 and values["guidance_scale"] == 7.5
-    assert {name: values[name] for name in FAMILY_DEFAULTS[family]} == FAMILY_DEFAULTS[family]
-    assert set(sources.values()) == {"family"}
-
-
-def test_wan22_family_defaults_are_ten_steps_guidance_one_shift_two(registry: ModelRegistry) -> None:
-    values, sources = resolve_parameters(registry.get("tiny_vace_2_2"), {})
-    assert (values["guidance_scale"], values["guidance2_scale"], values["flow_shift"]) == (1.0, 1.0, 2.0)
-    assert sources["flow_shift"] == "family" and values["switch_threshold"] == 875.0
-    assert FAMILY_DEFAULTS["wan2_2"]["num_inference_steps"] == 10
-    assert (values["num_inference_steps"], sources["num_inference_steps"]) == (4, "definition")
-
-
-def test_a_generation_request_resolves_like_its_fields(registry: ModelRegistry) -> None:
-    request = GenerationRequest(
-        model="vace_22_14b", prompt="a cat", width=832, height=480, video_length=81, flow_shift=3.0,
-        sample_solver="euler", lora_names=["CausVid"], lora_multipliers=["1;0"],
-    )  # fmt: skip
-    values, sources = resolve_parameters(registry.get(request.model), request)
-    assert (values["flow_shift"], values["sample_solver"]) == (3.0, "euler")
-    assert (values["lora_names"], values["lora_multipliers"]) == (["CausVid"], ["1;0"])
-    assert sources["lora_names"] == sources["lora_multipliers"] == sources["flow_shift"] == "request"
-    assert sources["num_inference_steps"] == "definition"
-
-
-def test_definition_loras_apply_unless_the_request_names_its_own(registry: ModelRegistry) -> None:
-    spec = registry.get("vace_14B_cocktail_2_2")
-    values, sources = resolve_parameters(spec, {})
-    assert values["lora_names"] == list(spec.loras) and values["lora_multipliers"] == ["1", "0.2", "0.5", "0.5"]
-    assert sources["lora_names"] == "definition"
-    values, _ = resolve_parameters(spec, {"lora_names": ["DetailEnhancerV1"]})
-    assert (values["lora_names"], values["lora_multipliers"]) == (["DetailEnhancerV1"], [])
-    values, sources = resolve_parameters(spec, {"lora_multipliers": ["1", "0", "0", "0"]})
-    assert values["lora_names"] == list(spec.loras) and sources["lora_multipliers"] == "request"
-
-
-def test_an_empty_solver_name_means_unipc(registry: ModelRegistry) -> None:
-    assert resolve_parameters(registry.get("t2v"), {"sample_solver": ""})[0]["sample_solver"] == "unipc"
-
-
-@pytest.mark.parametrize(
-    "key,fields,field",
-    [
-        ("t2v", {"width": 830, "height": 480, "video_length": 81}, "resolution"),
-        ("t2v", {"width": 832, "height": 488, "video_length": 81}, "resolution"),
-        ("t2v", {"width": 832, "height": 480, "video_length": 80}, "video_length"),
-        ("t2v", {"width": 832, "height": 480, "video_length": 0}, "video_length"),
-        ("t2v_2_2", {"guidance_phases": 1}, "guidance_phases"),
-        ("t2v_2_2", {"model_switch_phase": 2}, "model_switch_phase"),
-        ("t2v", {"sample_solver": "ddim"}, "sample_solver"),
-        ("t2v", {"num_inference_steps": 2.5}, "num_inference_steps"),
-        ("t2v", {"num_inference_steps": 0}, "num_inference_steps"),
-        ("t2v", {"guidance_scale": "high"}, "guidance_scale"),
-        ("t2v", {"flow_shift": 0}, "flow_shift"),
-        ("t2v", {"guidance_phases": 3, "switch_threshold": 500, "switch_threshold2": 700}, "switch_threshold2"),
-    ],
-)
-def test_bad_values_are_invalid_requests_naming_the_field(
-    registry: ModelRegistry, key: str, fields: dict, field: str
-) -> None:
-    with pytest.raises(InvalidRequest) as err:
-        resolve_parameters(registry.get(key), fields)
-    assert err.value.field == field
-
-
-def test_a_good_geometry_passes(registry: ModelRegistry) -> None:
-    values, _ = resolve_parameters(registry.get("t2v"), {"width": 832, "height": 480, "video_length": 81})
-    assert values["num_inference_steps"] == 25

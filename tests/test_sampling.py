@@ -14,8 +14,8 @@ from wan_engine.sampling import (
     UniPCSampler,
     classifier_free_guidance,
     make_sampler,
-    shift_sigmas,
 )
+from wan_engine.schedules import shift_sigmas
 
 STEPS_AND_SHIFTS = [(1, 5.0), (2, 3.0), (4, 1.0), (6, 5.0), (10, 2.0), (20, 12.0), (30, 8.0)]
 

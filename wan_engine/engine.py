@@ -33,7 +33,7 @@ from torch import nn
 from wan_engine import pipeline
 from wan_engine.device_faults import as_device_fault
 from wan_engine.errors import DeviceFault, InvalidRequest, OutOfMemory
-from wan_engine.lora import LoraWeights, check_loras_fit, load_lora, lora_multiplier_schedule, resolve_lora
+from wan_engine.lora import LoraWeights, check_loras_fit, load_lora
 from wan_engine.memory import (
     OFFLOAD_POLICIES,
     Experts,
@@ -45,10 +45,11 @@ from wan_engine.memory import (
 from wan_engine.nn.dit import WanDiT
 from wan_engine.nn.t5 import UMT5Encoder
 from wan_engine.nn.vae import WanVAE
-from wan_engine.phases import PhaseSettings, StepPlan, plan_steps
-from wan_engine.registry import DEFAULT_DEFINITIONS_DIR, ModelFiles, ModelRegistry, ModelSpec, resolve_parameters
+from wan_engine.phases import StepPlan
+from wan_engine.registry import DEFAULT_DEFINITIONS_DIR, ModelFiles, ModelRegistry, ModelSpec
 from wan_engine.request import GenerationRequest, GenerationResult
 from wan_engine.sampling import FlowSampler, make_sampler
+from wan_engine.schema import DEFAULT_LIMITS, Checked, Limits, validate
 from wan_engine.tokenizer import T5Tokenizer
 from wan_engine.weights import load_model
 
@@ -117,6 +118,7 @@ class Engine:
         *,
         vae_dtype: torch.dtype = torch.float32,
         defaults_dir: str | Path = DEFAULT_DEFINITIONS_DIR,
+        limits: Limits = DEFAULT_LIMITS,
     ):
         if offload not in OFFLOAD_POLICIES:
             raise ValueError(f"offload must be one of {', '.join(OFFLOAD_POLICIES)}, got {offload!r}")
@@ -129,6 +131,7 @@ class Engine:
         self.vae_dtype = vae_dtype
         self.offload = offload
         self.keep_previous_in_ram = keep_previous_in_ram
+        self.limits = limits
         self.oom_injections = 0
         self.device_fault_injections: list[BaseException | None] = []
         self.device_fault: DeviceFault | None = None
@@ -229,8 +232,9 @@ class Engine:
         should_cancel = should_cancel or (lambda: False)
         timer = pipeline.PhaseTimer(self.device)
 
-        spec, values, sources, plan, lora_files, lora_schedule = self._validated(request)
-        loras = [self._lora(path) for path in lora_files]
+        checked = self._validated(request)
+        values = checked.values
+        loras = [self._lora(path) for path in checked.lora_files]
 
         def job() -> pipeline.Job:
             """A fresh job (samplers keep state, so each attempt gets its own)."""
@@ -242,11 +246,11 @@ class Engine:
                 num_frames=request.video_length,
                 seed=request.seed,
                 sampler=new_sampler(values),
-                plan=plan,
+                plan=checked.plan,
                 controls=_control_streams(request),
                 references=list(request.image_refs),
                 loras=loras,
-                lora_schedule=lora_schedule,
+                lora_schedule=checked.lora_schedule,
             )
 
         with self._device_failures_as_faults():
@@ -264,9 +268,9 @@ class Engine:
             "width": request.width,
             "height": request.height,
             "video_length": request.video_length,
-            "sources": sources,
+            "sources": checked.sources,
         }
-        return GenerationResult(frames=frames, timings=timings, resolved=resolved, model=spec.key)
+        return GenerationResult(frames=frames, timings=timings, resolved=resolved, model=checked.spec.key)
 
     def check(self, request: GenerationRequest) -> None:
         """Validate `request` as generate() does (model, parameters, geometry, control inputs, LoRA
@@ -274,21 +278,12 @@ class Engine:
         work (a travel orchestrator) can refuse a bad request before queueing it."""
         self._validated(request)
 
-    def _validated(
-        self, request: GenerationRequest
-    ) -> tuple[ModelSpec, dict[str, Any], dict[str, str], list[StepPlan], list[Path], list[list[float]]]:
-        """(spec, resolved values, their sources, step plan, LoRA files, LoRA schedule) of a valid
-        request; raises UnknownModel or InvalidRequest otherwise."""
-        spec = self.registry.get(request.model)
-        values, sources = resolve_parameters(spec, request)
-        _check_inputs(request, spec)
-        settings = PhaseSettings.from_values(values)
-        plan = plan_steps(new_sampler(values).timesteps, settings, spec.is_dual_expert)
-        lora_files = [resolve_lora(name, self.models_dir / LORAS_FOLDER) for name in values["lora_names"]]
-        lora_schedule = lora_multiplier_schedule(
-            values["lora_multipliers"], len(lora_files), plan, settings.guidance_phases, settings.model_switch_phase
-        )
-        return spec, values, sources, plan, lora_files, lora_schedule
+    def _validated(self, request: GenerationRequest) -> Checked:
+        """The request checked by wan_engine.schema.validate (model, parameters, geometry, prompt, LoRA
+        names and multipliers) and its control inputs; raises UnknownModel or InvalidRequest otherwise."""
+        checked = validate(self.registry, request, self.models_dir / LORAS_FOLDER, self.limits)
+        _check_inputs(request, checked.spec)
+        return checked
 
     def _run_with_oom_retry(
         self,

@@ -14,16 +14,8 @@ A low-rank pair adds m * (alpha / rank) * up @ down to the weight (scale 1 witho
 delta adds m * delta. Keys naming layers the model does not have (i2v-only `k_img`, `img_emb`, ...)
 are skipped and reported; a LoRA none of whose keys fits the model is an error.
 
-Multipliers (one string per LoRA, Wan2GP syntax):
-- "0.8": the same value at every step;
-- "1;0" / "0;1;0": one value per guidance phase, `;`-separated; the number of values must equal the
-  generation's guidance_phases, except that two values on a 3-phase generation are read, as Wan2GP
-  does, as high-noise;low-noise: the value of the side that spans two phases is repeated (phases
-  1+2 with model_switch_phase 2, phases 2+3 otherwise);
-- "1,0.8,0.6": values spread over the steps (of the whole generation, or of one phase when written
-  inside a `;` part: "1,0.5;0"). As in Wan2GP, k values over n steps give step i the value
-  number floor(i * k / n), so each value covers a run of consecutive steps. Unlike Wan2GP, which
-  silently drops values when k > n, more values than steps is an error.
+Multipliers (one string per LoRA, Wan2GP syntax: "0.8", "1;0", "1,0.5;0") become a value per
+step in wan_engine.multipliers; names become files in wan_engine.lora_files (both torch-free).
 
 Application: `applied_loras(models, loras, schedule)` is a context manager that installs, on each
 targeted layer, a forward hook adding the low-rank update in the forward path
@@ -35,13 +27,11 @@ for that step at the cost of a few scalar writes.
 """
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -51,9 +41,6 @@ from torch.nn.utils import parametrize
 
 from wan_engine.errors import InvalidRequest
 from wan_engine.nn.dit import diffusers_to_official
-from wan_engine.phases import StepPlan, steps_per_phase
-
-LORA_SUFFIX = ".safetensors"
 
 # key suffix -> role; the longest matching suffix wins
 _ROLES = {
@@ -168,86 +155,6 @@ def _official_module_name(module: str) -> str:
     """Rename a diffusers module name with the DiT checkpoint key map (which works on tensor keys)."""
     renamed = diffusers_to_official(f"{module}.weight")
     return module if renamed is None else renamed[: -len(".weight")]
-
-
-def lora_file_stem(name: str) -> str:
-    """The file stem a LoRA name stands for: a URL or a path by its file name, with or without
-    the .safetensors extension."""
-    path = urlsplit(name).path if "://" in name else name
-    file = PurePosixPath(path.replace("\\", "/")).name
-    return file[: -len(LORA_SUFFIX)] if file.lower().endswith(LORA_SUFFIX) else file
-
-
-def resolve_lora(name: str, loras_dir: str | Path) -> Path:
-    """The file in `loras_dir` whose stem equals the name's stem, case-insensitively."""
-    loras_dir = Path(loras_dir)
-    present = sorted(loras_dir.glob(f"*{LORA_SUFFIX}")) if loras_dir.is_dir() else []
-    wanted = lora_file_stem(name).lower()
-    for path in present:
-        if path.stem.lower() == wanted:
-            return path
-    listing = ", ".join(p.stem for p in present) or "none"
-    raise InvalidRequest("lora_names", f"no LoRA {name!r} in {loras_dir} (present: {listing})")
-
-
-def lora_multiplier_schedule(
-    multipliers: Sequence[str | float],
-    num_loras: int,
-    plan: Sequence[StepPlan],
-    guidance_phases: int,
-    model_switch_phase: int = 1,
-) -> list[list[float]]:
-    """Per LoRA, its multiplier at every step of `plan` ([num_loras][len(plan)]).
-
-    LoRAs without a multiplier get 1.0. Raises InvalidRequest (field lora_multipliers) for a string
-    that is not a number list, has the wrong number of phases, or more values than steps.
-    """
-    if len(multipliers) > num_loras:
-        raise InvalidRequest("lora_multipliers", f"{len(multipliers)} multipliers for {num_loras} LoRAs")
-    counts = steps_per_phase(plan, guidance_phases)
-    texts = [*multipliers, *[1.0] * (num_loras - len(multipliers))]
-    return [_expand_multiplier(text, counts, model_switch_phase) for text in texts]
-
-
-def _expand_multiplier(text: str | float, counts: Sequence[int], model_switch_phase: int) -> list[float]:
-    """One multiplier string -> its value at each step; counts = steps in each guidance phase."""
-    if not isinstance(text, str):
-        return [float(text)] * sum(counts)
-    phases = text.split(";")
-    if len(phases) == 1:
-        return _spread(_numbers(text, text), sum(counts), text, "the generation")
-    if len(phases) == 2 and len(counts) == 3:  # high;low on three phases
-        phases = [phases[0], *phases] if model_switch_phase == 2 else [*phases, phases[1]]
-    if len(phases) != len(counts):
-        raise InvalidRequest(
-            "lora_multipliers",
-            f"{text!r} gives {len(phases)} phase values; this generation has {len(counts)} guidance phases",
-        )
-    values: list[float] = []
-    for number, (part, steps) in enumerate(zip(phases, counts), start=1):
-        values += _spread(_numbers(part, text), steps, text, f"phase {number}")
-    return values
-
-
-def _numbers(part: str, text: str) -> list[float]:
-    try:
-        values = [float(value) for value in part.split(",")]
-    except ValueError:
-        values = []
-    if not values or not all(math.isfinite(v) for v in values):
-        raise InvalidRequest("lora_multipliers", f"{text!r}: {part.strip()!r} is not a list of numbers")
-    return values
-
-
-def _spread(values: list[float], steps: int, text: str, where: str) -> list[float]:
-    """A single value covers every step; k values over n >= k steps give step i value[i*k // n]."""
-    if len(values) == 1:
-        return values * steps
-    if len(values) > steps:
-        raise InvalidRequest(
-            "lora_multipliers", f"{text!r} lists {len(values)} per-step values for the {steps} steps of {where}"
-        )
-    return [values[i * len(values) // steps] for i in range(steps)]
 
 
 class _Multipliers:

@@ -12,7 +12,9 @@ Timesteps only decrease, so once a phase ends it never comes back.
 A dual-expert model (Wan 2.2 A14B) hands over from the high-noise to the low-noise expert at the
 start of phase `model_switch_phase + 1`: with model_switch_phase = 1 the switch is at
 switch_threshold (the usual 2-phase Wan 2.2 setup), with model_switch_phase = 2 (3 phases only) it
-is at switch_threshold2. Single-expert models run their one network ("main") in every phase.
+is at switch_threshold2, and with model_switch_phase = 3 it never happens: the high-noise expert runs
+every step, as in Wan2GP, which switches when entering phase `model_switch_phase + 1`. Single-expert
+models run their one network ("main") in every phase.
 
 One deliberate difference from Wan2GP: Wan2GP moves to the next phase when t <= threshold, whereas
 the official Wan 2.2 code and diffusers' WanPipeline keep the high-noise expert while
@@ -55,7 +57,7 @@ class StepPlan:
 @dataclass(frozen=True)
 class PhaseSettings:
     """The Wan2GP guidance-phase knobs, with the request's field names. The defaults are neutral
-    (one phase, no CFG); real defaults come from the model definition (registry.resolve_parameters)."""
+    (one phase, no CFG); real defaults come from the model definition (schema.resolve)."""
 
     guidance_phases: int = 1
     guidance_scale: float = 1.0
@@ -67,7 +69,7 @@ class PhaseSettings:
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> PhaseSettings:
-        """Pick the phase fields out of resolved parameters (see registry.resolve_parameters)."""
+        """Pick the phase fields out of resolved parameters (see schema.resolve)."""
         return cls(
             guidance_phases=int(values["guidance_phases"]),
             guidance_scale=float(values["guidance_scale"]),
@@ -99,10 +101,10 @@ class PhaseSettings:
                 raise InvalidRequest(
                     "guidance_phases", "a dual-expert model needs 2 or 3 phases: the experts switch at a phase boundary"
                 )
-            if not 1 <= self.model_switch_phase < self.guidance_phases:
+            if not 1 <= self.model_switch_phase <= MAX_PHASES:
                 raise InvalidRequest(
                     "model_switch_phase",
-                    f"the expert switch follows phase 1..{self.guidance_phases - 1}, got {self.model_switch_phase}",
+                    f"the expert switch follows phase 1..{self.guidance_phases - 1} (3: never), got {self.model_switch_phase}",
                 )
 
     def phase_of(self, timestep: float) -> int:

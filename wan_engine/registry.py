@@ -1,5 +1,5 @@
 """Model definitions (defaults/*.json, Wan2GP's format) -> what to build, which files to load, and
-the sampling parameters of a request.
+the sampling defaults each model gives its requests (applied by wan_engine.schema).
 
 A definition file `defaults/<key>.json`:
 
@@ -17,7 +17,7 @@ A definition file `defaults/<key>.json`:
   network configuration from ARCHITECTURES below.
 - `loras` / `loras_multipliers` (inside "model" as in Wan2GP, or at the top level) are the LoRAs
   the model runs with unless a request names its own.
-- Every other top-level key is a sampling default of the model.
+- Every other top-level key is a sampling default of the model (see wan_engine.schema).
 
 A preset `defaults/presets/<name>.json` is `{"model": <definition key>, <sampling defaults>...}`:
 another name for a definition, whose defaults override the definition's.
@@ -33,41 +33,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from wan_engine.errors import InvalidRequest, UnknownModel, WeightsMissing
-from wan_engine.phases import HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT, SINGLE_EXPERT, PhaseSettings
-from wan_engine.sampling import make_sampler
+from wan_engine.errors import UnknownModel, WeightsMissing
+from wan_engine.phases import HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT, SINGLE_EXPERT
+from wan_engine.schema import WAN21, WAN22
 
 DEFAULT_DEFINITIONS_DIR = Path(__file__).resolve().parent.parent / "defaults"
 PRESETS_FOLDER = "presets"
-
-WAN21 = "wan2_1"
-WAN22 = "wan2_2"
-
-# What a request may leave out, with its type; explicit > definition (or preset) > family.
-SAMPLING_FIELDS: dict[str, type] = {
-    "num_inference_steps": int,
-    "guidance_scale": float,
-    "guidance2_scale": float,
-    "guidance3_scale": float,
-    "guidance_phases": int,
-    "switch_threshold": float,
-    "switch_threshold2": float,
-    "model_switch_phase": int,
-    "flow_shift": float,
-    "sample_solver": str,
-}
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    WAN21: dict(
-        num_inference_steps=25, guidance_scale=7.5, guidance2_scale=7.5, guidance3_scale=7.5, guidance_phases=1,
-        switch_threshold=0.0, switch_threshold2=0.0, model_switch_phase=1, flow_shift=5.0, sample_solver="unipc",
-    ),
-    WAN22: dict(
-        num_inference_steps=10, guidance_scale=1.0, guidance2_scale=1.0, guidance3_scale=1.0, guidance_phases=2,
-        switch_threshold=875.0, switch_threshold2=0.0, model_switch_phase=1, flow_shift=2.0, sample_solver="unipc",
-    ),
-}  # fmt: skip
-REQUEST, DEFINITION, FAMILY = "request", "definition", "family"
-
 
 @dataclass(frozen=True)
 class Architecture:
@@ -126,6 +97,7 @@ class ModelSpec:
     text_encoder_file: FileChoice
     tokenizer_folder: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    preset_defaults: Mapping[str, Any] = field(default_factory=dict)  # what the preset sets over `defaults`
     loras: tuple[str, ...] = ()
     lora_multipliers: tuple[str, ...] = ()
     preset: str | None = None  # the preset name this spec was asked for by, if any
@@ -199,7 +171,7 @@ class ModelRegistry:
                 raise ValueError(f"preset {name}: model {target!r} is not a definition in {self.defaults_dir}")
             base = self._specs[target]
             overrides = {k: v for k, v in preset.items() if k != "model"}
-            self._presets[name] = replace(base, defaults={**base.defaults, **overrides}, preset=name)
+            self._presets[name] = replace(base, preset_defaults=overrides, preset=name)
 
     @property
     def known_keys(self) -> list[str]:
@@ -322,71 +294,3 @@ def _choice(urls: str | Sequence[str]) -> FileChoice:
     names = [_file_name(u) for u in ([urls] if isinstance(urls, str) else urls)]
     usable = [n for n in names if "quanto" not in n.lower()]
     return tuple(usable or names)
-
-
-def resolve_parameters(spec: ModelSpec, request: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    """Sampling parameters and LoRAs for `request` (a GenerationRequest or a mapping of its fields;
-    None means "not given"): explicit value > model definition (or preset) > family defaults.
-
-    Returns (values, sources) where sources[field] is "request", "definition" or "family". Also
-    validates the result, and the geometry (width, height, video_length) when the request has it;
-    InvalidRequest names the offending field.
-    """
-    given = request.get if isinstance(request, Mapping) else lambda name: getattr(request, name, None)
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for name, kind in SAMPLING_FIELDS.items():
-        if given(name) is not None:
-            raw, sources[name] = given(name), REQUEST
-        elif name in spec.defaults:
-            raw, sources[name] = spec.defaults[name], DEFINITION
-        else:
-            raw, sources[name] = FAMILY_DEFAULTS[spec.family][name], FAMILY
-        values[name] = _coerce(name, raw, kind)
-    values["sample_solver"] = values["sample_solver"] or "unipc"  # Wan2GP's default for ""
-
-    if given("lora_names") is not None:
-        values["lora_names"], sources["lora_names"] = [str(n) for n in given("lora_names")], REQUEST
-        definition_multipliers: list[str] = []
-    else:
-        values["lora_names"], sources["lora_names"] = list(spec.loras), DEFINITION if spec.loras else FAMILY
-        definition_multipliers = list(spec.lora_multipliers)
-    if given("lora_multipliers") is not None:
-        values["lora_multipliers"], sources["lora_multipliers"] = [str(m) for m in given("lora_multipliers")], REQUEST
-    else:
-        values["lora_multipliers"] = definition_multipliers
-        sources["lora_multipliers"] = DEFINITION if definition_multipliers else FAMILY
-
-    _validate(values, spec)
-    if all(given(name) is not None for name in ("width", "height", "video_length")):
-        validate_geometry(int(given("width")), int(given("height")), int(given("video_length")))
-    return values, sources
-
-
-def validate_geometry(width: int, height: int, video_length: int) -> None:
-    """Wan needs sizes that patchify exactly (multiples of 16 pixels) and 4n+1 frames (the VAE
-    compresses 4 frames per latent after the first)."""
-    if width <= 0 or height <= 0 or width % 16 or height % 16:
-        raise InvalidRequest("resolution", f"{width}x{height}: width and height must be positive multiples of 16")
-    if video_length < 1 or (video_length - 1) % 4:
-        raise InvalidRequest("video_length", f"{video_length} frames: must be 4n+1 (1, 5, ..., 81)")
-
-
-def _coerce(name: str, raw: Any, kind: type) -> Any:
-    if kind is str:
-        if not isinstance(raw, str):
-            raise InvalidRequest(name, f"must be a string, got {raw!r}")
-        return raw
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-        raise InvalidRequest(name, f"must be a number, got {raw!r}")
-    if kind is int:
-        if raw != int(raw):
-            raise InvalidRequest(name, f"must be an integer, got {raw!r}")
-        return int(raw)
-    return float(raw)
-
-
-def _validate(values: Mapping[str, Any], spec: ModelSpec) -> None:
-    """The sampler's own checks (solver name, step count, shift), then the phase settings'."""
-    make_sampler(values["sample_solver"], values["num_inference_steps"], values["flow_shift"])
-    PhaseSettings.from_values(values).validate(spec.is_dual_expert)

@@ -9,8 +9,8 @@ import numpy as np
 
 @dataclass
 class GenerationRequest:
-    """One generation. Sampling fields left as None come from the model definition, then the
-    family defaults (see wan_engine.registry.resolve_parameters).
+    """One generation. Sampling fields left as None come from the preset, the model definition, then
+    the family defaults (see wan_engine.schema, which lists every field with its bounds).
 
     Video inputs are arrays already read from disk:
     video_guide uint8 [F,H,W,3]; video_mask uint8 [F,H,W] with 255 = generate, 0 = keep;

@@ -8,16 +8,9 @@ timestep = sigma * 1000.
 The shift s warps a uniform grid toward the noisy end: sigma' = s * sigma / (1 + (s - 1) * sigma).
 
 Each sampler keeps the grid that Wan (and Wan2GP, whose `sample_solver` names are used here) uses
-for it, so phase thresholds such as `switch_threshold = 875` land on the same steps as there:
-
-    unipc  linspace(0.999, 0, n + 1)[:n], shifted; timesteps truncated to integers
-           (Wan's FlowUniPCMultistepScheduler; 0.999 is its sigma_max, stored in float32)
-    dpm++  linspace(1, 0, n + 1)[:n], shifted; timesteps truncated to integers
-           (Wan's get_sampling_sigmas + FlowDPMSolverMultistepScheduler)
-    euler  linspace(1, 0.001, n), shifted; float timesteps (Wan2GP's euler loop)
-
-The grids are computed with numpy in float64, exactly as those references do, so the integer
-timesteps agree with them bit for bit.
+for it (wan_engine.schedules, torch-free), so phase thresholds such as `switch_threshold = 875` land
+on the same steps as there. The grids are computed with numpy in float64, exactly as those
+references do, so the integer timesteps agree with them bit for bit.
 
 Usage, one instance per generation (the multistep samplers keep history):
 
@@ -34,14 +27,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
-from wan_engine.errors import InvalidRequest
-
-NUM_TRAIN_TIMESTEPS = 1000
-
-
-def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
-    """Wan's time shift: sigma' = shift * sigma / (1 + (shift - 1) * sigma). Keeps 0 and 1 fixed."""
-    return shift * sigmas / (1 + (shift - 1) * sigmas)
+from wan_engine import schedules
 
 
 def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -72,26 +58,17 @@ class FlowSampler(ABC):
     name: str
 
     def __init__(self, num_steps: int, shift: float):
-        if num_steps < 1:
-            raise InvalidRequest("num_inference_steps", f"must be at least 1, got {num_steps}")
-        if not shift > 0:
-            raise InvalidRequest("flow_shift", f"must be positive, got {shift}")
         self.num_steps = num_steps
         self.shift = shift
-        sigmas = shift_sigmas(self.unshifted_sigmas(num_steps), shift)
+        sigmas = schedules.shifted_sigmas(self.name, num_steps, shift)
         self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]))
-        self.timesteps = torch.from_numpy(self._timesteps_for(sigmas)).to(torch.float32)
+        self.timesteps = torch.from_numpy(schedules.timesteps(self.name, num_steps, shift))
         self.step_index = 0
 
-    @staticmethod
-    @abstractmethod
-    def unshifted_sigmas(num_steps: int) -> np.ndarray:
-        """[num_steps] float64: this sampler's grid before the shift (see the module docstring)."""
-
-    @staticmethod
-    def _timesteps_for(sigmas: np.ndarray) -> np.ndarray:
-        """Integer timesteps, truncated as the reference schedulers cast them to int64."""
-        return np.trunc(sigmas * NUM_TRAIN_TIMESTEPS)
+    @classmethod
+    def unshifted_sigmas(cls, num_steps: int) -> np.ndarray:
+        """[num_steps] float64: this sampler's grid before the shift (wan_engine.schedules)."""
+        return schedules.GRIDS[cls.name][0](num_steps)
 
     def step(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """Advance `sample` [B,C,F,H,W] from sigmas[i] to sigmas[i+1] given the flow prediction
@@ -118,14 +95,6 @@ class EulerSampler(FlowSampler):
 
     name = "euler"
 
-    @staticmethod
-    def unshifted_sigmas(num_steps: int) -> np.ndarray:
-        return np.linspace(1.0, 1.0 / NUM_TRAIN_TIMESTEPS, num_steps)
-
-    @staticmethod
-    def _timesteps_for(sigmas: np.ndarray) -> np.ndarray:
-        return sigmas * NUM_TRAIN_TIMESTEPS
-
     def _update(self, v: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
         return x + (self._sigma(i + 1) - self._sigma(i)) * v
 
@@ -150,10 +119,6 @@ class DPMPP2MSampler(_DataPredictionSampler):
     """
 
     name = "dpm++"
-
-    @staticmethod
-    def unshifted_sigmas(num_steps: int) -> np.ndarray:
-        return np.linspace(1.0, 0.0, num_steps + 1)[:num_steps]
 
     def _update(self, v: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
         sigma_s0, sigma_t = self._sigma(i), self._sigma(i + 1)
@@ -183,17 +148,11 @@ class UniPCSampler(_DataPredictionSampler):
     """
 
     name = "unipc"
-    # Wan builds the grid from sigma_max = 1 - 1/1000 held in a float32 tensor.
-    _SIGMA_MAX = float(np.float32(1.0 - 1.0 / NUM_TRAIN_TIMESTEPS))
 
     def __init__(self, num_steps: int, shift: float):
         super().__init__(num_steps, shift)
         self._last_sample: torch.Tensor | None = None
         self._last_order = 0
-
-    @staticmethod
-    def unshifted_sigmas(num_steps: int) -> np.ndarray:
-        return np.linspace(UniPCSampler._SIGMA_MAX, 0.0, num_steps + 1)[:num_steps]
 
     def _update(self, v: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
         x0 = x - self._sigma(i) * v
@@ -262,7 +221,4 @@ SAMPLERS: dict[str, type[FlowSampler]] = {
 
 def make_sampler(name: str, num_steps: int, shift: float) -> FlowSampler:
     """A fresh sampler by Wan2GP `sample_solver` name ("" means "unipc", as in Wan2GP)."""
-    cls = SAMPLERS.get(name or "unipc")
-    if cls is None:
-        raise InvalidRequest("sample_solver", f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
-    return cls(num_steps, shift)
+    return SAMPLERS[schedules.solver_name(name)](num_steps, shift)
