@@ -49,7 +49,7 @@ from wan_engine.phases import StepPlan
 from wan_engine.registry import DEFAULT_DEFINITIONS_DIR, ModelFiles, ModelRegistry, ModelSpec
 from wan_engine.request import GenerationRequest, GenerationResult
 from wan_engine.sampling import FlowSampler, make_sampler
-from wan_engine.schema import DEFAULT_LIMITS, Checked, Limits, validate
+from wan_engine.schema import Checked, Limits, validate
 from wan_engine.tokenizer import T5Tokenizer
 from wan_engine.weights import load_model
 
@@ -94,6 +94,9 @@ class Engine:
     free device memory, "experts" always makes them take turns, "none" never. The text encoder
     always lives in host memory between prompts.
 
+    limits: budgets (prompt length, width x height x frames: wan_engine.schema.Limits) a request must
+    fit; None checks none (the worker checks its own settings' budgets before queueing work).
+
     keep_previous_in_ram: when switching models, keep the previous model's experts in host memory,
     so that switching back costs a host-to-device copy instead of a disk read.
 
@@ -118,7 +121,7 @@ class Engine:
         *,
         vae_dtype: torch.dtype = torch.float32,
         defaults_dir: str | Path = DEFAULT_DEFINITIONS_DIR,
-        limits: Limits = DEFAULT_LIMITS,
+        limits: Limits | None = None,
     ):
         if offload not in OFFLOAD_POLICIES:
             raise ValueError(f"offload must be one of {', '.join(OFFLOAD_POLICIES)}, got {offload!r}")

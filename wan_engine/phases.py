@@ -101,7 +101,7 @@ class PhaseSettings:
                 raise InvalidRequest(
                     "guidance_phases", "a dual-expert model needs 2 or 3 phases: the experts switch at a phase boundary"
                 )
-            if not 1 <= self.model_switch_phase <= MAX_PHASES:
+            if not (1 <= self.model_switch_phase < self.guidance_phases or self.model_switch_phase == MAX_PHASES):
                 raise InvalidRequest(
                     "model_switch_phase",
                     f"the expert switch follows phase 1..{self.guidance_phases - 1} (3: never), got {self.model_switch_phase}",

@@ -103,7 +103,8 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     _f("model", TEXT, "model definition key", aliases={"model_name": f"{SEED}, {HEADLESS}"}),
     _f("preset", TEXT, "preset name (a model plus its defaults)", aliases={"vace_version": SEED}),
     # what to generate
-    _f("prompt", TEXT, "the text prompt (of every segment, in a travel job without prompts)"),
+    _f("prompt", TEXT, "the text prompt (in a travel job: of every segment without its own)",
+       aliases={"base_prompt": HEADLESS}),
     _f("negative_prompt", TEXT, "what to avoid", default=""),
     _f("resolution", RESOLUTION, "WIDTHxHEIGHT, multiples of 16", default="832x480",
        aliases={"parsed_resolution_wh": HEADLESS}),
@@ -275,6 +276,11 @@ def _texts(value: Any, field: str) -> list[str]:
     return list(value)
 
 
+def typed(name: str, value: Any, label: str | None = None) -> Any:
+    """`value` as schema field `name` (kind, bounds, choices); errors name `label` (default: name)."""
+    return _typed(FIELDS[name], value, label or name)
+
+
 def _typed(spec: Field, value: Any, label: str) -> Any:
     """`value` as the kind of `spec`, within its bounds; errors are labelled with the name used."""
     kind = spec.kind
@@ -412,10 +418,11 @@ def step_plan(values: Mapping[str, Any], dual_expert: bool) -> list[StepPlan]:
     return plan_steps(steps.tolist(), PhaseSettings.from_values(values), dual_expert)
 
 
-def validate(registry: Any, request: Any, loras_dir: str | Path, limits: Limits = DEFAULT_LIMITS) -> Checked:
+def validate(registry: Any, request: Any, loras_dir: str | Path, limits: Limits | None = None) -> Checked:
     """Check `request` (a GenerationRequest, or a mapping of its fields) as a generation would use it:
-    model, sampling values, geometry, prompt, LoRA names and multipliers. Reads no weights and no
-    LoRA file; raises UnknownModel or InvalidRequest naming the field."""
+    model, sampling values, geometry, LoRA names and multipliers, and with `limits` the prompt
+    length and the width x height x frames budget. Reads no weights and no LoRA file; raises
+    UnknownModel or InvalidRequest naming the field."""
     given = request if isinstance(request, Mapping) else vars(request)
     spec = registry.get(given["model"])
     values, sources = resolve(spec, given)
@@ -425,12 +432,13 @@ def validate(registry: Any, request: Any, loras_dir: str | Path, limits: Limits 
                                         values["guidance_phases"], values["model_switch_phase"])
     if all(given.get(name) is not None for name in ("width", "height", "video_length")):
         check_geometry(int(given["width"]), int(given["height"]), int(given["video_length"]), limits)
-    for name in ("prompt", "negative_prompt"):
-        check_prompt(given.get(name), name, limits)
+    if limits is not None:
+        for name in ("prompt", "negative_prompt"):
+            check_prompt(given.get(name), name, limits)
     return Checked(spec, values, sources, plan, lora_files, schedule)
 
 
-def check_geometry(width: int, height: int, video_length: int, limits: Limits = DEFAULT_LIMITS,
+def check_geometry(width: int, height: int, video_length: int, limits: Limits | None = None,
                    field: str = "video_length") -> None:
     """Wan needs sizes that patchify exactly (multiples of 16 pixels) and 4n+1 frames (the VAE
     compresses 4 frames per latent after the first); width x height x frames must fit the budget."""
@@ -438,7 +446,8 @@ def check_geometry(width: int, height: int, video_length: int, limits: Limits = 
         raise InvalidRequest("resolution", f"{width}x{height}: width and height must be positive multiples of 16")
     if video_length < 1 or (video_length - 1) % 4:
         raise InvalidRequest(field, f"{video_length} frames: must be 4n+1 (1, 5, ..., 81)")
-    check_budget(width, height, video_length, limits, field)
+    if limits is not None:
+        check_budget(width, height, video_length, limits, field)
 
 
 def check_budget(width: int, height: int, frames: int, limits: Limits = DEFAULT_LIMITS,

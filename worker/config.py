@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from wan_engine.schema import DEFAULT_LIMITS, Limits
+
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -82,6 +84,17 @@ class WorkerConfig:
     metrics_port: int | None = _setting(None, parse=_optional_int, help="serve Prometheus metrics on this port")
     log_format: str = _setting("auto", help="json, console, or auto (console on a terminal, else json)")
     log_level: str = _setting("info", help="debug, info, warning or error")
+    max_prompt_chars: int = _setting(
+        DEFAULT_LIMITS.max_prompt_chars, parse=int, help="longest prompt (characters) a task may send")
+    max_keyframes: int = _setting(DEFAULT_LIMITS.max_keyframes, parse=int, help="most keyframe images per travel job")
+    max_pixel_frames: int = _setting(
+        DEFAULT_LIMITS.max_pixel_frames, parse=int,
+        help="budget of width x height x frames for one generation and for one control video")
+
+    @property
+    def limits(self) -> Limits:
+        """The budgets tasks are checked against before any work (wan_engine.schema.Limits)."""
+        return Limits(self.max_prompt_chars, self.max_keyframes, self.max_pixel_frames)
 
     def __post_init__(self) -> None:
         for name in ("lease_seconds", "heartbeat_seconds", "poll_seconds", "maintenance_seconds",
@@ -91,6 +104,9 @@ class WorkerConfig:
         for name in ("grace_seconds", "affinity_max_wait_seconds"):
             if not 0 <= getattr(self, name) < math.inf:  # inf would overflow the database's intervals
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        for name in ("max_prompt_chars", "max_keyframes", "max_pixel_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_device_faults < 1:
             raise ValueError(f"max_device_faults must be >= 1, got {self.max_device_faults}")
         if self.heartbeat_seconds >= self.lease_seconds:

@@ -1,31 +1,49 @@
 """Reading task params: one place that turns JSON values into typed values, or into a
 ValidationError that names the field and the rule, so every handler rejects bad input the same way.
 
-Backends written in other languages send loosely typed JSON (numbers as strings, integral floats),
-so readers accept the unambiguous spellings of a value and reject everything else.
+The generation fields (types, bounds, other names, defaults) are those of wan_engine.schema; this
+module adds what only rows have: the key each value came by, the keys a handler never read (reported
+as `result_data.ignored_params`), and path checks. Backends written in other languages send loosely
+typed JSON (numbers as strings, integral floats), so readers accept the unambiguous spellings of a
+value (schema.parse_int / parse_float) and reject everything else.
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from wan_engine.errors import InvalidRequest
+from wan_engine.schema import (
+    FIELDS,
+    GENERATE,
+    MAX_VIDEO_FRAMES,
+    Reading,
+    echo,
+    is_absent,
+    parse_float,
+    parse_int,
+    read,
+)
+from wan_engine.schema import parse_resolution as _parse_resolution
 from worker.errors import ValidationError
 
-RESOLUTION_MULTIPLE = 16  # VAE stride 8 x DiT patch 2
-MAX_SIDE_PIXELS = 4096
-MAX_VIDEO_FRAMES = 1025
-
-# Defaults and bounds every generation task shares (generate_video and travel jobs alike).
-DEFAULT_RESOLUTION = "832x480"
-DEFAULT_FPS = 16
-MAX_FPS = 120
-DEFAULT_SEED = 12345  # headless Wan2GP's default seed_base; -1 asks for a random seed instead
-RANDOM_SEED = -1
-MAX_SEED = 2**32 - 1  # seeds of all segments (seed + index) must fit numpy / torch generators
-
 _Number = TypeVar("_Number", int, float)
+
+
+@contextmanager
+def validation_errors(prefix: str = "") -> Iterator[None]:
+    """Re-raise the engine's InvalidRequest as the worker's ValidationError, the field prefixed with
+    where it sits in the row (e.g. "orchestrator_details.")."""
+    try:
+        yield
+    except InvalidRequest as error:
+        raise ValidationError(prefix + error.field, error.rule) from None
+    except ValidationError as error:
+        if not prefix or error.field.startswith(prefix):
+            raise
+        raise ValidationError(prefix + error.field, error.rule) from None
 
 
 class _Required:
@@ -36,35 +54,77 @@ class _Required:
 
 
 REQUIRED: Any = _Required()
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip() == "")
+SCHEMA_DEFAULT: Any = object()  # marker: the default written in wan_engine.schema
 
 
 class ParamReader:
     """Typed, validated access to one task's params.
 
     Each reader returns the default when the field is absent (None or an empty string counts as
-    absent) and raises ValidationError(field, rule) when it is required or malformed.
+    absent) and raises ValidationError(field, rule) when it is required or malformed. Every key read
+    (also an absent or defaulted one) is remembered in `used`; `unread()` lists the others.
+    `form` picks the schema fields `field()` knows (wan_engine.schema.GENERATE or TRAVEL); `prefix`
+    is where the params sit in the row, for error messages.
     """
 
-    def __init__(self, params: Mapping[str, Any]):
+    def __init__(self, params: Mapping[str, Any], form: str = GENERATE, prefix: str = ""):
         if not isinstance(params, Mapping):
-            raise ValidationError("params", "must be a JSON object")
+            raise ValidationError(prefix.rstrip(".") or "params", "must be a JSON object")
         self.params = params
+        self.form = form
+        self.prefix = prefix
+        self.used: set[str] = set()
+        self._schema: Reading | None = None
+
+    # ---- the schema's fields, by any of their names ----
+
+    @property
+    def schema(self) -> Reading:
+        """Every schema field of this form the params give (read once; errors name the key used)."""
+        if self._schema is None:
+            with validation_errors(self.prefix):
+                self._schema = read(self.params, self.form)
+            self.used |= self._schema.used
+        return self._schema
+
+    def given(self, name: str) -> bool:
+        return name in self.schema.values
+
+    def field(self, name: str, default: Any = SCHEMA_DEFAULT) -> Any:
+        """The typed value of schema field `name`, else `default` (the schema's when not given)."""
+        if name in self.schema.values:
+            return self.schema.values[name]
+        if default is REQUIRED:
+            raise ValidationError(self.label(name), "is required")
+        return FIELDS[name].default if default is SCHEMA_DEFAULT else default
+
+    def label(self, name: str) -> str:
+        """How an error names schema field `name`: the key the row used, with its place in the row."""
+        return self.prefix + self.schema.label(name)
+
+    def key(self, name: str) -> str:
+        """The key the row used for schema field `name` (the field's own name when absent), with its
+        place in the row: for errors about one entry of a list ("segment_frames_expanded[2]")."""
+        return self.prefix + self.schema.keys.get(name, name)
+
+    def source(self, name: str) -> str:
+        return "task" if self.given(name) else "default"
+
+    # ---- other keys ----
 
     def has(self, field: str) -> bool:
-        return not _is_missing(self.params.get(field))
+        return not is_absent(self.params.get(field))
 
     def _read(self, field: str, default: Any, convert: Callable[[Any, str], Any]) -> Any:
         """`convert(value, field)` of a present field; the default (or "is required") of an absent one."""
+        self.used.add(field)
         value = self.params.get(field)
-        if _is_missing(value):
+        if is_absent(value):
             if default is REQUIRED:
-                raise ValidationError(field, "is required")
+                raise ValidationError(self.prefix + field, "is required")
             return default
-        return convert(value, field)
+        with validation_errors(self.prefix):
+            return convert(value, field)
 
     def text(self, field: str, default: Any = REQUIRED) -> Any:
         return self._read(field, default, to_text)
@@ -77,6 +137,9 @@ class ParamReader:
                maximum: float | None = None) -> Any:
         return self._read(field, default, lambda value, name: _in_range(to_float(value, name), name, minimum, maximum))
 
+    def flag(self, field: str, default: bool = False) -> bool:
+        return self._read(field, default, to_bool)
+
     def texts(self, field: str, default: Any = REQUIRED) -> Any:
         return self._read(field, default, to_texts)
 
@@ -88,6 +151,10 @@ class ParamReader:
 
     def input_files(self, field: str, default: Any = REQUIRED) -> Any:
         return self._read(field, default, existing_files)
+
+    def unread(self) -> list[str]:
+        """Keys of the params that no reader asked for, in row order."""
+        return [key for key in self.params if key not in self.used]
 
 
 def to_text(value: Any, field: str) -> str:
@@ -106,37 +173,25 @@ def to_texts(value: Any, field: str) -> list[str]:
     return list(value)
 
 
-def to_int(value: Any, field: str) -> int:
-    """An int from an int, an integral float or a decimal string; never from a bool."""
+def to_bool(value: Any, field: str) -> bool:
+    """A JSON boolean, or the strings "true" / "false" some backends write."""
     if isinstance(value, bool):
-        raise ValidationError(field, "must be an integer, got a boolean")
-    if isinstance(value, int):
         return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise ValidationError(field, f"must be an integer, got {value!r}")
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValidationError(field, f"must be true or false, got {echo(value)}")
+
+
+def to_int(value: Any, field: str) -> int:
+    """An int from an int, an integral float or a plain decimal string; never from a bool."""
+    with validation_errors():
+        return parse_int(value, field)
 
 
 def to_float(value: Any, field: str) -> float:
-    """A finite float from a number or a numeric string; never from a bool."""
-    if isinstance(value, bool):
-        raise ValidationError(field, "must be a number, got a boolean")
-    number: float | None = None
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            number = None
-    if number is None or not math.isfinite(number):
-        raise ValidationError(field, f"must be a finite number, got {value!r}")
-    return number
+    """A finite float from a number or a plain decimal string; never from a bool."""
+    with validation_errors():
+        return parse_float(value, field)
 
 
 def _in_range(number: _Number, field: str, minimum: float | None, maximum: float | None) -> _Number:
@@ -149,36 +204,10 @@ def _in_range(number: _Number, field: str, minimum: float | None, maximum: float
 
 
 def parse_resolution(value: Any, field: str = "resolution") -> tuple[int, int]:
-    """(width, height) from "WxH" or [W, H]; both sides multiples of 16 within [16, 4096].
-
-    The one resolution rule for every task type: generate's `resolution`, a travel plan's
-    `resolution` and headless rows' `parsed_resolution_wh` (a string or a [W, H] pair). `field` is
-    the name the user wrote, so the error points at it.
-    """
-    width, height = split_resolution(value, field)
-    for side in (width, height):
-        if side % RESOLUTION_MULTIPLE or not RESOLUTION_MULTIPLE <= side <= MAX_SIDE_PIXELS:
-            raise ValidationError(
-                field, f"width and height must be multiples of {RESOLUTION_MULTIPLE} between "
-                f"{RESOLUTION_MULTIPLE} and {MAX_SIDE_PIXELS}, got {width}x{height}")
-    return width, height
-
-
-def split_resolution(value: Any, field: str = "resolution") -> tuple[int, int]:
-    """(width, height) integers from "WxH" (any case, spaces allowed) or [W, H], before any size rule."""
-    if isinstance(value, str):
-        parts = value.lower().replace(" ", "").split("x")
-    elif isinstance(value, (list, tuple)):
-        parts = list(value)
-    else:
-        parts = []
-    if len(parts) != 2:
-        raise ValidationError(field, f"must be 'WIDTHxHEIGHT' like '832x480', got {value!r}")
-    try:
-        width, height = (to_int(part, field) for part in parts)
-    except ValidationError:
-        raise ValidationError(field, f"must be 'WIDTHxHEIGHT' like '832x480', got {value!r}") from None
-    return width, height
+    """(width, height) from "WxH" or [W, H]; both sides multiples of 16 within [16, 4096]: the one
+    resolution rule (wan_engine.schema) for every task type. `field` is the name the user wrote."""
+    with validation_errors():
+        return _parse_resolution(value, field)
 
 
 def round_to_frame_count(frames: int, field: str) -> int:

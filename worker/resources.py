@@ -30,6 +30,7 @@ class WorkerResources:
     engine: Any | None = None
     metrics: Any | None = None  # worker.metrics.WorkerMetrics when the worker serves metrics
     generations_completed: int = 0  # proof the device works: the poller's device-fault count resets on it
+    _registry: Any | None = None
 
     @property
     def loaded_model(self) -> str | None:
@@ -49,8 +50,15 @@ class WorkerResources:
         return self.engine
 
     def model_registry(self) -> Any:
-        """The model definitions, to check a model or preset without loading it."""
-        return self.resident_engine().registry
+        """The model definitions, to check a model or preset without loading it (torch-free: an
+        orchestrator validates its jobs without creating the engine)."""
+        if self.engine is not None:
+            return self.engine.registry
+        if self._registry is None:
+            from wan_engine.registry import ModelRegistry
+
+            self._registry = ModelRegistry(self.models_dir)
+        return self._registry
 
     def load_model(self, model: str) -> bool:
         """Make `model` (a definition key or preset) resident (--preload-model); False when it was."""

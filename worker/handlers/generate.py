@@ -1,5 +1,12 @@
 """`generate_video` and its aliases (`t2v`, `t2v_22`, `vace`, `vace_21`, `vace_22`): one generation
-through the resident engine, written as one mp4 with a first-frame thumbnail.
+through the resident engine, written as one mp4 with a first-frame thumbnail; `wan_2_2_t2i`: one
+frame of a Wan 2.2 text-to-video model, written as a PNG.
+
+Rows come in our form, the seed's (`model_name`, `vace_version`, the GenerationTask shape
+`{"model", "prompt", "parameters": {...}}`) and headless Wan2GP / Reigh's (`steps`, `phase_config`,
+`additional_loras`, `activated_loras` + `loras_multipliers`, `base_prompt`): worker/dialects.py and
+wan_engine/schema.py read them all into one request. Keys that change nothing here are reported in
+`result_data.ignored_params` and logged.
 
 This module also holds the generation glue that travel segments share: reading the sampling
 fields, resolving the model, running the engine with progress and cancellation, encoding the
@@ -18,25 +25,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from wan_engine.errors import InvalidRequest, UnknownModel
+from wan_engine.schema import FIELDS, RANDOM_SEED, Reading, validate
+from worker.dialects import compose_prompt, flatten_generation_task, ignored_params, model_and_preset, sampling
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.params import (
-    DEFAULT_FPS,
-    DEFAULT_RESOLUTION,
-    DEFAULT_SEED,
-    MAX_FPS,
-    MAX_SEED,
-    MAX_VIDEO_FRAMES,
-    RANDOM_SEED,
-    ParamReader,
-    parse_resolution,
-    round_to_frame_count,
-)
+from worker.params import REQUIRED, ParamReader, parse_resolution, round_to_frame_count
 from worker.paths import output_file
 from worker.video import VideoWriter, check_image, iter_frames, save_png, thumbnail_path
 
-DEFAULT_VIDEO_LENGTH = 81
 DEFAULT_OUTPUT_NAME = "video.mp4"
+DEFAULT_IMAGE_NAME = "image.png"
+LORAS_FOLDER = "loras"  # <models_dir>/loras, where the engine finds LoRA files
 
 # The model each task type runs when the row names neither `model` nor `preset` (registry keys).
 DEFAULT_MODELS = {
@@ -47,84 +47,51 @@ DEFAULT_MODELS = {
     "vace_21": "vace_14B",
     "vace_22": "vace_14B_cocktail_2_2",
 }
+IMAGE_TASK = "wan_2_2_t2i"  # one frame of a Wan 2.2 text-to-video model, written as PNG
+IMAGE_MODEL = "t2v_2_2"
 
 
 # ---- params shared by every generation ------------------------------------------------------------
 
-def sampling_fields(params: Mapping[str, Any], name: Callable[[str], str] = lambda field: field) -> dict[str, Any]:
-    """The optional sampling, guidance-phase and LoRA fields of a request, typed; absent ones are left
-    out so the model definition's defaults apply. `name` maps a field to how the task spelled it."""
-    reader = ParamReader(params)
-    numbers = {"guidance_scale": (0.0, 100.0), "guidance2_scale": (0.0, 100.0), "guidance3_scale": (0.0, 100.0),
-               "switch_threshold": (0.0, 1000.0), "switch_threshold2": (0.0, 1000.0), "flow_shift": (0.0, 100.0)}
-    integers = {"num_inference_steps": (1, 1000), "guidance_phases": (1, 3), "model_switch_phase": (1, 2)}
-    out: dict[str, Any] = {}
-    try:
-        for key, (low, high) in integers.items():
-            if reader.has(key):
-                out[key] = reader.integer(key, minimum=low, maximum=high)
-        for key, (low, high) in numbers.items():
-            if reader.has(key):
-                out[key] = reader.number(key, minimum=low, maximum=high)
-        if reader.has("sample_solver"):
-            out["sample_solver"] = reader.text("sample_solver")
-        if reader.has("lora_names"):
-            out["lora_names"] = reader.texts("lora_names")
-        if reader.has("lora_multipliers"):
-            out["lora_multipliers"] = _lora_multipliers(params["lora_multipliers"])
-    except ValidationError as error:
-        raise ValidationError(name(error.field), error.rule) from None
-    # Without lora_names the multipliers re-weight the model definition's LoRAs: the engine checks those.
-    if "lora_names" in out and len(out.get("lora_multipliers", [])) > len(out["lora_names"]):
-        raise ValidationError(name("lora_multipliers"), "has more entries than lora_names")
-    return out
-
-
-def _lora_multipliers(value: Any) -> list[str]:
-    """Wan2GP spellings: a list of numbers or strings ("1.0", "0.2;0", "1,0.8;0"), or one string of
-    space-separated entries."""
-    items = value.split() if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(item, (str, int, float)) and not isinstance(item, bool)
-                                              for item in items):
-        raise ValidationError("lora_multipliers", "must be a list of multiplier strings like \"1.0\" or \"0.2;0\"")
-    return [str(item) for item in items]
-
-
-def read_seed(reader: ParamReader, field: str = "seed") -> tuple[int, str]:
+def read_seed(reader: ParamReader) -> tuple[int, str]:
     """(seed, source): -1 asks for a random seed, which is recorded so the video can be made again."""
-    seed = reader.integer(field, DEFAULT_SEED, minimum=RANDOM_SEED, maximum=MAX_SEED)
+    seed = reader.field("seed")
     if seed == RANDOM_SEED:
-        return int(np.random.default_rng().integers(0, MAX_SEED + 1)), "random (task asked for -1)"
-    return seed, "task" if reader.has(field) else "default"
+        return int(np.random.default_rng().integers(0, FIELDS["seed"].maximum + 1)), "random (task asked for -1)"
+    return seed, reader.source("seed")
 
 
-def resolve_model(ctx: TaskContext, model: str | None, preset: str | None, *, default: str,
-                  name: Callable[[str], str] = lambda field: field) -> Any:
-    """The ModelSpec (wan_engine.registry) of what the task names (a preset wins over a model),
-    checked against the model definitions without loading anything; an unknown name fails the task
-    with the field that named it. Give the engine `spec.preset or spec.key`, so preset defaults apply."""
-    from wan_engine.errors import UnknownModel
-
-    key, field = (preset, "preset") if preset else (model or default, "model")
+def resolve_model(ctx: TaskContext, reader: ParamReader, default: str) -> Any:
+    """The ModelSpec (wan_engine.registry) of what the row names (a preset wins over a model; the
+    seed's `vace_version` must agree with `model_name`), checked against the model definitions
+    without loading anything or importing torch. An unknown name fails with the key that named it.
+    Give the engine `spec.preset or spec.key`, so preset defaults apply."""
+    registry = ctx.resources.model_registry()
+    model, preset = model_and_preset(reader, registry)
+    key, name = (preset, "preset") if preset else (model or default, "model")
     try:
-        return ctx.resources.model_registry().get(key)
+        return registry.get(key)
     except UnknownModel as error:
-        raise ValidationError(name(field), error.rule) from None
+        raise ValidationError(reader.label(name), error.rule) from None
 
 
-def check_parameters(ctx: TaskContext, spec: Any, fields: Mapping[str, Any],
-                     name: Callable[[str], str] = lambda field: field) -> None:
-    """Validate sampling fields, geometry and LoRAs (names against the loras folder, multiplier
-    strings against the phase plan) for `spec` as the engine will, without loading anything, so a
-    bad combination fails the task before any work; the error names the task's field."""
-    from wan_engine.errors import InvalidRequest
-    from wan_engine.request import GenerationRequest
-
-    request = GenerationRequest(model=spec.preset or spec.key, prompt="", **fields)
+def check_request(ctx: TaskContext, fields: Mapping[str, Any], reading: Reading, prefix: str = "") -> None:
+    """Check a whole request (model, sampling fields, geometry, prompt, LoRA names against the loras
+    folder, multiplier strings against the step plan) with wan_engine.schema.validate and the
+    worker's limits, as the engine will, without loading anything; the error names the row's key."""
     try:
-        ctx.resources.resident_engine().check(request)
+        validate(ctx.resources.model_registry(), fields, Path(ctx.resources.models_dir) / LORAS_FOLDER,
+                 ctx.config.limits)
     except InvalidRequest as error:
-        raise ValidationError(name(error.field), error.rule) from None
+        name = reading.label(error.field) if error.field in FIELDS else error.field
+        raise ValidationError(prefix + name, error.rule) from None
+
+
+def report_ignored(ctx: TaskContext, ignored: Mapping[str, str]) -> dict[str, str]:
+    """Log the keys of the row that were not honoured (they also go to result_data.ignored_params)."""
+    if ignored:
+        ctx.log.warning("params not honoured", ignored_params=dict(ignored))
+    return dict(ignored)
 
 
 # ---- running the engine -------------------------------------------------------------------------
@@ -218,61 +185,94 @@ def generation_result_data(generation: Generation, *, preset: str | None, worker
 
 # ---- generate_video ------------------------------------------------------------------------------
 
-@register(*DEFAULT_MODELS)
-def generate_video(ctx: TaskContext) -> HandlerResult:
-    """Validate the row, run one generation, write the mp4 and its thumbnail to the task's folder."""
+@dataclass
+class _Row:
+    """A generation row read and checked: the request, what the worker resolved itself (name ->
+    (value, source)), and the keys it did not honour."""
+
+    request: Any
+    worker_parameters: dict[str, tuple[Any, str]]
+    ignored: dict[str, str]
+    fps: int
+    preset: str | None
+    output: Path
+
+
+def _read_generation(ctx: TaskContext, *, default_model: str, one_frame: bool = False) -> _Row:
+    """Read a generation row in any of its forms (ours, the seed's GenerationTask, headless/Wan2GP
+    names) and check it completely before any work."""
     from wan_engine.request import GenerationRequest
 
-    params = ctx.task.params
-    reader = ParamReader(params)
-    spec = resolve_model(ctx, reader.text("model", None), reader.text("preset", None),
-                         default=DEFAULT_MODELS[ctx.task.task_type])
-    width, height = reader.resolution("resolution", parse_resolution(DEFAULT_RESOLUTION))
-    asked_length = reader.integer("video_length", DEFAULT_VIDEO_LENGTH, minimum=1, maximum=MAX_VIDEO_FRAMES)
-    video_length = round_to_frame_count(asked_length, "video_length")
+    reader = ParamReader(flatten_generation_task(ctx.task.params))
+    spec = resolve_model(ctx, reader, default_model)
+    width, height = parse_resolution(reader.field("resolution"), reader.label("resolution"))
+    asked_length = 1 if one_frame else reader.field("video_length")
+    video_length = round_to_frame_count(asked_length, reader.label("video_length"))
     seed, seed_source = read_seed(reader)
-    fps = reader.integer("fps", DEFAULT_FPS, minimum=1, maximum=MAX_FPS)
-    name = reader.text("output_filename", DEFAULT_OUTPUT_NAME)
-    if not name.endswith(".mp4"):
-        raise ValidationError("output_filename", f"must end in .mp4, got {name!r}")
-    output = output_file(ctx.output_dir, name)
-
+    fps = reader.field("fps")
+    prompt = compose_prompt(reader.field("prompt", REQUIRED), reader)
+    overridden: dict[str, str] = {}
+    fields = dict(model=spec.preset or spec.key, prompt=prompt, negative_prompt=reader.field("negative_prompt"),
+                  width=width, height=height, video_length=video_length, seed=seed, **sampling(reader, overridden))
+    check_request(ctx, fields, reader.schema)
+    if one_frame and reader.given("video_length"):
+        overridden[reader.schema.keys["video_length"]] = f"{IMAGE_TASK} makes one frame"
     request = GenerationRequest(
-        model=spec.preset or spec.key,
-        prompt=reader.text("prompt"),
-        negative_prompt=reader.text("negative_prompt", ""),
-        width=width,
-        height=height,
-        video_length=video_length,
-        seed=seed,
+        **fields,
         video_guide=_control_video(reader, "video_guide", video_length, width, height),
         video_mask=_mask_video(reader, "video_mask", video_length, width, height),
         video_guide2=_control_video(reader, "video_guide2", video_length, width, height),
         video_mask2=_mask_video(reader, "video_mask2", video_length, width, height),
-        control_net_weight=reader.number("control_net_weight", 1.0, minimum=0.0, maximum=10.0),
-        control_net_weight2=reader.number("control_net_weight2", 1.0, minimum=0.0, maximum=10.0),
+        control_net_weight=reader.field("control_net_weight"),
+        control_net_weight2=reader.field("control_net_weight2"),
         image_refs=[_reference_image(path, f"image_refs[{i}]")
                     for i, path in enumerate(reader.input_files("image_refs", []))],
-        **sampling_fields(params),
     )
-    ctx.raise_if_cancelled()
-    generation = run_generation(ctx, request)
-    ctx.report_progress({"phase": "video_encode", "frames": len(generation.frames)})
-    thumbnail, encode_seconds = write_video(generation.frames, output, fps)
-    generation.phase_seconds["video_encode"] = encode_seconds
-
-    length_source = "task" if reader.has("video_length") else "default"
+    length_source = reader.source("video_length") if not one_frame else IMAGE_TASK
     if video_length != asked_length:
         length_source += f" ({asked_length} rounded down to 4n+1)"
     worker_parameters = {
-        "width": (width, "task" if reader.has("resolution") else "default"),
-        "height": (height, "task" if reader.has("resolution") else "default"),
+        "width": (width, reader.source("resolution")),
+        "height": (height, reader.source("resolution")),
         "video_length": (video_length, length_source),
         "seed": (seed, seed_source),
-        "fps": (fps, "task" if reader.has("fps") else "default"),
+        "fps": (fps, reader.source("fps")),
+        "prompt": (prompt, reader.source("prompt")),
     }
-    result_data = generation_result_data(generation, preset=spec.preset, worker_parameters=worker_parameters,
-                                         fps=fps, output=output, thumbnail=thumbnail)
+    suffix = ".png" if one_frame else ".mp4"
+    name = reader.text("output_filename", DEFAULT_IMAGE_NAME if one_frame else DEFAULT_OUTPUT_NAME)
+    if not name.endswith(suffix):
+        raise ValidationError("output_filename", f"must end in {suffix}, got {name!r}")
+    ignored = report_ignored(ctx, ignored_params(reader, overridden))
+    return _Row(request, worker_parameters, ignored, fps, spec.preset, output_file(ctx.output_dir, name))
+
+
+@register(*DEFAULT_MODELS)
+def generate_video(ctx: TaskContext) -> HandlerResult:
+    """Validate the row, run one generation, write the mp4 and its thumbnail to the task's folder."""
+    row = _read_generation(ctx, default_model=DEFAULT_MODELS[ctx.task.task_type])
+    output = row.output
+    ctx.raise_if_cancelled()
+    generation = run_generation(ctx, row.request)
+    ctx.report_progress({"phase": "video_encode", "frames": len(generation.frames)})
+    thumbnail, encode_seconds = write_video(generation.frames, output, row.fps)
+    generation.phase_seconds["video_encode"] = encode_seconds
+    result_data = generation_result_data(generation, preset=row.preset, worker_parameters=row.worker_parameters,
+                                         fps=row.fps, output=output, thumbnail=thumbnail)
+    result_data["ignored_params"] = row.ignored
+    return HandlerResult(output_location=str(output), result_data=result_data)
+
+
+@register(IMAGE_TASK)
+def generate_image(ctx: TaskContext) -> HandlerResult:
+    """`wan_2_2_t2i`: one frame from a Wan 2.2 text-to-video model, written as a PNG."""
+    row = _read_generation(ctx, default_model=IMAGE_MODEL, one_frame=True)
+    ctx.raise_if_cancelled()
+    generation = run_generation(ctx, row.request)
+    output = save_png(generation.frames[0], row.output)
+    result_data = generation_result_data(generation, preset=row.preset, worker_parameters=row.worker_parameters,
+                                         fps=row.fps, output=output, thumbnail=output)
+    result_data["ignored_params"] = row.ignored
     return HandlerResult(output_location=str(output), result_data=result_data)
 
 

@@ -1,15 +1,19 @@
 """`travel_orchestrator`: validate a travel job and expand it into its children, in one transaction.
 
-For N keyframes: N-1 `travel_segment` rows (segment i depends on segment i-1, whose last frames
-open it) and one `travel_stitch` depending on every segment. The orchestrator then stays
-'In Progress', parked, until the stitch completes it (or a child's failure or cancellation ends
-it). Children carry `child_key` ("segment-<i>", "stitch"), so a re-run orchestrator (a crash, a
-lost lease) finds its children and inserts nothing.
+For N keyframes: N-1 `travel_segment` rows (chained segments each depend on the previous one, whose
+last frames open them; independent ones depend on nothing) and one `travel_stitch` depending on
+every segment. The orchestrator then stays 'In Progress', parked, until the stitch completes it (or
+a child's failure or cancellation ends it). Children carry `child_key` ("segment-<i>", "stitch"),
+so a re-run orchestrator (a crash, a lost lease) finds its children and inserts nothing. The plan
+is stored once, on the stitch row; each segment row carries only its own segment and the job's
+shared settings, so a job's params grow linearly with its keyframes.
 
-Everything that can be checked without a GPU is checked here, so a bad job fails at once with the
-field and the rule instead of failing a segment later: the plan (images exist and are images,
-counts, frames, overlaps, resolution), the model or preset against the definitions (no load), and
-the sampling fields with the LoRA names and multiplier strings (as the engine will check them).
+Everything that can be checked without a GPU (or torch) is checked here, so a bad job fails at once
+with the field and the rule instead of failing a segment later: the plan (images exist and are
+images, counts, frames, overlaps, resolution, limits), the model or preset against the definitions
+(no load), and the sampling fields with the LoRA names and multiplier strings, as the engine will
+check them (wan_engine.schema.validate). Keys of the row that change nothing are reported on the
+parked row's progress and in the job's result_data as `ignored_params`, and logged.
 """
 from __future__ import annotations
 
@@ -17,13 +21,14 @@ from typing import Any
 
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.handlers.generate import check_parameters, resolve_model, sampling_fields
+from worker.handlers.generate import check_request, report_ignored, resolve_model
 from worker.store import NewTask
-from worker.travel.plan import DEFAULT_MODEL, HEADLESS_KEY, TravelPlan, is_headless_form, plan_travel
+from worker.travel.plan import DEFAULT_MODEL, SegmentJob, TravelPlan, read_travel
 
 SEGMENT_TASK = "travel_segment"
 STITCH_TASK = "travel_stitch"
 STITCH_KEY = "stitch"
+SEGMENT_JOB_PARAM = "job"
 
 
 def segment_key(index: int) -> str:
@@ -31,38 +36,40 @@ def segment_key(index: int) -> str:
 
 
 def stored_plan(params: dict[str, Any]) -> TravelPlan:
-    """The plan a child carries in params['plan'], as its orchestrator wrote it; anything else (a row
-    written by hand) fails the child for good instead of being retried."""
+    """The plan a stitch row carries in params['plan'], as its orchestrator wrote it; anything else (a
+    row written by hand) fails the child for good instead of being retried."""
     try:
         return TravelPlan.from_params(params["plan"])
     except (KeyError, TypeError, ValueError) as error:
         raise ValidationError("plan", f"not a plan written by travel_orchestrator ({type(error).__name__}: {error})") from None
 
 
-def _headless_name(field: str) -> str:
-    """How a headless row spells a field this handler checks (the model is `model_name` there; the
-    sampling fields keep their names), so its errors point at what the backend wrote."""
-    return f"{HEADLESS_KEY}.{'model_name' if field == 'model' else field}"
+def stored_segment_job(params: dict[str, Any]) -> SegmentJob:
+    """The segment job a segment row carries in params['job'], as its orchestrator wrote it."""
+    try:
+        return SegmentJob.from_params(params[SEGMENT_JOB_PARAM])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValidationError(SEGMENT_JOB_PARAM,
+                              f"not a segment written by travel_orchestrator ({type(error).__name__}: {error})") from None
 
 
 @register("travel_orchestrator")
 def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
-    params = ctx.task.params
-    name = _headless_name if is_headless_form(params) else (lambda field: field)
-    plan = plan_travel(params)
-    spec = resolve_model(ctx, plan.model, plan.preset, default=DEFAULT_MODEL, name=name)
+    plan, reader = read_travel(ctx.task.params, ctx.config.limits)
+    spec = resolve_model(ctx, reader, DEFAULT_MODEL)
     if not spec.is_vace:
-        raise ValidationError(name("preset" if plan.preset else "model"),
+        raise ValidationError(reader.label("preset" if plan.preset else "model"),
                               f"{spec.key!r} is not a VACE model; travel needs one (e.g. {DEFAULT_MODEL})")
-    sampling = sampling_fields(plan.sampling, name)
-    for segment in plan.segments:
-        check_parameters(ctx, spec, {**sampling, "width": plan.width, "height": plan.height,
-                                     "video_length": segment.frames}, name)
-    stored_plan = plan.to_params()
+    longest_prompt = max((segment.prompt for segment in plan.segments), key=len)
+    for frames in sorted({segment.frames for segment in plan.segments}):
+        check_request(ctx, {**plan.sampling, "model": spec.preset or spec.key, "prompt": longest_prompt,
+                            "width": plan.width, "height": plan.height, "video_length": frames},
+                      reader.schema, reader.prefix)
+    report_ignored(ctx, plan.ignored_params)
 
     segments: list[NewTask] = []
     for segment in plan.segments:
-        previous = segments[-1].id if segments else None
+        previous = segments[-1].id if segments and plan.chained else None
         segments.append(NewTask(
             task_type=SEGMENT_TASK,
             params={
@@ -72,7 +79,7 @@ def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
                 "preset": spec.preset,
                 "segment_index": segment.index,
                 "previous_segment_task_id": previous,
-                "plan": stored_plan,
+                SEGMENT_JOB_PARAM: SegmentJob.of(plan, segment.index).to_params(),
             },
             dependant_on=[previous] if previous else [],
             max_attempts=ctx.task.max_attempts,
@@ -83,13 +90,13 @@ def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
             "child_key": STITCH_KEY,
             "orchestrator_task_id": ctx.task.id,
             "segment_task_ids": [segment.id for segment in segments],
-            "plan": stored_plan,
+            "plan": plan.to_params(),
         },
         dependant_on=[segment.id for segment in segments],
         max_attempts=ctx.task.max_attempts,
     )
     ctx.log.info("travel planned", segments=len(segments), expected_frames=plan.expected_frames, model=spec.key,
-                 roundings=[f"{r.field}: {r.requested} -> {r.used}" for r in plan.roundings])
+                 frame_rule=plan.frame_rule, roundings=[f"{r.field}: {r.requested} -> {r.used}" for r in plan.roundings])
     return HandlerResult(
         park_children=[*segments, stitch],
         park_progress={
@@ -97,6 +104,7 @@ def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
             "segments": len(segments),
             "expected_frames": plan.expected_frames,
             "model": spec.key,
+            "frame_rule": plan.frame_rule,
+            "ignored_params": plan.ignored_params,
         },
     )
-

@@ -1,103 +1,174 @@
 """`travel_segment`: one VACE generation from a keyframe (or the previous segment's last frames) to
-the next keyframe.
+the next keyframe; `individual_travel_segment`: one segment of a travel job re-made on its own.
 
 The guide opens with the previous segment's last `overlap` frames (read from its output_location;
-dependant_on guarantees it is Complete) or, for the first segment, the start image; it ends on the
-end image; the frames between are generated (worker/travel/guide.py). The output is
-<output_dir>/<task id>/segment-<i>.mp4, which the stitch reads. Once it is written, the parked
-orchestrator's progress says how many segments are done (report_job_progress).
+dependant_on guarantees it is Complete) or, for the first segment and independent ones, the start
+image; it ends on the end image (a single-keyframe journey has none); the frames between are
+generated (worker/travel/guide.py). The output is <output_dir>/<task id>/segment-<i>.mp4, which the
+stitch reads. Once it is written, the parked orchestrator's progress says how many segments are done
+(report_job_progress).
+
+Three row forms:
+* ours, written by travel_orchestrator: `job` (the segment and the job's shared settings) and
+  `previous_segment_task_id`;
+* written by the headless Wan2GP / Reigh orchestrator: `orchestrator_details` (the whole travel
+  payload) and `segment_index`, with the segment's own `base_prompt`, `negative_prompt`,
+  `segment_frames_target`, `frame_overlap_from_previous` and `seed_to_use`, which win over the
+  payload's; the previous segment is the row's dependency;
+* `individual_travel_segment` (Reigh): `orchestrator_details` and `segment_index` (default 0); the
+  segment is planned as an independent one, opening on its own start image.
 """
 from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 
+from worker.dialects import ignored_params
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.handlers.generate import generation_result_data, run_generation, sampling_fields, write_video
-from worker.handlers.travel_orchestrator import stored_plan
-from worker.params import ParamReader
+from worker.handlers.generate import check_request, generation_result_data, report_ignored, run_generation, write_video
+from worker.handlers.travel_orchestrator import SEGMENT_JOB_PARAM, stored_segment_job
+from worker.params import ParamReader, round_to_frame_count
 from worker.paths import output_file
 from worker.store import CHILD_KEY_PARAM
 from worker.travel.guide import segment_guide
-from worker.travel.plan import TravelPlan
+from worker.travel.plan import HEADLESS_KEY, SegmentJob, read_travel
 from worker.video import load_image, read_last_frames
 
+INDIVIDUAL_TASK = "individual_travel_segment"
+# Segment-level keys of a headless segment row -> the SegmentPlan field they set.
+_HEADLESS_SEGMENT_KEYS = {"base_prompt": "prompt", "negative_prompt": "negative_prompt",
+                          "segment_frames_target": "frames", "frame_overlap_from_previous": "overlap",
+                          "seed_to_use": "seed"}
 
-@register("travel_segment")
+
+@register("travel_segment", INDIVIDUAL_TASK)
 def travel_segment(ctx: TaskContext) -> HandlerResult:
     from wan_engine.request import GenerationRequest
 
     params = ctx.task.params
-    reader = ParamReader(params)
-    plan = stored_plan(params)
-    index = reader.integer("segment_index", minimum=0, maximum=len(plan.segments) - 1)
-    segment = plan.segments[index]
-    model = reader.text("preset", None) or reader.text("model")
+    if SEGMENT_JOB_PARAM in params:
+        reader = ParamReader(params)
+        job, previous_id = stored_segment_job(params), reader.text("previous_segment_task_id", None)
+        reader.used |= {SEGMENT_JOB_PARAM, "segment_index", "model", "preset"}
+    elif HEADLESS_KEY in params:
+        reader, job, previous_id = _headless_segment(ctx, params)
+    else:
+        raise ValidationError(SEGMENT_JOB_PARAM, f"required: a segment written by travel_orchestrator, or the "
+                                                 f"headless form ({HEADLESS_KEY} + segment_index)")
+    ignored = report_ignored(ctx, ignored_params(reader))
+    segment, index = job.segment, job.segment.index
 
-    end = load_image(segment.end_image, plan.width, plan.height, field=f"images[{index + 1}]")
+    end = None
+    if segment.end_image is not None:
+        end = load_image(segment.end_image, job.width, job.height, field=f"images[{index + 1}]")
     # With an overlap the previous segment's last frames open the guide, so the start image is not decoded.
     start = tail = None
     if segment.overlap:
-        tail = _previous_tail(ctx, reader.text("previous_segment_task_id"), segment.overlap)
+        if previous_id is None:
+            raise ValidationError("previous_segment_task_id", f"segment {index} overlaps its previous segment, "
+                                                              "and the row names none (no dependency)")
+        tail = _previous_tail(ctx, previous_id, segment.overlap)
     else:
-        start = load_image(segment.start_image, plan.width, plan.height, field=f"images[{index}]")
+        start = load_image(segment.start_image, job.width, job.height, field=f"images[{index}]")
     guide = segment_guide(segment.frames, segment.overlap, start, end, tail)
 
     request = GenerationRequest(
-        model=model,
+        model=job.preset or job.model,
         prompt=segment.prompt,
         negative_prompt=segment.negative_prompt,
-        width=plan.width,
-        height=plan.height,
+        width=job.width,
+        height=job.height,
         video_length=segment.frames,
         seed=segment.seed,
         video_guide=guide.guide,
         video_mask=guide.mask,
-        **sampling_fields(plan.sampling),
+        **job.sampling,
     )
     ctx.raise_if_cancelled()
-    generation = run_generation(ctx, request, {"segment": index, "segments": len(plan.segments)})
+    generation = run_generation(ctx, request, {"segment": index, "segments": job.segment_count})
     if len(generation.frames) != segment.frames:
         raise RuntimeError(f"the engine returned {len(generation.frames)} frames for a {segment.frames}-frame segment")
     output = output_file(ctx.output_dir, f"segment-{index}.mp4")
-    ctx.report_progress({"phase": "video_encode", "segment": index, "segments": len(plan.segments)})
-    thumbnail, encode_seconds = write_video(generation.frames, output, plan.fps)
+    ctx.report_progress({"phase": "video_encode", "segment": index, "segments": job.segment_count})
+    thumbnail, encode_seconds = write_video(generation.frames, output, job.fps)
     generation.phase_seconds["video_encode"] = encode_seconds
-    report_job_progress(ctx, plan, phase="segments", segments_done=index + 1)
+    report_job_progress(ctx, job.segment_count, job.expected_frames, phase="segments", segments_done=index + 1)
 
     result_data = generation_result_data(
         generation,
-        preset=reader.text("preset", None),
+        preset=job.preset,
         worker_parameters={
-            "width": (plan.width, "plan"),
-            "height": (plan.height, "plan"),
+            "width": (job.width, "plan"),
+            "height": (job.height, "plan"),
             "video_length": (segment.frames, "plan"),
             "seed": (segment.seed, "plan (seed + segment index)"),
-            "fps": (plan.fps, "plan"),
+            "fps": (job.fps, "plan"),
             "overlap": (segment.overlap, "plan"),
         },
-        fps=plan.fps,
+        fps=job.fps,
         output=output,
         thumbnail=thumbnail,
     )
     result_data.update(segment_index=index, orchestrator_task_id=params.get("orchestrator_task_id"),
-                       kept_frames=guide.kept_frames)
+                       kept_frames=guide.kept_frames, ignored_params=ignored)
     return HandlerResult(output_location=str(output), result_data=result_data)
 
 
-def report_job_progress(ctx: TaskContext, plan: TravelPlan, *, phase: str, segments_done: int) -> None:
+def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[ParamReader, SegmentJob, str | None]:
+    """(reader of the row, the segment's job, the previous segment's id) of a segment row written by
+    the headless orchestrator or an `individual_travel_segment` row: the job is planned from the
+    payload like an orchestrator would, then the segment's own values win."""
+    individual = ctx.task.task_type == INDIVIDUAL_TASK
+    plan, details = read_travel({HEADLESS_KEY: params[HEADLESS_KEY]}, ctx.config.limits, independent=individual)
+    reader = ParamReader(params)
+    reader.used.add(HEADLESS_KEY)
+    index = reader.integer("segment_index", 0 if individual else None, minimum=0, maximum=len(plan.segments) - 1)
+    if index is None:
+        raise ValidationError("segment_index", "is required")
+    segment = plan.segments[index]
+    own = {}
+    for key, name in _HEADLESS_SEGMENT_KEYS.items():
+        if name == "overlap" and individual:
+            continue
+        reader_of = reader.text if name in ("prompt", "negative_prompt") else reader.integer
+        value = reader_of(key, None)
+        if value is not None and value != "":
+            own[name] = value
+    if "frames" in own:
+        own["frames"] = round_to_frame_count(own["frames"], "segment_frames_target")
+    segment = replace(segment, **own)
+    if not 0 <= segment.overlap < segment.frames:
+        raise ValidationError("frame_overlap_from_previous", f"{segment.overlap} frames do not fit a "
+                                                             f"{segment.frames}-frame segment")
+    job = replace(SegmentJob.of(plan, index), segment=segment)
+    model = job.preset or job.model
+    check_request(ctx, {**job.sampling, "model": model, "prompt": segment.prompt, "width": job.width,
+                        "height": job.height, "video_length": segment.frames}, details.schema, details.prefix)
+    # The payload keys the headless orchestrator copies onto each segment row are honoured through it.
+    for key in list(reader.unread()):
+        if key in details.params and details.params[key] == params[key]:
+            reader.used.add(key)
+    reader.used |= {"orchestrator_task_id_ref", "orchestrator_run_id"}
+    previous = ctx.task.dependant_on[0] if ctx.task.dependant_on and not individual else None
+    return reader, job, previous
+
+
+def report_job_progress(ctx: TaskContext, segment_count: int, expected_frames: int, *, phase: str,
+                        segments_done: int) -> None:
     """Show the job's progress on the parked orchestrator, the row a backend watches: `segments_done`
-    of the plan's segments, `current` the child writing it, `percent` the share of the job's children
+    of the job's segments, `current` the child writing it, `percent` the share of the job's children
     (the segments and the stitch) finished. A database error is logged, never raised."""
-    segments = len(plan.segments)
     progress = {
         "phase": phase,
         "segments_done": segments_done,
-        "segments": segments,
-        "percent": round(100.0 * segments_done / (segments + 1), 1),
+        "segments": segment_count,
+        "percent": round(100.0 * segments_done / (segment_count + 1), 1),
         "current": ctx.task.params.get(CHILD_KEY_PARAM),
-        "expected_frames": plan.expected_frames,
+        "expected_frames": expected_frames,
     }
     try:
         ctx.store.parent_progress(ctx.task.id, ctx.worker_id, progress)

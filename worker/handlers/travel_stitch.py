@@ -38,7 +38,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
 
     ctx.raise_if_cancelled()
     ctx.report_progress({"phase": "stitch", "segments": len(segments), "expected_frames": plan.expected_frames})
-    report_job_progress(ctx, plan, phase="stitch", segments_done=len(segments))
+    report_job_progress(ctx, len(plan.segments), plan.expected_frames, phase="stitch", segments_done=len(segments))
     stitched = stitch([segment.output_location for segment in segments], plan.overlaps,
                       output_file(ctx.output_dir, OUTPUT_NAME), plan.fps)
     if stitched.frames != plan.expected_frames:
@@ -58,6 +58,8 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
         "output": str(stitched.path),
         "thumbnail": str(stitched.thumbnail),
         "roundings": plan.to_params()["roundings"],
+        "frame_rule": plan.frame_rule,
+        "ignored_params": plan.ignored_params,
         "segments": [_segment_summary(task, segment.overlap) for task, segment in zip(segments, plan.segments)],
     }
 

@@ -7,7 +7,8 @@ the frame and the guide there is neutral gray, which VACE reads as "no informati
 For segment i with F frames and `overlap` frames shared with segment i-1:
   * frames 0 .. overlap-1 are the last `overlap` frames of segment i-1's output, so the motion
     carries on across the cut (for the first segment, or an overlap of 0, frame 0 is the start image);
-  * frame F-1 is the end image (the next keyframe);
+  * frame F-1 is the end image (the next keyframe; a journey from a single keyframe has none, and
+    its last frame is generated too);
   * every other frame is gray and generated.
 
 Pure numpy: frames uint8 [F, H, W, 3], masks uint8 [F, H, W].
@@ -42,7 +43,7 @@ def segment_guide(
     frames: int,
     overlap: int,
     start_image: np.ndarray | None,
-    end_image: np.ndarray,
+    end_image: np.ndarray | None,
     previous_tail: np.ndarray | None = None,
 ) -> SegmentGuide:
     """Build the guide and mask of one segment.
@@ -52,8 +53,9 @@ def segment_guide(
     frames open this segment. Needed when overlap > 0; start_image is then not used (the previous
     segment already ended on it), so a caller may pass None instead of loading it.
     """
-    height, width, _ = end_image.shape
-    if start_image is not None and start_image.shape != end_image.shape:
+    size = next(a.shape if a.ndim == 3 else a.shape[1:] for a in (end_image, start_image, previous_tail) if a is not None)
+    height, width, _ = size
+    if start_image is not None and start_image.shape != size:
         raise ValueError(f"start and end images differ in size: {start_image.shape} vs {end_image.shape}")
     if not 0 <= overlap < frames:
         raise ValueError(f"overlap must be in 0..{frames - 1} for a {frames}-frame segment, got {overlap}")
@@ -66,13 +68,14 @@ def segment_guide(
             got = 0 if previous_tail is None else len(previous_tail)
             raise ValueError(f"overlap {overlap} needs that many frames of the previous segment, got {got}")
         head = previous_tail[-overlap:]
-        if head.shape[1:] != end_image.shape:
-            raise ValueError(f"previous segment frames are {head.shape[1:]}, the images {end_image.shape}")
+        if head.shape[1:] != size:
+            raise ValueError(f"previous segment frames are {head.shape[1:]}, the images {size}")
 
     guide = np.full((frames, height, width, 3), NEUTRAL_GRAY, dtype=np.uint8)
     mask = np.full((frames, height, width), MASK_GENERATE, dtype=np.uint8)
     guide[: len(head)] = head
     mask[: len(head)] = MASK_KEEP
-    guide[-1] = end_image
-    mask[-1] = MASK_KEEP
+    if end_image is not None:
+        guide[-1] = end_image
+        mask[-1] = MASK_KEEP
     return SegmentGuide(guide=guide, mask=mask)

@@ -1,85 +1,67 @@
-"""The travel plan: N keyframe images -> N-1 chained VACE segments, validated once, stored as JSON.
+"""The travel plan: N keyframe images -> N-1 VACE segments, validated once, stored as JSON.
 
-Two param forms are accepted and normalised to one `TravelPlan`:
+The params of a travel job come in three forms, all read through the fields of wan_engine.schema
+(`images`, `prompts` / `prompt`, `negative_prompt(s)`, `resolution`, `fps`, `segment_frames`,
+`frame_overlap`, `seed`, `model` / `preset`, sampling and LoRA fields, by any of their names):
 
-* ours (DESIGN.md section 3): `images`, `prompts` | `prompt`, `negative_prompt`, `resolution`
-  "WxH", `fps`, `segment_frames` int | list (one per segment), `frame_overlap` int | list (one per
-  transition, N-2 for N images), `seed`, `model` | `preset`, sampling and LoRA fields;
-* headless Wan2GP / Reigh: the same under `orchestrator_details`, named `input_image_paths_resolved`,
-  `base_prompts_expanded` (or `base_prompt`), `negative_prompts_expanded` (or `negative_prompt`),
-  `segment_frames_expanded`, `frame_overlap_expanded`, `parsed_resolution_wh` ("WxH" or [W, H]),
-  `fps_helpers`, `model_name`, `seed_base`, `num_new_segments_to_generate` (checked if given).
-  As in that ecosystem, `frame_overlap_expanded` may carry one entry per segment; the last has no
-  following segment and is ignored; and `parsed_resolution_wh` sides are rounded down to multiples
-  of 16 (its backends send sizes such as "902x508"), the rounding recorded.
+* ours: `images`, `prompts` | `prompt`, `segment_frames` int | list (each segment's frames, overlap
+  included), `frame_overlap` int | list (one per transition), ...;
+* the seed's flat row: `model_name`, `vace_version`, `prompt`, `video_length` (frames per segment),
+  `num_inference_steps`, `guidance_scale`, `flow_shift`, `lora_names`, `lora_multipliers`;
+* headless Wan2GP / Reigh: the same under `orchestrator_details` with the headless names
+  (`input_image_paths_resolved`, `base_prompts_expanded`, `enhanced_prompts_expanded`, `base_prompt`,
+  `segment_frames_expanded`, `frame_overlap_expanded`, `parsed_resolution_wh`, `seed_base`, `steps`,
+  `phase_config`, `additional_loras`, `text_before_prompts` / `text_after_prompts`, ...).
 
-Frame math. Segment i has `frames[i]` frames (Wan generates 4n+1; other counts are rounded down and
-the rounding recorded) and shares `overlap[i]` frames with segment i-1 (0 for the first segment;
-even, rounded down if odd and recorded). The stitched video has sum(frames) - sum(overlaps) frames.
-Seeds are `seed + i`, so any segment can be re-run alone and give the same video.
+Frame rules (the one used is recorded in the plan as `frame_rule`):
+
+* ours: segment i has `segment_frames[i]` frames (4n+1, rounded down) and shares `overlap[i]` frames
+  (even, rounded down) with segment i-1; an overlap that does not fit is an error;
+* headless (current Reigh-Worker orchestrator): `segment_frames_expanded[i]` is rounded down to 4n+1;
+  each overlap is made even and capped at the shorter of its two segments; a chained segment after
+  the first generates its frames plus the overlap (rounded down to 4n+1), so the stitched length is
+  about sum(segment_frames_expanded). `frame_overlap_expanded` may carry one entry per segment (the
+  last has no following segment and is dropped), and sizes are snapped down to multiples of 16.
+
+Either way the stitched video has sum(frames) - sum(overlaps) frames, every rounding is recorded,
+and seeds are `seed + i`, so any segment can be re-run alone and give the same video.
+
+Independent segments (`chain_segments: false` or `independent_segments: true`) each open on their
+own start image (no overlap, no waiting for the previous segment) and are joined end to end. One
+keyframe makes one segment that starts on it and ends where the model takes it.
 
 Model and preset names are passed through unchecked: the handler validates them against the
-engine's registry. Nothing here touches the database.
+registry. Nothing here touches the database.
 """
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from worker.errors import ValidationError
-from worker.params import (
-    DEFAULT_FPS,
-    DEFAULT_RESOLUTION,
-    DEFAULT_SEED,
-    MAX_FPS,
-    MAX_SEED,
-    RANDOM_SEED,
-    RESOLUTION_MULTIPLE,
-    parse_resolution,
-    round_to_frame_count,
-    split_resolution,
+from wan_engine.schema import DEFAULT_LIMITS, MAX_SEED, RANDOM_SEED, RESOLUTION_MULTIPLE, TRAVEL, Limits
+from wan_engine.schema import split_resolution as _split_resolution
+from worker.dialects import (
+    compose_prompt,
+    ignored_params,
+    needs_image_to_video,
+    sampling,
 )
+from worker.errors import ValidationError
+from worker.params import ParamReader, parse_resolution, round_to_frame_count, to_int, validation_errors
 from worker.video import check_image
 
-DEFAULT_MODEL = "vace_14B_cocktail_2_2"  # the Wan 2.2 VACE 14B preset ("vace_22_14b")
-DEFAULT_SEGMENT_FRAMES = 81
-DEFAULT_FRAME_OVERLAP = 8
-
+DEFAULT_MODEL = "vace_14B_cocktail_2_2"  # the seed's default travel model, the Wan 2.2 VACE 14B cocktail
 MIN_SEGMENT_FRAMES = 5  # 4n+1 with n >= 1: a start frame, an end frame and something between
 MAX_SEGMENT_FRAMES = 1000  # ~60 s at 16 fps per segment; far past what Wan keeps coherent
 
-# Generation fields a travel job hands through to every segment untouched (the engine resolves them).
-SAMPLING_FIELDS = (
-    "num_inference_steps",
-    "guidance_scale",
-    "guidance2_scale",
-    "guidance3_scale",
-    "guidance_phases",
-    "switch_threshold",
-    "switch_threshold2",
-    "model_switch_phase",
-    "flow_shift",
-    "sample_solver",
-    "lora_names",
-    "lora_multipliers",
-)
-
 HEADLESS_KEY = "orchestrator_details"
-# Our field name -> the headless Wan2GP name of the same thing, in `orchestrator_details`.
-_HEADLESS_NAMES = {
-    "images": "input_image_paths_resolved",
-    "prompts": "base_prompts_expanded",
-    "prompt": "base_prompt",
-    "negative_prompt": "negative_prompts_expanded",
-    "resolution": "parsed_resolution_wh",
-    "fps": "fps_helpers",
-    "segment_frames": "segment_frames_expanded",
-    "frame_overlap": "frame_overlap_expanded",
-    "model": "model_name",
-    "seed": "seed_base",
-}
+OURS_RULE = "ours: each segment_frames entry is a segment's whole length, overlap included"
+HEADLESS_RULE = ("headless: segment_frames_expanded rounded down to 4n+1; overlaps even and capped at the shorter "
+                 "neighbour; a chained segment after the first generates its frames + the overlap (4n+1)")
+INDEPENDENT_RULE = "; independent segments: no overlap, each opens on its own keyframe"
+ENHANCED_PROMPTS = "enhanced_prompts_expanded"
 
 
 @dataclass(frozen=True)
@@ -94,14 +76,15 @@ class Rounding:
 
 @dataclass(frozen=True)
 class SegmentPlan:
-    """One VACE generation: from `start_image` to `end_image` in `frames` frames.
+    """One VACE generation: from `start_image` to `end_image` (None: the journey's last segment from a
+    single keyframe ends where the model takes it) in `frames` frames.
 
     `overlap` frames at its head are the last `overlap` frames of segment index-1 (0 for index 0).
     """
 
     index: int
     start_image: str
-    end_image: str
+    end_image: str | None
     prompt: str
     negative_prompt: str
     frames: int
@@ -116,7 +99,10 @@ class SegmentPlan:
 
 @dataclass(frozen=True)
 class TravelPlan:
-    """A validated travel job; `to_params()` / `from_params()` carry it through JSON task params."""
+    """A validated travel job; `to_params()` / `from_params()` carry it through JSON task params.
+
+    `sampling` holds the typed sampling and LoRA fields (GenerationRequest keyword arguments);
+    `ignored_params` the keys of the row that were not honoured (reported on the job's rows)."""
 
     model: str | None
     preset: str | None
@@ -127,6 +113,9 @@ class TravelPlan:
     segments: tuple[SegmentPlan, ...]
     sampling: dict[str, Any] = field(default_factory=dict)
     roundings: tuple[Rounding, ...] = ()
+    frame_rule: str = OURS_RULE
+    chained: bool = True
+    ignored_params: dict[str, str] = field(default_factory=dict)
 
     @property
     def resolution(self) -> str:
@@ -153,6 +142,9 @@ class TravelPlan:
             "segments": [asdict(segment) for segment in self.segments],
             "sampling": dict(self.sampling),
             "roundings": [asdict(rounding) for rounding in self.roundings],
+            "frame_rule": self.frame_rule,
+            "chained": self.chained,
+            "ignored_params": dict(self.ignored_params),
             "expected_frames": self.expected_frames,
         }
 
@@ -170,85 +162,115 @@ class TravelPlan:
             segments=tuple(SegmentPlan(**segment) for segment in params["segments"]),
             sampling=dict(params["sampling"]),
             roundings=tuple(Rounding(**rounding) for rounding in params["roundings"]),
+            frame_rule=params["frame_rule"],
+            chained=params["chained"],
+            ignored_params=dict(params["ignored_params"]),
         )
         if params.get("expected_frames", plan.expected_frames) != plan.expected_frames:
             raise ValidationError("expected_frames", "does not match the stored segments")
         return plan
 
 
+@dataclass(frozen=True)
+class SegmentJob:
+    """What one segment row carries: its segment, the job's shared settings, and the job's size (the
+    whole plan is stored once, on the stitch row, so a job's params grow linearly with its segments)."""
+
+    segment: SegmentPlan
+    model: str | None
+    preset: str | None
+    width: int
+    height: int
+    fps: int
+    sampling: dict[str, Any]
+    segment_count: int
+    expected_frames: int
+
+    def to_params(self) -> dict[str, Any]:
+        return {**asdict(self), "segment": asdict(self.segment)}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> SegmentJob:
+        return cls(**{**params, "segment": SegmentPlan(**params["segment"]), "sampling": dict(params["sampling"])})
+
+    @classmethod
+    def of(cls, plan: TravelPlan, index: int) -> SegmentJob:
+        return cls(plan.segments[index], plan.model, plan.preset, plan.width, plan.height, plan.fps,
+                   dict(plan.sampling), len(plan.segments), plan.expected_frames)
+
+
 def is_headless_form(params: Mapping[str, Any]) -> bool:
     return HEADLESS_KEY in params
 
 
-def plan_travel(params: Mapping[str, Any]) -> TravelPlan:
-    """Validate travel params of either form and build the plan; raises ValidationError(field, rule)."""
-    if is_headless_form(params):
-        details = params[HEADLESS_KEY]
-        if not isinstance(details, Mapping):
-            raise ValidationError(HEADLESS_KEY, "must be an object")
-        return _Planner(_from_headless(details), _headless_field_name, snap_resolution=True).plan()
-    return _Planner(params, lambda name: name).plan()
+def travel_reader(params: Mapping[str, Any]) -> tuple[ParamReader, ParamReader | None]:
+    """(reader of the travel fields, reader of the row's top level when they sit under
+    orchestrator_details, else None)."""
+    if not is_headless_form(params):
+        return ParamReader(params, TRAVEL), None
+    top = ParamReader(params, TRAVEL)
+    top.used.add(HEADLESS_KEY)
+    details = params[HEADLESS_KEY]
+    if not isinstance(details, Mapping):
+        raise ValidationError(HEADLESS_KEY, "must be an object")
+    return ParamReader(details, TRAVEL, prefix=f"{HEADLESS_KEY}."), top
 
 
-def _headless_field_name(name: str) -> str:
-    return f"{HEADLESS_KEY}.{_HEADLESS_NAMES.get(name, name)}"
+def plan_travel(params: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> TravelPlan:
+    """Validate travel params of any form and build the plan; raises ValidationError(field, rule)."""
+    return read_travel(params, limits)[0]
 
 
-def _from_headless(details: Mapping[str, Any]) -> dict[str, Any]:
-    """Rename the headless fields to ours; shapes are checked by the planner like any other input."""
-    ours = {name: details[theirs] for name, theirs in _HEADLESS_NAMES.items() if theirs in details}
-    ours.update({name: details[name] for name in SAMPLING_FIELDS if name in details})
-    if "prompts" in ours and "prompt" in ours:
-        del ours["prompt"]  # headless rows carry both; the expanded list is the one used
-    if "negative_prompt" not in ours and "negative_prompt" in details:
-        ours["negative_prompt"] = details["negative_prompt"]
-    images = ours.get("images")
-    overlap = ours.get("frame_overlap")
-    if isinstance(images, list) and isinstance(overlap, list) and len(overlap) == len(images) - 1:
-        ours["frame_overlap"] = overlap[:-1]
-    declared = details.get("num_new_segments_to_generate")
-    if declared is not None and isinstance(images, list) and declared != len(images) - 1:
-        raise ValidationError(
-            _headless_field_name("num_new_segments_to_generate"),
-            f"says {declared} segments but {len(images)} images make {len(images) - 1}",
-        )
-    return ours
-
-
-def _as_int(value: Any, name: str) -> int:
-    """An integer param; JSON writers that emit 81.0 are accepted, booleans and strings are not."""
-    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-    if isinstance(value, bool) or not integral:
-        raise ValidationError(name, f"must be an integer, got {value!r}")
-    return int(value)
+def read_travel(params: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS, *,
+                independent: bool = False) -> tuple[TravelPlan, ParamReader]:
+    """plan_travel, with the reader of the travel fields, whose labels name fields as the row wrote
+    them. `independent` plans every segment to open on its own keyframe whatever the params say
+    (one segment re-made alone)."""
+    reader, top = travel_reader(params)
+    plan = _Planner(reader, headless=top is not None, limits=limits, independent=independent).plan()
+    ignored = ignored_params(reader, plan.ignored_params)
+    if top is not None:
+        ignored.update(ignored_params(top))
+    return replace(plan, ignored_params=ignored), reader
 
 
 class _Planner:
-    """Builds a plan from our form; `name` maps our field names to what the user wrote, for errors.
+    """Builds a plan from a reader of either form (see the module docstring for the frame rules)."""
 
-    snap_resolution: round each side down to a multiple of 16 (recorded) instead of refusing it, as
-    headless Wan2GP does with the sizes its backends send ("902x508" for 16:9 becomes 896x496)."""
-
-    def __init__(self, params: Mapping[str, Any], name: Callable[[str], str], *, snap_resolution: bool = False):
-        self.params = params
-        self.name = name
-        self.snap_resolution = snap_resolution
+    def __init__(self, reader: ParamReader, *, headless: bool, limits: Limits, independent: bool = False):
+        self.reader = reader
+        self.headless = headless
+        self.independent = independent
+        self.limits = limits
         self.roundings: list[Rounding] = []
+        self.overridden: dict[str, str] = {}
+
+    def label(self, name: str) -> str:
+        return self.reader.label(name)
 
     def plan(self) -> TravelPlan:
+        self._check_travel_mode()
         images = self._images()
-        count = len(images) - 1
+        count = max(1, len(images) - 1)
+        self._check_declared_count(count)
+        chained = self._chained()
         width, height = self._resolution()
         prompts = self._prompts(count)
-        negative_prompts = self._per_segment("negative_prompt", count, default="", kind=str)
-        frames = self._segment_frames(count)
-        overlaps = [0, *self._overlaps(frames)]
+        negative_prompts = self._negative_prompts(count)
+        asked = self._segment_frames(count)
+        if chained:
+            overlaps = [0, *self._overlaps(asked)]
+        else:
+            overlaps = [0] * count
+            if self.reader.given("frame_overlap"):
+                self.overridden[self.reader.schema.keys["frame_overlap"]] = "independent segments do not overlap"
+        frames = self._generated_frames(asked, overlaps)
         seed = self._seed(count)
         segments = tuple(
             SegmentPlan(
                 index=i,
                 start_image=images[i],
-                end_image=images[i + 1],
+                end_image=images[i + 1] if i + 1 < len(images) else None,
                 prompt=prompts[i],
                 negative_prompt=negative_prompts[i],
                 frames=frames[i],
@@ -257,26 +279,64 @@ class _Planner:
             )
             for i in range(count)
         )
-        model, preset = self._optional_name("model"), self._optional_name("preset")
+        model, preset = self.reader.field("model"), self.reader.field("preset")
         if model is None and preset is None:
             model = DEFAULT_MODEL
+        rule = HEADLESS_RULE if self.headless else OURS_RULE
         return TravelPlan(
             model=model,
             preset=preset,
             width=width,
             height=height,
-            fps=self._fps(),
+            fps=self.reader.field("fps"),
             seed=seed,
             segments=segments,
-            sampling={key: self.params[key] for key in SAMPLING_FIELDS if key in self.params},
+            sampling=sampling(self.reader, self.overridden),
             roundings=tuple(self.roundings),
+            frame_rule=rule if chained else rule + INDEPENDENT_RULE,
+            chained=chained,
+            ignored_params=self.overridden,
         )
 
+    # ---- what kind of journey ----
+
+    def _check_travel_mode(self) -> None:
+        """VACE travel only: image-to-video travel (Reigh's `model_type: "i2v"`, SVI) needs an i2v model."""
+        mode = self.reader.text("model_type", "vace")
+        if mode != "vace":
+            raise needs_image_to_video(self.reader.prefix + "model_type", f"travel with model_type {mode!r}")
+        if self.reader.flag("use_svi", False):
+            raise needs_image_to_video(self.reader.prefix + "use_svi", "SVI travel")
+
+    def _chained(self) -> bool:
+        """Segments chain (each opens on the previous one's last frames) unless `chain_segments` is
+        false or, without it, `independent_segments` is true; the two may not contradict each other."""
+        chain = self.reader.flag("chain_segments", True) if self.reader.has("chain_segments") else None
+        independent = self.reader.flag("independent_segments", False) if self.reader.has("independent_segments") else None
+        if chain is not None and independent is not None and chain == independent:
+            raise ValidationError(self.reader.prefix + "independent_segments",
+                                  f"is {str(independent).lower()} but chain_segments is {str(chain).lower()}")
+        if self.independent:
+            return False
+        return chain if chain is not None else not independent
+
+    def _check_declared_count(self, count: int) -> None:
+        declared = self.reader.integer("num_new_segments_to_generate", None)
+        if declared is not None and declared != count:
+            images = len(self.reader.field("images"))
+            raise ValidationError(self.reader.prefix + "num_new_segments_to_generate",
+                                  f"says {declared} segments but {images} images make {count}")
+
+    # ---- fields ----
+
     def _resolution(self) -> tuple[int, int]:
-        name = self.name("resolution")
-        value = self.params.get("resolution", DEFAULT_RESOLUTION)
-        if self.snap_resolution:
-            requested = split_resolution(value, name)
+        """The resolution; the headless form snaps each side down to a multiple of 16 (recorded), as
+        headless Wan2GP does with the sizes its backends send ("902x508" for 16:9 becomes 896x496)."""
+        name = self.label("resolution")
+        value = self.reader.field("resolution")
+        if self.headless:
+            with validation_errors():
+                requested = _split_resolution(value, name)
             value = [side // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE for side in requested]
             for side, asked, used in zip(("width", "height"), requested, value):
                 if used != asked:
@@ -284,98 +344,136 @@ class _Planner:
                                                    f"multiple of {RESOLUTION_MULTIPLE}, rounded down"))
         return parse_resolution(value, name)
 
-    def _optional_name(self, key: str) -> str | None:
-        value = self.params.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ValidationError(self.name(key), f"must be a non-empty string, got {value!r}")
-        return value
-
     def _images(self) -> list[str]:
-        name = self.name("images")
-        images = self.params.get("images")
-        if not isinstance(images, list) or not all(isinstance(path, str) for path in images):
+        name = self.label("images")
+        images = self.reader.field("images", None)
+        if images is None:
             raise ValidationError(name, "required: a list of image paths (N images make N-1 segments)")
-        if len(images) < 2:
-            raise ValidationError(name, f"at least 2 images are needed to travel between, got {len(images)}")
+        if not images:
+            raise ValidationError(name, "needs at least one keyframe image")
+        if len(images) > self.limits.max_keyframes:
+            raise ValidationError(name, f"has {len(images)} images, over the limit of {self.limits.max_keyframes} "
+                                        "(max_keyframes)")
         for i, path in enumerate(images):
-            check_image(path, f"{name}[{i}]")
+            check_image(path, f"{self.reader.key('images')}[{i}]")
         return list(images)
 
     def _prompts(self, count: int) -> list[str]:
-        if "prompts" in self.params and "prompt" in self.params:
-            raise ValidationError(self.name("prompts"), "give either 'prompts' (one per segment) or 'prompt', not both")
-        if "prompts" not in self.params and "prompt" not in self.params:
-            raise ValidationError(self.name("prompts"), "required: 'prompts' (one per segment) or 'prompt' (for all)")
-        key = "prompts" if "prompts" in self.params else "prompt"
-        return self._per_segment(key, count, default=None, kind=str)
+        """Per segment: the enhanced prompt when there is one, else the segment's prompt, else
+        `prompt` / `base_prompt` (the prompt of every segment), wrapped in text_before/after_prompts."""
+        listed = self._per_segment("prompts", count, default=[""])
+        enhanced = self._per_segment_key(ENHANCED_PROMPTS, count)
+        fallback = self.reader.field("prompt", "")
+        prompts = []
+        for i in range(count):
+            chosen = next((p for p in (enhanced[i], listed[i], fallback) if p and p.strip()), None)
+            if chosen is None:
+                raise ValidationError(self.label("prompts"),
+                                      f"required: segment {i} has no prompt ('prompts', one per segment, or 'prompt')")
+            prompts.append(compose_prompt(chosen, self.reader))
+        return prompts
 
-    def _per_segment(self, key: str, count: int, default: Any, kind: type) -> list[Any]:
-        """A value for every segment from a scalar or a list of 1 or `count` (prompts, negatives)."""
-        name = self.name(key)
-        value = self.params.get(key, default)
+    def _negative_prompts(self, count: int) -> list[str]:
+        fallback = self.reader.field("negative_prompt")
+        listed = self._per_segment("negative_prompts", count, default=[fallback])
+        return [p if p and p.strip() else fallback for p in listed]
+
+    def _per_segment(self, name: str, count: int, default: list[str]) -> list[str]:
+        """A text for every segment from a scalar or a list of 1 or `count` (prompts, negatives)."""
+        value = self.reader.field(name, default)
+        return self._texts_for_segments(value, count, self.label(name))
+
+    def _per_segment_key(self, key: str, count: int) -> list[str]:
+        value = self.reader.params.get(key)
+        self.reader.used.add(key)
+        return [""] * count if value is None else self._texts_for_segments(value, count, self.reader.prefix + key)
+
+    @staticmethod
+    def _texts_for_segments(value: Any, count: int, name: str) -> list[str]:
         values = value if isinstance(value, list) else [value]
         if len(values) not in (1, count):
             raise ValidationError(name, f"needs 1 or {count} entries (one per segment), got {len(values)}")
-        if not all(isinstance(item, kind) for item in values):
-            raise ValidationError(name, f"entries must be {kind.__name__}")
+        if not all(isinstance(item, str) or item is None for item in values):
+            raise ValidationError(name, "entries must be strings")
+        values = ["" if item is None else item for item in values]
         return values * count if len(values) == 1 else list(values)
 
-    def _int_list(self, key: str, default: int, length: int) -> list[int]:
-        """An int param given once for all, or as a list of exactly `length` entries."""
-        name = self.name(key)
-        value = self.params.get(key, default)
+    def _int_list(self, name: str, length: int, *, extra_allowed: bool = False) -> list[int]:
+        """An int field given once for all, or as a list of `length` entries (one more allowed in the
+        headless form, whose lists carry an entry per segment: the last is dropped)."""
+        label = self.label(name)
+        value = self.reader.field(name)
         if not isinstance(value, list):
-            return [_as_int(value, name)] * length
+            return [to_int(value, label)] * length
+        if extra_allowed and len(value) == length + 1:
+            value = value[:length]
         if len(value) != length:
-            raise ValidationError(name, f"needs {length} entries, got {len(value)}")
-        return [_as_int(item, f"{name}[{i}]") for i, item in enumerate(value)]
+            raise ValidationError(label, f"needs {length} entries, got {len(value)}")
+        return [to_int(item, f"{self.reader.key(name)}[{i}]") for i, item in enumerate(value)]
 
     def _segment_frames(self, count: int) -> list[int]:
-        name = self.name("segment_frames")
-        frames = self._int_list("segment_frames", DEFAULT_SEGMENT_FRAMES, count)
+        label = self.reader.key("segment_frames")
         rounded = []
-        for i, requested in enumerate(frames):
-            if not MIN_SEGMENT_FRAMES <= requested <= MAX_SEGMENT_FRAMES:
-                raise ValidationError(
-                    f"{name}[{i}]", f"must be in {MIN_SEGMENT_FRAMES}..{MAX_SEGMENT_FRAMES}, got {requested}"
-                )
-            used = round_to_frame_count(requested, f"{name}[{i}]")
+        for i, requested in enumerate(self._int_list("segment_frames", count)):
+            low = 1 if self.headless else MIN_SEGMENT_FRAMES
+            if not low <= requested <= MAX_SEGMENT_FRAMES:
+                raise ValidationError(f"{label}[{i}]", f"must be in {low}..{MAX_SEGMENT_FRAMES}, got {requested}")
+            used = round_to_frame_count(requested, f"{label}[{i}]")
             if used != requested:
                 self.roundings.append(Rounding(f"segment_frames[{i}]", requested, used, "4n+1, rounded down"))
             rounded.append(used)
         return rounded
 
     def _overlaps(self, frames: list[int]) -> list[int]:
-        """Overlap i joins segments i and i+1: even, >= 0, and less than either's frame count."""
-        name = self.name("frame_overlap")
-        overlaps = self._int_list("frame_overlap", DEFAULT_FRAME_OVERLAP, len(frames) - 1)
+        """Overlap i joins segments i and i+1: even, >= 0; ours must be shorter than both neighbours
+        (else an error), headless ones are capped at the shorter neighbour (recorded)."""
+        label = self.reader.key("frame_overlap")
+        requested_overlaps = self._int_list("frame_overlap", len(frames) - 1, extra_allowed=self.headless)
         used_overlaps = []
-        for i, requested in enumerate(overlaps):
-            field_name = f"{name}[{i}]"
+        for i, requested in enumerate(requested_overlaps):
+            field_name = f"{label}[{i}]"
             if requested < 0:
                 raise ValidationError(field_name, f"must be >= 0, got {requested}")
             used = requested // 2 * 2
-            if used != requested:
-                self.roundings.append(Rounding(f"frame_overlap[{i}]", requested, used, "even, rounded down"))
             shorter = min(frames[i], frames[i + 1])
-            if used >= shorter:
+            if self.headless:
+                used = min(used, shorter)  # the headless orchestrator caps instead of refusing
+            if used != requested:
+                rule = "even, capped at the shorter segment" if self.headless else "even, rounded down"
+                self.roundings.append(Rounding(f"frame_overlap[{i}]", requested, used, rule))
+            if used >= shorter and not self.headless:
                 raise ValidationError(
                     field_name,
                     f"{used} frames must be fewer than both segments it joins ({frames[i]} and {frames[i + 1]})",
                 )
             used_overlaps.append(used)
-        for i in range(1, len(frames) - 1):
-            head, tail = used_overlaps[i - 1], used_overlaps[i]
-            if head + tail >= frames[i]:
-                raise ValidationError(
-                    name,
-                    f"segment {i} has {frames[i]} frames; its overlaps {head} + {tail} must leave it a frame of its own",
-                )
+        if not self.headless:
+            for i in range(1, len(frames) - 1):
+                head, tail = used_overlaps[i - 1], used_overlaps[i]
+                if head + tail >= frames[i]:
+                    raise ValidationError(
+                        label,
+                        f"segment {i} has {frames[i]} frames; its overlaps {head} + {tail} must leave it a frame of its own",
+                    )
         return used_overlaps
 
+    def _generated_frames(self, frames: list[int], overlaps: list[int]) -> list[int]:
+        """Frames each segment generates: its frames (ours), or its frames + its overlap rounded down
+        to 4n+1 (headless chained segments after the first)."""
+        if not self.headless:
+            return frames
+        generated = []
+        for i, (count, overlap) in enumerate(zip(frames, overlaps)):
+            total = round_to_frame_count(count + overlap, f"{self.reader.key('segment_frames')}[{i}]") if overlap else count
+            if total < overlap + 1:
+                raise ValidationError(f"{self.reader.key('frame_overlap')}[{i - 1}]",
+                                      f"{overlap} frames leave segment {i} no frame of its own")
+            generated.append(total)
+        return generated
+
     def _seed(self, count: int) -> int:
-        name = self.name("seed")
-        seed = _as_int(self.params.get("seed", DEFAULT_SEED), name)
+        name = self.label("seed")
+        seed = self.reader.field("seed")
         if seed == RANDOM_SEED:
             return secrets.randbelow(MAX_SEED - count + 2)
         if not 0 <= seed <= MAX_SEED - (count - 1):
@@ -383,9 +481,3 @@ class _Planner:
             raise ValidationError(name, f"must be -1 (random) or in 0..{highest} (seed + segment index), got {seed}")
         return seed
 
-    def _fps(self) -> int:
-        name = self.name("fps")
-        fps = _as_int(self.params.get("fps", DEFAULT_FPS), name)
-        if not 1 <= fps <= MAX_FPS:
-            raise ValidationError(name, f"must be in 1..{MAX_FPS}, got {fps}")
-        return fps
