@@ -9,7 +9,9 @@ import pytest
 
 from conftest import wait_for
 from worker.errors import ValidationError
-from worker.handlers.generate import DEFAULT_MODELS, sampling_fields
+from worker.dialects import sampling
+from worker.handlers.generate import DEFAULT_MODELS
+from worker.params import ParamReader
 from worker.store import TaskStatus, TaskStore
 from worker.video import VideoWriter, probe, read_video
 from worker_harness import BackgroundWorker, background_workers, resources, run_until_idle, write_keyframes  # noqa: F401
@@ -118,9 +120,9 @@ def test_a_guide_of_another_size_fails_naming_video_guide(sqlite_store: TaskStor
 def test_lora_multipliers_without_lora_names_reweight_the_definitions_loras() -> None:
     """Multipliers alone apply to the model definition's LoRAs (the engine counts those); only next
     to the task's own lora_names can the worker count them itself."""
-    assert sampling_fields({"lora_multipliers": ["1", "0.2;0", "0.5"]})["lora_multipliers"] == ["1", "0.2;0", "0.5"]
+    assert sampling(ParamReader({"lora_multipliers": ["1", "0.2;0", "0.5"]}), {})["lora_multipliers"] == ["1", "0.2;0", "0.5"]
     with pytest.raises(ValidationError) as error:
-        sampling_fields({"lora_names": ["CausVid"], "lora_multipliers": ["1", "0.5"]})
+        sampling(ParamReader({"lora_names": ["CausVid"], "lora_multipliers": ["1", "0.5"]}), {})
     assert error.value.field == "lora_multipliers"
 
 

@@ -186,7 +186,7 @@ def test_both_param_forms_normalise_to_the_same_plan(
         lora_multipliers=["1.0;0"],
     )
     ours_plan, headless_plan = plan_travel(params), plan_travel(headless(params))
-    assert replace(headless_plan, frame_rule=ours_plan.frame_rule) == ours_plan
+    assert replace(headless_plan, frame_rule=ours_plan.frame_rule, given_as=ours_plan.given_as) == ours_plan
     assert headless_plan.frame_rule.startswith("headless") and ours_plan.frame_rule.startswith("ours")
 
 

@@ -34,9 +34,9 @@ from wan_engine.schedules import DEFAULT_SOLVER, SOLVERS, solver_name, timesteps
 
 # ---- who names a field how ------------------------------------------------------------------------
 
-SEED = "seed (Headless-Wan2GP docs)"
+SEED = "seed docs"
 WAN2GP = "Wan2GP"
-HEADLESS = "headless Wan2GP / Reigh"
+HEADLESS = "headless, Reigh"
 
 # ---- where a default comes from ---------------------------------------------------------------------
 
@@ -469,19 +469,20 @@ def check_prompt(prompt: Any, field: str = "prompt", limits: Limits = DEFAULT_LI
                                     "(max_prompt_chars)")
 
 
-def schema_table() -> list[dict[str, Any]]:
-    """The schema as rows (name, kind, bounds, aliases, default, forms): what docs/params.md shows."""
-    rows = []
+def markdown_table() -> str:
+    """The schema as a Markdown table (field, kind, bounds, other names, default, forms): the table in
+    docs/params.md, written by `python -m wan_engine.schema`."""
+    lines = ["| field | kind | bounds | other names | default | forms | meaning |", "|---|---|---|---|---|---|---|"]
     for spec in FIELDS.values():
         bounds = "" if spec.minimum is None else f"{spec.minimum:g} .. {spec.maximum:g}"
         if spec.choices:
-            bounds = " / ".join(repr(c) for c in spec.choices)
-        default = spec.default if spec.default is not None else ""
-        rows.append({
-            "field": spec.name, "kind": spec.kind, "bounds": bounds,
-            "aliases": "; ".join(f"`{alias}` ({who})" for alias, who in spec.aliases.items()),
-            "default": default if default == FROM_MODEL else ("" if default == "" else f"`{default}`"),
-            "forms": ", ".join(sorted(spec.forms)), "doc": spec.doc,
-        })  # fmt: skip
-    return rows
+            bounds = ", ".join(f"`{choice!r}`" for choice in spec.choices)
+        aliases = ", ".join(f"`{alias}` ({who})" for alias, who in spec.aliases.items())
+        default = spec.default if spec.default == FROM_MODEL or spec.default is None else f"`{spec.default!r}`"
+        forms = ", ".join(sorted(spec.forms))
+        lines.append(f"| `{spec.name}` | {spec.kind} | {bounds} | {aliases} | {default or ''} | {forms} | {spec.doc} |")
+    return "\n".join(lines) + "\n"
 
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

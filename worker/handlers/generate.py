@@ -26,12 +26,13 @@ import numpy as np
 from PIL import Image
 
 from wan_engine.errors import InvalidRequest, UnknownModel
-from wan_engine.schema import FIELDS, RANDOM_SEED, Reading, validate
+from wan_engine.schema import FIELDS, RANDOM_SEED, Limits, Reading, validate
 from worker.dialects import compose_prompt, flatten_generation_task, ignored_params, model_and_preset, sampling
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.params import REQUIRED, ParamReader, parse_resolution, round_to_frame_count
 from worker.paths import output_file
+from worker.resources import WorkerResources
 from worker.video import VideoWriter, check_image, iter_frames, save_png, thumbnail_path
 
 DEFAULT_OUTPUT_NAME = "video.mp4"
@@ -61,12 +62,12 @@ def read_seed(reader: ParamReader) -> tuple[int, str]:
     return seed, reader.source("seed")
 
 
-def resolve_model(ctx: TaskContext, reader: ParamReader, default: str) -> Any:
+def resolve_model(resources: WorkerResources, reader: ParamReader, default: str) -> Any:
     """The ModelSpec (wan_engine.registry) of what the row names (a preset wins over a model; the
     seed's `vace_version` must agree with `model_name`), checked against the model definitions
     without loading anything or importing torch. An unknown name fails with the key that named it.
     Give the engine `spec.preset or spec.key`, so preset defaults apply."""
-    registry = ctx.resources.model_registry()
+    registry = resources.model_registry()
     model, preset = model_and_preset(reader, registry)
     key, name = (preset, "preset") if preset else (model or default, "model")
     try:
@@ -75,22 +76,22 @@ def resolve_model(ctx: TaskContext, reader: ParamReader, default: str) -> Any:
         raise ValidationError(reader.label(name), error.rule) from None
 
 
-def check_request(ctx: TaskContext, fields: Mapping[str, Any], reading: Reading, prefix: str = "") -> None:
+def check_request(resources: WorkerResources, limits: Limits, fields: Mapping[str, Any], reading: Reading,
+                  prefix: str = "") -> None:
     """Check a whole request (model, sampling fields, geometry, prompt, LoRA names against the loras
     folder, multiplier strings against the step plan) with wan_engine.schema.validate and the
     worker's limits, as the engine will, without loading anything; the error names the row's key."""
     try:
-        validate(ctx.resources.model_registry(), fields, Path(ctx.resources.models_dir) / LORAS_FOLDER,
-                 ctx.config.limits)
+        validate(resources.model_registry(), fields, Path(resources.models_dir) / LORAS_FOLDER, limits)
     except InvalidRequest as error:
         name = reading.label(error.field) if error.field in FIELDS else error.field
         raise ValidationError(prefix + name, error.rule) from None
 
 
-def report_ignored(ctx: TaskContext, ignored: Mapping[str, str]) -> dict[str, str]:
+def report_ignored(log: Any, ignored: Mapping[str, str]) -> dict[str, str]:
     """Log the keys of the row that were not honoured (they also go to result_data.ignored_params)."""
     if ignored:
-        ctx.log.warning("params not honoured", ignored_params=dict(ignored))
+        log.warning("params not honoured", ignored_params=dict(ignored))
     return dict(ignored)
 
 
@@ -186,7 +187,7 @@ def generation_result_data(generation: Generation, *, preset: str | None, worker
 # ---- generate_video ------------------------------------------------------------------------------
 
 @dataclass
-class _Row:
+class GenerationRow:
     """A generation row read and checked: the request, what the worker resolved itself (name ->
     (value, source)), and the keys it did not honour."""
 
@@ -198,13 +199,14 @@ class _Row:
     output: Path
 
 
-def _read_generation(ctx: TaskContext, *, default_model: str, one_frame: bool = False) -> _Row:
+def read_generation(params: Mapping[str, Any], *, resources: WorkerResources, limits: Limits, output_dir: Path,
+                    log: Any, default_model: str, one_frame: bool = False) -> GenerationRow:
     """Read a generation row in any of its forms (ours, the seed's GenerationTask, headless/Wan2GP
-    names) and check it completely before any work."""
+    names) and check it completely before any work; its output goes to `output_dir`."""
     from wan_engine.request import GenerationRequest
 
-    reader = ParamReader(flatten_generation_task(ctx.task.params))
-    spec = resolve_model(ctx, reader, default_model)
+    reader = ParamReader(flatten_generation_task(params))
+    spec = resolve_model(resources, reader, default_model)
     width, height = parse_resolution(reader.field("resolution"), reader.label("resolution"))
     asked_length = 1 if one_frame else reader.field("video_length")
     video_length = round_to_frame_count(asked_length, reader.label("video_length"))
@@ -214,7 +216,7 @@ def _read_generation(ctx: TaskContext, *, default_model: str, one_frame: bool = 
     overridden: dict[str, str] = {}
     fields = dict(model=spec.preset or spec.key, prompt=prompt, negative_prompt=reader.field("negative_prompt"),
                   width=width, height=height, video_length=video_length, seed=seed, **sampling(reader, overridden))
-    check_request(ctx, fields, reader.schema)
+    check_request(resources, limits, fields, reader.schema)
     if one_frame and reader.given("video_length"):
         overridden[reader.schema.keys["video_length"]] = f"{IMAGE_TASK} makes one frame"
     request = GenerationRequest(
@@ -243,14 +245,15 @@ def _read_generation(ctx: TaskContext, *, default_model: str, one_frame: bool = 
     name = reader.text("output_filename", DEFAULT_IMAGE_NAME if one_frame else DEFAULT_OUTPUT_NAME)
     if not name.endswith(suffix):
         raise ValidationError("output_filename", f"must end in {suffix}, got {name!r}")
-    ignored = report_ignored(ctx, ignored_params(reader, overridden))
-    return _Row(request, worker_parameters, ignored, fps, spec.preset, output_file(ctx.output_dir, name))
+    ignored = report_ignored(log, ignored_params(reader, overridden))
+    return GenerationRow(request, worker_parameters, ignored, fps, spec.preset, output_file(output_dir, name))
 
 
 @register(*DEFAULT_MODELS)
 def generate_video(ctx: TaskContext) -> HandlerResult:
     """Validate the row, run one generation, write the mp4 and its thumbnail to the task's folder."""
-    row = _read_generation(ctx, default_model=DEFAULT_MODELS[ctx.task.task_type])
+    row = read_generation(ctx.task.params, resources=ctx.resources, limits=ctx.config.limits, output_dir=ctx.output_dir,
+                          log=ctx.log, default_model=DEFAULT_MODELS[ctx.task.task_type])
     output = row.output
     ctx.raise_if_cancelled()
     generation = run_generation(ctx, row.request)
@@ -266,7 +269,8 @@ def generate_video(ctx: TaskContext) -> HandlerResult:
 @register(IMAGE_TASK)
 def generate_image(ctx: TaskContext) -> HandlerResult:
     """`wan_2_2_t2i`: one frame from a Wan 2.2 text-to-video model, written as a PNG."""
-    row = _read_generation(ctx, default_model=IMAGE_MODEL, one_frame=True)
+    row = read_generation(ctx.task.params, resources=ctx.resources, limits=ctx.config.limits, output_dir=ctx.output_dir,
+                          log=ctx.log, default_model=IMAGE_MODEL, one_frame=True)
     ctx.raise_if_cancelled()
     generation = run_generation(ctx, row.request)
     output = save_png(generation.frames[0], row.output)

@@ -56,16 +56,16 @@ def stored_segment_job(params: dict[str, Any]) -> SegmentJob:
 @register("travel_orchestrator")
 def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
     plan, reader = read_travel(ctx.task.params, ctx.config.limits)
-    spec = resolve_model(ctx, reader, DEFAULT_MODEL)
+    spec = resolve_model(ctx.resources, reader, DEFAULT_MODEL)
     if not spec.is_vace:
         raise ValidationError(reader.label("preset" if plan.preset else "model"),
                               f"{spec.key!r} is not a VACE model; travel needs one (e.g. {DEFAULT_MODEL})")
     longest_prompt = max((segment.prompt for segment in plan.segments), key=len)
     for frames in sorted({segment.frames for segment in plan.segments}):
-        check_request(ctx, {**plan.sampling, "model": spec.preset or spec.key, "prompt": longest_prompt,
+        check_request(ctx.resources, ctx.config.limits, {**plan.sampling, "model": spec.preset or spec.key, "prompt": longest_prompt,
                             "width": plan.width, "height": plan.height, "video_length": frames},
                       reader.schema, reader.prefix)
-    report_ignored(ctx, plan.ignored_params)
+    report_ignored(ctx.log, plan.ignored_params)
 
     segments: list[NewTask] = []
     for segment in plan.segments:

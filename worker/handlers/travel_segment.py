@@ -15,8 +15,10 @@ Three row forms:
   payload) and `segment_index`, with the segment's own `base_prompt`, `negative_prompt`,
   `segment_frames_target`, `frame_overlap_from_previous` and `seed_to_use`, which win over the
   payload's; the previous segment is the row's dependency;
-* `individual_travel_segment` (Reigh): `orchestrator_details` and `segment_index` (default 0); the
-  segment is planned as an independent one, opening on its own start image.
+* `individual_travel_segment` (Reigh): `orchestrator_details` and `segment_index` (default 0), and
+  `individual_segment_params` (`base_prompt`, `negative_prompt`, `num_frames`, `seed_to_use`,
+  `start_image_url`, `end_image_url`), which win; the segment is planned as an independent one,
+  opening on its own start image.
 """
 from __future__ import annotations
 
@@ -36,13 +38,17 @@ from worker.paths import output_file
 from worker.store import CHILD_KEY_PARAM
 from worker.travel.guide import segment_guide
 from worker.travel.plan import HEADLESS_KEY, SegmentJob, read_travel
-from worker.video import load_image, read_last_frames
+from worker.video import check_image, load_image, read_last_frames
 
 INDIVIDUAL_TASK = "individual_travel_segment"
-# Segment-level keys of a headless segment row -> the SegmentPlan field they set.
+INDIVIDUAL_PARAMS = "individual_segment_params"
+# Segment-level keys of a headless segment row (and of its individual_segment_params, which win) ->
+# the SegmentPlan field they set.
 _HEADLESS_SEGMENT_KEYS = {"base_prompt": "prompt", "negative_prompt": "negative_prompt",
-                          "segment_frames_target": "frames", "frame_overlap_from_previous": "overlap",
-                          "seed_to_use": "seed"}
+                          "segment_frames_target": "frames", "num_frames": "frames",
+                          "frame_overlap_from_previous": "overlap", "seed_to_use": "seed",
+                          "start_image_url": "start_image", "end_image_url": "end_image"}
+_TEXT_KEYS = ("prompt", "negative_prompt", "start_image", "end_image")
 
 
 @register("travel_segment", INDIVIDUAL_TASK)
@@ -54,12 +60,13 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
         reader = ParamReader(params)
         job, previous_id = stored_segment_job(params), reader.text("previous_segment_task_id", None)
         reader.used |= {SEGMENT_JOB_PARAM, "segment_index", "model", "preset"}
+        ignored = ignored_params(reader)
     elif HEADLESS_KEY in params:
-        reader, job, previous_id = _headless_segment(ctx, params)
+        ignored, job, previous_id = _headless_segment(ctx, params)
     else:
         raise ValidationError(SEGMENT_JOB_PARAM, f"required: a segment written by travel_orchestrator, or the "
                                                  f"headless form ({HEADLESS_KEY} + segment_index)")
-    ignored = report_ignored(ctx, ignored_params(reader))
+    report_ignored(ctx.log, ignored)
     segment, index = job.segment, job.segment.index
 
     end = None
@@ -118,8 +125,8 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     return HandlerResult(output_location=str(output), result_data=result_data)
 
 
-def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[ParamReader, SegmentJob, str | None]:
-    """(reader of the row, the segment's job, the previous segment's id) of a segment row written by
+def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[str, str], SegmentJob, str | None]:
+    """(ignored params, the segment's job, the previous segment's id) of a segment row written by
     the headless orchestrator or an `individual_travel_segment` row: the job is planned from the
     payload like an orchestrator would, then the segment's own values win."""
     individual = ctx.task.task_type == INDIVIDUAL_TASK
@@ -130,14 +137,21 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[ParamRe
     if index is None:
         raise ValidationError("segment_index", "is required")
     segment = plan.segments[index]
-    own = {}
-    for key, name in _HEADLESS_SEGMENT_KEYS.items():
-        if name == "overlap" and individual:
-            continue
-        reader_of = reader.text if name in ("prompt", "negative_prompt") else reader.integer
-        value = reader_of(key, None)
-        if value is not None and value != "":
-            own[name] = value
+    own: dict[str, Any] = {}
+    readers = [reader]
+    if reader.has(INDIVIDUAL_PARAMS):
+        reader.used.add(INDIVIDUAL_PARAMS)
+        readers.append(ParamReader(params[INDIVIDUAL_PARAMS], prefix=f"{INDIVIDUAL_PARAMS}."))
+    for source in readers:  # individual_segment_params last: they win
+        for key, name in _HEADLESS_SEGMENT_KEYS.items():
+            if name == "overlap" and individual:
+                continue
+            value = (source.text if name in _TEXT_KEYS else source.integer)(key, None)
+            if value is not None and value != "":
+                own[name] = value
+    for name in ("start_image", "end_image"):
+        if name in own:
+            check_image(own[name], name)
     if "frames" in own:
         own["frames"] = round_to_frame_count(own["frames"], "segment_frames_target")
     segment = replace(segment, **own)
@@ -146,15 +160,15 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[ParamRe
                                                              f"{segment.frames}-frame segment")
     job = replace(SegmentJob.of(plan, index), segment=segment)
     model = job.preset or job.model
-    check_request(ctx, {**job.sampling, "model": model, "prompt": segment.prompt, "width": job.width,
+    check_request(ctx.resources, ctx.config.limits, {**job.sampling, "model": model, "prompt": segment.prompt, "width": job.width,
                         "height": job.height, "video_length": segment.frames}, details.schema, details.prefix)
     # The payload keys the headless orchestrator copies onto each segment row are honoured through it.
     for key in list(reader.unread()):
         if key in details.params and details.params[key] == params[key]:
             reader.used.add(key)
-    reader.used |= {"orchestrator_task_id_ref", "orchestrator_run_id"}
+    ignored = {**plan.ignored_params, **{k: v for r in readers for k, v in ignored_params(r).items()}}
     previous = ctx.task.dependant_on[0] if ctx.task.dependant_on and not individual else None
-    return reader, job, previous
+    return ignored, job, previous
 
 
 def report_job_progress(ctx: TaskContext, segment_count: int, expected_frames: int, *, phase: str,

@@ -60,6 +60,9 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
         "roundings": plan.to_params()["roundings"],
         "frame_rule": plan.frame_rule,
         "ignored_params": plan.ignored_params,
+        "parameters": first.get("parameters", {}),
+        "parameter_sources": {**first.get("parameter_sources", {}),
+                              **{name: f"task ({key})" for name, key in plan.given_as.items()}},
         "segments": [_segment_summary(task, segment.overlap) for task, segment in zip(segments, plan.segments)],
     }
 

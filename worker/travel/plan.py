@@ -116,6 +116,7 @@ class TravelPlan:
     frame_rule: str = OURS_RULE
     chained: bool = True
     ignored_params: dict[str, str] = field(default_factory=dict)
+    given_as: dict[str, str] = field(default_factory=dict)  # schema field -> the row's key for it
 
     @property
     def resolution(self) -> str:
@@ -145,6 +146,7 @@ class TravelPlan:
             "frame_rule": self.frame_rule,
             "chained": self.chained,
             "ignored_params": dict(self.ignored_params),
+            "given_as": dict(self.given_as),
             "expected_frames": self.expected_frames,
         }
 
@@ -165,6 +167,7 @@ class TravelPlan:
             frame_rule=params["frame_rule"],
             chained=params["chained"],
             ignored_params=dict(params["ignored_params"]),
+            given_as=dict(params["given_as"]),
         )
         if params.get("expected_frames", plan.expected_frames) != plan.expected_frames:
             raise ValidationError("expected_frames", "does not match the stored segments")
@@ -231,7 +234,8 @@ def read_travel(params: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS, *,
     ignored = ignored_params(reader, plan.ignored_params)
     if top is not None:
         ignored.update(ignored_params(top))
-    return replace(plan, ignored_params=ignored), reader
+    given_as = {name: reader.key(name) for name in reader.schema.keys}
+    return replace(plan, ignored_params=ignored, given_as=given_as), reader
 
 
 class _Planner:
