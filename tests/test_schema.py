@@ -16,6 +16,7 @@ from wan_engine.schema import (
     FAMILY_DEFAULTS,
     FIELDS,
     Limits,
+    markdown_table,
     parse_float,
     parse_int,
     read,
@@ -253,3 +254,11 @@ def test_reading_and_validating_never_import_torch(tmp_path: Path) -> None:
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+
+
+def test_the_table_in_docs_params_md_is_the_schema() -> None:
+    """docs/params.md shows the fields as `python -m wan_engine.schema` writes them."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "params.md").read_text()
+    table = doc.split("<!-- schema-table:", 1)[1].split("-->", 1)[1].split("<!-- /schema-table -->", 1)[0]
+    assert table.strip() == markdown_table().strip()
+    assert all(f"`{name}`" in table for name in FIELDS)
