@@ -107,7 +107,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[dict, str]]:
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("not a picture")
     return {
-        "one image": (travel(images[:1]), "images"),
+        "too many keyframes": (travel(images[:1] * 201), "images"),
         "no images": (travel([]), "images"),
         "missing image": (travel([images[0], str(tmp_path / "nope.png"), images[2]]), "images[1]"),
         "not an image": (travel([images[0], str(not_an_image), images[2]]), "images[1]"),
@@ -124,7 +124,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[dict, str]]:
         "unknown LoRA": (travel(images, lora_names=["no_such_lora"]), "lora_names"),
         "multiplier phases": (travel(images, lora_names=["tiny_kohya"], lora_multipliers=["1;0;0"]), "lora_multipliers"),
         "headless unknown model": ({"orchestrator_details": {**headless(images)["orchestrator_details"],
-                                                             "model_name": "nope"}}, "orchestrator_details.model_name"),
+                                                             "model_name": "nope"}}, "orchestrator_details.model_name (model)"),
     }
 
 

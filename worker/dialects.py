@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from wan_engine.errors import UnknownModel
 from wan_engine.lora_files import lora_file_stem
 from wan_engine.schedules import timesteps
 from wan_engine.schema import SAMPLING_FIELDS, echo, parse_multipliers, typed
@@ -77,15 +78,21 @@ def model_and_preset(reader: ParamReader, registry: Any) -> tuple[str | None, st
     `vace_version`), the preset must be a preset of that model: otherwise fail naming both."""
     model, preset = reader.field("model"), reader.field("preset")
     if model and preset:
-        with validation_errors(reader.prefix):
-            preset_model = registry.get(preset).key
-            model_key = registry.get(model).key
+        preset_model, model_key = (_model_key(registry, reader, name) for name in ("preset", "model"))
         if preset_model != model_key:
             raise ValidationError(
                 reader.label("preset"),
                 f"{preset!r} is a preset of {preset_model!r}, but {reader.label('model')} names {model!r}: "
                 "give one, or two that agree")
     return model, preset
+
+
+def _model_key(registry: Any, reader: ParamReader, name: str) -> str:
+    """The definition key of the model or preset the row names in field `name`."""
+    try:
+        return registry.get(reader.field(name)).key
+    except UnknownModel as error:
+        raise ValidationError(reader.label(name), error.rule) from None
 
 
 def sampling(reader: ParamReader, overridden: dict[str, str]) -> dict[str, Any]:
