@@ -68,6 +68,8 @@ MAX_VIDEO_FRAMES = 1025
 MAX_SEED = 2**32 - 1  # seeds of all segments (seed + index) must fit numpy / torch generators
 RANDOM_SEED = -1
 ECHO_CHARS = 80  # user values quoted in messages and logs are cut to this many characters
+NAME_CHARS = 200  # longest model or preset name
+PATH_CHARS = 4096  # longest path or URL
 
 # Generation forms a field belongs to: one generation, or a travel job (whose segments it configures).
 GENERATE, TRAVEL = "generate", "travel"
@@ -88,6 +90,7 @@ class Field:
     default: Any = None
     forms: frozenset[str] = BOTH
     choices: tuple[str, ...] = ()
+    max_chars: int | None = None  # longest text value (prompts are bounded by Limits instead)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -100,8 +103,8 @@ def _f(name: str, kind: str, doc: str, **options: Any) -> Field:
 
 FIELDS: dict[str, Field] = {f.name: f for f in (
     # which model
-    _f("model", TEXT, "model definition key", aliases={"model_name": f"{SEED}, {HEADLESS}"}),
-    _f("preset", TEXT, "preset name (a model plus its defaults)", aliases={"vace_version": SEED}),
+    _f("model", TEXT, "model definition key", aliases={"model_name": f"{SEED}, {HEADLESS}"}, max_chars=NAME_CHARS),
+    _f("preset", TEXT, "preset name (a model plus its defaults)", aliases={"vace_version": SEED}, max_chars=NAME_CHARS),
     # what to generate
     _f("prompt", TEXT, "the text prompt (in a travel job: of every segment without its own)",
        aliases={"base_prompt": HEADLESS}),
@@ -268,7 +271,8 @@ def parse_multipliers(value: Any, field: str = "lora_multipliers") -> list[str]:
     return [str(item).strip() for item in value]
 
 
-def _texts(value: Any, field: str) -> list[str]:
+def parse_texts(value: Any, field: str) -> list[str]:
+    """A list of strings; a single string is a list of one."""
     if isinstance(value, str):
         return [value]
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
@@ -291,9 +295,12 @@ def _typed(spec: Field, value: Any, label: str) -> Any:
     elif kind in (TEXT, PATH):
         if not isinstance(value, str):
             raise InvalidRequest(label, f"must be a string, got {type(value).__name__}")
+        longest = PATH_CHARS if kind == PATH else spec.max_chars
+        if longest is not None and len(value) > longest:
+            raise InvalidRequest(label, f"has {len(value)} characters, more than {longest}: {echo(value)}")
         typed = value
     elif kind in (TEXTS, NAMES, PATHS):
-        typed = _texts(value, label)
+        typed = parse_texts(value, label)
     elif kind == MULTIPLIERS:
         typed = parse_multipliers(value, label)
     elif kind == RESOLUTION:
@@ -469,14 +476,20 @@ def check_prompt(prompt: Any, field: str = "prompt", limits: Limits = DEFAULT_LI
                                     "(max_prompt_chars)")
 
 
+def _plain(number: Any) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
 def markdown_table() -> str:
     """The schema as a Markdown table (field, kind, bounds, other names, default, forms): the table in
     docs/params.md, written by `python -m wan_engine.schema`."""
     lines = ["| field | kind | bounds | other names | default | forms | meaning |", "|---|---|---|---|---|---|---|"]
     for spec in FIELDS.values():
-        bounds = "" if spec.minimum is None else f"{spec.minimum:g} .. {spec.maximum:g}"
+        bounds = "" if spec.minimum is None else f"{_plain(spec.minimum)} .. {_plain(spec.maximum)}"
         if spec.choices:
             bounds = ", ".join(f"`{choice!r}`" for choice in spec.choices)
+        if spec.max_chars or spec.kind in (PATH, PATHS):
+            bounds = f"at most {spec.max_chars or PATH_CHARS} characters"
         aliases = ", ".join(f"`{alias}` ({who})" for alias, who in spec.aliases.items())
         default = spec.default if spec.default == FROM_MODEL or spec.default is None else f"`{spec.default!r}`"
         forms = ", ".join(sorted(spec.forms))

@@ -24,6 +24,7 @@ from wan_engine.schema import (
     is_absent,
     parse_float,
     parse_int,
+    parse_texts,
     read,
 )
 from wan_engine.schema import parse_resolution as _parse_resolution
@@ -166,11 +167,8 @@ def to_text(value: Any, field: str) -> str:
 
 def to_texts(value: Any, field: str) -> list[str]:
     """A list of strings; a single string is a list of one."""
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ValidationError(field, "must be a list of strings")
-    return list(value)
+    with validation_errors():
+        return parse_texts(value, field)
 
 
 def to_bool(value: Any, field: str) -> bool:
