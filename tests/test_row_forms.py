@@ -22,7 +22,7 @@ from worker.params import ParamReader
 from worker.resources import WorkerResources
 from worker.store import TaskStatus, TaskStore
 from worker.travel.plan import HEADLESS_RULE, INDEPENDENT_RULE, plan_travel
-from worker.video import VideoWriter, probe
+from worker.video import VideoWriter, probe, read_video
 from worker_harness import run_until_idle, write_keyframes
 
 HIGH = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/loras/wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors"
@@ -356,3 +356,26 @@ def test_json_of_a_plan_stays_linear_in_the_keyframes(images: list[str]) -> None
     plan = plan_travel({"images": many, "prompt": "p", "segment_frames": 9, "frame_overlap": 2})
     sizes = [len(json.dumps(SegmentJob.of(plan, i).to_params())) for i in (0, len(plan.segments) - 1)]
     assert max(sizes) < 2 * min(sizes) and max(sizes) * 20 < len(json.dumps(plan.to_params()))
+
+
+def test_a_headless_journey_continues_a_video_and_the_stitch_starts_with_it(
+        sqlite_store: TaskStore, seed_resources: WorkerResources, images: list[str], tmp_path: Path) -> None:
+    """`continue_from_video_resolved_path` as the headless orchestrator reads it (Reigh-Worker
+    travel/orchestrator.py: the first segment takes frame_overlap_expanded[0] frames of the video;
+    travel/stitch.py prepends the video): one keyframe, one segment from the video's end to it."""
+    earlier = tmp_path / "earlier.mp4"
+    frames = np.stack([np.full((32, 32, 3), 20 * i, np.uint8) for i in range(9)])
+    with VideoWriter(earlier, 16, 32, 32) as writer:
+        writer.write(frames)
+    row = reigh_orchestrator_row(images[:1], continue_from_video_resolved_path=str(earlier), chain_segments=True,
+                                 independent_segments=False, base_prompts_expanded=["onwards"],
+                                 negative_prompts_expanded=[""], enhanced_prompts_expanded=[""],
+                                 segment_frames_expanded=[9], frame_overlap_expanded=[4], parsed_resolution_wh="32x32",
+                                 num_new_segments_to_generate=1)
+    task_id = sqlite_store.enqueue("travel_orchestrator", row)
+    run_until_idle(sqlite_store, seed_resources, tmp_path / "out")
+    task = sqlite_store.get(task_id)
+    assert task.status == TaskStatus.COMPLETE, task.error_message
+    assert task.result_data["frames"] == probe(task.output_location).frames == 9 + 9 - 4
+    head = read_video(task.output_location)[:5].astype(int)
+    assert np.abs(head - frames[:5].astype(int)).mean() < 4  # the continued video, re-encoded

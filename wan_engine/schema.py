@@ -156,6 +156,9 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
        aliases={"video_length": SEED, "segment_frames_expanded": HEADLESS}),
     _f("frame_overlap", ANY, "frames shared by consecutive segments (int or list)", default=8,
        forms=frozenset({TRAVEL}), aliases={"frame_overlap_expanded": HEADLESS}),
+    _f("continue_from_video", PATH, "a video the journey continues: the first segment opens on its last frames "
+       "and the stitched video starts with it", forms=frozenset({TRAVEL}),
+       aliases={"continue_from_video_resolved_path": HEADLESS}),
 )}  # fmt: skip
 
 SAMPLING_FIELDS: tuple[str, ...] = tuple(name for name, f in FIELDS.items() if f.default == FROM_MODEL)

@@ -74,11 +74,15 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
         end = load_image(segment.end_image, job.width, job.height, field=f"images[{index + 1}]")
     # With an overlap the previous segment's last frames open the guide, so the start image is not decoded.
     start = tail = None
-    if segment.overlap:
+    if segment.overlap and segment.previous_video is not None:
+        tail = _last_frames(segment.previous_video, segment.overlap, "continue_from_video")
+    elif segment.overlap:
         if previous_id is None:
             raise ValidationError("previous_segment_task_id", f"segment {index} overlaps its previous segment, "
                                                               "and the row names none (no dependency)")
         tail = _previous_tail(ctx, previous_id, segment.overlap)
+    elif segment.previous_video is not None:  # a continued journey without overlap opens on the video's last frame
+        start = _last_frames(segment.previous_video, 1, "continue_from_video")[-1]
     else:
         start = load_image(segment.start_image, job.width, job.height, field=f"images[{index}]")
     guide = segment_guide(segment.frames, segment.overlap, start, end, tail)
@@ -197,11 +201,16 @@ def _previous_tail(ctx: TaskContext, previous_id: str, overlap: int) -> np.ndarr
     location = previous.output_location if previous is not None else None
     if location is None:
         raise ValidationError("previous_segment_task_id", f"segment {previous_id} has no output to continue from")
+    return _last_frames(location, overlap, "previous_segment_task_id")
+
+
+def _last_frames(location: str, overlap: int, field: str) -> np.ndarray:
+    """The last `overlap` frames of the video at `location` (a previous segment's output, or the
+    video a journey continues), uint8 [overlap, H, W, 3]."""
     try:
         frames = read_last_frames(location, overlap)
     except FileNotFoundError:
-        raise ValidationError("previous_segment_task_id", f"the output of segment {previous_id} is gone: {location}") from None
+        raise ValidationError(field, f"the video to continue from is gone: {location}") from None
     if len(frames) < overlap:
-        raise ValidationError("previous_segment_task_id",
-                              f"segment {previous_id} has {len(frames)} frames, fewer than the overlap {overlap}")
+        raise ValidationError(field, f"{location} has {len(frames)} frames, fewer than the overlap {overlap}")
     return frames

@@ -39,7 +39,8 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     ctx.raise_if_cancelled()
     ctx.report_progress({"phase": "stitch", "segments": len(segments), "expected_frames": plan.expected_frames})
     report_job_progress(ctx, len(plan.segments), plan.expected_frames, phase="stitch", segments_done=len(segments))
-    stitched = stitch([segment.output_location for segment in segments], plan.overlaps,
+    continued = [plan.continue_from] if plan.continue_from else []
+    stitched = stitch([*continued, *(segment.output_location for segment in segments)], plan.overlaps,
                       output_file(ctx.output_dir, OUTPUT_NAME), plan.fps)
     if stitched.frames != plan.expected_frames:
         raise RuntimeError(f"stitched {stitched.frames} frames; the plan expects {plan.expected_frames}")

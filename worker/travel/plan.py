@@ -28,7 +28,10 @@ and seeds are `seed + i`, so any segment can be re-run alone and give the same v
 
 Independent segments (`chain_segments: false` or `independent_segments: true`) each open on their
 own start image (no overlap, no waiting for the previous segment) and are joined end to end. One
-keyframe makes one segment that starts on it and ends where the model takes it.
+keyframe makes one segment that starts on it and ends where the model takes it. A journey that
+continues a video (`continue_from_video`, headless `continue_from_video_resolved_path`) has a segment
+per image: the first opens on the video's last `frame_overlap[0]` frames, and the stitch starts
+with the video.
 
 Model and preset names are passed through unchecked: the handler validates them against the
 registry. Nothing here touches the database.
@@ -50,7 +53,7 @@ from worker.dialects import (
 )
 from worker.errors import ValidationError
 from worker.params import ParamReader, parse_resolution, round_to_frame_count, to_int, validation_errors
-from worker.video import check_image
+from worker.video import check_image, probe
 
 DEFAULT_MODEL = "vace_14B_cocktail_2_2"  # the seed's default travel model, the Wan 2.2 VACE 14B cocktail
 MIN_SEGMENT_FRAMES = 5  # 4n+1 with n >= 1: a start frame, an end frame and something between
@@ -90,6 +93,7 @@ class SegmentPlan:
     frames: int
     overlap: int
     seed: int
+    previous_video: str | None = None  # the first segment of a continued journey opens on this video's tail
 
     @property
     def new_frames(self) -> int:
@@ -117,6 +121,8 @@ class TravelPlan:
     chained: bool = True
     ignored_params: dict[str, str] = field(default_factory=dict)
     given_as: dict[str, str] = field(default_factory=dict)  # schema field -> the row's key for it
+    continue_from: str | None = None  # a video this journey continues (stitched first)
+    continue_frames: int = 0
 
     @property
     def resolution(self) -> str:
@@ -124,13 +130,14 @@ class TravelPlan:
 
     @property
     def overlaps(self) -> list[int]:
-        """Frames shared by segments i and i+1, one per transition (what `stitch` takes)."""
-        return [segment.overlap for segment in self.segments[1:]]
+        """Frames shared by consecutive videos of the stitch (the continued video, if any, then the
+        segments), one per join: what `stitch` takes."""
+        return [segment.overlap for segment in (self.segments if self.continue_from else self.segments[1:])]
 
     @property
     def expected_frames(self) -> int:
-        """Length of the stitched video: sum(frames) - sum(overlaps)."""
-        return sum(segment.new_frames for segment in self.segments)
+        """Length of the stitched video: the continued video's frames + sum(frames) - sum(overlaps)."""
+        return self.continue_frames + sum(segment.new_frames for segment in self.segments)
 
     def to_params(self) -> dict[str, Any]:
         """JSON-ready dict; `expected_frames` is written for operators reading the row."""
@@ -147,6 +154,8 @@ class TravelPlan:
             "chained": self.chained,
             "ignored_params": dict(self.ignored_params),
             "given_as": dict(self.given_as),
+            "continue_from": self.continue_from,
+            "continue_frames": self.continue_frames,
             "expected_frames": self.expected_frames,
         }
 
@@ -168,6 +177,8 @@ class TravelPlan:
             chained=params["chained"],
             ignored_params=dict(params["ignored_params"]),
             given_as=dict(params["given_as"]),
+            continue_from=params["continue_from"],
+            continue_frames=params["continue_frames"],
         )
         if params.get("expected_frames", plan.expected_frames) != plan.expected_frames:
             raise ValidationError("expected_frames", "does not match the stored segments")
@@ -255,31 +266,38 @@ class _Planner:
     def plan(self) -> TravelPlan:
         self._check_travel_mode()
         images = self._images()
-        count = max(1, len(images) - 1)
-        self._check_declared_count(count)
-        chained = self._chained()
         width, height = self._resolution()
+        continued = self._continued_video(width, height)
+        # A continued journey has a segment per image (the first travels from the video's end to
+        # images[0]); otherwise N images make N-1 segments (one image: one segment opening on it).
+        starts = [continued[0], *images] if continued else images
+        count = len(images) if continued else max(1, len(images) - 1)
+        self._check_declared_count(count)
+        chained = self._chained() or continued is not None
         prompts = self._prompts(count)
         negative_prompts = self._negative_prompts(count)
         asked = self._segment_frames(count)
-        if chained:
+        if continued:
+            overlaps = self._overlaps([continued[1], *asked])
+        elif chained:
             overlaps = [0, *self._overlaps(asked)]
         else:
             overlaps = [0] * count
             if self.reader.given("frame_overlap"):
                 self.overridden[self.reader.schema.keys["frame_overlap"]] = "independent segments do not overlap"
-        frames = self._generated_frames(asked, overlaps)
+        frames = self._generated_frames(asked, overlaps, first_join=0 if continued else 1)
         seed = self._seed(count)
         segments = tuple(
             SegmentPlan(
                 index=i,
-                start_image=images[i],
-                end_image=images[i + 1] if i + 1 < len(images) else None,
+                start_image=starts[i],
+                end_image=starts[i + 1] if i + 1 < len(starts) else None,
                 prompt=prompts[i],
                 negative_prompt=negative_prompts[i],
                 frames=frames[i],
                 overlap=overlaps[i],
                 seed=seed + i,
+                previous_video=continued[0] if continued and i == 0 else None,
             )
             for i in range(count)
         )
@@ -300,7 +318,23 @@ class _Planner:
             frame_rule=rule if chained else rule + INDEPENDENT_RULE,
             chained=chained,
             ignored_params=self.overridden,
+            continue_from=continued[0] if continued else None,
+            continue_frames=continued[1] if continued else 0,
         )
+
+    def _continued_video(self, width: int, height: int) -> tuple[str, int] | None:
+        """(path, frames) of the video the journey continues, which must have the job's resolution."""
+        path = self.reader.input_file(self.reader.schema.keys.get("continue_from_video", "continue_from_video"), None)
+        if path is None:
+            return None
+        name = self.label("continue_from_video")
+        try:
+            info = probe(path)
+        except (OSError, RuntimeError) as error:
+            raise ValidationError(name, f"not a readable video: {path} ({error})") from None
+        if (info.width, info.height) != (width, height):
+            raise ValidationError(name, f"is {info.width}x{info.height}; the journey's resolution is {width}x{height}")
+        return str(path), info.frames
 
     # ---- what kind of journey ----
 
@@ -461,16 +495,18 @@ class _Planner:
                     )
         return used_overlaps
 
-    def _generated_frames(self, frames: list[int], overlaps: list[int]) -> list[int]:
+    def _generated_frames(self, frames: list[int], overlaps: list[int], first_join: int) -> list[int]:
         """Frames each segment generates: its frames (ours), or its frames + its overlap rounded down
-        to 4n+1 (headless chained segments after the first)."""
+        to 4n+1 (headless chained segments after the first). `first_join`: the index of the first
+        segment's overlap in the frame_overlap list (0 when it continues a video, else 1)."""
         if not self.headless:
             return frames
         generated = []
         for i, (count, overlap) in enumerate(zip(frames, overlaps)):
-            total = round_to_frame_count(count + overlap, f"{self.reader.key('segment_frames')}[{i}]") if overlap else count
+            with_context = overlap and i > 0
+            total = round_to_frame_count(count + overlap, f"{self.reader.key('segment_frames')}[{i}]") if with_context else count
             if total < overlap + 1:
-                raise ValidationError(f"{self.reader.key('frame_overlap')}[{i - 1}]",
+                raise ValidationError(f"{self.reader.key('frame_overlap')}[{i + first_join - 1}]",
                                       f"{overlap} frames leave segment {i} no frame of its own")
             generated.append(total)
         return generated
