@@ -1,6 +1,16 @@
 """Exception types the engine raises; the worker maps each to what happens to the task row."""
 from __future__ import annotations
 
+from typing import Any
+
+ECHO_CHARS = 80  # user values quoted in messages and logs are cut to this many characters
+
+
+def echo(value: Any, limit: int = ECHO_CHARS) -> str:
+    """repr(value) cut to `limit` characters: a user value quoted back in a message or a log line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
 
 class EngineError(Exception):
     """Base class of everything the engine raises on purpose."""

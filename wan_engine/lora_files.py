@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from wan_engine.errors import InvalidRequest
+from wan_engine.errors import InvalidRequest, echo
 
 LORA_SUFFIX = ".safetensors"
 
@@ -32,4 +32,4 @@ def resolve_lora(name: str, loras_dir: str | Path) -> Path:
         if path.stem.lower() == wanted:
             return path
     listing = ", ".join(p.stem for p in present) or "none"
-    raise InvalidRequest("lora_names", f"no LoRA {name!r} in {loras_dir} (present: {listing})")
+    raise InvalidRequest("lora_names", f"no LoRA {echo(name)} in {loras_dir} (present: {listing})")

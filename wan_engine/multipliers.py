@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from wan_engine.errors import InvalidRequest
+from wan_engine.errors import InvalidRequest, echo
 from wan_engine.phases import StepPlan, steps_per_phase
 
 
@@ -51,7 +51,7 @@ def _expand_multiplier(text: str | float, counts: Sequence[int], model_switch_ph
     if len(phases) != len(counts):
         raise InvalidRequest(
             "lora_multipliers",
-            f"{text!r} gives {len(phases)} phase values; this generation has {len(counts)} guidance phases",
+            f"{echo(text)} gives {len(phases)} phase values; this generation has {len(counts)} guidance phases",
         )
     values: list[float] = []
     for number, (part, steps) in enumerate(zip(phases, counts), start=1):
@@ -65,7 +65,7 @@ def _numbers(part: str, text: str) -> list[float]:
     except ValueError:
         values = []
     if not values or not all(math.isfinite(v) for v in values):
-        raise InvalidRequest("lora_multipliers", f"{text!r}: {part.strip()!r} is not a list of numbers")
+        raise InvalidRequest("lora_multipliers", f"{echo(text)}: {echo(part.strip())} is not a list of numbers")
     return values
 
 
@@ -75,6 +75,6 @@ def _spread(values: list[float], steps: int, text: str, where: str) -> list[floa
         return values * steps
     if len(values) > steps:
         raise InvalidRequest(
-            "lora_multipliers", f"{text!r} lists {len(values)} per-step values for the {steps} steps of {where}"
+            "lora_multipliers", f"{echo(text)} lists {len(values)} per-step values for the {steps} steps of {where}"
         )
     return [values[i * len(values) // steps] for i in range(steps)]

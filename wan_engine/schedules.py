@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from wan_engine.errors import InvalidRequest
+from wan_engine.errors import InvalidRequest, echo
 
 NUM_TRAIN_TIMESTEPS = 1000
 DEFAULT_SOLVER = "unipc"  # what Wan2GP runs for sample_solver ""
@@ -46,7 +46,7 @@ def solver_name(name: str) -> str:
     """The solver a Wan2GP `sample_solver` value names ("" is unipc); InvalidRequest otherwise."""
     solver = name or DEFAULT_SOLVER
     if solver not in GRIDS:
-        raise InvalidRequest("sample_solver", f"unknown sampler {name!r}; known: {', '.join(SOLVERS)}")
+        raise InvalidRequest("sample_solver", f"unknown sampler {echo(name)}; known: {', '.join(SOLVERS)}")
     return solver
 
 

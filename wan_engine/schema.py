@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wan_engine.errors import InvalidRequest
+from wan_engine.errors import InvalidRequest, echo
 from wan_engine.lora_files import resolve_lora
 from wan_engine.multipliers import lora_multiplier_schedule
 from wan_engine.phases import PhaseSettings, StepPlan, plan_steps
@@ -67,7 +67,6 @@ MAX_SIDE_PIXELS = 4096
 MAX_VIDEO_FRAMES = 1025
 MAX_SEED = 2**32 - 1  # seeds of all segments (seed + index) must fit numpy / torch generators
 RANDOM_SEED = -1
-ECHO_CHARS = 80  # user values quoted in messages and logs are cut to this many characters
 NAME_CHARS = 200  # longest model or preset name
 PATH_CHARS = 4096  # longest path or URL
 
@@ -183,12 +182,6 @@ DEFAULT_LIMITS = Limits()
 
 
 # ---- values ----------------------------------------------------------------------------------------
-
-def echo(value: Any, limit: int = ECHO_CHARS) -> str:
-    """repr(value) cut to `limit` characters: a user value quoted back in a message or a log line."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+\Z")
 _FLOAT_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")

@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from wan_engine.errors import UnknownModel
+from wan_engine.errors import UnknownModel, echo
 from wan_engine.lora_files import lora_file_stem
 from wan_engine.schedules import timesteps
-from wan_engine.schema import SAMPLING_FIELDS, echo, parse_multipliers, typed
+from wan_engine.schema import SAMPLING_FIELDS, parse_multipliers, typed
 from worker.errors import ValidationError
 from worker.params import ParamReader, to_float, to_int, validation_errors
 
@@ -82,7 +82,7 @@ def model_and_preset(reader: ParamReader, registry: Any) -> tuple[str | None, st
         if preset_model != model_key:
             raise ValidationError(
                 reader.label("preset"),
-                f"{preset!r} is a preset of {preset_model!r}, but {reader.label('model')} names {model!r}: "
+                f"{echo(preset)} is a preset of {preset_model!r}, but {reader.label('model')} names {echo(model)}: "
                 "give one, or two that agree")
     return model, preset
 

@@ -14,13 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from wan_engine.errors import InvalidRequest
+from wan_engine.errors import InvalidRequest, echo
 from wan_engine.schema import (
     FIELDS,
     GENERATE,
     MAX_VIDEO_FRAMES,
     Reading,
-    echo,
     is_absent,
     parse_float,
     parse_int,

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from wan_engine.errors import InvalidRequest, UnknownModel
+from wan_engine.errors import InvalidRequest, UnknownModel, echo
 from wan_engine.schema import FIELDS, RANDOM_SEED, Limits, Reading, validate
 from worker.dialects import compose_prompt, flatten_generation_task, ignored_params, model_and_preset, sampling
 from worker.errors import ValidationError
@@ -244,7 +244,7 @@ def read_generation(params: Mapping[str, Any], *, resources: WorkerResources, li
     suffix = ".png" if one_frame else ".mp4"
     name = reader.text("output_filename", DEFAULT_IMAGE_NAME if one_frame else DEFAULT_OUTPUT_NAME)
     if not name.endswith(suffix):
-        raise ValidationError("output_filename", f"must end in {suffix}, got {name!r}")
+        raise ValidationError("output_filename", f"must end in {suffix}, got {echo(name)}")
     ignored = report_ignored(log, ignored_params(reader, overridden))
     return GenerationRow(request, worker_parameters, ignored, fps, spec.preset, output_file(output_dir, name))
 

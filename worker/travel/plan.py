@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from wan_engine.errors import echo
 from wan_engine.schema import DEFAULT_LIMITS, MAX_SEED, RANDOM_SEED, RESOLUTION_MULTIPLE, TRAVEL, Limits
 from wan_engine.schema import split_resolution as _split_resolution
 from worker.dialects import (
@@ -342,7 +343,7 @@ class _Planner:
         """VACE travel only: image-to-video travel (Reigh's `model_type: "i2v"`, SVI) needs an i2v model."""
         mode = self.reader.text("model_type", "vace")
         if mode != "vace":
-            raise needs_image_to_video(self.reader.prefix + "model_type", f"travel with model_type {mode!r}")
+            raise needs_image_to_video(self.reader.prefix + "model_type", f"travel with model_type {echo(mode)}")
         if self.reader.flag("use_svi", False):
             raise needs_image_to_video(self.reader.prefix + "use_svi", "SVI travel")
 
