@@ -15,7 +15,7 @@ from PIL import Image
 
 from wan_engine.registry import ModelRegistry
 from wan_engine.schema import resolve, step_plan
-from worker.api import GenerationTask, QueueClient, row_id
+from worker.api import GenerationTask, InProcessGenerator, QueueClient, row_id
 from worker.dialects import NEEDS_I2V, flatten_generation_task, model_and_preset, phase_config_values, sampling
 from worker.errors import ValidationError
 from worker.params import ParamReader
@@ -250,17 +250,34 @@ def test_the_seeds_wan22_vace_travel_example_runs_with_every_key_honoured(
     assert probe(task.output_location).frames == 14
 
 
-def test_a_row_with_1e309_fails_at_once_naming_the_field(sqlite_store: TaskStore, seed_resources: WorkerResources,
-                                                        tmp_path: Path) -> None:
+@pytest.mark.parametrize("task_type", ["t2v", "travel_orchestrator"])
+def test_a_row_with_1e309_fails_at_once_naming_the_field(store: TaskStore, seed_resources: WorkerResources,
+                                                        images: list[str], tmp_path: Path, task_type: str) -> None:
     """JSON numbers past a double (1e309) decode as inf: a ValidationError, not a retried OverflowError."""
-    task_id = sqlite_store.enqueue("t2v", {"model": "tiny_t2v", "prompt": "p"})
-    with sqlite_store.db.engine.begin() as conn:
-        conn.execute(sa.text("UPDATE tasks SET params = :p WHERE id = :id"),
-                     {"p": '{"model": "tiny_t2v", "prompt": "p", "guidance_scale": 1e309}', "id": task_id})
-    run_until_idle(sqlite_store, seed_resources, tmp_path / "out")
-    task = sqlite_store.get(task_id)
+    params = {"model": "tiny_vace", "prompt": "p", "images": images[:2]}
+    task_id = store.enqueue(task_type, params)
+    cast = "::jsonb" if "postgres" in str(store.db.engine.url) else ""
+    with store.db.engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE tasks SET params = CAST(:p AS {'jsonb' if cast else 'text'}) WHERE id = :id"),
+                     {"p": json.dumps(params)[:-1] + ', "guidance_scale": 1e309}', "id": task_id})
+    run_until_idle(store, seed_resources, tmp_path / "out")
+    task = store.get(task_id)
     assert task.status == TaskStatus.FAILED and task.attempts == 1
-    assert task.error_message.startswith("ValidationError: guidance_scale: must be a finite number")
+    assert task.error_message.startswith("ValidationError: guidance_scale: must be a finite number"), task.error_message
+
+
+def test_the_orchestrator_checks_a_job_without_creating_the_engine(sqlite_store: TaskStore, seed_models: Path,
+                                                                  images: list[str], tmp_path: Path) -> None:
+    """Validation is torch-free (wan_engine.schema): an orchestrator-only worker never builds an Engine."""
+    resources = WorkerResources(device="cpu", models_dir=seed_models)
+    good = sqlite_store.enqueue("travel_orchestrator", {"model": "tiny_vace", "prompt": "p", "images": images[:2],
+                                                        "lora_names": ["causvid"]})
+    bad = sqlite_store.enqueue("travel_orchestrator", {"model": "tiny_vace", "prompt": "p", "images": images[:2],
+                                                       "lora_names": ["CausVid"], "lora_multipliers": ["1;0;0"]})
+    run_until_idle(sqlite_store, resources, tmp_path / "out", task_types=("travel_orchestrator",))
+    assert resources.engine is None
+    assert sqlite_store.get(good).status == TaskStatus.IN_PROGRESS and len(sqlite_store.children(good)) == 2
+    assert sqlite_store.get(bad).error_message.startswith("ValidationError: lora_multipliers:")
 
 
 def test_unknown_keys_are_reported_on_the_row_and_no_op_keys_are_not(
@@ -379,3 +396,20 @@ def test_a_headless_journey_continues_a_video_and_the_stitch_starts_with_it(
     assert task.result_data["frames"] == probe(task.output_location).frames == 9 + 9 - 4
     head = read_video(task.output_location)[:5].astype(int)
     assert np.abs(head - frames[:5].astype(int)).mean() < 4  # the continued video, re-encoded
+
+
+def test_the_in_process_generator_loads_a_model_and_returns_the_videos_path(seed_models: Path, tmp_path: Path) -> None:
+    """The seed's direct usage: orchestrator.load_model(key); orchestrator.generate_vace(prompt=..., video_guide=...,
+    num_inference_steps=..., guidance_scale=...) (peteromallet/Headless-Wan2GP wan22_headless_integration.md)."""
+    guide = tmp_path / "control.mp4"
+    with VideoWriter(guide, 8, 32, 32) as writer:
+        writer.write(np.full((5, 32, 32, 3), 60, np.uint8))
+    generator = InProcessGenerator(models_dir=seed_models, output_dir=tmp_path / "out", device="cpu")
+    generator.load_model("tiny_vace_2_2")
+    assert (generator.model_family(), generator.is_vace(), generator.model_family("tiny_t2v")) == ("wan2_2", True, "wan2_1")
+    path = generator.generate_vace(prompt="A person dancing", video_guide=str(guide), num_inference_steps=2,
+                                   guidance_scale=1.0, resolution="32x32", video_length=5)
+    assert probe(path).frames == 5 and Path(path).parent.parent == tmp_path / "out"
+    with pytest.raises(ValidationError) as error:
+        generator.generate_t2v("a fox", model="tiny_t2v", steps="2_0", resolution="32x32", video_length=5)
+    assert error.value.field == "steps (num_inference_steps)"
