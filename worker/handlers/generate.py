@@ -273,7 +273,8 @@ def generate_video(ctx: TaskContext) -> HandlerResult:
     }
     result_data = generation_result_data(generation, preset=spec.preset, worker_parameters=worker_parameters,
                                          fps=fps, output=output, thumbnail=thumbnail)
-    return HandlerResult(output_location=str(output), result_data=result_data)
+    result_data.update(ctx.storage.publish(ctx.task.id, {"output": output, "thumbnail": thumbnail}))
+    return HandlerResult(output_location=result_data["output"], result_data=result_data)
 
 
 def _control_video(reader: ParamReader, field: str, length: int, width: int, height: int) -> np.ndarray | None:
