@@ -86,12 +86,13 @@ class InputFetcher:
     """Downloads URLs into the cache folder; safe to share between threads and processes of one box."""
 
     def __init__(self, cache_dir: Path, *, max_bytes: int, connect_timeout_seconds: float,
-                 read_timeout_seconds: float, attempts: int):
+                 read_timeout_seconds: float, attempts: int, backoff_first_seconds: float = BACKOFF_FIRST_SECONDS):
         self.cache_dir = Path(cache_dir)
         self.max_bytes = max_bytes
         self.connect_timeout_seconds = connect_timeout_seconds
         self.read_timeout_seconds = read_timeout_seconds
         self.attempts = attempts
+        self.backoff_first_seconds = backoff_first_seconds
         self._clients_lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -137,7 +138,8 @@ class InputFetcher:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Retryable),
             stop=tenacity.stop_after_attempt(self.attempts),
-            wait=tenacity.wait_exponential_jitter(initial=BACKOFF_FIRST_SECONDS, max=BACKOFF_MAX_SECONDS),
+            wait=tenacity.wait_exponential(multiplier=self.backoff_first_seconds, max=BACKOFF_MAX_SECONDS)
+            + tenacity.wait_random(0, self.backoff_first_seconds),
             reraise=True,
         )
         try:
