@@ -12,7 +12,7 @@ from PIL import Image
 
 from fleet_servers import bucket, closed_port_url, file_server, s3, s3_endpoint, s3_env  # noqa: F401 (fixtures)
 from worker.errors import TransientError, ValidationError
-from worker.inputs import InputFetcher, MissingInput, fetch_input, is_url
+from worker.inputs import InputFetcher, fetch_input, is_url
 from worker.params import ParamReader, existing_file
 
 
@@ -84,9 +84,9 @@ def test_a_server_that_keeps_failing_is_a_transient_error_naming_field_url_and_s
 
 def test_a_404_fails_at_once_naming_field_url_and_status(tmp_path: Path, file_server) -> None:
     url = file_server.url("/missing.png?X-Amz-Signature=secret")
-    with pytest.raises(MissingInput) as error:
+    with pytest.raises(ValidationError) as error:
         fetcher(tmp_path).fetch(url, "images[1]")
-    assert error.value.field == "images[1]"
+    assert type(error.value) is ValidationError and error.value.field == "images[1]"
     assert "/missing.png: HTTP 404 Not Found" in error.value.rule and "secret" not in error.value.rule
     assert file_server.hits["/missing.png?X-Amz-Signature=secret"] == 1
 
@@ -133,10 +133,14 @@ def test_s3_objects_are_fetched_with_the_standard_aws_variables(tmp_path: Path, 
     assert path.read_bytes() == png((1, 2, 3)) and path.suffix == ".png"
 
 
-def test_a_missing_s3_object_is_missing_input_naming_the_url(tmp_path: Path, bucket: str) -> None:
-    with pytest.raises(MissingInput) as error:
-        fetcher(tmp_path).fetch(f"s3://{bucket}/nothing.mp4", "previous_segment_task_id")
-    assert error.value.rule == f"s3://{bucket}/nothing.mp4: NoSuchKey (HTTP 404)"
+def test_a_missing_s3_object_is_permanent_or_when_awaited_transient_naming_the_url(tmp_path: Path, bucket: str) -> None:
+    url = f"s3://{bucket}/nothing.mp4"
+    with pytest.raises(ValidationError) as error:
+        fetcher(tmp_path).fetch(url, "video_guide")
+    assert str(error.value) == f"video_guide: {url}: NoSuchKey (HTTP 404)"
+    with pytest.raises(TransientError) as error:
+        fetcher(tmp_path).fetch(url, "previous_segment_task_id", missing_is_transient=True)
+    assert str(error.value) == f"previous_segment_task_id: {url}: NoSuchKey (HTTP 404)"
 
 
 def test_path_helpers_take_urls_through_the_active_fetcher(tmp_path: Path, file_server) -> None:

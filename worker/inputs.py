@@ -51,9 +51,8 @@ RETRIED_CLIENT_STATUSES = (408, 425, 429)
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,12}$")
 
 
-class MissingInput(ValidationError):
-    """Nothing at the URL (HTTP 404/410, S3 NoSuchKey). Permanent for a user's input; a caller that
-    waits for the object to appear (a travel segment's predecessor) may retry instead."""
+class _Missing(ValidationError):
+    """Nothing at the URL: permanent for a user's input, worth waiting for on an object another task writes."""
 
 
 class _Retryable(Exception):
@@ -74,12 +73,12 @@ def shown_url(url: str) -> str:
 _ACTIVE: contextvars.ContextVar[InputFetcher | None] = contextvars.ContextVar("wan_worker_input_fetcher", default=None)
 
 
-def fetch_input(url: str, field: str) -> Path:
+def fetch_input(url: str, field: str, *, missing_is_transient: bool = False) -> Path:
     """The cached local copy of `url` for the param `field`, through the fetcher active in this thread."""
     fetcher = _ACTIVE.get()
     if fetcher is None:
         raise ValidationError(field, f"{shown_url(url)}: URLs are fetched only inside a worker's task")
-    return fetcher.fetch(url, field)
+    return fetcher.fetch(url, field, missing_is_transient=missing_is_transient)
 
 
 class InputFetcher:
@@ -106,9 +105,11 @@ class InputFetcher:
 
     # ---- the cache -----------------------------------------------------------------------------------
 
-    def fetch(self, url: str, field: str) -> Path:
+    def fetch(self, url: str, field: str, *, missing_is_transient: bool = False) -> Path:
         """The local file holding `url`'s content: from the cache, else downloaded (once per box, even
-        when several tasks ask at the same time)."""
+        when several tasks ask at the same time). Nothing at the URL (HTTP 404/410, S3 NoSuchKey) is a
+        ValidationError, or a TransientError with `missing_is_transient` (for an object that another
+        task writes, such as a travel segment's predecessor)."""
         cached = self.cached(url)
         if cached is not None:
             return cached
@@ -117,7 +118,7 @@ class InputFetcher:
         lock_timeout = self.attempts * (self.connect_timeout_seconds + self.read_timeout_seconds + BACKOFF_MAX_SECONDS)
         try:
             with FileLock(self._url_file(url, ".lock"), timeout=lock_timeout):
-                return self.cached(url) or self._download(url, field)
+                return self.cached(url) or self._download(url, field, missing_is_transient)
         except LockTimeout:
             raise TransientError(f"{field}: {shown_url(url)}: another download of it did not finish "
                                  f"within {lock_timeout:.0f} s") from None
@@ -134,7 +135,7 @@ class InputFetcher:
     def _url_file(self, url: str, suffix: str) -> Path:
         return self.cache_dir / "urls" / (hashlib.sha256(url.encode()).hexdigest() + suffix)
 
-    def _download(self, url: str, field: str) -> Path:
+    def _download(self, url: str, field: str, missing_is_transient: bool) -> Path:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Retryable),
             stop=tenacity.stop_after_attempt(self.attempts),
@@ -144,6 +145,10 @@ class InputFetcher:
         )
         try:
             return retrying(self._download_once, url, field)
+        except _Missing as error:
+            if missing_is_transient:
+                raise TransientError(f"{field}: {error.rule}") from None
+            raise ValidationError(field, error.rule) from None
         except _Retryable as error:
             raise TransientError(f"{field}: {shown_url(url)}: {error} (after {self.attempts} attempts)") from None
 
@@ -199,7 +204,7 @@ class InputFetcher:
                 if status >= 500 or status in RETRIED_CLIENT_STATUSES:
                     raise _Retryable(f"HTTP {status} {reason}")
                 if status in (404, 410):
-                    raise MissingInput(field, f"{shown}: HTTP {status} {reason}")
+                    raise _Missing(field, f"{shown}: HTTP {status} {reason}")
                 if status != 200:
                     raise ValidationError(field, f"{shown}: HTTP {status} {reason}")
                 sink.check_declared(response.headers.get("content-length"))
@@ -224,7 +229,7 @@ class InputFetcher:
             code, status = error_code(error), http_status(error)
             detail = f"{url}: {code or 'error'} (HTTP {status})"
             if status is not None and 400 <= status < 500 and status not in RETRIED_CLIENT_STATUSES:
-                raise (MissingInput if code in ("NoSuchKey", "404") else ValidationError)(field, detail) from None
+                raise (_Missing if code in ("NoSuchKey", "404") else ValidationError)(field, detail) from None
             raise _Retryable(detail) from None
         except BotoCoreError as error:  # connection, timeout, credentials, a stream cut short
             raise _Retryable(f"{type(error).__name__}: {error}") from None

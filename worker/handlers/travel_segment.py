@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from worker.errors import TransientError, ValidationError
+from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.handlers.generate import generation_result_data, run_generation, sampling_fields, write_video
 from worker.handlers.travel_orchestrator import stored_plan
-from worker.inputs import MissingInput, is_url
-from worker.params import ParamReader, existing_file, local_path
+from worker.inputs import fetch_input, is_url
+from worker.params import ParamReader, local_path
 from worker.paths import output_file
 from worker.store import CHILD_KEY_PARAM, Task
 from worker.travel.guide import segment_guide
@@ -121,14 +121,12 @@ def segment_video(task: Task, field: str) -> Path:
     location = (task.result_data or {}).get("output_object_url") or task.output_location
     if not location:
         raise ValidationError(field, f"segment {task.id} has no output")
-    try:
-        return existing_file(location, field)
-    except MissingInput as error:
-        raise TransientError(f"{field}: the video of segment {task.id} is missing: {error.rule}") from None
-    except ValidationError:
-        if is_url(location):
-            raise
-        raise ValidationError(field, f"the output of segment {task.id} is gone: {location}") from None
+    if is_url(location):
+        return fetch_input(location, field, missing_is_transient=True)
+    path = Path(location)
+    if not path.is_file():
+        raise ValidationError(field, f"the output of segment {task.id} is gone: {location}")
+    return path
 
 
 def _previous_tail(ctx: TaskContext, previous_id: str, overlap: int) -> np.ndarray:
