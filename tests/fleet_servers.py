@@ -91,7 +91,7 @@ class FileServer:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def serve(self, path: str, body: bytes, **options: Any) -> str:
-        self.routes[path] = Route(body=body, **options)
+        self.routes[path.split("?")[0]] = Route(body=body, **options)
         return self.url(path)
 
 

@@ -3,11 +3,12 @@ artifacts to a local S3-compatible server, travel segments handed over between t
 share nothing but the table and the bucket."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
-import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import FAST_WORKER_FLAGS, wait_for
@@ -23,9 +24,10 @@ from fleet_servers import (  # noqa: F401 (fixtures)
 from test_inputs import png
 from worker.inputs import InputFetcher
 from worker.poller import Worker
+from worker.resources import WorkerResources
 from worker.store import Task, TaskStatus, TaskStore
 from worker.travel.plan import plan_travel
-from worker.video import probe
+from worker.video import probe, read_video
 from worker_harness import resources, run_until_idle, worker_config, write_keyframes  # noqa: F401 (resources is a fixture)
 
 
@@ -150,7 +152,7 @@ def test_a_worker_killed_during_an_upload_leaves_no_object_and_the_retry_uploads
         s3_endpoint: str, start_worker) -> None:
     relay = HoldingRelay(int(s3_endpoint.rsplit(":", 1)[1]))
     relay.hold_puts.set()
-    params = {"model": "tiny_t2v", "prompt": "a boat", "resolution": "32x32", "video_length": 9,
+    params = {"model": "tiny_t2v", "prompt": "a boat", "resolution": "32x32", "video_length": 5,
               "num_inference_steps": 2, "seed": 1}
     task_id = sqlite_store.enqueue("generate_video", params)
     key = f"out/{task_id}/video.mp4"
@@ -165,12 +167,42 @@ def test_a_worker_killed_during_an_upload_leaves_no_object_and_the_retry_uploads
     relay.close()
     assert "Contents" not in s3().list_objects_v2(Bucket=bucket)
 
-    time.sleep(2.0)  # the killed worker's lease (1.5 s) runs out; the next worker's maintenance requeues it
+    # Once the killed worker's lease (1.5 s) runs out, the next worker's maintenance requeues the row.
     task = run_until_final(sqlite_store, resources, tmp_path / "second", task_id, lease_seconds=1.5,
                            storage_url=f"s3://{bucket}/out")
 
     assert task.status == TaskStatus.COMPLETE, task.error_message
     assert task.attempts == 2 and task.output_location == f"s3://{bucket}/{key}"
     info = probe(download(bucket, task.output_location, tmp_path / "video.mp4"))
-    assert (info.frames, info.width, info.height) == (9, 32, 32)
+    assert (info.frames, info.width, info.height) == (5, 32, 32)
     assert s3().head_object(Bucket=bucket, Key=key)["ContentLength"] == (tmp_path / "video.mp4").stat().st_size
+
+
+# ---- LoRA files by URL ------------------------------------------------------------------------------------
+
+def test_a_lora_named_by_url_is_fetched_into_the_loras_folder_and_applied(sqlite_store: TaskStore, resources,
+                                                                         tmp_path: Path, file_server) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(resources.models_dir, models, copy_function=os.link)  # a models folder of its own
+    lora = (models / "loras" / "tiny_kohya.safetensors").read_bytes()
+    url = file_server.serve("/loras/remote_style.safetensors?download=1", lora)
+    base = {"model": "tiny_t2v", "prompt": "a boat", "resolution": "32x32", "video_length": 5,
+            "num_inference_steps": 2, "seed": 4}
+    plain = sqlite_store.enqueue("generate_video", base)
+    styled = sqlite_store.enqueue("generate_video", {**base, "lora_names": [url], "lora_multipliers": ["1.0"]})
+    local = sqlite_store.enqueue("generate_video", {**base, "lora_names": ["tiny_kohya"], "lora_multipliers": ["1.0"]})
+    taken = sqlite_store.enqueue("generate_video", {**base, "lora_names": [file_server.serve(
+        "/other/tiny_peft.safetensors", lora)]})
+
+    run_until_idle(sqlite_store, WorkerResources(device="cpu", models_dir=models), tmp_path / "outputs")
+
+    assert (models / "loras" / "remote_style.safetensors").read_bytes() == lora
+    videos = {}
+    for name, task_id in (("plain", plain), ("styled", styled), ("local", local)):
+        task = sqlite_store.get(task_id)
+        assert task.status == TaskStatus.COMPLETE, task.error_message
+        videos[name] = read_video(task.output_location)
+    assert np.array_equal(videos["styled"], videos["local"]) and not np.array_equal(videos["styled"], videos["plain"])
+    failed = sqlite_store.get(taken)
+    assert failed.status == TaskStatus.FAILED
+    assert "lora_names[0]: " in failed.error_message and "exists with other content" in failed.error_message

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -49,6 +50,7 @@ BACKOFF_MAX_SECONDS = 8.0
 # Statuses in the 4xx range that are worth another try (the server asks to come back), not bad input.
 RETRIED_CLIENT_STATUSES = (408, 425, 429)
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,12}$")
+_LORA_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ +-]{0,200}\.safetensors$", re.IGNORECASE)
 
 
 class _Missing(ValidationError):
@@ -122,6 +124,32 @@ class InputFetcher:
         except LockTimeout:
             raise TransientError(f"{field}: {shown_url(url)}: another download of it did not finish "
                                  f"within {lock_timeout:.0f} s") from None
+
+    def install_loras(self, names: list[str], loras_dir: Path) -> None:
+        """Put each LoRA named by URL into `loras_dir` under the URL's file name (a hard link to the
+        cached copy), where the engine resolves LoRA names by file stem. A different file already there
+        under that name is an error rather than silently used."""
+        for index, url in enumerate(names):
+            if not is_url(url):
+                continue
+            field = f"lora_names[{index}]"
+            cached = self.fetch(url, field)
+            name = PurePosixPath(urlsplit(url).path).name
+            if not _LORA_FILE.match(name):
+                raise ValidationError(field, f"{shown_url(url)}: a LoRA URL must end in a file name like name.safetensors")
+            target = Path(loras_dir) / name
+            if target.exists():
+                if not (os.path.samefile(target, cached) or _same_content(target, cached)):
+                    raise ValidationError(field, f"{shown_url(url)}: {target} exists with other content; "
+                                                 "rename the file or the URL")
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}")
+            try:
+                os.link(cached, partial)
+            except OSError:  # another file system: copy instead
+                shutil.copyfile(cached, partial)
+            os.replace(partial, target)
 
     def cached(self, url: str) -> Path | None:
         """The cached copy of `url`, when one is complete."""
@@ -268,6 +296,16 @@ def _suffix(url: str) -> str:
     """The URL path's file extension when it is a plain one (.png, .mp4, .safetensors), else ''."""
     suffix = PurePosixPath(urlsplit(url).path).suffix
     return suffix.lower() if _SUFFIX.match(suffix) else ""
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with a.open("rb") as first, b.open("rb") as second:
+        while chunk := first.read(CHUNK_BYTES):
+            if chunk != second.read(len(chunk)):
+                return False
+    return True
 
 
 def _write_atomically(path: Path, text: str) -> None:

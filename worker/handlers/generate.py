@@ -121,6 +121,7 @@ def check_parameters(ctx: TaskContext, spec: Any, fields: Mapping[str, Any],
     from wan_engine.request import GenerationRequest
 
     request = GenerationRequest(model=spec.preset or spec.key, prompt="", **fields)
+    _install_lora_urls(ctx, request)
     try:
         ctx.resources.resident_engine().check(request)
     except InvalidRequest as error:
@@ -145,12 +146,20 @@ def run_generation(ctx: TaskContext, request: Any, progress_fields: Mapping[str,
     `progress_fields` added; cancelling the row stops the engine at the next step
     (GenerationCancelled: the row keeps no output).
     """
+    _install_lora_urls(ctx, request)
     result = ctx.resources.generate(request, on_progress=_progress_with_eta(ctx, progress_fields or {}),
                                     should_cancel=ctx.cancelled)
     timings = dict(result.timings)
     phases = {"queue_wait": queue_wait_seconds(ctx), "model_load": timings.pop("load", 0.0)}
     phases.update((name, seconds) for name, seconds in timings.items() if name != "total")
     return Generation(frames=result.frames, result=result, phase_seconds=phases)
+
+
+def _install_lora_urls(ctx: TaskContext, request: Any) -> None:
+    """LoRAs named by URL are fetched into the models' loras folder, where the engine finds them by name."""
+    from wan_engine.engine import LORAS_FOLDER
+
+    ctx.inputs.install_loras(request.lora_names or [], Path(ctx.resources.models_dir) / LORAS_FOLDER)
 
 
 def _progress_with_eta(ctx: TaskContext, extra: Mapping[str, Any]) -> Callable[[dict[str, Any]], None]:
