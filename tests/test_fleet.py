@@ -143,6 +143,8 @@ def test_a_travel_job_runs_across_two_workers_sharing_no_disk(pg_store: TaskStor
     assert cache_b.cached(first.output_location) is not None
     assert [file_server.hits[f"/keys/key_{i}.png"] for i in range(3)] == [1, 1, 2]
     assert not list((tmp_path / "b" / "outputs").rglob("*.mp4"))
+    assert orchestrator.result_data["phase_seconds"]["upload"] > 0  # three videos and thumbnails uploaded
+    assert orchestrator.result_data["output_object_url"] == orchestrator.output_location
 
 
 # ---- a worker killed in the middle of an upload ------------------------------------------------------------

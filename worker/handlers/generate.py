@@ -199,6 +199,16 @@ def write_video(frames: np.ndarray, path: Path, fps: int) -> tuple[Path, float]:
     return thumbnail, time.perf_counter() - started
 
 
+def publish_outputs(ctx: TaskContext, result_data: dict[str, Any], output: Path, thumbnail: Path) -> str:
+    """Publish the video and its thumbnail (worker.storage: uploaded with --storage-url), put their
+    locations in result_data (and the upload's seconds in phase_seconds); returns output_location."""
+    started = time.perf_counter()
+    result_data.update(ctx.storage.publish(ctx.task.id, {"output": output, "thumbnail": thumbnail}))
+    if ctx.storage.uploads:
+        result_data["phase_seconds"]["upload"] = round(time.perf_counter() - started, 4)
+    return result_data["output"]
+
+
 def generation_result_data(generation: Generation, *, preset: str | None, worker_parameters: Mapping[str, tuple[Any, str]],
                            fps: int, output: Path, thumbnail: Path) -> dict[str, Any]:
     """result_data of a generation. `worker_parameters` maps name -> (value, source) for what the
@@ -282,8 +292,7 @@ def generate_video(ctx: TaskContext) -> HandlerResult:
     }
     result_data = generation_result_data(generation, preset=spec.preset, worker_parameters=worker_parameters,
                                          fps=fps, output=output, thumbnail=thumbnail)
-    result_data.update(ctx.storage.publish(ctx.task.id, {"output": output, "thumbnail": thumbnail}))
-    return HandlerResult(output_location=result_data["output"], result_data=result_data)
+    return HandlerResult(output_location=publish_outputs(ctx, result_data, output, thumbnail), result_data=result_data)
 
 
 def _control_video(reader: ParamReader, field: str, length: int, width: int, height: int) -> np.ndarray | None:

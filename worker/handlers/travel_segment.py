@@ -16,7 +16,13 @@ import sqlalchemy as sa
 
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.handlers.generate import generation_result_data, run_generation, sampling_fields, write_video
+from worker.handlers.generate import (
+    generation_result_data,
+    publish_outputs,
+    run_generation,
+    sampling_fields,
+    write_video,
+)
 from worker.handlers.travel_orchestrator import stored_plan
 from worker.inputs import fetch_input, is_url
 from worker.params import ParamReader, local_path
@@ -86,8 +92,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     )
     result_data.update(segment_index=index, orchestrator_task_id=params.get("orchestrator_task_id"),
                        kept_frames=guide.kept_frames)
-    result_data.update(ctx.storage.publish(ctx.task.id, {"output": output, "thumbnail": thumbnail}))
-    return HandlerResult(output_location=result_data["output"], result_data=result_data)
+    return HandlerResult(output_location=publish_outputs(ctx, result_data, output, thumbnail), result_data=result_data)
 
 
 def report_job_progress(ctx: TaskContext, plan: TravelPlan, *, phase: str, segments_done: int) -> None:
