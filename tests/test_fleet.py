@@ -92,6 +92,32 @@ def test_a_bad_keyframe_url_fails_the_job_at_once_naming_field_and_reason_and_th
     assert following.status == TaskStatus.IN_PROGRESS and len(sqlite_store.children(next_job)) == 2  # parked
 
 
+def test_generate_video_path_fields_take_urls_and_a_bad_one_fails_before_any_generation(
+        sqlite_store: TaskStore, resources, tmp_path: Path, file_server, bucket: str) -> None:
+    s3().put_object(Bucket=bucket, Key="in/guide.mp4", Body=b"not a video at all")
+    good_ref = file_server.serve("/ref.png", png())
+    base = {"model": "tiny_vace", "prompt": "a boat", "resolution": "32x32", "video_length": 5,
+            "num_inference_steps": 2}
+    cases = {
+        "video_guide": {"video_guide": file_server.url("/nothing.mp4")},
+        "video_mask2": {"video_mask2": f"s3://{bucket}/in/none.mp4"},
+        "image_refs[1]": {"image_refs": [good_ref, file_server.serve("/page.png", b"<html></html>")]},
+        "video_guide2": {"video_guide2": f"s3://{bucket}/in/guide.mp4"},
+    }
+    rows = {field: sqlite_store.enqueue("generate_video", {**base, **fields}) for field, fields in cases.items()}
+    generations_before = resources.generations_completed
+
+    box(sqlite_store, resources, tmp_path, "box").run(exit_when_idle=True)
+
+    reasons = {field: sqlite_store.get(task_id).error_message for field, task_id in rows.items()}
+    assert reasons["video_guide"] == f"ValidationError: video_guide: {file_server.url('/nothing.mp4')}: HTTP 404 Not Found"
+    assert reasons["video_mask2"] == f"ValidationError: video_mask2: s3://{bucket}/in/none.mp4: NoSuchKey (HTTP 404)"
+    assert reasons["image_refs[1]"].startswith("ValidationError: image_refs[1]: not a readable image")
+    assert reasons["video_guide2"].startswith("ValidationError: video_guide2: not a readable video")
+    assert all(sqlite_store.get(task_id).status == TaskStatus.FAILED for task_id in rows.values())
+    assert resources.generations_completed == generations_before  # no engine time spent on any of them
+
+
 def test_the_same_keyframe_url_in_two_jobs_is_fetched_once(sqlite_store: TaskStore, resources, tmp_path: Path,
                                                            file_server) -> None:
     urls = [file_server.serve(f"/k{i}.png", png((60 * i, 20, 90))) for i in range(3)]
