@@ -4,7 +4,8 @@ the next keyframe.
 The guide opens with the previous segment's last `overlap` frames (read from its output_location;
 dependant_on guarantees it is Complete) or, for the first segment, the start image; it ends on the
 end image; the frames between are generated (worker/travel/guide.py). The output is
-<output_dir>/<task id>/segment-<i>.mp4, which the stitch reads. Once it is written, the parked
+<output_dir>/<task id>/segment-<i>.mp4, or with --storage-url its object, which the next segment and
+the stitch read from whatever box they run on (segment_video). Once it is written, the parked
 orchestrator's progress says how many segments are done (report_job_progress).
 """
 from __future__ import annotations

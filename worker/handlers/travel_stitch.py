@@ -44,11 +44,11 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
                       output_file(ctx.output_dir, OUTPUT_NAME), plan.fps)
     if stitched.frames != plan.expected_frames:
         raise RuntimeError(f"stitched {stitched.frames} frames; the plan expects {plan.expected_frames}")
-    stitch_seconds = time.perf_counter() - started
+    stitched_at = time.perf_counter()
     published = ctx.storage.publish(ctx.task.id, {"output": stitched.path, "thumbnail": stitched.thumbnail})
-    own_phases = {"queue_wait": queue_wait_seconds(ctx), "stitch": round(stitch_seconds, 4)}
+    own_phases = {"queue_wait": queue_wait_seconds(ctx), "stitch": round(stitched_at - started, 4)}
     if ctx.storage.uploads:
-        own_phases["upload"] = round(time.perf_counter() - started - stitch_seconds, 4)
+        own_phases["upload"] = round(time.perf_counter() - stitched_at, 4)
 
     first = segments[0].result_data or {}
     summary = {
