@@ -66,8 +66,8 @@ def get_object(bucket: str, key: str) -> bytes:
 @dataclass
 class Route:
     """What the HTTP server answers on one path. `fail_first` answers 500 that many times first;
-    `delay_first_seconds` stalls the first answer; `length_header=False` sends no Content-Length
-    (the body arrives until the connection closes), `declared_length` lies about it."""
+    `delay_first_seconds` stalls the first answer, `delay_seconds` every answer; `length_header=False`
+    sends no Content-Length (the body arrives until the connection closes)."""
 
     body: bytes = b""
     status: int = 200
@@ -76,7 +76,6 @@ class Route:
     delay_first_seconds: float = 0.0
     delay_seconds: float = 0.0
     length_header: bool = True
-    declared_length: int | None = None
 
 
 @dataclass
@@ -120,15 +119,14 @@ def file_server() -> Iterator[FileServer]:
             if count <= route.fail_first:
                 self._answer(500, b"try again", "text/plain")
                 return
-            self._answer(route.status, route.body, route.content_type, route.length_header, route.declared_length)
+            self._answer(route.status, route.body, route.content_type, route.length_header)
 
-        def _answer(self, status: int, body: bytes, content_type: str, length_header: bool = True,
-                    declared_length: int | None = None) -> None:
+        def _answer(self, status: int, body: bytes, content_type: str, length_header: bool = True) -> None:
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 if length_header:
-                    self.send_header("Content-Length", str(len(body) if declared_length is None else declared_length))
+                    self.send_header("Content-Length", str(len(body)))
                 else:
                     self.send_header("Connection", "close")
                     self.close_connection = True
