@@ -14,6 +14,7 @@ from fleet_servers import bucket, closed_port_url, file_server, s3, s3_endpoint,
 from worker.errors import TransientError, ValidationError
 from worker.inputs import InputFetcher, fetch_input, is_url
 from worker.params import ParamReader, existing_file
+from worker.video import check_image
 
 
 def png(color: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (24, 16)) -> bytes:
@@ -146,3 +147,12 @@ def test_path_helpers_take_urls_through_the_active_fetcher(tmp_path: Path, file_
         assert existing_file(str(ref), "local") == ref  # local paths work as before
     with pytest.raises(ValidationError):
         fetch_input(url, "image_refs[0]")  # the fetcher is active only inside the block
+
+
+def test_content_decides_not_the_content_type(tmp_path: Path, file_server) -> None:
+    inputs = fetcher(tmp_path)
+    image = inputs.fetch(file_server.serve("/a.png", png(), content_type="text/html"), "images[0]")
+    assert check_image(image, "images[0]") == (24, 16)
+    page = inputs.fetch(file_server.serve("/b.png", b"<html>sign in</html>", content_type="image/png"), "images[1]")
+    with pytest.raises(ValidationError, match=r"images\[1\]: not a readable image"):
+        check_image(page, "images[1]")
