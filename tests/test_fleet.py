@@ -173,6 +173,23 @@ def test_a_travel_job_runs_across_two_workers_sharing_no_disk(pg_store: TaskStor
     assert orchestrator.result_data["output_object_url"] == orchestrator.output_location
 
 
+def test_a_missing_predecessor_object_is_retried_then_fails_naming_its_url(sqlite_store: TaskStore, resources,
+                                                                         tmp_path: Path, bucket: str) -> None:
+    job = sqlite_store.enqueue("travel_orchestrator", travel(write_keyframes(tmp_path / "keys", 3)), max_attempts=2)
+    storage = {"storage_url": f"s3://{bucket}/jobs"}
+    for _ in ("orchestrator", "segment-0"):
+        box(sqlite_store, resources, tmp_path / "a", "box-a", **storage).run(once=True)
+    children = {child.params["child_key"]: child for child in sqlite_store.children(job)}
+    lost = children["segment-0"].output_location
+    s3().delete_object(Bucket=bucket, Key=lost.removeprefix(f"s3://{bucket}/"))
+
+    second = run_until_final(sqlite_store, resources, tmp_path / "b", children["segment-1"].id, **storage)
+
+    assert second.status == TaskStatus.FAILED and second.attempts == 2
+    assert second.error_message == (f"TransientError: previous_segment_task_id: {lost}: NoSuchKey (HTTP 404) "
+                                    "(attempt 2 of 2; giving up)")
+
+
 # ---- a worker killed in the middle of an upload ------------------------------------------------------------
 
 def test_a_worker_killed_during_an_upload_leaves_no_object_and_the_retry_uploads_it_whole(
