@@ -122,7 +122,10 @@ def test_the_same_keyframe_url_in_two_jobs_is_fetched_once(sqlite_store: TaskSto
                                                            file_server) -> None:
     urls = [file_server.serve(f"/k{i}.png", png((60 * i, 20, 90))) for i in range(3)]
     first = sqlite_store.enqueue("travel_orchestrator", travel(urls))
-    second = sqlite_store.enqueue("travel_orchestrator", travel(list(reversed(urls))))
+    second = sqlite_store.enqueue("travel_orchestrator", {"orchestrator_details": {  # the headless form
+        "model_name": "tiny_vace", "input_image_paths_resolved": list(reversed(urls)), "base_prompt": "a walk",
+        "parsed_resolution_wh": "64x48", "segment_frames_expanded": [9, 9], "frame_overlap_expanded": [2, 2],
+        "num_inference_steps": 2}})
 
     box(sqlite_store, resources, tmp_path, "box", task_types=("travel_orchestrator",)).run(exit_when_idle=True)
 

@@ -133,10 +133,10 @@ class InputFetcher:
             if not is_url(url):
                 continue
             field = f"lora_names[{index}]"
-            cached = self.fetch(url, field)
             name = PurePosixPath(urlsplit(url).path).name
             if not _LORA_FILE.match(name):
                 raise ValidationError(field, f"{shown_url(url)}: a LoRA URL must end in a file name like name.safetensors")
+            cached = self.fetch(url, field)
             target = Path(loras_dir) / name
             if target.exists():
                 if not (os.path.samefile(target, cached) or _same_content(target, cached)):
