@@ -31,8 +31,10 @@ from typing import Any
 import structlog
 
 from wan_engine.schema import DEFAULT_LIMITS, Limits
+from worker.config import WorkerConfig
 from worker.db import connect, parse_uuid
-from worker.handlers.generate import DEFAULT_MODELS, read_generation, write_video
+from worker.handlers.generate import DEFAULT_MODELS, LORAS_FOLDER, read_generation, write_video
+from worker.inputs import fetcher_for
 from worker.resources import WorkerResources, resolve_device
 from worker.store import Task, TaskStatus, TaskStore
 
@@ -106,13 +108,18 @@ class QueueClient:
 
 class InProcessGenerator:
     """The seed's direct form: load a model into this process's engine and generate, each call
-    writing one mp4 under output_dir and returning its path."""
+    writing one mp4 under output_dir and returning its path. Path fields may be URLs, fetched as a
+    worker with default settings would (worker.inputs)."""
 
     def __init__(self, models_dir: str | Path = "models", output_dir: str | Path = "outputs",
                  device: str | None = None, limits: Limits = DEFAULT_LIMITS):
         self.resources = WorkerResources(device=resolve_device(device), models_dir=Path(models_dir))
         self.output_dir = Path(output_dir)
         self.limits = limits
+        defaults = WorkerConfig(models_dir=Path(models_dir))
+        self.fetcher = fetcher_for(defaults.input_cache_dir, defaults.max_input_bytes,
+                                   defaults.input_connect_timeout_seconds, defaults.input_read_timeout_seconds,
+                                   defaults.input_fetch_attempts)
         self.current_model: str | None = None
         self.log = structlog.get_logger("wan_worker.api")
 
@@ -150,8 +157,11 @@ class InProcessGenerator:
         params = {"model": self.current_model, **params} if self.current_model and "model" not in params else params
         output_dir = self.output_dir / str(uuid.uuid4())
         output_dir.mkdir(parents=True, exist_ok=True)
-        row = read_generation(params, resources=self.resources, limits=self.limits, output_dir=output_dir,
-                              log=self.log, default_model=default)
+        loras_dir = Path(self.resources.models_dir) / LORAS_FOLDER
+        with self.fetcher.active():
+            row = read_generation(params, resources=self.resources, limits=self.limits, output_dir=output_dir,
+                                  log=self.log, default_model=default,
+                                  install_loras=lambda names: self.fetcher.install_loras(list(names or []), loras_dir))
         result = self.resources.generate(row.request, on_progress=lambda progress: None, should_cancel=lambda: False)
         write_video(result.frames, row.output, row.fps)
         return str(row.output)

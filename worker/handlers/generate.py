@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,12 +113,18 @@ def run_generation(ctx: TaskContext, request: Any, progress_fields: Mapping[str,
     `progress_fields` added; cancelling the row stops the engine at the next step
     (GenerationCancelled: the row keeps no output).
     """
+    install_lora_urls(ctx, request.lora_names)
     result = ctx.resources.generate(request, on_progress=_progress_with_eta(ctx, progress_fields or {}),
                                     should_cancel=ctx.cancelled)
     timings = dict(result.timings)
     phases = {"queue_wait": queue_wait_seconds(ctx), "model_load": timings.pop("load", 0.0)}
     phases.update((name, seconds) for name, seconds in timings.items() if name != "total")
     return Generation(frames=result.frames, result=result, phase_seconds=phases)
+
+
+def install_lora_urls(ctx: TaskContext, names: Sequence[str] | None) -> None:
+    """LoRAs named by URL are fetched into the models' loras folder, where the engine finds them by name."""
+    ctx.inputs.install_loras(list(names or []), Path(ctx.resources.models_dir) / LORAS_FOLDER)
 
 
 def _progress_with_eta(ctx: TaskContext, extra: Mapping[str, Any]) -> Callable[[dict[str, Any]], None]:
@@ -156,6 +162,16 @@ def write_video(frames: np.ndarray, path: Path, fps: int) -> tuple[Path, float]:
         writer.write(frames)
     thumbnail = save_png(frames[0], thumbnail_path(path))
     return thumbnail, time.perf_counter() - started
+
+
+def publish_outputs(ctx: TaskContext, result_data: dict[str, Any], output: Path, thumbnail: Path) -> str:
+    """Publish the video and its thumbnail (worker.storage: uploaded with --storage-url), put their
+    locations in result_data (and the upload's seconds in phase_seconds); returns output_location."""
+    started = time.perf_counter()
+    result_data.update(ctx.storage.publish(ctx.task.id, {"output": output, "thumbnail": thumbnail}))
+    if ctx.storage.uploads:
+        result_data["phase_seconds"]["upload"] = round(time.perf_counter() - started, 4)
+    return result_data["output"]
 
 
 def generation_result_data(generation: Generation, *, preset: str | None, worker_parameters: Mapping[str, tuple[Any, str]],
@@ -200,9 +216,11 @@ class GenerationRow:
 
 
 def read_generation(params: Mapping[str, Any], *, resources: WorkerResources, limits: Limits, output_dir: Path,
-                    log: Any, default_model: str, one_frame: bool = False) -> GenerationRow:
+                    log: Any, default_model: str, install_loras: Callable[[Sequence[str] | None], None],
+                    one_frame: bool = False) -> GenerationRow:
     """Read a generation row in any of its forms (ours, the seed's GenerationTask, headless/Wan2GP
-    names) and check it completely before any work; its output goes to `output_dir`."""
+    names) and check it completely before any work; its output goes to `output_dir`.
+    `install_loras(names)` puts LoRAs named by URL into the loras folder before the check."""
     from wan_engine.request import GenerationRequest
 
     reader = ParamReader(flatten_generation_task(params))
@@ -216,6 +234,7 @@ def read_generation(params: Mapping[str, Any], *, resources: WorkerResources, li
     overridden: dict[str, str] = {}
     fields = dict(model=spec.preset or spec.key, prompt=prompt, negative_prompt=reader.field("negative_prompt"),
                   width=width, height=height, video_length=video_length, seed=seed, **sampling(reader, overridden))
+    install_loras(fields.get("lora_names"))
     check_request(resources, limits, fields, reader.schema)
     if one_frame and reader.given("video_length"):
         overridden[reader.schema.keys["video_length"]] = f"{IMAGE_TASK} makes one frame"
@@ -253,7 +272,8 @@ def read_generation(params: Mapping[str, Any], *, resources: WorkerResources, li
 def generate_video(ctx: TaskContext) -> HandlerResult:
     """Validate the row, run one generation, write the mp4 and its thumbnail to the task's folder."""
     row = read_generation(ctx.task.params, resources=ctx.resources, limits=ctx.config.limits, output_dir=ctx.output_dir,
-                          log=ctx.log, default_model=DEFAULT_MODELS[ctx.task.task_type])
+                          log=ctx.log, default_model=DEFAULT_MODELS[ctx.task.task_type],
+                          install_loras=lambda names: install_lora_urls(ctx, names))
     output = row.output
     ctx.raise_if_cancelled()
     generation = run_generation(ctx, row.request)
@@ -263,21 +283,24 @@ def generate_video(ctx: TaskContext) -> HandlerResult:
     result_data = generation_result_data(generation, preset=row.preset, worker_parameters=row.worker_parameters,
                                          fps=row.fps, output=output, thumbnail=thumbnail)
     result_data["ignored_params"] = row.ignored
-    return HandlerResult(output_location=str(output), result_data=result_data)
+    return HandlerResult(output_location=publish_outputs(ctx, result_data, output, thumbnail), result_data=result_data)
 
 
 @register(IMAGE_TASK)
 def generate_image(ctx: TaskContext) -> HandlerResult:
     """`wan_2_2_t2i`: one frame from a Wan 2.2 text-to-video model, written as a PNG."""
     row = read_generation(ctx.task.params, resources=ctx.resources, limits=ctx.config.limits, output_dir=ctx.output_dir,
-                          log=ctx.log, default_model=IMAGE_MODEL, one_frame=True)
+                          log=ctx.log, default_model=IMAGE_MODEL, install_loras=lambda names: install_lora_urls(ctx, names),
+                          one_frame=True)
     ctx.raise_if_cancelled()
     generation = run_generation(ctx, row.request)
     output = save_png(generation.frames[0], row.output)
     result_data = generation_result_data(generation, preset=row.preset, worker_parameters=row.worker_parameters,
                                          fps=row.fps, output=output, thumbnail=output)
     result_data["ignored_params"] = row.ignored
-    return HandlerResult(output_location=str(output), result_data=result_data)
+    published = ctx.storage.publish(ctx.task.id, {"output": output})
+    result_data.update(published, thumbnail=published["output"])
+    return HandlerResult(output_location=published["output"], result_data=result_data)
 
 
 def _control_video(reader: ParamReader, field: str, length: int, width: int, height: int) -> np.ndarray | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.handlers.generate import check_request, report_ignored, resolve_model
+from worker.handlers.generate import check_request, install_lora_urls, report_ignored, resolve_model
 from worker.store import NewTask
 from worker.travel.plan import DEFAULT_MODEL, SegmentJob, TravelPlan, read_travel
 
@@ -60,6 +60,7 @@ def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
     if not spec.is_vace:
         raise ValidationError(reader.label("preset" if plan.preset else "model"),
                               f"{spec.key!r} is not a VACE model; travel needs one (e.g. {DEFAULT_MODEL})")
+    install_lora_urls(ctx, plan.sampling.get("lora_names"))
     longest_prompt = max((segment.prompt for segment in plan.segments), key=len)
     for frames in sorted({segment.frames for segment in plan.segments}):
         check_request(ctx.resources, ctx.config.limits, {**plan.sampling, "model": spec.preset or spec.key, "prompt": longest_prompt,

@@ -4,9 +4,10 @@ the next keyframe; `individual_travel_segment`: one segment of a travel job re-m
 The guide opens with the previous segment's last `overlap` frames (read from its output_location;
 dependant_on guarantees it is Complete) or, for the first segment and independent ones, the start
 image; it ends on the end image (a single-keyframe journey has none); the frames between are
-generated (worker/travel/guide.py). The output is <output_dir>/<task id>/segment-<i>.mp4, which the
-stitch reads. Once it is written, the parked orchestrator's progress says how many segments are done
-(report_job_progress).
+generated (worker/travel/guide.py). The output is <output_dir>/<task id>/segment-<i>.mp4, or with
+--storage-url its object, which the next segment and the stitch read from whatever box they run on
+(segment_video). Once it is written, the parked orchestrator's progress says how many segments are
+done (report_job_progress).
 
 Three row forms:
 * ours, written by travel_orchestrator: `job` (the segment and the job's shared settings) and
@@ -23,6 +24,7 @@ Three row forms:
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,11 +33,20 @@ import sqlalchemy as sa
 from worker.dialects import ignored_params
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.handlers.generate import check_request, generation_result_data, report_ignored, run_generation, write_video
+from worker.handlers.generate import (
+    check_request,
+    generation_result_data,
+    install_lora_urls,
+    publish_outputs,
+    report_ignored,
+    run_generation,
+    write_video,
+)
 from worker.handlers.travel_orchestrator import SEGMENT_JOB_PARAM, stored_segment_job
-from worker.params import ParamReader, round_to_frame_count
+from worker.inputs import fetch_input, is_url
+from worker.params import ParamReader, local_path, round_to_frame_count
 from worker.paths import output_file
-from worker.store import CHILD_KEY_PARAM
+from worker.store import CHILD_KEY_PARAM, Task
 from worker.travel.guide import segment_guide
 from worker.travel.plan import HEADLESS_KEY, SegmentJob, read_travel
 from worker.video import check_image, load_image, read_last_frames
@@ -71,20 +82,21 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
 
     end = None
     if segment.end_image is not None:
-        end = load_image(segment.end_image, job.width, job.height, field=f"images[{index + 1}]")
+        end = _keyframe(segment.end_image, job, f"images[{index + 1}]")
     # With an overlap the previous segment's last frames open the guide, so the start image is not decoded.
     start = tail = None
     if segment.overlap and segment.previous_video is not None:
-        tail = _last_frames(segment.previous_video, segment.overlap, "continue_from_video")
+        tail = _last_frames(local_path(segment.previous_video, "continue_from_video"), segment.overlap,
+                            "continue_from_video")
     elif segment.overlap:
         if previous_id is None:
             raise ValidationError("previous_segment_task_id", f"segment {index} overlaps its previous segment, "
                                                               "and the row names none (no dependency)")
         tail = _previous_tail(ctx, previous_id, segment.overlap)
     elif segment.previous_video is not None:  # a continued journey without overlap opens on the video's last frame
-        start = _last_frames(segment.previous_video, 1, "continue_from_video")[-1]
+        start = _last_frames(local_path(segment.previous_video, "continue_from_video"), 1, "continue_from_video")[-1]
     else:
-        start = load_image(segment.start_image, job.width, job.height, field=f"images[{index}]")
+        start = _keyframe(segment.start_image, job, f"images[{index}]")
     guide = segment_guide(segment.frames, segment.overlap, start, end, tail)
 
     request = GenerationRequest(
@@ -126,7 +138,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     )
     result_data.update(segment_index=index, orchestrator_task_id=params.get("orchestrator_task_id"),
                        kept_frames=guide.kept_frames, ignored_params=ignored)
-    return HandlerResult(output_location=str(output), result_data=result_data)
+    return HandlerResult(output_location=publish_outputs(ctx, result_data, output, thumbnail), result_data=result_data)
 
 
 def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[str, str], SegmentJob, str | None]:
@@ -155,7 +167,7 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
                 own[name] = value
     for name in ("start_image", "end_image"):
         if name in own:
-            check_image(own[name], name)
+            check_image(local_path(own[name], name), name)
     if "frames" in own:
         own["frames"] = round_to_frame_count(own["frames"], "segment_frames_target")
     segment = replace(segment, **own)
@@ -164,6 +176,7 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
                                                              f"{segment.frames}-frame segment")
     job = replace(SegmentJob.of(plan, index), segment=segment)
     model = job.preset or job.model
+    install_lora_urls(ctx, job.sampling.get("lora_names"))
     check_request(ctx.resources, ctx.config.limits, {**job.sampling, "model": model, "prompt": segment.prompt, "width": job.width,
                         "height": job.height, "video_length": segment.frames}, details.schema, details.prefix)
     # The payload keys the headless orchestrator copies onto each segment row are honoured through it.
@@ -194,18 +207,37 @@ def report_job_progress(ctx: TaskContext, segment_count: int, expected_frames: i
         ctx.log.warning("orchestrator progress not written", error=str(error))
 
 
+def _keyframe(value: str, job: SegmentJob, field: str) -> np.ndarray:
+    """A keyframe (a path or a URL fetched on this box) fitted to the job's resolution."""
+    return load_image(local_path(value, field), job.width, job.height, field=field)
+
+
+def segment_video(task: Task, field: str) -> Path:
+    """The local file of a finished segment's video: its own path, or the copy fetched (once per box)
+    from its object URL, so consecutive segments and the stitch may run on different boxes. An object
+    not (yet) there is transient, so the task is retried before it fails naming the URL."""
+    location = (task.result_data or {}).get("output_object_url") or task.output_location
+    if not location:
+        raise ValidationError(field, f"segment {task.id} has no output")
+    if is_url(location):
+        return fetch_input(location, field, missing_is_transient=True)
+    path = Path(location)
+    if not path.is_file():
+        raise ValidationError(field, f"the output of segment {task.id} is gone: {location}")
+    return path
+
+
 def _previous_tail(ctx: TaskContext, previous_id: str, overlap: int) -> np.ndarray:
     """The last `overlap` frames of the previous segment's video, uint8 [overlap, H, W, 3] (streamed:
     only those frames are kept)."""
     previous = ctx.store.get(previous_id)
-    location = previous.output_location if previous is not None else None
-    if location is None:
+    if previous is None or not previous.output_location:
         raise ValidationError("previous_segment_task_id", f"segment {previous_id} has no output to continue from")
-    return _last_frames(location, overlap, "previous_segment_task_id")
+    return _last_frames(segment_video(previous, "previous_segment_task_id"), overlap, "previous_segment_task_id")
 
 
-def _last_frames(location: str, overlap: int, field: str) -> np.ndarray:
-    """The last `overlap` frames of the video at `location` (a previous segment's output, or the
+def _last_frames(location: str | Path, overlap: int, field: str) -> np.ndarray:
+    """The last `overlap` frames of the local video at `location` (a previous segment's output, or the
     video a journey continues), uint8 [overlap, H, W, 3]."""
     try:
         frames = read_last_frames(location, overlap)

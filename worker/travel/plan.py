@@ -53,7 +53,7 @@ from worker.dialects import (
     sampling,
 )
 from worker.errors import ValidationError
-from worker.params import ParamReader, parse_resolution, round_to_frame_count, to_int, validation_errors
+from worker.params import ParamReader, local_path, parse_resolution, round_to_frame_count, to_int, validation_errors
 from worker.video import check_image, probe
 
 DEFAULT_MODEL = "vace_14B_cocktail_2_2"  # the seed's default travel model, the Wan 2.2 VACE 14B cocktail
@@ -324,18 +324,20 @@ class _Planner:
         )
 
     def _continued_video(self, width: int, height: int) -> tuple[str, int] | None:
-        """(path, frames) of the video the journey continues, which must have the job's resolution."""
-        path = self.reader.input_file(self.reader.schema.keys.get("continue_from_video", "continue_from_video"), None)
-        if path is None:
+        """(path or URL as given, frames) of the video the journey continues, which must have the
+        job's resolution (a URL is fetched on this box to look at it; segments fetch it where they run)."""
+        value = self.reader.field("continue_from_video", None)
+        if value is None:
             return None
         name = self.label("continue_from_video")
+        path = local_path(value, name)
         try:
             info = probe(path)
         except (OSError, RuntimeError) as error:
-            raise ValidationError(name, f"not a readable video: {path} ({error})") from None
+            raise ValidationError(name, f"not a readable video: {echo(value)} ({error})") from None
         if (info.width, info.height) != (width, height):
             raise ValidationError(name, f"is {info.width}x{info.height}; the journey's resolution is {width}x{height}")
-        return str(path), info.frames
+        return value, info.frames
 
     # ---- what kind of journey ----
 
@@ -393,8 +395,9 @@ class _Planner:
         if len(images) > self.limits.max_keyframes:
             raise ValidationError(name, f"has {len(images)} images, over the limit of {self.limits.max_keyframes} "
                                         "(max_keyframes)")
-        for i, path in enumerate(images):
-            check_image(path, f"{self.reader.key('images')}[{i}]")
+        for i, path in enumerate(images):  # a URL is fetched (once per box) and checked like a file
+            key = f"{self.reader.key('images')}[{i}]"
+            check_image(local_path(path, key), key)
         return list(images)
 
     def _prompts(self, count: int) -> list[str]:
