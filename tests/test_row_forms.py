@@ -23,6 +23,7 @@ from worker.resources import WorkerResources
 from worker.store import TaskStatus, TaskStore
 from worker.travel.plan import HEADLESS_RULE, INDEPENDENT_RULE, plan_travel
 from worker.video import VideoWriter, probe, read_video
+from fleet_servers import FileServer, file_server  # noqa: F401 (fixture)
 from worker_harness import run_until_idle, write_keyframes
 
 HIGH = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/loras/wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors"
@@ -295,12 +296,13 @@ def test_unknown_keys_are_reported_on_the_row_and_no_op_keys_are_not(
 
 
 def test_reighs_wan_2_2_t2i_row_writes_one_png(sqlite_store: TaskStore, seed_resources: WorkerResources,
-                                             tmp_path: Path) -> None:
+                                             seed_models: Path, file_server: FileServer, tmp_path: Path) -> None:
     """banodoco/Reigh src/shared/lib/tasks/imageGeneration.ts: {task_id, model, prompt, resolution, seed,
-    negative_prompt, steps, additional_loras}; Reigh-Worker sets video_length 1 for wan_2_2_t2i."""
+    negative_prompt, steps, additional_loras: {url: strength}}; Reigh-Worker sets video_length 1 for
+    wan_2_2_t2i. The LoRA URL is served by a local HTTP server and fetched like any other."""
+    url = file_server.serve("/loras/ReighStyle.safetensors", (seed_models / "loras" / "CausVid.safetensors").read_bytes())
     row = {"task_id": "image-1", "model": "tiny_t2v_2_2", "prompt": "a lighthouse", "resolution": "32x32",
-           "seed": 11111, "negative_prompt": "", "steps": 2,
-           "additional_loras": {"https://example.com/loras/CausVid.safetensors": 0.5}}
+           "seed": 11111, "negative_prompt": "", "steps": 2, "additional_loras": {url: 0.5}}
     task_id = sqlite_store.enqueue("wan_2_2_t2i", row)
     run_until_idle(sqlite_store, seed_resources, tmp_path / "out")
     task = sqlite_store.get(task_id)
@@ -308,6 +310,7 @@ def test_reighs_wan_2_2_t2i_row_writes_one_png(sqlite_store: TaskStore, seed_res
     assert task.output_location.endswith(".png") and Image.open(task.output_location).size == (32, 32)
     assert task.result_data["frames"] == 1 and task.result_data["ignored_params"] == {}
     assert task.result_data["parameters"]["lora_multipliers"] == ["0.5"]
+    assert (seed_models / "loras" / "ReighStyle.safetensors").is_file()
 
 
 def reigh_segment_row(images: list[str], index: int, **own: Any) -> dict[str, Any]:
@@ -413,3 +416,17 @@ def test_the_in_process_generator_loads_a_model_and_returns_the_videos_path(seed
     with pytest.raises(ValidationError) as error:
         generator.generate_t2v("a fox", model="tiny_t2v", steps="2_0", resolution="32x32", video_length=5)
     assert error.value.field == "steps (num_inference_steps)"
+
+
+def test_a_prompt_over_the_limit_and_a_budget_over_the_limit_fail_before_any_work(
+        sqlite_store: TaskStore, seed_resources: WorkerResources, images: list[str], tmp_path: Path) -> None:
+    """Limits are settings (max_prompt_chars, max_keyframes, max_pixel_frames), checked before any work."""
+    long_prompt = sqlite_store.enqueue("t2v", {"model": "tiny_t2v", "prompt": "p" * 101, "resolution": "32x32"})
+    too_big = sqlite_store.enqueue("travel_orchestrator", {"model": "tiny_vace", "prompt": "p", "images": images[:2],
+                                                           "resolution": "64x64", "segment_frames": 33})
+    run_until_idle(sqlite_store, seed_resources, tmp_path / "out", max_prompt_chars=100,
+                   max_pixel_frames=64 * 64 * 32)
+    failed = [sqlite_store.get(task_id) for task_id in (long_prompt, too_big)]
+    assert [task.attempts for task in failed] == [1, 1]
+    assert failed[0].error_message.startswith("ValidationError: prompt: has 101 characters")
+    assert failed[1].error_message.startswith("ValidationError: segment_frames: 64x64 x 33 frames")

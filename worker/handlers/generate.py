@@ -77,14 +77,17 @@ def resolve_model(resources: WorkerResources, reader: ParamReader, default: str)
 
 
 def check_request(resources: WorkerResources, limits: Limits, fields: Mapping[str, Any], reading: Reading,
-                  prefix: str = "") -> None:
+                  prefix: str = "", row_fields: Mapping[str, str] | None = None) -> None:
     """Check a whole request (model, sampling fields, geometry, prompt, LoRA names against the loras
     folder, multiplier strings against the step plan) with wan_engine.schema.validate and the
-    worker's limits, as the engine will, without loading anything; the error names the row's key."""
+    worker's limits, as the engine will, without loading anything; the error names the row's key.
+    `row_fields` maps a request field to the row's field that set it (a travel job's
+    segment_frames sets each segment's video_length)."""
     try:
         validate(resources.model_registry(), fields, Path(resources.models_dir) / LORAS_FOLDER, limits)
     except InvalidRequest as error:
-        name = reading.label(error.field) if error.field in FIELDS else error.field
+        field = (row_fields or {}).get(error.field, error.field)
+        name = reading.label(field) if field in FIELDS else field
         raise ValidationError(prefix + name, error.rule) from None
 
 

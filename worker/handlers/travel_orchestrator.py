@@ -29,6 +29,7 @@ SEGMENT_TASK = "travel_segment"
 STITCH_TASK = "travel_stitch"
 STITCH_KEY = "stitch"
 SEGMENT_JOB_PARAM = "job"
+TRAVEL_FIELDS = {"video_length": "segment_frames", "prompt": "prompts", "negative_prompt": "negative_prompts"}
 
 
 def segment_key(index: int) -> str:
@@ -61,11 +62,13 @@ def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
         raise ValidationError(reader.label("preset" if plan.preset else "model"),
                               f"{spec.key!r} is not a VACE model; travel needs one (e.g. {DEFAULT_MODEL})")
     install_lora_urls(ctx, plan.sampling.get("lora_names"))
-    longest_prompt = max((segment.prompt for segment in plan.segments), key=len)
+    prompts = {name: max((getattr(segment, name) for segment in plan.segments), key=len)
+               for name in ("prompt", "negative_prompt")}  # the longest of each, for the length limit
     for frames in sorted({segment.frames for segment in plan.segments}):
-        check_request(ctx.resources, ctx.config.limits, {**plan.sampling, "model": spec.preset or spec.key, "prompt": longest_prompt,
-                            "width": plan.width, "height": plan.height, "video_length": frames},
-                      reader.schema, reader.prefix)
+        check_request(ctx.resources, ctx.config.limits,
+                      {**plan.sampling, **prompts, "model": spec.preset or spec.key, "width": plan.width,
+                       "height": plan.height, "video_length": frames}, reader.schema, reader.prefix,
+                      row_fields=TRAVEL_FIELDS)
     report_ignored(ctx.log, plan.ignored_params)
 
     segments: list[NewTask] = []
