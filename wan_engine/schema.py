@@ -60,8 +60,8 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # ---- kinds ----------------------------------------------------------------------------------------------
 
-INT, FLOAT, TEXT, TEXTS, NAMES, MULTIPLIERS, RESOLUTION, PATH, PATHS, ANY = (
-    "int", "float", "text", "texts", "names", "multipliers", "resolution", "path", "paths", "any")  # fmt: skip
+INT, FLOAT, TEXT, NAMES, MULTIPLIERS, RESOLUTION, PATH, PATHS, ANY = (
+    "int", "float", "text", "names", "multipliers", "resolution", "path", "paths", "any")  # fmt: skip
 RESOLUTION_MULTIPLE = 16  # VAE stride 8 x DiT patch 2
 MAX_SIDE_PIXELS = 4096
 MAX_VIDEO_FRAMES = 1025
@@ -295,7 +295,7 @@ def _typed(spec: Field, value: Any, label: str) -> Any:
         if longest is not None and len(value) > longest:
             raise InvalidRequest(label, f"has {len(value)} characters, more than {longest}: {echo(value)}")
         typed = value
-    elif kind in (TEXTS, NAMES, PATHS):
+    elif kind in (NAMES, PATHS):
         typed = parse_texts(value, label)
     elif kind == MULTIPLIERS:
         typed = parse_multipliers(value, label)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from wan_engine.errors import InvalidRequest, echo
 from wan_engine.schema import (
+    DEFAULT,
     FIELDS,
     GENERATE,
     MAX_VIDEO_FRAMES,
@@ -109,7 +110,8 @@ class ParamReader:
         return self.prefix + self.schema.keys.get(name, name)
 
     def source(self, name: str) -> str:
-        return "task" if self.given(name) else "default"
+        """Where schema field `name`'s value came from, for result_data.parameter_sources."""
+        return "task" if self.given(name) else DEFAULT
 
     # ---- other keys ----
 
