@@ -104,7 +104,8 @@ class PhaseSettings:
             if not (1 <= self.model_switch_phase < self.guidance_phases or self.model_switch_phase == MAX_PHASES):
                 raise InvalidRequest(
                     "model_switch_phase",
-                    f"the expert switch follows phase 1..{self.guidance_phases - 1} (3: never), got {self.model_switch_phase}",
+                    f"the expert switch follows phase 1..{self.guidance_phases - 1} (3: never), "
+                    f"got {self.model_switch_phase}",
                 )
 
     def phase_of(self, timestep: float) -> int:

@@ -386,7 +386,8 @@ def resolve(spec: Any, given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
         sources["model_switch_phase"] += " (read as 1 below 3 guidance phases, as Wan2GP does)"
 
     if given.get("lora_names") is not None:
-        values["lora_names"], sources["lora_names"] = _typed(FIELDS["lora_names"], given["lora_names"], "lora_names"), REQUEST
+        values["lora_names"] = _typed(FIELDS["lora_names"], given["lora_names"], "lora_names")
+        sources["lora_names"] = REQUEST
         model_multipliers: list[str] = []
     else:
         values["lora_names"], sources["lora_names"] = list(spec.loras), DEFINITION if spec.loras else FAMILY

@@ -113,7 +113,8 @@ def sampling(reader: ParamReader, overridden: dict[str, str]) -> dict[str, Any]:
         values.update(with_additional_loras(values, reader.params[ADDITIONAL_LORAS], reader.prefix + ADDITIONAL_LORAS))
     names, multipliers = values.get("lora_names"), values.get("lora_multipliers", [])
     if names is not None and len(multipliers) > len(names):
-        raise ValidationError(reader.label("lora_multipliers"), f"has {len(multipliers)} entries for {len(names)} LoRAs")
+        raise ValidationError(reader.label("lora_multipliers"),
+                              f"has {len(multipliers)} entries for {len(names)} LoRAs")
     return values
 
 

@@ -293,8 +293,8 @@ def generate_video(ctx: TaskContext) -> HandlerResult:
 def generate_image(ctx: TaskContext) -> HandlerResult:
     """`wan_2_2_t2i`: one frame from a Wan 2.2 text-to-video model, written as a PNG."""
     row = read_generation(ctx.task.params, resources=ctx.resources, limits=ctx.config.limits, output_dir=ctx.output_dir,
-                          log=ctx.log, default_model=IMAGE_MODEL, install_loras=lambda names: install_lora_urls(ctx, names),
-                          one_frame=True)
+                          log=ctx.log, default_model=IMAGE_MODEL, one_frame=True,
+                          install_loras=lambda names: install_lora_urls(ctx, names))
     ctx.raise_if_cancelled()
     generation = run_generation(ctx, row.request)
     output = save_png(generation.frames[0], row.output)

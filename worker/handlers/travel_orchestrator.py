@@ -42,7 +42,8 @@ def stored_plan(params: dict[str, Any]) -> TravelPlan:
     try:
         return TravelPlan.from_params(params["plan"])
     except (KeyError, TypeError, ValueError) as error:
-        raise ValidationError("plan", f"not a plan written by travel_orchestrator ({type(error).__name__}: {error})") from None
+        raise ValidationError(
+            "plan", f"not a plan written by travel_orchestrator ({type(error).__name__}: {error})") from None
 
 
 def stored_segment_job(params: dict[str, Any]) -> SegmentJob:
@@ -100,7 +101,8 @@ def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
         max_attempts=ctx.task.max_attempts,
     )
     ctx.log.info("travel planned", segments=len(segments), expected_frames=plan.expected_frames, model=spec.key,
-                 frame_rule=plan.frame_rule, roundings=[f"{r.field}: {r.requested} -> {r.used}" for r in plan.roundings])
+                 frame_rule=plan.frame_rule,
+                 roundings=[f"{r.field}: {r.requested} -> {r.used}" for r in plan.roundings])
     return HandlerResult(
         park_children=[*segments, stitch],
         park_progress={

@@ -177,8 +177,9 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
     job = replace(SegmentJob.of(plan, index), segment=segment)
     model = job.preset or job.model
     install_lora_urls(ctx, job.sampling.get("lora_names"))
-    check_request(ctx.resources, ctx.config.limits, {**job.sampling, "model": model, "prompt": segment.prompt, "width": job.width,
-                        "height": job.height, "video_length": segment.frames}, details.schema, details.prefix)
+    check_request(ctx.resources, ctx.config.limits,
+                  {**job.sampling, "model": model, "prompt": segment.prompt, "width": job.width,
+                   "height": job.height, "video_length": segment.frames}, details.schema, details.prefix)
     # The payload keys the headless orchestrator copies onto each segment row are honoured through it.
     for key in list(reader.unread()):
         if key in details.params and details.params[key] == params[key]:

@@ -53,7 +53,10 @@ def segment_guide(
     frames open this segment. Needed when overlap > 0; start_image is then not used (the previous
     segment already ended on it), so a caller may pass None instead of loading it.
     """
-    size = next(a.shape if a.ndim == 3 else a.shape[1:] for a in (end_image, start_image, previous_tail) if a is not None)
+    given = [a.shape if a.ndim == 3 else a.shape[1:] for a in (end_image, start_image, previous_tail) if a is not None]
+    if not given:
+        raise ValueError("a segment needs a start image, an end image or the previous segment's frames")
+    size = given[0]
     height, width, _ = size
     if start_image is not None and start_image.shape != size:
         raise ValueError(f"start and end images differ in size: {start_image.shape} vs {end_image.shape}")

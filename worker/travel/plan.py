@@ -353,7 +353,8 @@ class _Planner:
         """Segments chain (each opens on the previous one's last frames) unless `chain_segments` is
         false or, without it, `independent_segments` is true; the two may not contradict each other."""
         chain = self.reader.flag("chain_segments", True) if self.reader.has("chain_segments") else None
-        independent = self.reader.flag("independent_segments", False) if self.reader.has("independent_segments") else None
+        independent = (self.reader.flag("independent_segments", False)
+                       if self.reader.has("independent_segments") else None)
         if chain is not None and independent is not None and chain == independent:
             raise ValidationError(self.reader.prefix + "independent_segments",
                                   f"is {str(independent).lower()} but chain_segments is {str(chain).lower()}")
@@ -508,7 +509,8 @@ class _Planner:
         generated = []
         for i, (count, overlap) in enumerate(zip(frames, overlaps)):
             with_context = overlap and i > 0
-            total = round_to_frame_count(count + overlap, f"{self.reader.key('segment_frames')}[{i}]") if with_context else count
+            label = f"{self.reader.key('segment_frames')}[{i}]"
+            total = round_to_frame_count(count + overlap, label) if with_context else count
             if total < overlap + 1:
                 raise ValidationError(f"{self.reader.key('frame_overlap')}[{i + first_join - 1}]",
                                       f"{overlap} frames leave segment {i} no frame of its own")
