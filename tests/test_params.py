@@ -83,11 +83,10 @@ def test_input_files_must_exist(tmp_path: Path) -> None:
     assert rejects({"f": [str(present), str(tmp_path / "b.png")]}, lambda r: r.input_files("f"), "f[1]")
 
 
-@pytest.mark.parametrize("value", ["1_000", "\uff19", "\u0669", "9" * 60, " "])
+@pytest.mark.parametrize("value", ["1_000", "\uff19", "\u0669", "9" * 60])
 def test_every_integer_reader_refuses_what_is_not_a_plain_decimal(value: str) -> None:
     """One spelling rule (wan_engine.schema.parse_int) for the param reader, the schema fields and the
     travel planner: "9" is a number everywhere, "1_000" and other scripts' digits nowhere."""
-    if value.strip():
-        rejects({"n": value}, lambda r: r.integer("n"), "n")
-    assert ParamReader({"n": "9"}).integer("n") == 9
-    assert ParamReader({"steps": "9"}).field("num_inference_steps") == 9
+    rejects({"n": value}, lambda r: r.integer("n"), "n")
+    rejects({"steps": value}, lambda r: r.field("num_inference_steps"), "steps (num_inference_steps)")
+    assert ParamReader({"n": "9"}).integer("n") == ParamReader({"steps": "9"}).field("num_inference_steps") == 9
