@@ -161,6 +161,24 @@ def test_independent_segments_open_on_their_own_keyframes_and_the_rule_is_record
     assert error.value.field == "orchestrator_details.independent_segments"
 
 
+def test_reighs_per_pair_phase_configs_and_loras_reach_their_segments(images: list[str]) -> None:
+    """Reigh's pair overrides: `phase_configs_expanded` and `loras_per_segment_expanded` (one entry or
+    null per segment; travelBetweenImages.ts), applied per segment as Reigh-Worker's segment handler
+    does (the segment's LoRAs win over any phase config's)."""
+    from worker.travel.plan import SegmentJob
+
+    row = reigh_orchestrator_row(images, independent_segments=False, phase_config=REIGH_WORKER_PHASE_CONFIG,
+                                 phase_configs_expanded=[None, {**REIGH_WORKER_PHASE_CONFIG, "steps_per_phase": [1, 3]}],
+                                 loras_per_segment_expanded=[[{"id": "a", "path": "Motion.safetensors", "strength": 0.8,
+                                                               "name": "Motion"}], None])
+    plan = plan_travel(row)
+    first, second = (SegmentJob.of(plan, i).sampling for i in (0, 1))
+    assert (first["num_inference_steps"], first["lora_names"], first["lora_multipliers"]) == \
+        (6, ["Motion.safetensors"], ["0.8"])
+    assert (second["num_inference_steps"], second["lora_names"]) == (4, [HIGH, JUNK, LOW])
+    assert not {key for key in plan.ignored_params if "expanded" in key}
+
+
 @pytest.mark.parametrize("details,field", [({"model_type": "i2v"}, "orchestrator_details.model_type"),
                                            ({"use_svi": True}, "orchestrator_details.use_svi")])
 def test_image_to_video_travel_fails_saying_it_needs_an_i2v_model(images: list[str], details: dict, field: str) -> None:

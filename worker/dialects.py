@@ -178,6 +178,25 @@ def _phase_loras(phases: list[Mapping[str, Any]], field: str) -> tuple[list[str]
     return list(per_lora), [";".join(values) for values in per_lora.values()]
 
 
+def segment_overrides(phase_config: Any, segment_loras: Any, phase_field: str, loras_field: str) -> dict[str, Any]:
+    """One segment's sampling overrides from Reigh's per-segment settings (a phase config, and LoRAs
+    [{"path", "strength"}], either may be null): its own phase config, and its own LoRAs, which win
+    over any phase config's (as in Reigh-Worker's segment handler). The fields name them for errors."""
+    values: dict[str, Any] = {}
+    if phase_config is not None:
+        values.update(phase_config_values(phase_config, phase_field))
+    if segment_loras is not None:
+        where = loras_field
+        if not isinstance(segment_loras, list) or not all(isinstance(lora, Mapping) for lora in segment_loras):
+            raise ValidationError(where, "must be a list of {\"path\", \"strength\"}")
+        chosen = [lora for lora in segment_loras if lora.get("path")]
+        if not all(isinstance(lora["path"], str) for lora in chosen):
+            raise ValidationError(where, "each LoRA's path must be a string")
+        values["lora_names"] = [lora["path"] for lora in chosen]
+        values["lora_multipliers"] = parse_multipliers([lora.get("strength", 1.0) for lora in chosen], where)
+    return values
+
+
 def with_additional_loras(values: Mapping[str, Any], additional: Any, field: str) -> dict[str, list[str]]:
     """lora_names / lora_multipliers with `additional_loras` ({URL or name: multiplier}) appended.
     A LoRA already listed (same file) keeps its multiplier, unless the additional one is a phase

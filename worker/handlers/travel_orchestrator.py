@@ -17,6 +17,7 @@ parked row's progress and in the job's result_data as `ignored_params`, and logg
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from worker.errors import ValidationError
@@ -62,14 +63,19 @@ def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
     if not spec.is_vace:
         raise ValidationError(reader.label("preset" if plan.preset else "model"),
                               f"{spec.key!r} is not a VACE model; travel needs one (e.g. {DEFAULT_MODEL})")
-    install_lora_urls(ctx, plan.sampling.get("lora_names"))
     prompts = {name: max((getattr(segment, name) for segment in plan.segments), key=len)
                for name in ("prompt", "negative_prompt")}  # the longest of each, for the length limit
-    for frames in sorted({segment.frames for segment in plan.segments}):
-        check_request(ctx.resources, ctx.config.limits,
-                      {**plan.sampling, **prompts, "model": spec.preset or spec.key, "width": plan.width,
-                       "height": plan.height, "video_length": frames}, reader.schema, reader.prefix,
-                      row_fields=TRAVEL_FIELDS)
+    checked: set[str] = set()
+    for segment in plan.segments:  # each distinct (frames, sampling) once
+        sampling = plan.sampling_of(segment.index)
+        request = {**sampling, **prompts, "model": spec.preset or spec.key, "width": plan.width,
+                   "height": plan.height, "video_length": segment.frames}
+        key = json.dumps([segment.frames, sampling], sort_keys=True)
+        if key not in checked:
+            checked.add(key)
+            install_lora_urls(ctx, sampling.get("lora_names"))
+            check_request(ctx.resources, ctx.config.limits, request, reader.schema, reader.prefix,
+                          row_fields=TRAVEL_FIELDS)
     report_ignored(ctx.log, plan.ignored_params)
 
     segments: list[NewTask] = []

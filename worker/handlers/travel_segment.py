@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from worker.dialects import ignored_params
+from worker.dialects import ignored_params, segment_overrides
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.handlers.generate import (
@@ -175,6 +175,12 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
         raise ValidationError("frame_overlap_from_previous", f"{segment.overlap} frames do not fit a "
                                                              f"{segment.frames}-frame segment")
     job = replace(SegmentJob.of(plan, index), segment=segment)
+    if len(readers) > 1:  # individual_segment_params may carry the segment's own phase config and LoRAs
+        own_params = readers[-1]
+        own_params.used.update(("phase_config", "segment_loras"))
+        overrides = segment_overrides(own_params.params.get("phase_config"), own_params.params.get("segment_loras"),
+                                      f"{INDIVIDUAL_PARAMS}.phase_config", f"{INDIVIDUAL_PARAMS}.segment_loras")
+        job = replace(job, sampling={**job.sampling, **overrides})
     model = job.preset or job.model
     install_lora_urls(ctx, job.sampling.get("lora_names"))
     check_request(ctx.resources, ctx.config.limits,

@@ -51,6 +51,7 @@ from worker.dialects import (
     ignored_params,
     needs_image_to_video,
     sampling,
+    segment_overrides,
 )
 from worker.errors import ValidationError
 from worker.params import ParamReader, local_path, parse_resolution, round_to_frame_count, to_int, validation_errors
@@ -66,6 +67,7 @@ HEADLESS_RULE = ("headless: segment_frames_expanded rounded down to 4n+1; overla
                  "neighbour; a chained segment after the first generates its frames + the overlap (4n+1)")
 INDEPENDENT_RULE = "; independent segments: no overlap, each opens on its own keyframe"
 ENHANCED_PROMPTS = "enhanced_prompts_expanded"
+PER_SEGMENT_PHASE_CONFIGS, PER_SEGMENT_LORAS = "phase_configs_expanded", "loras_per_segment_expanded"
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ class TravelPlan:
     given_as: dict[str, str] = field(default_factory=dict)  # schema field -> the row's key for it
     continue_from: str | None = None  # a video this journey continues (stitched first)
     continue_frames: int = 0
+    segment_sampling: tuple[dict[str, Any], ...] = ()  # per segment, what it sets over `sampling`
 
     @property
     def resolution(self) -> str:
@@ -134,6 +137,11 @@ class TravelPlan:
         """Frames shared by consecutive videos of the stitch (the continued video, if any, then the
         segments), one per join: what `stitch` takes."""
         return [segment.overlap for segment in (self.segments if self.continue_from else self.segments[1:])]
+
+    def sampling_of(self, index: int) -> dict[str, Any]:
+        """The sampling fields of segment `index`: the job's, with the segment's own overrides."""
+        own = self.segment_sampling[index] if self.segment_sampling else {}
+        return {**self.sampling, **own}
 
     @property
     def expected_frames(self) -> int:
@@ -157,6 +165,7 @@ class TravelPlan:
             "given_as": dict(self.given_as),
             "continue_from": self.continue_from,
             "continue_frames": self.continue_frames,
+            "segment_sampling": [dict(overrides) for overrides in self.segment_sampling],
             "expected_frames": self.expected_frames,
         }
 
@@ -180,6 +189,7 @@ class TravelPlan:
             given_as=dict(params["given_as"]),
             continue_from=params["continue_from"],
             continue_frames=params["continue_frames"],
+            segment_sampling=tuple(dict(overrides) for overrides in params["segment_sampling"]),
         )
         if params.get("expected_frames", plan.expected_frames) != plan.expected_frames:
             raise ValidationError("expected_frames", "does not match the stored segments")
@@ -211,7 +221,7 @@ class SegmentJob:
     @classmethod
     def of(cls, plan: TravelPlan, index: int) -> SegmentJob:
         return cls(plan.segments[index], plan.model, plan.preset, plan.width, plan.height, plan.fps,
-                   dict(plan.sampling), len(plan.segments), plan.expected_frames)
+                   plan.sampling_of(index), len(plan.segments), plan.expected_frames)
 
 
 def is_headless_form(params: Mapping[str, Any]) -> bool:
@@ -321,7 +331,23 @@ class _Planner:
             ignored_params=self.overridden,
             continue_from=continued[0] if continued else None,
             continue_frames=continued[1] if continued else 0,
+            segment_sampling=self._segment_sampling(count),
         )
+
+    def _segment_sampling(self, count: int) -> tuple[dict[str, Any], ...]:
+        """Reigh's per-pair overrides (`phase_configs_expanded`, `loras_per_segment_expanded`), one
+        dict per segment; () when the row has none."""
+        lists = [self.reader.params.get(key) for key in (PER_SEGMENT_PHASE_CONFIGS, PER_SEGMENT_LORAS)]
+        self.reader.used.update((PER_SEGMENT_PHASE_CONFIGS, PER_SEGMENT_LORAS))
+        for key, value in zip((PER_SEGMENT_PHASE_CONFIGS, PER_SEGMENT_LORAS), lists):
+            if value is not None and not isinstance(value, list):
+                raise ValidationError(self.reader.prefix + key, "must be a list with an entry (or null) per segment")
+        if not any(lists):
+            return ()
+        configs, loras = ([*(value or []), *[None] * count][:count] for value in lists)
+        prefix = self.reader.prefix
+        return tuple(segment_overrides(configs[i], loras[i], f"{prefix}{PER_SEGMENT_PHASE_CONFIGS}[{i}]",
+                                       f"{prefix}{PER_SEGMENT_LORAS}[{i}]") for i in range(count))
 
     def _continued_video(self, width: int, height: int) -> tuple[str, int] | None:
         """(path or URL as given, frames) of the video the journey continues, which must have the
