@@ -43,7 +43,7 @@ NO_OP_KEYS = frozenset({
     "current_run_base_output_dir", "segment_image_download_dir", "debug", "debug_mode_enabled",
     "skip_cleanup_enabled", "dimension_source", "generation_mode", "advanced_mode", "motion_mode",
     "amount_of_motion", "selected_phase_preset_id", "is_first_segment", "is_last_segment", "child_order",
-    "is_single_item", "use_wan22",
+    "is_single_item",
 })  # fmt: skip
 # Switches that change nothing while off; when on they ask for a feature this worker does not have.
 OFF_SWITCHES = frozenset({"enhance_prompt", "show_input_images", "regenerate_anchors", "use_svi"})
