@@ -299,11 +299,22 @@ def test_the_orchestrator_checks_a_job_without_creating_the_engine(sqlite_store:
     assert sqlite_store.get(bad).error_message.startswith("ValidationError: lora_multipliers:")
 
 
+def test_an_image_to_video_model_fails_saying_it_needs_one(sqlite_store: TaskStore, seed_resources: WorkerResources,
+                                                          images: list[str], tmp_path: Path) -> None:
+    """banodoco/Reigh-Worker scripts/create_test_task.py names wan_2_2_i2v_lightning_baseline_2_2_2."""
+    row = reigh_orchestrator_row(images, model_name="wan_2_2_i2v_lightning_baseline_2_2_2", model_type=None)
+    task_id = sqlite_store.enqueue("travel_orchestrator", row)
+    run_until_idle(sqlite_store, seed_resources, tmp_path / "out")
+    message = sqlite_store.get(task_id).error_message
+    assert message.startswith("ValidationError: orchestrator_details.model_name (model): model ") and NEEDS_I2V in message
+
+
 def test_unknown_keys_are_reported_on_the_row_and_no_op_keys_are_not(
         sqlite_store: TaskStore, seed_resources: WorkerResources, tmp_path: Path) -> None:
     task_id = sqlite_store.enqueue("t2v", {"model": "tiny_t2v", "prompt": "p", "resolution": "32x32", "video_length": 5,
                                            "steps": "2", "mystery_knob": 3, "debug": True, "shot_id": "s",
-                                           "enhance_prompt": True, "x" * 50: "y" * 10_000})
+                                           "enhance_prompt": True, "x" * 50: "y" * 10_000,
+                                           "structure_guidance": None, "uni3c_guide_video": ""})
     run_until_idle(sqlite_store, seed_resources, tmp_path / "out")
     task = sqlite_store.get(task_id)
     assert task.status == TaskStatus.COMPLETE, task.error_message

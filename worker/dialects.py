@@ -229,12 +229,13 @@ def compose_prompt(prompt: str, reader: ParamReader) -> str:
 
 def ignored_params(reader: ParamReader, overridden: Mapping[str, str] | None = None) -> dict[str, str]:
     """Keys of the row that change nothing here though they were meant to: never read and not a
-    known no-op, a switch this worker does not honour turned on, or replaced by another key."""
+    known no-op (nor null or empty), a switch this worker does not honour turned on, or replaced by
+    another key."""
     ignored = {reader.prefix + key: reason for key, reason in (overridden or {}).items()}
     for key in reader.unread():
         value = reader.params[key]
-        if key in NO_OP_KEYS or (key in OFF_SWITCHES and not value):
-            continue
+        if key in NO_OP_KEYS or (key in OFF_SWITCHES and not value) or value in (None, "", [], {}):
+            continue  # a no-op, a switch left off, or a key that asks for nothing
         reason = "a switch this worker does not honour" if key in OFF_SWITCHES else "not a parameter this worker uses"
         ignored[reader.prefix + key] = reason
     return ignored

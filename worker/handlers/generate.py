@@ -27,7 +27,14 @@ from PIL import Image
 
 from wan_engine.errors import InvalidRequest, UnknownModel, echo
 from wan_engine.schema import FIELDS, RANDOM_SEED, Limits, Reading, validate
-from worker.dialects import compose_prompt, flatten_generation_task, ignored_params, model_and_preset, sampling
+from worker.dialects import (
+    compose_prompt,
+    flatten_generation_task,
+    ignored_params,
+    model_and_preset,
+    needs_image_to_video,
+    sampling,
+)
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.params import REQUIRED, ParamReader, parse_resolution, round_to_frame_count
@@ -73,6 +80,8 @@ def resolve_model(resources: WorkerResources, reader: ParamReader, default: str)
     try:
         return registry.get(key)
     except UnknownModel as error:
+        if "i2v" in key.lower():  # e.g. headless Wan2GP's wan_2_2_i2v_lightning_baseline_2_2_2
+            raise needs_image_to_video(reader.label(name), f"model {echo(key)}") from None
         raise ValidationError(reader.label(name), error.rule) from None
 
 
