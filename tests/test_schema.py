@@ -203,9 +203,11 @@ def test_plain_digit_strings_and_integral_floats_are_numbers() -> None:
         parse_float(10**400, "x")  # an int too big for a float: a clear error, not OverflowError
 
 
-def test_an_echoed_value_is_cut_short() -> None:
+@pytest.mark.parametrize("params", [{"guidance_scale": "x" * 1_000_000}, {"model_name": "m" * 1_000_000},
+                                    {"video_guide": "/" * 1_000_000}, {"lora_names": ["a", "b" * 1_000_000]}])
+def test_an_echoed_value_is_cut_short(params: dict) -> None:
     with pytest.raises(InvalidRequest) as err:
-        read({"guidance_scale": "x" * 1_000_000})
+        read(params)
     assert len(str(err.value)) < 300
 
 

@@ -297,6 +297,10 @@ def _typed(spec: Field, value: Any, label: str) -> Any:
         typed = value
     elif kind in (NAMES, PATHS):
         typed = parse_texts(value, label)
+        for index, item in enumerate(typed):
+            if len(item) > PATH_CHARS:
+                raise InvalidRequest(f"{label}[{index}]", f"has {len(item)} characters, more than {PATH_CHARS}: "
+                                                          f"{echo(item)}")
     elif kind == MULTIPLIERS:
         typed = parse_multipliers(value, label)
     elif kind == RESOLUTION:
@@ -485,8 +489,10 @@ def markdown_table() -> str:
         bounds = "" if spec.minimum is None else f"{_plain(spec.minimum)} .. {_plain(spec.maximum)}"
         if spec.choices:
             bounds = ", ".join(f"`{choice!r}`" for choice in spec.choices)
-        if spec.max_chars or spec.kind in (PATH, PATHS):
+        if spec.max_chars or spec.kind == PATH:
             bounds = f"at most {spec.max_chars or PATH_CHARS} characters"
+        if spec.kind in (NAMES, PATHS):
+            bounds = f"each at most {PATH_CHARS} characters"
         aliases = ", ".join(f"`{alias}` ({who})" for alias, who in spec.aliases.items())
         default = spec.default if spec.default == FROM_MODEL or spec.default is None else f"`{spec.default!r}`"
         forms = ", ".join(sorted(spec.forms))
