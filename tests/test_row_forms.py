@@ -127,7 +127,7 @@ def reigh_orchestrator_row(images: list[str], **details: Any) -> dict[str, Any]:
         "enhanced_prompts_expanded": ["a slow drift into the forest", ""],
         "segment_frames_expanded": [9, 9], "frame_overlap_expanded": [4, 4], "parsed_resolution_wh": "40x36",
         "model_name": "tiny_vace_2_2", "model_type": "vace", "seed_base": 11111, "steps": 2,
-        "after_first_post_generation_saturation": 1, "after_first_post_generation_brightness": 0,
+        "after_first_post_generation_saturation": 1.3, "after_first_post_generation_brightness": 0,
         "debug_mode_enabled": False, "shot_id": "shot-1", "main_output_dir_for_run": "./outputs/default_travel_output",
         "enhance_prompt": False, "show_input_images": False, "generation_mode": "batch", "dimension_source": "project",
         "amount_of_motion": 0.5, "advanced_mode": False, "independent_segments": True,
@@ -144,9 +144,8 @@ def test_reighs_orchestrator_payload_plans_with_the_headless_rules(images: list[
     assert plan.expected_frames == 18 and plan.frame_rule == HEADLESS_RULE
     assert (plan.width, plan.height, plan.sampling["num_inference_steps"]) == (32, 32, 2)
     assert [s.seed for s in plan.segments] == [11111, 11112]
-    assert plan.ignored_params == {
+    assert plan.ignored_params == {  # brightness 0 is Reigh's neutral default; saturation 1.3 is an effect
         "orchestrator_details.after_first_post_generation_saturation": "not a parameter this worker uses",
-        "orchestrator_details.after_first_post_generation_brightness": "not a parameter this worker uses",
     }
 
 
