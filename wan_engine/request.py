@@ -43,6 +43,7 @@ class GenerationRequest:
     image_refs: list[np.ndarray] = field(default_factory=list)
     lora_names: list[str] | None = None
     lora_multipliers: list[str] | None = None
+    precision: str | None = None  # "bf16" or "fp8" (wan_engine.fp8); None: the engine's setting
 
 
 @dataclass
