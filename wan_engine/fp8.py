@@ -37,9 +37,9 @@ from safetensors import safe_open
 from torch import nn
 
 from wan_engine.errors import LoadError
+from wan_engine.request import PRECISIONS
 from wan_engine.weights import KeyMap, apply_dtype_policy
 
-PRECISIONS = ("bf16", "fp8")
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
 # Where a block's fp8 linears sit (relative names); cross_attn.k / .v stay in the compute dtype.
