@@ -242,12 +242,6 @@ def weight_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def relative_l2(approx: torch.Tensor, exact: torch.Tensor) -> float:
-    """||approx - exact|| / ||exact||, computed in fp64."""
-    exact = exact.double()
-    return float(torch.linalg.vector_norm(approx.double() - exact) / torch.linalg.vector_norm(exact))
-
-
 def fp8_ready(device: torch.device) -> bool:
     """Whether fp8 matmuls run on `device` natively (CUDA compute capability >= 8.9); elsewhere
     fp8 mode still runs, through the fp32 emulation."""
