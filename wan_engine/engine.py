@@ -40,7 +40,7 @@ from torch import nn
 from wan_engine import pipeline
 from wan_engine.device_faults import as_device_fault
 from wan_engine.errors import DeviceFault, InvalidRequest, OutOfMemory
-from wan_engine.fp8 import check_precision, load_fp8_dit, meta_fp8_dit
+from wan_engine.fp8 import check_precision, load_fp8_dit, meta_fp8_dit, quantize_dit
 from wan_engine.lora import LoraWeights, check_loras_fit, load_lora, lora_multiplier_schedule, resolve_lora
 from wan_engine.memory import (
     OFFLOAD_POLICIES,
@@ -74,13 +74,9 @@ class LoadedModel:
     """A model definition's networks, built from its files."""
 
     spec: ModelSpec
-    files: ModelFiles
+    files: ModelFiles | None  # None: networks handed to Engine.install
     networks: pipeline.Networks
     precision: str = "bf16"
-
-    @property
-    def text_encoder_key(self) -> tuple[Path, Path]:
-        return (self.files.text_encoder, self.files.tokenizer)
 
 
 @dataclass
@@ -93,9 +89,10 @@ class _SharedNetworks:
 
     @classmethod
     def of(cls, models: Sequence[LoadedModel]) -> _SharedNetworks:
+        loaded = [m for m in models if m.files is not None]
         return cls(
-            {m.text_encoder_key: m.networks.text_encoder for m in models},
-            {m.files.vae: m.networks.vae for m in models},
+            {(m.files.text_encoder, m.files.tokenizer): m.networks.text_encoder for m in loaded},
+            {m.files.vae: m.networks.vae for m in loaded},
         )
 
 
@@ -238,31 +235,74 @@ class Engine:
         if vae is None:
             vae = load_model(lambda: WanVAE(**spec.vae_config), [files.vae], dtype=self.vae_dtype, device=self.device)
 
-        def build() -> WanDiT:
-            return WanDiT(**spec.dit_config)
+        resident_blocks, take_turns = self._placement(spec, precision, vae)
+        load_device = "cpu" if take_turns else self.device
+        networks = {
+            name: self._prepared(self._load_dit(spec, paths, precision, load_device), precision)
+            for name, paths in files.experts.items()
+        }
+        return LoadedModel(spec, files, self._placed(spec, text_encoder, vae, networks, resident_blocks, take_turns), precision)
 
+    def install(
+        self,
+        key: str,
+        experts: dict[str, WanDiT],
+        text_encoder: nn.Module,
+        tokenizer: T5Tokenizer,
+        vae: nn.Module,
+        precision: str | None = None,
+    ) -> None:
+        """Make networks already in memory the resident model `key` (bench/gpu.py: random weights at
+        the real shapes, where no checkpoint files exist), prepared and placed as loaded ones are: fp8
+        layers in fp8 mode (quantised in place), compiled blocks, the device budget."""
+        spec = self.registry.get(key)
+        precision = check_precision(precision or self.precision)
+        self._loaded = self._previous = None
+        release_cached_memory(self.device)
+        resident_blocks, take_turns = self._placement(spec, precision, vae)
+        networks = {}
+        for name, network in experts.items():
+            if precision == "fp8":
+                quantize_dit(network, self.device)
+            networks[name] = self._prepared(network.to("cpu" if take_turns else self.device), precision)
+        encoder = pipeline.TextEncoder(tokenizer, HostResident(text_encoder, self.device))
+        networks_placed = self._placed(spec, encoder, vae.to(self.device, self.vae_dtype), networks, resident_blocks, take_turns)
+        self._loaded = LoadedModel(spec, None, networks_placed, precision)
+
+    def _placement(self, spec: ModelSpec, precision: str, vae: nn.Module) -> tuple[int | None, bool]:
+        """(blocks of each DiT that stay on the device, or None when all do; whether the experts take
+        turns) for `spec` in `precision` under the offload policy and the device budget."""
+        build = _dit_builder(spec)
         resident_blocks = self._resident_blocks(build, precision, tensor_bytes([vae]))
-        expert_bytes = len(files.experts) * self._dit_bytes(build, precision)
+        expert_bytes = len(spec.experts) * self._dit_bytes(build, precision)
         take_turns = resident_blocks is not None or (
             spec.is_dual_expert and experts_must_take_turns(self.offload, expert_bytes, self.device, self.gpu_memory_bytes)
         )
-        load_device = "cpu" if take_turns else self.device
-        networks = {name: self._load_dit(build, paths, precision, load_device) for name, paths in files.experts.items()}
+        return resident_blocks, take_turns
+
+    def _placed(
+        self, spec: ModelSpec, text_encoder: pipeline.TextEncoder, vae: nn.Module, networks: dict[str, nn.Module],
+        resident_blocks: int | None, take_turns: bool,
+    ) -> pipeline.Networks:  # fmt: skip
+        """The networks of a model placed as `_placement` decided (streamed blocks, or experts in turns)."""
         placements: dict[str, Placement] = {}
         if resident_blocks is not None:
             placements = {name: BlockStreamer(net, self.device, resident_blocks) for name, net in networks.items()}
         experts = Experts(networks, self.device, take_turns=take_turns, placements=placements)
         experts.compiled = self.compile
-        return LoadedModel(spec, files, pipeline.Networks(text_encoder, vae, experts, vace=spec.is_vace), precision)
+        return pipeline.Networks(text_encoder, vae, experts, vace=spec.is_vace)
 
-    def _load_dit(self, build: Callable[[], WanDiT], paths: Sequence[Path], precision: str, device: Any) -> WanDiT:
-        """One DiT in `precision` on `device` (quantised on the engine's device in fp8 mode)."""
-        if precision == "fp8":
-            network = load_fp8_dit(build, paths, compute_dtype=self.dtype, device=device, quantize_on=self.device)
-        else:
-            network = load_model(build, paths, dtype=self.dtype, device=device)
+    def _prepared(self, network: WanDiT, precision: str) -> WanDiT:
+        """`network` with the attention backend of `precision`, compiled when the engine compiles."""
         network.set_attention_backend(backend_for(precision, self.device))
         return network.compile_blocks(backend=self.compile_backend) if self.compile else network
+
+    def _load_dit(self, spec: ModelSpec, paths: Sequence[Path], precision: str, device: Any) -> WanDiT:
+        """One DiT in `precision` on `device` (quantised on the engine's device in fp8 mode)."""
+        build = _dit_builder(spec)
+        if precision == "fp8":
+            return load_fp8_dit(build, paths, compute_dtype=self.dtype, device=device, quantize_on=self.device)
+        return load_model(build, paths, dtype=self.dtype, device=device)
 
     def _dit_bytes(self, build: Callable[[], WanDiT], precision: str) -> int:
         """Bytes one DiT takes in `precision` (counted on the meta device, nothing allocated)."""
@@ -531,6 +571,13 @@ def _check_array(name: str, value: Any, shape: tuple[int, ...]) -> None:
         raise InvalidRequest(
             name, f"frames are {value.shape[2]}x{value.shape[1]}, the requested resolution is {width}x{height}"
         )
+
+
+def _dit_builder(spec: ModelSpec) -> Callable[[], WanDiT]:
+    def build() -> WanDiT:
+        return WanDiT(**spec.dit_config)
+
+    return build
 
 
 def _meta_dit(build: Callable[[], WanDiT], precision: str, dtype: torch.dtype) -> WanDiT:

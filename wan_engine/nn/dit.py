@@ -259,7 +259,8 @@ class WanDiT(nn.Module):
         Only `forward` is compiled, so hooks on the blocks themselves (block streaming) stay outside
         the graph. `options` go to torch.compile (e.g. backend)."""
         for block in [*self.blocks, *getattr(self, "vace_blocks", [])]:
-            block.forward = torch.compile(block.forward, **options)
+            if not hasattr(block.forward, "_torchdynamo_orig_callable"):  # compiled once only
+                block.forward = torch.compile(block.forward, **options)
         return self
 
     def set_attention_backend(self, backend: str) -> WanDiT:
