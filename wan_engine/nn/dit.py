@@ -35,6 +35,8 @@ VACE_1_3B_LAYERS = list(range(0, 30, 2))
 VACE_14B_LAYERS = list(range(0, 40, 5))
 VACE_IN_DIM = 96  # 16 inactive + 16 reactive latent channels + 64 mask channels (8x8 pixels per latent)
 
+RECOMPILE_LIMIT = 64  # graphs per block kind torch.compile may keep (its default, 8, is too few here)
+
 TINY_DIT = dict(
     dim=64, ffn_dim=128, num_heads=4, num_layers=4, freq_dim=32, in_dim=16, out_dim=16, text_len=32,
     text_dim=32, patch_size=(1, 2, 2), qk_norm=True, cross_attn_norm=True, eps=1e-6,
@@ -257,7 +259,10 @@ class WanDiT(nn.Module):
         """Compile each block's forward with torch.compile (one graph shared by all blocks of a kind),
         fusing the norms, modulation, RoPE and residual updates around the matmuls and attention.
         Only `forward` is compiled, so hooks on the blocks themselves (block streaming) stay outside
-        the graph. `options` go to torch.compile (e.g. backend)."""
+        the graph. `options` go to torch.compile (e.g. backend). A block kind gets one graph per
+        precision, attention backend and first/other VACE block, and a dynamic one once a second size
+        is seen: the recompile limit is raised so that a long-lived engine never falls back to eager."""
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         for block in [*self.blocks, *getattr(self, "vace_blocks", [])]:
             if not hasattr(block.forward, "_torchdynamo_orig_callable"):  # compiled once only
                 block.forward = torch.compile(block.forward, **options)
