@@ -19,11 +19,13 @@ from wan_engine.fp8 import (
     FP8_MAX,
     Fp8Linear,
     dequantize_scaled,
+    emulated_matmul,
     fp8_layer_names,
     load_fp8_dit,
     meta_fp8_dit,
     quantize_dit,
     quantize_rows,
+    scaled_matmul,
 )
 from wan_engine.lora import applied_loras, load_lora
 from wan_engine.memory import tensor_bytes
@@ -65,6 +67,18 @@ def test_quantize_rows_scales_each_row_to_the_e4m3_range() -> None:
     assert torch.equal(quantized.float().abs().amax(dim=1)[[0, 1, 3, 4, 5, 6]], torch.full((6,), FP8_MAX))
     assert torch.equal(quantized[2].float(), torch.zeros(40))  # an all-zero row stays zero, no NaN
     assert relative_l2(quantized.float() * scale, x) < WEIGHT_BAR
+
+
+def test_the_cuda_scaled_mm_call_computes_the_emulated_product() -> None:
+    """torch._scaled_mm also runs on the CPU: the exact call made on CUDA (layouts, row-wise scale
+    shapes, bias, bf16 out) gives the emulation's numbers."""
+    generator = torch.Generator().manual_seed(8)
+    layer = Fp8Linear.from_linear(torch.nn.Linear(64, 48).to(torch.bfloat16))
+    x8, x_scale = quantize_rows(torch.randn(20, 64, generator=generator).to(torch.bfloat16))
+    operands = (x8, x_scale, layer.weight, layer.scale_weight, layer.bias, torch.bfloat16)
+    native, emulated = scaled_matmul(*operands), emulated_matmul(*operands)
+    assert native.dtype == emulated.dtype == torch.bfloat16
+    torch.testing.assert_close(native, emulated, rtol=2**-7, atol=1e-3)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -12,9 +12,10 @@ Numerics of one fp8 linear, y = x W^T + b:
   finite value is 448);
 - activations: per token, dynamically at each call, s_x[t] = max|x[t, :]| / 448, x8 = e4m3(x / s_x);
 - y[t, o] = s_x[t] * s_w[o] * sum_k x8[t, k] W8[o, k] + b[o], accumulated in fp32, written in bf16.
-On CUDA the product is `torch._scaled_mm` with row-wise scales (cuBLASLt's fp8 GEMM, Hopper and
-later); elsewhere (CPU tests) the same quantised operands are dequantised to fp32 and multiplied, so
-the CPU computes exactly the function the GPU approximates up to its fp32 summation order.
+On CUDA the product is `torch._scaled_mm` with row-wise scales (cuBLASLt's fp8 GEMM, compute
+capability 8.9 and later: Ada, Hopper); elsewhere (CPU tests, older GPUs) the same quantised operands
+are dequantised to fp32 and multiplied, which is the same function up to summation order (a test
+runs the CUDA call itself, which torch also implements on the CPU, against it).
 
 Checkpoints: ComfyUI's `fp8_scaled` files store a block linear as `<layer>.weight` in float8_e4m3fn
 plus `<layer>.scale_weight` (one fp32 scale per tensor) and mark themselves with a `scaled_fp8`
@@ -28,6 +29,7 @@ the compute dtype on top of the fp8 product, and remove exactly as on bf16 layer
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -105,25 +107,35 @@ class Fp8Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] (compute dtype) -> [..., out] in the compute dtype."""
-        rows = x.reshape(-1, self.in_features)
-        x8, x_scale = quantize_rows(rows)
-        if x.device.type == "cuda" and _scaled_mm_fits(rows.shape[0], self.in_features, self.out_features):
-            out = torch._scaled_mm(
-                x8, self.weight.t(), scale_a=x_scale, scale_b=self.scale_weight.view(1, -1),
-                bias=self.bias, out_dtype=self.compute_dtype,
-            )  # fmt: skip
-        else:
-            product = (x8.float() * x_scale) @ self.dequantized_weight().t()
-            out = (product if self.bias is None else product + self.bias.float()).to(self.compute_dtype)
+        x8, x_scale = quantize_rows(x.reshape(-1, self.in_features))
+        native = native_fp8(x.device) and self.in_features % 16 == 0 and self.out_features % 16 == 0
+        matmul = scaled_matmul if native else emulated_matmul
+        out = matmul(x8, x_scale, self.weight, self.scale_weight, self.bias, self.compute_dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3 weight, row scales"
 
 
-def _scaled_mm_fits(rows: int, in_features: int, out_features: int) -> bool:
-    """cuBLASLt's fp8 GEMM needs both matrix widths to be multiples of 16 (Wan's are)."""
-    return in_features % 16 == 0 and out_features % 16 == 0
+@functools.cache
+def native_fp8(device: torch.device) -> bool:
+    """Whether `device` multiplies fp8 natively (CUDA compute capability >= 8.9: Ada, Hopper and
+    later); elsewhere fp8 mode runs through the fp32 emulation."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def scaled_matmul(x8: torch.Tensor, x_scale: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor,
+                  bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
+    """(x8 * x_scale) @ (w8 * w_scale[:, None])^T + bias through torch._scaled_mm with row-wise scales
+    (cuBLASLt's fp8 GEMM; it wants x8 row-major, the weight column-major, widths multiples of 16)."""
+    return torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale.view(1, -1), bias=bias, out_dtype=out_dtype)
+
+
+def emulated_matmul(x8: torch.Tensor, x_scale: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor,
+                    bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
+    """The same product with the quantised operands dequantised to fp32 (any device, any out dtype)."""
+    product = (x8.float() * x_scale) @ dequantize_scaled(w8, w_scale, torch.float32).t()
+    return (product if bias is None else product + bias.float()).to(out_dtype)
 
 
 def fp8_layer_names(model: nn.Module) -> list[str]:
@@ -233,17 +245,3 @@ def _fp8_weight(tensor: torch.Tensor, scale: torch.Tensor | None, on: torch.devi
         raise LoadError("a scale_weight belongs to an fp8 weight; this weight is " + str(tensor.dtype))
     quantized, row_scale = quantize_rows(tensor.to(on))
     return quantized, row_scale.flatten()
-
-
-def weight_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer (meta tensors included, so a real-size network can be
-    counted without allocating it)."""
-    tensors = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def fp8_ready(device: torch.device) -> bool:
-    """Whether fp8 matmuls run on `device` natively (CUDA compute capability >= 8.9); elsewhere
-    fp8 mode still runs, through the fp32 emulation."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
-
