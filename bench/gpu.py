@@ -150,6 +150,14 @@ class Suite:
         """Time `run` (first call apart), report it with its distance from `exact`; returns its output."""
         if self.out_of_time(f"{config}/{mode}"):
             return None
+        try:
+            return self._time_forward(config, mode, run, exact, repeat)
+        except Exception as error:  # one failing mode (a kernel missing on this machine) must not end the suite
+            self.emit({"config": config, "mode": mode, "error": f"{type(error).__name__}: {error}"[:500]})
+            release(self.device)
+            return None
+
+    def _time_forward(self, config: str, mode: str, run, exact: torch.Tensor | None, repeat: int | None):
         synchronize(self.device)
         begin = time.perf_counter()
         output = run()
@@ -228,12 +236,16 @@ class Suite:
                 engine = Engine(Path(folder), device=device, dtype=torch.bfloat16, precision=precision, compile=True,
                                 gpu_memory_gb=budget, compile_backend=scale.compile_backend,
                                 compile_cache_dir=Path(folder) / "compile")  # fmt: skip
-                engine.install(scale.model, experts, text_encoder, T5Tokenizer(tokenizer_file, scale.network.config["text_len"]), vae)
-                result = self.time_segment(name, engine, request)
-                if exact_frames is None:
-                    exact_frames = result.pop("frames")
-                else:
-                    result["psnr_db_vs_bf16"] = round(psnr_db(result.pop("frames"), exact_frames), 2)
+                try:
+                    engine.install(scale.model, experts, text_encoder, T5Tokenizer(tokenizer_file, scale.network.config["text_len"]), vae)
+                    result = self.time_segment(name, engine, request)
+                except Exception as error:  # e.g. out of memory under a budget: reported, the suite goes on
+                    result = {"config": name, "error": f"{type(error).__name__}: {error}"[:500]}
+                frames = result.pop("frames", None)
+                if frames is not None and exact_frames is None:
+                    exact_frames = frames
+                elif frames is not None:
+                    result["psnr_db_vs_bf16"] = round(psnr_db(frames, exact_frames), 2)
                 self.emit(result)
                 del engine
                 release(device)

@@ -259,7 +259,8 @@ class Engine:
         precision = check_precision(precision or self.precision)
         self._loaded = self._previous = None
         release_cached_memory(self.device)
-        resident_blocks, take_turns = self._placement(spec, precision, vae)
+        held = tensor_bytes(list(experts.values()), self.device)
+        resident_blocks, take_turns = self._placement(spec, precision, vae, held)
         networks = {}
         for name, network in experts.items():
             if precision == "fp8":
@@ -269,14 +270,16 @@ class Engine:
         networks_placed = self._placed(spec, encoder, vae.to(self.device, self.vae_dtype), networks, resident_blocks, take_turns)
         self._loaded = LoadedModel(spec, None, networks_placed, precision)
 
-    def _placement(self, spec: ModelSpec, precision: str, vae: nn.Module) -> tuple[int | None, bool]:
+    def _placement(self, spec: ModelSpec, precision: str, vae: nn.Module, held_bytes: int = 0) -> tuple[int | None, bool]:
         """(blocks of each DiT that stay on the device, or None when all do; whether the experts take
-        turns) for `spec` in `precision` under the offload policy and the device budget."""
+        turns) for `spec` in `precision` under the offload policy and the device budget; `held_bytes`:
+        what the experts already occupy on the device (Engine.install)."""
         build = _dit_builder(spec)
         resident_blocks = self._resident_blocks(build, precision, tensor_bytes([vae]))
         expert_bytes = len(spec.experts) * self._dit_bytes(build, precision)
         take_turns = resident_blocks is not None or (
-            spec.is_dual_expert and experts_must_take_turns(self.offload, expert_bytes, self.device, self.gpu_memory_bytes)
+            spec.is_dual_expert
+            and experts_must_take_turns(self.offload, expert_bytes, self.device, self.gpu_memory_bytes, held_bytes)
         )
         return resident_blocks, take_turns
 

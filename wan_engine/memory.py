@@ -58,17 +58,20 @@ def free_device_bytes(device: torch.device) -> int | None:
     return free
 
 
-def experts_must_take_turns(policy: str, expert_bytes: int, device: torch.device, budget_bytes: int | None = None) -> bool:
+def experts_must_take_turns(
+    policy: str, expert_bytes: int, device: torch.device, budget_bytes: int | None = None, held_bytes: int = 0
+) -> bool:
     """Whether only the active expert may sit on the device (the other in host memory).
 
-    "experts" forces it, "none" forbids it; "auto" decides from the free device memory, and the
-    device budget when one is set: both experts plus the working memory of a generation must fit,
-    or they take turns."""
+    "experts" forces it, "none" forbids it; "auto" decides from the free device memory (plus
+    `held_bytes`, what the experts themselves already occupy there), and the device budget when one
+    is set: both experts plus the working memory of a generation must fit, or they take turns."""
     if policy not in OFFLOAD_POLICIES:
         raise ValueError(f"offload must be one of {', '.join(OFFLOAD_POLICIES)}, got {policy!r}")
     if policy != "auto":
         return policy == "experts"
-    room = [n for n in (free_device_bytes(device), budget_bytes) if n is not None]
+    free = free_device_bytes(device)
+    room = [n for n in (None if free is None else free + held_bytes, budget_bytes) if n is not None]
     if not room:
         return False
     return expert_bytes * (1 + WORKING_MEMORY_FRACTION) > min(room)

@@ -50,9 +50,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
     head_dim), and the fused kernels write their output back in this layout.
     """
     if backend == "sage" and q.device.type == "cuda":
-        from sageattention import sageattn
-
-        return sageattn(q, k, v, tensor_layout="NHD")
+        return _sage_attention(q, k, v)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if q.device.type == "cuda":
         with sdpa_kernel(CUDA_BACKENDS, set_priority=True):
@@ -60,3 +58,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
     else:
         out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2)
+
+
+@torch.compiler.disable  # its Triton launcher stays outside compiled blocks (a graph break, not a trace)
+def _sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from sageattention import sageattn
+
+    return sageattn(q, k, v, tensor_layout="NHD")
