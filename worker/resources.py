@@ -30,6 +30,7 @@ class WorkerResources:
     precision: str = "bf16"  # the engine's default precision (a task's `precision` wins)
     compile: bool = True  # torch.compile the DiT blocks (on CUDA only)
     gpu_memory_gb: float | None = None  # device budget; None: the whole card
+    compile_cache_dir: Path | None = None  # torch.compile's artifacts; None: <models_dir>/.compile_cache
     engine: Any | None = None
     metrics: Any | None = None  # worker.metrics.WorkerMetrics when the worker serves metrics
     generations_completed: int = 0  # proof the device works: the poller's device-fault count resets on it
@@ -38,7 +39,8 @@ class WorkerResources:
     def from_config(cls, config: Any) -> WorkerResources:
         """The resources a worker with these settings (worker.config.WorkerConfig) starts with."""
         return cls(device=resolve_device(config.device), models_dir=config.models_dir, precision=config.precision,
-                   compile=not config.no_compile, gpu_memory_gb=config.gpu_memory_gb)  # fmt: skip
+                   compile=not config.no_compile, gpu_memory_gb=config.gpu_memory_gb,
+                   compile_cache_dir=config.cache_dir / "compile" if config.cache_dir is not None else None)  # fmt: skip
 
     @property
     def loaded_model(self) -> str | None:
@@ -58,6 +60,7 @@ class WorkerResources:
             self.engine = Engine(
                 self.models_dir, device=self.device, dtype=dtype, precision=self.precision,
                 compile=self.compile and self.device != "cpu", gpu_memory_gb=self.gpu_memory_gb,
+                compile_cache_dir=self.compile_cache_dir,
             )  # fmt: skip
         return self.engine
 
