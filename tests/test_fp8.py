@@ -4,6 +4,8 @@ per-request precision. On the CPU the fp8 matmul is the fp32 emulation of the sa
 from __future__ import annotations
 
 import copy
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +217,30 @@ def test_an_unknown_precision_is_refused_naming_the_field(tiny_models_dir: Path)
     assert error.value.field == "precision"
     with pytest.raises(ValueError, match="precision"):
         Engine(tiny_models_dir, device="cpu", precision="int8")
+
+
+def test_the_engine_in_fp8_mode_runs_a_model_whose_base_file_is_fp8_scaled(tiny_models_dir: Path, tmp_path: Path) -> None:
+    """The fp8 file's weights are taken bit for bit; the frames are within the bar of the exact mode
+    run on the same file expanded (dequantize_scaled, what bf16 mode does with such a file)."""
+    with torch.device("meta"):
+        layers = fp8_layer_names(testing.tiny_dit())
+    comfy = comfy_fp8_scaled(load_file(str(tiny_models_dir / "tiny_t2v.safetensors")), layers)
+    expanded = {key: dequantize_scaled(comfy[key], comfy[f"{key[: -len('.weight')]}.scale_weight"], torch.float32)
+                for key in (f"{layer}.weight" for layer in layers)}  # fmt: skip
+    folders = {}
+    for name, base in (("fp8_scaled", comfy), ("expanded", {**comfy, **expanded})):
+        folders[name] = tmp_path / name
+        shutil.copytree(tiny_models_dir, folders[name])
+        if name == "expanded":
+            base = {k: v for k, v in base.items() if not k.endswith("scale_weight") and k != "scaled_fp8"}
+        save_state_dict(base, folders[name] / "tiny_t2v.safetensors")  # the VACE module file stays fp32
+    # guidance 1, as in a Wan 2.2 segment: classifier-free guidance at 7.5 scales the fp8 error up
+    # (31.7-34.9 dB on this tiny model, docs/engine.md "GPU")
+    request = GenerationRequest(model="tiny_vace", prompt="a boat", width=32, height=32, video_length=5,
+                                num_inference_steps=2, guidance_scale=1.0, precision="fp8")  # fmt: skip
+    engine = Engine(folders["fp8_scaled"], device="cpu", dtype=torch.float32)
+    fast = engine.generate(request).frames
+    network = engine._loaded.networks.experts.networks["main"]
+    assert torch.equal(network.blocks[2].ffn[2].weight.view(torch.uint8), comfy["blocks.2.ffn.2.weight"].view(torch.uint8))
+    exact = Engine(folders["expanded"], device="cpu", dtype=torch.float32).generate(replace(request, precision="bf16")).frames
+    assert SEGMENT_PSNR_BAR_DB <= psnr_db(fast, exact) < float("inf")
