@@ -18,6 +18,8 @@ from wan_engine.quality import psnr_db
 from wan_engine.request import GenerationRequest
 from worker.config import ALL_SETTINGS, add_setting_arguments, load_config
 from worker.resources import WorkerResources
+from worker.store import TaskStatus, TaskStore
+from worker_harness import resources, run_until_idle  # noqa: F401
 
 VAE_PSNR_BAR_DB = 40.0
 
@@ -122,3 +124,17 @@ def test_networks_installed_from_memory_generate_what_the_same_weights_loaded_fr
                    loaded.text_encoder.tokenizer, loaded.vae)  # fmt: skip
     assert engine.loaded_model == "tiny_vace_2_2" and engine._loaded.files is None
     assert np.array_equal(engine.generate(request).frames, expected)
+
+
+def test_a_task_asks_for_fp8_by_its_precision_field_and_a_bad_value_fails_it_naming_the_field(
+    sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path
+) -> None:
+    params = {"model": "tiny_t2v", "prompt": "a red car", "seed": 5, "resolution": "32x32", "video_length": 5,
+              "num_inference_steps": 2}  # fmt: skip
+    fast = sqlite_store.enqueue("generate_video", {**params, "precision": "fp8"})
+    bad = sqlite_store.enqueue("generate_video", {**params, "precision": "fp4"})
+    run_until_idle(sqlite_store, resources, tmp_path / "outputs")
+    result = sqlite_store.get(fast).result_data
+    assert (result["parameters"]["precision"], result["parameter_sources"]["precision"]) == ("fp8", "request")
+    failed = sqlite_store.get(bad)
+    assert failed.status == TaskStatus.FAILED and "precision: must be one of bf16, fp8" in failed.error_message
