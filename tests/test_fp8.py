@@ -29,7 +29,7 @@ from wan_engine.fp8 import (
     quantize_rows,
     scaled_matmul,
 )
-from wan_engine.lora import applied_loras, load_lora
+from wan_engine.lora import applied_loras, load_lora, parse_lora_state_dict
 from wan_engine.memory import tensor_bytes
 from wan_engine.nn.dit import VACE_14B_LAYERS, VACE_IN_DIM, WAN21_14B, WanDiT
 from wan_engine.quality import psnr_db, relative_l2
@@ -188,6 +188,20 @@ def test_a_lora_on_an_fp8_base_adds_its_exact_side_branch_and_leaves_no_trace(ti
     torch.testing.assert_close(layer_with, layer_before + branch, rtol=1e-5, atol=1e-6)
     assert relative_l2(with_lora, before) > 0.01
     assert torch.equal(after, before)
+
+    # full deltas (.diff / .diff_b) on an fp8 layer: the weight delta runs beside the fp8 product
+    ffn = model.blocks[1].ffn[0]
+    generator = torch.Generator().manual_seed(7)
+    delta, bias_delta = torch.randn(ffn.weight.shape, generator=generator) * 0.01, torch.randn(ffn.out_features, generator=generator)
+    full = parse_lora_state_dict({"diffusion_model.blocks.1.ffn.0.diff": delta, "diffusion_model.blocks.1.ffn.0.diff_b": bias_delta}, "full")
+    h = torch.randn(4, ffn.in_features, generator=generator)
+    with torch.no_grad():
+        plain = ffn(h)
+        with applied_loras(model, [full], [[0.5]]):
+            shifted = ffn(h)
+        restored = ffn(h)
+    torch.testing.assert_close(shifted, plain + 0.5 * (h @ delta.t() + bias_delta), rtol=1e-5, atol=1e-6)
+    assert torch.equal(restored, plain) and ffn.weight.dtype == FP8
 
 
 def segment(engine: Engine, precision: str | None, seed: int) -> np.ndarray:
