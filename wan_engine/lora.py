@@ -332,10 +332,11 @@ class _WeightDeltaHook:
     whose weight cannot take a parametrization in its own dtype (fp8 weights, wan_engine.fp8). The
     summed delta is rebuilt only when the multipliers change."""
 
-    def __init__(self, updates: Sequence[tuple[int, torch.Tensor]], like: torch.Tensor, multipliers: _Multipliers):
+    def __init__(self, updates: Sequence[tuple[int, torch.Tensor]], shape: torch.Size, like: torch.Tensor,
+                 multipliers: _Multipliers):  # fmt: skip
         self.multipliers = multipliers
         self.loras = [index for index, _ in updates]
-        self.deltas = [delta.reshape(like.shape).to(like.device, like.dtype) for _, delta in updates]
+        self.deltas = [delta.reshape(shape).to(like.device, like.dtype) for _, delta in updates]
         self._weight: torch.Tensor | None = None
         self._version = -1
 
@@ -475,7 +476,7 @@ def _install(model: nn.Module, found: _Targets, multipliers: _Multipliers, undo:
         target = getattr(module, param_name)
         like = _compute_like(target, module)
         if like is not target:  # an fp8 weight: the delta runs beside it
-            handle = module.register_forward_hook(_WeightDeltaHook(updates, like.new_empty(target.shape), multipliers))
+            handle = module.register_forward_hook(_WeightDeltaHook(updates, target.shape, like, multipliers))
             undo.append(handle.remove)
             continue
         delta = _DeltaParametrization(updates, target, multipliers)
