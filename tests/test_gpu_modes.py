@@ -14,6 +14,7 @@ from torch._inductor.runtime.cache_dir_utils import cache_dir
 
 from wan_engine import testing, vace
 from wan_engine.engine import COMPILE_CACHE_FOLDER, Engine
+from wan_engine.fp8 import quantize_dit
 from wan_engine.quality import psnr_db
 from wan_engine.request import GenerationRequest
 from worker.config import ALL_SETTINGS, add_setting_arguments, load_config
@@ -99,10 +100,13 @@ def test_the_gpu_settings_reach_the_engine_from_flags_and_variables(tiny_models_
             load_config(parser.parse_args([]), {variable: value})
 
 
-def test_compiled_blocks_equal_eager_blocks_at_two_latent_sizes() -> None:
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_compiled_blocks_equal_eager_blocks_at_two_latent_sizes(precision: str) -> None:
     model = testing.tiny_dit()
     model.load_state_dict(testing.random_state(model, 9))
     model.eval().requires_grad_(False)
+    if precision == "fp8":
+        quantize_dit(model)
     compiled = copy.deepcopy(model).compile_blocks(backend="aot_eager")
     generator = torch.Generator().manual_seed(9)
     context = torch.randn(1, 10, 32, generator=generator)

@@ -29,7 +29,6 @@ the compute dtype on top of the fp8 product, and remove exactly as on bf16 layer
 """
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -117,11 +116,16 @@ class Fp8Linear(nn.Linear):
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3 weight, row scales"
 
 
-@functools.cache
+_NATIVE_FP8: dict[torch.device, bool] = {}
+
+
+@torch.compiler.assume_constant_result  # a compiled block reads it once, as a constant
 def native_fp8(device: torch.device) -> bool:
     """Whether `device` multiplies fp8 natively (CUDA compute capability >= 8.9: Ada, Hopper and
     later); elsewhere fp8 mode runs through the fp32 emulation."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    if device not in _NATIVE_FP8:
+        _NATIVE_FP8[device] = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    return _NATIVE_FP8[device]
 
 
 def scaled_matmul(x8: torch.Tensor, x_scale: torch.Tensor, w8: torch.Tensor, w_scale: torch.Tensor,
