@@ -30,6 +30,7 @@ from wan_engine.errors import InvalidRequest, echo
 from wan_engine.lora_files import resolve_lora
 from wan_engine.multipliers import lora_multiplier_schedule
 from wan_engine.phases import PhaseSettings, StepPlan, plan_steps
+from wan_engine.request import PRECISIONS
 from wan_engine.schedules import DEFAULT_SOLVER, SOLVERS, solver_name, timesteps
 
 # ---- who names a field how ------------------------------------------------------------------------
@@ -138,6 +139,7 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
        default=FROM_MODEL),
     _f("model_switch_phase", INT, "Wan2GP: the low-noise expert takes over after this phase (3: never); "
        "read as 1 below 3 phases", minimum=1, maximum=3, default=FROM_MODEL),
+    _f("precision", TEXT, "DiT precision of this task (default: the worker's --precision)", choices=PRECISIONS),
     _f("flow_shift", FLOAT, "sigma shift of the schedule", minimum=0.001, maximum=100.0, default=FROM_MODEL),
     _f("sample_solver", TEXT, "sampler", default=FROM_MODEL, choices=("", *SOLVERS)),
     _f("lora_names", NAMES, "LoRA files (name, file name or URL)", default=FROM_MODEL,

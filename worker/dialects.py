@@ -32,6 +32,7 @@ from worker.params import ParamReader, to_float, to_int, validation_errors
 GENERATION_TASK_PARAMETERS = "parameters"
 PHASE_CONFIG = "phase_config"
 ADDITIONAL_LORAS = "additional_loras"
+PRECISION = "precision"  # a run setting the request carries with its sampling fields
 TEXT_BEFORE, TEXT_AFTER = "text_before_prompts", "text_after_prompts"
 
 # Keys that never change what is generated: ids and bookkeeping the backends keep on their rows, UI
@@ -103,11 +104,11 @@ def _model_key(registry: Any, reader: ParamReader, name: str) -> str:
 
 
 def sampling(reader: ParamReader, overridden: dict[str, str]) -> dict[str, Any]:
-    """The sampling and LoRA fields of a row (GenerationRequest keyword arguments), typed; absent ones
+    """The sampling, LoRA and precision fields of a row (GenerationRequest keyword arguments), typed; absent ones
     are left out so the model's defaults apply. `phase_config` replaces the row's own values of what
     it sets (Reigh sends both; the headless worker uses phase_config); each replaced key is noted in
     `overridden` (key -> reason) for ignored_params. `additional_loras` extend the LoRA list."""
-    values = {name: reader.field(name) for name in SAMPLING_FIELDS if reader.given(name)}
+    values = {name: reader.field(name) for name in (*SAMPLING_FIELDS, PRECISION) if reader.given(name)}
     reader.used.add(PHASE_CONFIG)
     if reader.has(PHASE_CONFIG):
         from_phases = phase_config_values(reader.params[PHASE_CONFIG], reader.prefix + PHASE_CONFIG)
