@@ -315,7 +315,8 @@ def _typed(spec: Field, value: Any, label: str) -> Any:
         if spec.maximum is not None and typed > spec.maximum:
             raise InvalidRequest(label, f"must be <= {spec.maximum}, got {typed}")
     if spec.choices and typed not in spec.choices:
-        raise InvalidRequest(label, f"must be one of {', '.join(repr(c) for c in spec.choices)}, got {echo(typed)}")
+        known = ", ".join(choice or '""' for choice in spec.choices)
+        raise InvalidRequest(label, f"must be one of {known}, got {echo(typed)}")
     return typed
 
 
