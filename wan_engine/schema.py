@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -429,16 +429,19 @@ def step_plan(values: Mapping[str, Any], dual_expert: bool) -> list[StepPlan]:
     return plan_steps(steps.tolist(), PhaseSettings.from_values(values), dual_expert)
 
 
-def validate(registry: Any, request: Any, loras_dir: str | Path, limits: Limits | None = None) -> Checked:
+def validate(registry: Any, request: Any, loras_dir: str | Path, limits: Limits | None = None,
+             find_lora: Callable[[str], Path] | None = None) -> Checked:
     """Check `request` (a GenerationRequest, or a mapping of its fields) as a generation would use it:
     model, sampling values, geometry, LoRA names and multipliers, and with `limits` the prompt
     length and the width x height x frames budget. Reads no weights and no LoRA file; raises
-    UnknownModel or InvalidRequest naming the field."""
+    UnknownModel or InvalidRequest naming the field. `find_lora(name)` is the file a LoRA name
+    means (default: the one of that name in `loras_dir`)."""
     given = request if isinstance(request, Mapping) else vars(request)
     spec = registry.get(given["model"])
     values, sources = resolve(spec, given)
     plan = step_plan(values, spec.is_dual_expert)
-    lora_files = [resolve_lora(name, loras_dir) for name in values["lora_names"]]
+    find_lora = find_lora or (lambda name: resolve_lora(name, loras_dir))
+    lora_files = [find_lora(name) for name in values["lora_names"]]
     schedule = lora_multiplier_schedule(values["lora_multipliers"], len(lora_files), plan,
                                         values["guidance_phases"], values["model_switch_phase"])
     if all(given.get(name) is not None for name in ("width", "height", "video_length")):
