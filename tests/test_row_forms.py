@@ -152,7 +152,7 @@ def test_reighs_orchestrator_payload_plans_with_the_headless_rules(images: list[
 def test_independent_segments_open_on_their_own_keyframes_and_the_rule_is_recorded(images: list[str]) -> None:
     """Reigh's generateVideoService.ts sends independent_segments: true, chain_segments: false."""
     plan = plan_travel(reigh_orchestrator_row(images, chain_segments=False))
-    assert not plan.chained and plan.overlaps == [0] and [s.frames for s in plan.segments] == [9, 9]
+    assert plan.independent and plan.overlaps == [0] and [s.frames for s in plan.segments] == [9, 9]
     assert plan.frame_rule == HEADLESS_RULE + INDEPENDENT_RULE
     assert plan.ignored_params["orchestrator_details.frame_overlap_expanded"] == "independent segments do not overlap"
     with pytest.raises(ValidationError) as error:

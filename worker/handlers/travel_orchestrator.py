@@ -80,7 +80,7 @@ def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
 
     segments: list[NewTask] = []
     for segment in plan.segments:
-        previous = segments[-1].id if segments and plan.chained else None
+        previous = segments[-1].id if segments and not plan.independent else None
         segments.append(NewTask(
             task_type=SEGMENT_TASK,
             params={

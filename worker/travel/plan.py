@@ -121,7 +121,7 @@ class TravelPlan:
     sampling: dict[str, Any] = field(default_factory=dict)
     roundings: tuple[Rounding, ...] = ()
     frame_rule: str = OURS_RULE
-    chained: bool = True
+    independent: bool = False  # segments open on their own keyframes, never on a predecessor
     ignored_params: dict[str, str] = field(default_factory=dict)
     given_as: dict[str, str] = field(default_factory=dict)  # schema field -> the row's key for it
     continue_from: str | None = None  # a video this journey continues (stitched first)
@@ -160,7 +160,7 @@ class TravelPlan:
             "sampling": dict(self.sampling),
             "roundings": [asdict(rounding) for rounding in self.roundings],
             "frame_rule": self.frame_rule,
-            "chained": self.chained,
+            "independent": self.independent,
             "ignored_params": dict(self.ignored_params),
             "given_as": dict(self.given_as),
             "continue_from": self.continue_from,
@@ -184,7 +184,7 @@ class TravelPlan:
             sampling=dict(params["sampling"]),
             roundings=tuple(Rounding(**rounding) for rounding in params["roundings"]),
             frame_rule=params["frame_rule"],
-            chained=params["chained"],
+            independent=params["independent"],
             ignored_params=dict(params["ignored_params"]),
             given_as=dict(params["given_as"]),
             continue_from=params["continue_from"],
@@ -284,7 +284,7 @@ class _Planner:
         starts = [continued[0], *images] if continued else images
         count = len(images) if continued else max(1, len(images) - 1)
         self._check_declared_count(count)
-        chained = self._chained() or continued is not None
+        chained = not self._independent() or continued is not None
         prompts = self._prompts(count)
         negative_prompts = self._negative_prompts(count)
         asked = self._segment_frames(count)
@@ -327,7 +327,7 @@ class _Planner:
             sampling=sampling(self.reader, self.overridden),
             roundings=tuple(self.roundings),
             frame_rule=rule if chained else rule + INDEPENDENT_RULE,
-            chained=chained,
+            independent=not chained,
             ignored_params=self.overridden,
             continue_from=continued[0] if continued else None,
             continue_frames=continued[1] if continued else 0,
@@ -375,9 +375,9 @@ class _Planner:
         if self.reader.flag("use_svi", False):
             raise needs_image_to_video(self.reader.prefix + "use_svi", "SVI travel")
 
-    def _chained(self) -> bool:
-        """Segments chain (each opens on the previous one's last frames) unless `chain_segments` is
-        false or, without it, `independent_segments` is true; the two may not contradict each other."""
+    def _independent(self) -> bool:
+        """Segments are independent (each opens on its own keyframe) when `chain_segments` is false
+        or, without it, `independent_segments` is true; the two may not contradict each other."""
         chain = self.reader.flag("chain_segments", True) if self.reader.has("chain_segments") else None
         independent = (self.reader.flag("independent_segments", False)
                        if self.reader.has("independent_segments") else None)
@@ -385,8 +385,8 @@ class _Planner:
             raise ValidationError(self.reader.prefix + "independent_segments",
                                   f"is {str(independent).lower()} but chain_segments is {str(chain).lower()}")
         if self.independent:
-            return False
-        return chain if chain is not None else not independent
+            return True
+        return not chain if chain is not None else bool(independent)
 
     def _check_declared_count(self, count: int) -> None:
         declared = self.reader.integer("num_new_segments_to_generate", None)
