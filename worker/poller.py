@@ -33,7 +33,7 @@ import tenacity
 from wan_engine import errors as engine_errors
 from worker import errors, sdnotify
 from worker.config import WorkerConfig
-from worker.db import is_transient
+from worker.db import Undecodable, is_transient
 from worker.handlers import Handler, HandlerResult, TaskContext, load_handlers
 from worker.heartbeat import Heartbeat
 from worker.maintenance import Maintenance
@@ -174,6 +174,8 @@ class Worker:
         if handler is None:
             known = ", ".join(sorted(self.handlers))
             return _Raised(errors.ValidationError("task_type", f"unknown task_type {task.task_type!r}; known: {known}"))
+        if isinstance(task.params, Undecodable):
+            return _Raised(errors.ValidationError("params", f"cannot be decoded: {task.params.error}"))
         if not isinstance(task.params, dict):
             kind = type(task.params).__name__
             return _Raised(errors.ValidationError("params", f"must be a JSON object, got {kind} {task.params!r:.80}"))

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import sqlalchemy as sa
 
-from worker.db import Database, parse_uuid
+from worker.db import Database, Undecodable, parse_uuid
 
 # The params field that names a child within its parent (unique per parent, see park_with_children).
 CHILD_KEY_PARAM = "child_key"
@@ -44,6 +44,7 @@ class Task:
     id: str
     task_type: str
     params: Any  # a dict for every valid task; the poller fails rows whose params are not an object
+    # (Undecodable when the database holds JSON that Python cannot decode)
     status: str
     priority: int
     dependant_on: list[str]
@@ -73,7 +74,11 @@ class Task:
         out: dict[str, Any] = {}
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
-            out[name] = value.isoformat() if isinstance(value, datetime) else value
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, Undecodable):
+                value = str(value)
+            out[name] = value
         return out
 
 

@@ -1,0 +1,54 @@
+"""A row whose params the database stores but Python cannot decode (an integer over Python's digit
+limit, nesting deeper than its recursion limit) ends Failed with a message; the worker and
+`wan-worker status` carry on, and the rows behind it run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import store_url
+from worker.cli import main
+from worker.config import WorkerConfig
+from worker.poller import Worker
+from worker.store import TaskStatus, TaskStore
+
+POISON_PARAMS = {
+    "00000000-0000-4000-8000-000000000001": '{"sleep_seconds": 1' + "0" * 5000 + "}",  # over 4,300 digits
+    "00000000-0000-4000-8000-000000000002": '{"x": ' + "[" * 1000 + "]" * 1000 + "}",  # RecursionError
+}
+POSTGRES_ONLY = {"00000000-0000-4000-8000-000000000003": '{"sleep_seconds": 1e5000}'}  # jsonb: 5,001 digits
+
+
+def insert_raw(store: TaskStore, params_json: str, task_id: str) -> None:
+    """What a backend's INSERT does: the database accepts the JSON, Python never saw it."""
+    cast = "CAST(:params AS jsonb)" if store.db.is_postgres else ":params"
+    with store.db.engine.begin() as conn:
+        conn.execute(sa.text(f"INSERT INTO tasks (id, task_type, params) VALUES (:id, 'health_check', {cast})"),
+                     {"id": task_id, "params": params_json})
+
+
+def test_rows_python_cannot_decode_fail_and_the_rows_behind_them_run(store: TaskStore, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    poisoned = {**POISON_PARAMS, **(POSTGRES_ONLY if store.db.is_postgres else {})}
+    for task_id, params_json in poisoned.items():
+        insert_raw(store, params_json, task_id)
+    healthy = store.enqueue("health_check", {})
+
+    assert len(store.recent()) == len(poisoned) + 1  # reading the table does not raise
+    assert main(["status", "--database-url", store_url(store)]) == 0
+    for task_id in poisoned:
+        assert main(["status", task_id, "--database-url", store_url(store)]) == 0
+        assert "undecodable JSON" in capsys.readouterr().out
+
+    config = WorkerConfig(database_url=store_url(store), worker_id="w", output_dir=tmp_path, poll_seconds=0.05,
+                          notify_wakeups=False)
+    assert Worker(config, store).run(exit_when_idle=True) == 0
+
+    for task_id in poisoned:
+        failed = store.get(task_id)
+        assert failed.status == TaskStatus.FAILED and failed.attempts == 1, failed.error_message
+        assert failed.error_message.startswith("ValidationError: params: cannot be decoded: ")
+        assert len(failed.error_message) < 400
+    assert store.get(healthy).status == TaskStatus.COMPLETE
