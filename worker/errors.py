@@ -15,8 +15,9 @@ class ValidationError(TaskError, ValueError):
         self.rule = rule
 
 
-class TransientError(TaskError):
-    """Worth retrying later (with backoff) while attempts remain."""
+class StorageError(TaskError):
+    """The output storage failed (read-only, full, gone): not the task's fault, so the task goes back
+    to the queue, and a worker whose storage keeps failing stops claiming."""
 
 
 class TaskCancelled(TaskError):

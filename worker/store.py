@@ -116,10 +116,13 @@ class TaskStore:
         max_attempts: int = 3,
         task_id: str | None = None,
     ) -> str:
-        """Insert one Queued row; returns its id."""
+        """Insert one Queued row; returns its id (task_id, when given, must be a UUID)."""
+        canonical = str(uuid.uuid4()) if task_id is None else parse_uuid(task_id)
+        if canonical is None:
+            raise ValueError(f"a task id must be a UUID, got {task_id[:80]!r}")
         row = NewTask(
             task_type=task_type, params=params, priority=priority, dependant_on=dependant_on,
-            max_attempts=max_attempts, project_id=project_id, id=task_id or str(uuid.uuid4()),
+            max_attempts=max_attempts, project_id=project_id, id=canonical,
         )
         with self.db.transaction() as conn:
             self._insert(conn, row, parent_task_id=parent_task_id, default_priority=priority)

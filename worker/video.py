@@ -28,7 +28,8 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from worker.errors import ValidationError
+from worker.errors import StorageError, ValidationError
+from worker.paths import create_new_file, replace_file, writing_new_file
 
 # H.264 settings of every mp4 the worker writes: CRF 18 is visually lossless for generated content;
 # yuv420p and +faststart make the file play in browsers and start before it is fully downloaded.
@@ -202,17 +203,21 @@ class VideoWriter:
         self.height = height
         self.frames_written = 0
         self._partial = self.path.with_name(self.path.stem + ".partial" + self.path.suffix)
+        self._partial_fd = -1
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
 
     def __enter__(self) -> VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The partial file is created here without following links, and ffmpeg writes to that very
+        # file through its descriptor: a link planted at the partial name redirects nothing.
+        self._partial_fd = create_new_file(self._partial)
         args = (
             ffmpeg.input(
                 "pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{self.width}x{self.height}", framerate=self.fps
             )
             .output(
-                str(self._partial),
+                f"/proc/self/fd/{self._partial_fd}",
                 vcodec=VIDEO_CODEC,
                 pix_fmt=PIXEL_FORMAT,
                 crf=CRF,
@@ -228,7 +233,7 @@ class VideoWriter:
             .compile(cmd=ffmpeg_exe())
         )
         self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=self._stderr)
+        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=self._stderr, pass_fds=(self._partial_fd,))
         return self
 
     def write(self, frames: np.ndarray) -> None:
@@ -246,7 +251,7 @@ class VideoWriter:
             self._proc.stdin.write(np.ascontiguousarray(frames).tobytes())
         except BrokenPipeError:
             self._proc.wait()
-            raise FFmpegError(f"{self.path}: ffmpeg stopped while encoding: {self._tail()}") from None
+            raise _encoding_error(self.path, f"ffmpeg stopped while encoding: {self._tail()}") from None
         self.frames_written += len(frames)
 
     def _tail(self) -> str:
@@ -268,10 +273,22 @@ class VideoWriter:
             if self._proc.wait() != 0 or self.frames_written == 0:
                 self._partial.unlink(missing_ok=True)
                 reason = self._tail() if self.frames_written else "no frames were written"
-                raise FFmpegError(f"{self.path}: encoding failed: {reason}")
-            os.replace(self._partial, self.path)
+                raise _encoding_error(self.path, f"encoding failed: {reason}")
+            replace_file(self._partial, self.path)
         finally:
+            os.close(self._partial_fd)
             self._stderr.close()
+
+
+# How ffmpeg reports a failure of the storage it writes to (strerror of ENOSPC, EDQUOT, EROFS, EIO).
+_STORAGE_FAILURES = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Input/output error")
+
+
+def _encoding_error(path: Path, reason: str) -> Exception:
+    """StorageError when ffmpeg failed because the storage did (not the task's fault), else FFmpegError."""
+    if any(words in reason for words in _STORAGE_FAILURES):
+        return StorageError(f"cannot write {path}: {reason}")
+    return FFmpegError(f"{path}: {reason}")
 
 
 def _open_image(path: str | os.PathLike[str], field: str) -> Image.Image:
@@ -310,7 +327,8 @@ def save_png(frame: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Write one uint8 [H, W, 3] frame as PNG (thumbnails, contact sheets, debug frames)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(path, format="PNG")
+    with writing_new_file(path) as file:
+        Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(file, format="PNG")
     return path
 
 

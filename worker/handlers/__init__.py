@@ -22,6 +22,7 @@ import structlog
 
 from worker.config import WorkerConfig
 from worker.errors import TaskCancelled
+from worker.paths import task_output_dir
 from worker.resources import WorkerResources
 from worker.store import NewTask, Task, TaskStore
 
@@ -66,10 +67,9 @@ class TaskContext:
 
     @cached_property
     def output_dir(self) -> Path:
-        """<output_dir>/<task id>/, created on first use."""
-        path = Path(self.config.output_dir) / self.task.id
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        """<output_dir>/<task id>/, created on first use (worker.paths.task_output_dir: the id must be a
+        UUID and the folder a real one, not a link)."""
+        return task_output_dir(self.config.output_dir, self.task.id)
 
     def report_progress(self, progress: dict[str, Any]) -> None:
         """Write progress to the row (fenced), at most once per PROGRESS_MIN_INTERVAL_SECONDS unless the
