@@ -50,6 +50,7 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 CANCELLATION_ERRORS: tuple[type[BaseException], ...] = (errors.TaskCancelled, engine_errors.GenerationCancelled)
 EXIT_DEVICE_FAULT = 70  # EX_SOFTWARE (sysexits.h): the process must be restarted to use its GPU again
+EXIT_WORKER_ID_IN_USE = 2  # a configuration error: another live process runs under this worker id
 
 T = TypeVar("T")
 
@@ -111,6 +112,12 @@ class Worker:
         self.log.info("worker starting", task_types=list(task_types) if task_types else "all",
                       handlers=sorted(self.handlers), device=self.resources.device, database=self.store.db.dialect)
         try:
+            twin = self._with_db_retry(self._live_twin, until=self._stopping)
+            if twin is not None:
+                self.log.error("another live worker runs under this worker id; refusing to start (give each "
+                               "process its own --worker-id)", held_task_id=twin, exit_code=EXIT_WORKER_ID_IN_USE)
+                self.exit_code = EXIT_WORKER_ID_IN_USE
+                return self.exit_code
             self._with_db_retry(self.maintenance.run_once, until=self._stopping)
             self.wakeup.start()
             self.maintenance.start()
@@ -136,6 +143,23 @@ class Worker:
             self.log.info("worker stopped", exit_code=self.exit_code, **self.counts)
         return self.exit_code
 
+    def _live_twin(self) -> str | None:
+        """The id of a row that another live process holds under this worker id, else None. A row held
+        under it with a fresh lease may be a dead predecessor's (a restart): its heartbeat is watched for
+        up to one lease; if it moves, a twin is alive."""
+        me, lease = self.config.worker_id, self.config.lease_seconds
+        seen = self.store.live_claims_of_worker(me, lease)
+        deadline = time.monotonic() + lease
+        while seen and time.monotonic() < deadline and not self._stopping.is_set():
+            self.watchdog.ping()
+            self._stopping.wait(min(self.config.heartbeat_seconds, max(0.0, deadline - time.monotonic())))
+            now = self.store.live_claims_of_worker(me, lease)
+            moved = [task_id for task_id, beat in now.items() if task_id in seen and beat != seen[task_id]]
+            if moved:
+                return moved[0]
+            seen = {task_id: beat for task_id, beat in now.items() if task_id in seen}
+        return None
+
     def _claim(self) -> Task | None:
         return self.store.claim(
             self.config.worker_id,
@@ -153,7 +177,7 @@ class Worker:
         ctx = TaskContext(task, self.store, self.config, self.resources, log)
         started = time.monotonic()
         heartbeat = Heartbeat(
-            self.store, task.id, self.config.worker_id, self.config.heartbeat_seconds,
+            self.store, ctx.claim, self.config.heartbeat_seconds,
             on_stop=lambda _state: ctx.cancel(), on_interval=self.watchdog.ping, log=log,
         )
         generations_before = self.resources.generations_completed
@@ -208,10 +232,10 @@ class Worker:
 
     def _settle(self, ctx: TaskContext, outcome: Outcome, *, lease: HeartbeatState, log: Any) -> None:
         """Write what the outcome means to the row (every write is fenced)."""
-        task, me = ctx.task, self.config.worker_id
+        task, claim = ctx.task, ctx.claim
 
         def write(method: Callable[..., T], *args: Any) -> T:
-            return self._with_db_retry(lambda: method(task.id, me, *args), until=self._hurry)
+            return self._with_db_retry(lambda: method(claim, *args), until=self._hurry)
 
         if isinstance(outcome, _Released):
             released = write(self.store.release)

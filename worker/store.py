@@ -1,8 +1,8 @@
 """The task store: every read and write of the `tasks` table, by named query (worker/sql/).
 
-Each method is one statement or one transaction. Writes after a claim are fenced on the claiming
-worker and the 'In Progress' status and return whether the row changed, so a worker whose lease was
-taken over changes nothing. Timestamps come from the database clock only.
+Each method is one statement or one transaction. Writes after a claim are fenced on the claim (the
+worker, the attempt number and the 'In Progress' status: see Claim) and return whether the row
+changed, so a worker whose lease was taken over changes nothing. Timestamps come from the database clock only.
 """
 from __future__ import annotations
 
@@ -80,6 +80,27 @@ class Task:
                 value = str(value)
             out[name] = value
         return out
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of one row: the fence of every write after it. The attempt number is the claim's
+    token, so a write by a claim that lost its lease changes nothing even when the row's next claim
+    went to a process with the same worker_id."""
+
+    task_id: str
+    worker_id: str
+    attempt: int
+
+    @classmethod
+    def of(cls, task: Task) -> "Claim":
+        """The claim a row returned by TaskStore.claim stands for."""
+        if task.worker_id is None:
+            raise ValueError(f"task {task.id} is not held by a worker")
+        return cls(task.id, task.worker_id, task.attempts)
+
+    def fence(self) -> dict[str, Any]:
+        return {"id": self.task_id, "worker_id": self.worker_id, "attempt": self.attempt}
 
 
 @dataclass
@@ -176,11 +197,11 @@ class TaskStore:
         rows = self.db.run("claim", params, durable=False).rows
         return self._task(rows[0]) if rows else None
 
-    def heartbeat(self, task_id: str, worker_id: str) -> HeartbeatState:
+    def heartbeat(self, claim: Claim) -> HeartbeatState:
         """Extend the lease, or say why it cannot be extended."""
-        if self.db.run("heartbeat", {"id": task_id, "worker_id": worker_id}, durable=False).rows:
+        if self.db.run("heartbeat", claim.fence(), durable=False).rows:
             return HeartbeatState.ALIVE
-        rows = self.db.run("task_status", {"id": task_id}).rows
+        rows = self.db.run("task_status", {"id": claim.task_id}).rows
         cancelled = bool(rows) and rows[0]["status"] == TaskStatus.CANCELLED
         return HeartbeatState.CANCELLED if cancelled else HeartbeatState.LOST
 
@@ -195,39 +216,39 @@ class TaskStore:
 
     # ---- fenced writes by the claiming worker -----------------------------------------------------
 
-    def progress(self, task_id: str, worker_id: str, progress: dict[str, Any]) -> bool:
-        return self._fenced("set_progress", task_id, worker_id, durable=False, progress=self.db.encode_json(progress))
+    def live_claims_of_worker(self, worker_id: str, lease_seconds: float) -> dict[str, Any]:
+        """{task id: heartbeat_at} of the rows held under worker_id whose lease is still fresh."""
+        rows = self.db.run("live_claims_of_worker", {"worker_id": worker_id, "lease_seconds": float(lease_seconds)}).rows
+        return {self.db.decode_id(row["id"]): row["heartbeat_at"] for row in rows}
 
-    def complete(
-        self, task_id: str, worker_id: str, output_location: str | None, result_data: dict[str, Any] | None
-    ) -> bool:
+    def progress(self, claim: Claim, progress: dict[str, Any]) -> bool:
+        return self._fenced("set_progress", claim, durable=False, progress=self.db.encode_json(progress))
+
+    def complete(self, claim: Claim, output_location: str | None, result_data: dict[str, Any] | None) -> bool:
         return self._fenced(
-            "complete", task_id, worker_id,
-            output_location=output_location, result_data=self.db.encode_json(result_data),
+            "complete", claim, output_location=output_location, result_data=self.db.encode_json(result_data),
         )
 
-    def fail(self, task_id: str, worker_id: str, message: str) -> bool:
+    def fail(self, claim: Claim, message: str) -> bool:
         """Permanent failure; dependants and a parked parent end with it in the same transaction."""
         with self.db.transaction() as conn:
-            params = {"id": task_id, "worker_id": worker_id, "message": message}
+            params = {**claim.fence(), "message": message}
             changed = conn.execute(self.db.query("fail"), params).rowcount == 1
             if changed:
                 self._cascade(conn)
         return changed
 
-    def retry_later(self, task_id: str, worker_id: str, message: str, delay_seconds: float) -> bool:
-        return self._fenced(
-            "retry_later", task_id, worker_id, durable=False, message=message, delay_seconds=float(delay_seconds)
-        )
+    def retry_later(self, claim: Claim, message: str, delay_seconds: float) -> bool:
+        return self._fenced("retry_later", claim, durable=False, message=message, delay_seconds=float(delay_seconds))
 
-    def release(self, task_id: str, worker_id: str) -> bool:
+    def release(self, claim: Claim) -> bool:
         """Give the row back unfinished (shutdown): Queued again, and this claim is not an attempt."""
-        return self._fenced("release", task_id, worker_id, durable=False)
+        return self._fenced("release", claim, durable=False)
 
     # ---- orchestrators ---------------------------------------------------------------------------
 
     def park_with_children(
-        self, parent_id: str, worker_id: str, children: Sequence[NewTask], progress: dict[str, Any] | None
+        self, claim: Claim, children: Sequence[NewTask], progress: dict[str, Any] | None
     ) -> list[str] | None:
         """In one transaction: lock the parent this worker holds, insert its children unless it already
         has some (then insert nothing and return the existing ids: a re-run planner never duplicates),
@@ -236,7 +257,7 @@ class TaskStore:
         for child in children:
             if not isinstance(child.params, dict) or CHILD_KEY_PARAM not in child.params:
                 raise ValueError(f"child {child.task_type} needs params[{CHILD_KEY_PARAM!r}] (unique per parent)")
-        fence = {"id": parent_id, "worker_id": worker_id}
+        parent_id, fence = claim.task_id, claim.fence()
         with self.db.transaction() as conn:
             parent = conn.execute(self.db.query("lock_held_task"), fence).mappings().first()
             if parent is None:
@@ -255,19 +276,18 @@ class TaskStore:
         return ids
 
     def complete_parked(
-        self, child_id: str, worker_id: str, output_location: str | None, result_data: dict[str, Any] | None
+        self, child: Claim, output_location: str | None, result_data: dict[str, Any] | None
     ) -> bool:
         """Complete the parked orchestrator of a child this worker holds (fenced on the child: a stitch
         that lost its lease completes nothing; a parent that some worker holds, or that ended, is not
         touched)."""
-        return self._fenced("complete_parked", child_id, worker_id, output_location=output_location,
+        return self._fenced("complete_parked", child, output_location=output_location,
                             result_data=self.db.encode_json(result_data))
 
-    def parent_progress(self, child_id: str, worker_id: str, progress: dict[str, Any]) -> bool:
+    def parent_progress(self, child: Claim, progress: dict[str, Any]) -> bool:
         """Write the progress of the parked orchestrator of a child this worker holds (fenced on the
         child; a parent that some worker holds, or that has ended, is not touched)."""
-        return self._fenced("set_parent_progress", child_id, worker_id, durable=False,
-                            progress=self.db.encode_json(progress))
+        return self._fenced("set_parent_progress", child, durable=False, progress=self.db.encode_json(progress))
 
     # ---- cancellation and the cascade --------------------------------------------------------------
 
@@ -301,8 +321,8 @@ class TaskStore:
 
     # ---- helpers -----------------------------------------------------------------------------------
 
-    def _fenced(self, query: str, task_id: str, worker_id: str, *, durable: bool = True, **values: Any) -> bool:
-        return self.db.run(query, {"id": task_id, "worker_id": worker_id, **values}, durable=durable).rowcount == 1
+    def _fenced(self, query: str, claim: Claim, *, durable: bool = True, **values: Any) -> bool:
+        return self.db.run(query, {**claim.fence(), **values}, durable=durable).rowcount == 1
 
     def _insert(
         self,

@@ -24,7 +24,7 @@ from worker.config import WorkerConfig
 from worker.errors import TaskCancelled
 from worker.paths import task_output_dir
 from worker.resources import WorkerResources
-from worker.store import NewTask, Task, TaskStore
+from worker.store import Claim, NewTask, Task, TaskStore
 
 # Progress writes are throttled to one per this many seconds (a phase change is always written).
 PROGRESS_MIN_INTERVAL_SECONDS = 1.0
@@ -65,6 +65,11 @@ class TaskContext:
     def worker_id(self) -> str:
         return self.config.worker_id
 
+    @property
+    def claim(self) -> Claim:
+        """This claim of the row: the fence of every write the handler makes through the store."""
+        return Claim(self.task.id, self.worker_id, self.task.attempts)
+
     @cached_property
     def output_dir(self) -> Path:
         """<output_dir>/<task id>/, created on first use (worker.paths.task_output_dir: the id must be a
@@ -80,7 +85,7 @@ class TaskContext:
             return
         self._last_progress_at, self._last_phase = now, phase
         try:
-            self.store.progress(self.task.id, self.worker_id, progress)
+            self.store.progress(self.claim, progress)
         except (sa.exc.SQLAlchemyError, TypeError, ValueError) as error:  # ValueError: NaN, not JSON
             self.log.warning("progress not written", error=str(error))
 

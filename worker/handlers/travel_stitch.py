@@ -68,7 +68,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
         "phase_seconds": _job_phase_seconds(segments, stitch_seconds, orchestrator),
         "total_seconds": _job_total_seconds(ctx.task, orchestrator, time.perf_counter() - started),
     }
-    if not ctx.store.complete_parked(ctx.task.id, ctx.worker_id, str(stitched.path), job_result):
+    if not ctx.store.complete_parked(ctx.claim, str(stitched.path), job_result):
         status = orchestrator.status if orchestrator is not None else "missing"
         ctx.log.warning("orchestrator not completed: it is no longer waiting", orchestrator_id=orchestrator_id,
                         orchestrator_status=status)

@@ -1,7 +1,9 @@
 -- Every query the worker runs against Postgres, by name. worker/db.py loads this file; each query
 -- starts at a `-- name: <query> --` header followed by a one-line description.
--- The database clock (now()) is the only clock. Writes after a claim are fenced on
--- `worker_id = :worker_id AND status = 'In Progress'`, so a worker that lost its lease changes nothing.
+-- The database clock (now()) is the only clock. Writes after a claim are fenced on the claim:
+-- `worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress'`. The attempt number is
+-- the claim's token, so a worker that lost its lease changes nothing, even when a process with the
+-- same worker_id holds the row's next claim.
 
 -- name: lock_schema_migrations --
 -- Serialises concurrent `migrate` runs (a fleet starting at once) until the transaction ends.
@@ -108,8 +110,15 @@ RETURNING t.*;
 -- name: heartbeat --
 -- Extends the lease of a row this worker still holds.
 UPDATE tasks SET heartbeat_at = now()
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress'
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress'
 RETURNING id;
+
+-- name: live_claims_of_worker --
+-- Rows held under a worker id with a heartbeat younger than the lease: at start-up, a sign that
+-- another live process uses the same id.
+SELECT id, heartbeat_at FROM tasks
+WHERE worker_id = :worker_id AND status = 'In Progress'
+  AND heartbeat_at >= now() - make_interval(secs => :lease_seconds);
 
 -- name: task_status --
 -- Status alone, to tell a cancelled row from a lost lease.
@@ -118,38 +127,38 @@ SELECT status FROM tasks WHERE id = CAST(:id AS uuid);
 -- name: set_progress --
 -- Progress of a running row (fenced).
 UPDATE tasks SET progress = CAST(:progress AS jsonb)
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: complete --
 -- Success (fenced): the artifact path and result data.
 UPDATE tasks
 SET status = 'Complete', output_location = :output_location, result_data = CAST(:result_data AS jsonb),
     error_message = NULL, generation_processed_at = now()
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: fail --
 -- Permanent failure (fenced), with an operator-readable message.
 UPDATE tasks
 SET status = 'Failed', error_message = :message, generation_processed_at = now()
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: retry_later --
 -- Transient failure (fenced): back to Queued, claimable again after the backoff delay.
 UPDATE tasks
 SET status = 'Queued', worker_id = NULL, heartbeat_at = NULL, error_message = :message,
     run_after = now() + make_interval(secs => :delay_seconds)
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: release --
 -- Shutdown (fenced): back to Queued at once, and the claim does not count as an attempt.
 UPDATE tasks
 SET status = 'Queued', worker_id = NULL, heartbeat_at = NULL, attempts = attempts - 1
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: lock_held_task --
 -- The row this worker holds, locked for a multi-statement change (fenced).
 SELECT * FROM tasks
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress'
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress'
 FOR UPDATE;
 
 -- name: child_keys --
@@ -162,7 +171,7 @@ ORDER BY created_at, params ->> 'child_key';
 -- An orchestrator waits for its children: In Progress without a worker or a lease, so no lease
 -- rescue touches it; a child's failure or the last child (travel_stitch) ends it.
 UPDATE tasks SET worker_id = NULL, heartbeat_at = NULL, progress = CAST(:progress AS jsonb)
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: complete_parked --
 -- Success of a parked orchestrator, written by the child that finishes the job: fenced on that child
@@ -171,7 +180,7 @@ UPDATE tasks p
 SET status = 'Complete', output_location = :output_location, result_data = CAST(:result_data AS jsonb),
     error_message = NULL, generation_processed_at = now()
 FROM tasks c
-WHERE c.id = CAST(:id AS uuid) AND c.worker_id = :worker_id AND c.status = 'In Progress'
+WHERE c.id = CAST(:id AS uuid) AND c.worker_id = :worker_id AND c.attempts = :attempt AND c.status = 'In Progress'
   AND p.id = c.parent_task_id
   AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
 
@@ -180,7 +189,7 @@ WHERE c.id = CAST(:id AS uuid) AND c.worker_id = :worker_id AND c.status = 'In P
 -- only a parked parent: never a row some worker holds.
 UPDATE tasks p SET progress = CAST(:progress AS jsonb)
 FROM tasks c
-WHERE c.id = CAST(:id AS uuid) AND c.worker_id = :worker_id AND c.status = 'In Progress'
+WHERE c.id = CAST(:id AS uuid) AND c.worker_id = :worker_id AND c.attempts = :attempt AND c.status = 'In Progress'
   AND p.id = c.parent_task_id
   AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
 

@@ -3,8 +3,8 @@
 -- one-line description. Every transaction starts with BEGIN IMMEDIATE (worker/db.py), so the write
 -- lock is taken up front and a claim is atomic across processes.
 -- The database clock is the only clock: strftime('%Y-%m-%d %H:%M:%f', 'now') is UTC with
--- milliseconds and sorts as time. Writes after a claim are fenced on
--- `worker_id = :worker_id AND status = 'In Progress'`.
+-- milliseconds and sorts as time. Writes after a claim are fenced on the claim:
+-- `worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress'`.
 
 -- name: lock_schema_migrations --
 -- BEGIN IMMEDIATE already holds the write lock; this only touches the database inside it.
@@ -110,8 +110,15 @@ RETURNING *;
 -- name: heartbeat --
 -- Extends the lease of a row this worker still holds.
 UPDATE tasks SET heartbeat_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress'
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress'
 RETURNING id;
+
+-- name: live_claims_of_worker --
+-- Rows held under a worker id with a heartbeat younger than the lease: at start-up, a sign that
+-- another live process uses the same id.
+SELECT id, heartbeat_at FROM tasks
+WHERE worker_id = :worker_id AND status = 'In Progress'
+  AND heartbeat_at >= strftime('%Y-%m-%d %H:%M:%f', 'now', printf('-%.3f seconds', :lease_seconds));
 
 -- name: task_status --
 -- Status alone, to tell a cancelled row from a lost lease.
@@ -120,39 +127,39 @@ SELECT status FROM tasks WHERE id = :id;
 -- name: set_progress --
 -- Progress of a running row (fenced).
 UPDATE tasks SET progress = :progress
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: complete --
 -- Success (fenced): the artifact path and result data.
 UPDATE tasks
 SET status = 'Complete', output_location = :output_location, result_data = :result_data,
     error_message = NULL, generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: fail --
 -- Permanent failure (fenced), with an operator-readable message.
 UPDATE tasks
 SET status = 'Failed', error_message = :message,
     generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: retry_later --
 -- Transient failure (fenced): back to Queued, claimable again after the backoff delay.
 UPDATE tasks
 SET status = 'Queued', worker_id = NULL, heartbeat_at = NULL, error_message = :message,
     run_after = strftime('%Y-%m-%d %H:%M:%f', 'now', printf('+%.3f seconds', :delay_seconds))
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: release --
 -- Shutdown (fenced): back to Queued at once, and the claim does not count as an attempt.
 UPDATE tasks
 SET status = 'Queued', worker_id = NULL, heartbeat_at = NULL, attempts = attempts - 1
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: lock_held_task --
 -- The row this worker holds (fenced); BEGIN IMMEDIATE already locks the database.
 SELECT * FROM tasks
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: child_keys --
 -- An orchestrator's existing children and their child_key.
@@ -164,7 +171,7 @@ ORDER BY created_at, json_extract(params, '$.child_key');
 -- An orchestrator waits for its children: In Progress without a worker or a lease, so no lease
 -- rescue touches it; a child's failure or the last child (travel_stitch) ends it.
 UPDATE tasks SET worker_id = NULL, heartbeat_at = NULL, progress = :progress
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: complete_parked --
 -- Success of a parked orchestrator, written by the child that finishes the job: fenced on that child
@@ -173,7 +180,7 @@ UPDATE tasks AS p
 SET status = 'Complete', output_location = :output_location, result_data = :result_data,
     error_message = NULL, generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
 FROM tasks AS c
-WHERE c.id = :id AND c.worker_id = :worker_id AND c.status = 'In Progress'
+WHERE c.id = :id AND c.worker_id = :worker_id AND c.attempts = :attempt AND c.status = 'In Progress'
   AND p.id = c.parent_task_id
   AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
 
@@ -182,7 +189,7 @@ WHERE c.id = :id AND c.worker_id = :worker_id AND c.status = 'In Progress'
 -- only a parked parent: never a row some worker holds.
 UPDATE tasks AS p SET progress = :progress
 FROM tasks AS c
-WHERE c.id = :id AND c.worker_id = :worker_id AND c.status = 'In Progress'
+WHERE c.id = :id AND c.worker_id = :worker_id AND c.attempts = :attempt AND c.status = 'In Progress'
   AND p.id = c.parent_task_id
   AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
 

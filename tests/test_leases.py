@@ -1,0 +1,32 @@
+"""Leases against real worker processes: one live process per worker id, and a database outage longer
+than the lease does not cost healthy running tasks an attempt."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+from conftest import FAST_WORKER_FLAGS, REPO_ROOT, store_url, wait_for, wait_for_status, worker_command
+from worker.store import TaskStatus, TaskStore
+
+
+def test_a_second_live_worker_with_the_same_id_refuses_to_start_but_a_restart_after_a_crash_runs(
+        store: TaskStore, start_worker, tmp_path) -> None:
+    task_id = store.enqueue("health_check", {"sleep_seconds": 4})
+    first = start_worker(store_url(store), *FAST_WORKER_FLAGS, worker_id="twin")
+    wait_for(lambda: store.get(task_id).worker_id == "twin", what="the first worker to claim the task")
+
+    second = subprocess.run(
+        worker_command("run", "--database-url", store_url(store), "--worker-id", "twin", "--output-dir",
+                       str(tmp_path / "outputs"), "--log-format", "json", *FAST_WORKER_FLAGS),
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert "another live worker runs under this worker id" in second.stdout + second.stderr
+    task = store.get(task_id)
+    assert (task.status, task.worker_id, task.attempts) == (TaskStatus.IN_PROGRESS, "twin", 1)
+
+    os.kill(first.pid, signal.SIGKILL)  # a crash; systemd restarts the worker under the same id
+    first.wait()
+    start_worker(store_url(store), *FAST_WORKER_FLAGS, worker_id="twin")
+    task = wait_for_status(store, task_id, TaskStatus.COMPLETE)
+    assert (task.attempts, task.worker_id) == (2, "twin")
