@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
-from conftest import FAST_WORKER_FLAGS, REPO_ROOT, store_url, wait_for, wait_for_status, worker_command
+from conftest import FAST_WORKER_FLAGS, REPO_ROOT, stop_worker, store_url, wait_for, wait_for_status, worker_command
+from worker.db import connect
+from worker.migrate import migrate
 from worker.store import TaskStatus, TaskStore
 
 
@@ -30,3 +33,24 @@ def test_a_second_live_worker_with_the_same_id_refuses_to_start_but_a_restart_af
     start_worker(store_url(store), *FAST_WORKER_FLAGS, worker_id="twin")
     task = wait_for_status(store, task_id, TaskStatus.COMPLETE)
     assert (task.attempts, task.worker_id) == (2, "twin")
+
+
+def test_an_outage_longer_than_the_lease_requeues_no_healthy_running_task(private_postgres, start_worker) -> None:
+    store = TaskStore(connect(private_postgres.url))
+    migrate(store.db)
+    # Maintenance runs far more often than heartbeats: without the grace it would win the race after
+    # the outage and requeue the task whose heartbeat had no chance to resume.
+    worker = start_worker(private_postgres.url, "--lease-seconds", "2", "--heartbeat-seconds", "1",
+                          "--poll-seconds", "0.2", "--maintenance-seconds", "0.1")
+    running = store.enqueue("health_check", {"sleep_seconds": 8})
+    wait_for_status(store, running, TaskStatus.IN_PROGRESS)
+    store.db.engine.dispose()
+    private_postgres.pg_ctl("-m", "fast", "stop")
+    time.sleep(4)  # twice the lease
+    private_postgres.pg_ctl("start")
+
+    task = wait_for_status(store, running, TaskStatus.COMPLETE)
+    assert (task.attempts, task.error_message) == (1, None)
+    assert worker.poll() is None
+    assert stop_worker(worker) == 0
+    store.db.dispose()

@@ -14,7 +14,7 @@ from worker.store import Claim, HeartbeatState, TaskStore
 class Heartbeat:
     """Use as a context manager around the handler. `on_stop` is called once on CANCELLED or LOST;
     `on_interval` after every attempt, successful or not (the systemd watchdog ping: the worker is
-    alive even while the database is not)."""
+    alive even while the database is not); `on_failure` after a failed attempt."""
 
     def __init__(
         self,
@@ -24,11 +24,12 @@ class Heartbeat:
         *,
         on_stop: Callable[[HeartbeatState], None],
         on_interval: Callable[[], None],
+        on_failure: Callable[[], None] = lambda: None,
         log: structlog.typing.FilteringBoundLogger,
     ):
         self.store, self.claim = store, claim
         self.interval_seconds = interval_seconds
-        self.on_stop, self.on_interval, self.log = on_stop, on_interval, log
+        self.on_stop, self.on_interval, self.on_failure, self.log = on_stop, on_interval, on_failure, log
         self.state = HeartbeatState.ALIVE
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{claim.task_id[:8]}", daemon=True)
@@ -47,6 +48,7 @@ class Heartbeat:
             try:
                 state = self.store.heartbeat(self.claim)
             except Exception as error:  # a database outage must not end the lease thread
+                self.on_failure()
                 self.log.warning("heartbeat failed; retrying at the next interval", error=str(error))
                 continue
             if state is HeartbeatState.ALIVE:

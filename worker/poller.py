@@ -178,7 +178,8 @@ class Worker:
         started = time.monotonic()
         heartbeat = Heartbeat(
             self.store, ctx.claim, self.config.heartbeat_seconds,
-            on_stop=lambda _state: ctx.cancel(), on_interval=self.watchdog.ping, log=log,
+            on_stop=lambda _state: ctx.cancel(), on_interval=self.watchdog.ping,
+            on_failure=self.maintenance.database_failed, log=log,
         )
         generations_before = self.resources.generations_completed
         with heartbeat:
@@ -322,6 +323,7 @@ class Worker:
 
         def log_retry(state: tenacity.RetryCallState) -> None:
             self.watchdog.ping()  # an outage is not a hung worker
+            self.maintenance.database_failed()  # lease rescue waits until heartbeats can resume
             self.log.warning("database unavailable; retrying", error=str(state.outcome.exception()),
                              attempt=state.attempt_number, retry_in_seconds=round(state.upcoming_sleep, 2))
 
