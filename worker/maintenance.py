@@ -1,6 +1,7 @@
 """Maintenance every worker runs in the background, every maintenance_seconds (with jitter so a fleet
 does not run it in lock-step): lease rescue (expired claims back to Queued, or Failed when their
-attempts are used up) and the dependency cascade (rows that can never run end with a message).
+attempts are used up) and ending what can never run, with a message: dependency cycles, parked
+orchestrators whose children were deleted, and the dependency cascade.
 
 Lease rescue waits out a grace period (one lease) after this worker starts and after any database
 error it saw (an outage): a heartbeat older than the lease means a lost worker only while heartbeats
@@ -44,7 +45,8 @@ class Maintenance:
     def run_once(self) -> None:
         try:
             requeued = self.store.requeue_expired(self.lease_seconds) if time.monotonic() >= self._rescue_after else 0
-            ended = self.store.cascade_dependencies()
+            ended = (self.store.fail_dependency_cycles() + self.store.fail_orphaned_parents()
+                     + self.store.cascade_dependencies())
         except Exception:
             self.database_failed()
             raise

@@ -308,6 +308,33 @@ class TaskStore:
         with self.db.transaction(durable=False) as conn:
             return self._cascade(conn)
 
+    def fail_dependency_cycles(self) -> int:
+        """Fail Queued rows that wait for themselves (a dependency cycle, or a row that names itself
+        in dependant_on), each naming its cycle; rows waiting on a cycle then follow by the cascade.
+        Returns how many rows it ended."""
+        with self.db.transaction(durable=False) as conn:
+            edges = [(str(task), str(dependency)) for task, dependency in
+                     conn.execute(self.db.query("queued_dependency_edges")).all()]
+            ended: set[str] = set()
+            for cycle in dependency_cycles(edges):
+                message = f"dependency cycle: {_cycle_text(cycle)}; these rows wait for each other forever"
+                for task_id in cycle[:-1]:
+                    if task_id not in ended and conn.execute(self.db.query("fail_queued"),
+                                                             {"id": task_id, "message": message}).first():
+                        ended.add(task_id)
+            if ended:
+                self._cascade(conn)
+        return len(ended)
+
+    def fail_orphaned_parents(self) -> int:
+        """Fail parked orchestrators that no child can finish any more (child rows deleted), naming
+        the missing child; their remaining children are cancelled by the cascade."""
+        with self.db.transaction(durable=False) as conn:
+            ended = len(conn.execute(self.db.query("fail_orphaned_parked_parents")).all())
+            if ended:
+                self._cascade(conn)
+        return ended
+
     def _cascade(self, conn: sa.Connection) -> int:
         """Repeat the three cascade rules until none changes a row (chains end link by link). Parents go
         first so that a parent names the child that failed on its own, not a dependant that followed it."""
@@ -372,6 +399,40 @@ class TaskStore:
             generation_started_at=db.decode_time(row["generation_started_at"]),
             generation_processed_at=db.decode_time(row["generation_processed_at"]),
         )
+
+
+def dependency_cycles(edges: Sequence[tuple[str, str]]) -> list[list[str]]:
+    """Cycles of a dependency graph given as (task, dependency) edges, each as a path that ends where
+    it starts ([a, b, a]; a self-dependency is [a, a]). Depth-first, without recursion (a chain of
+    thousands of rows must not hit Python's recursion limit)."""
+    graph: dict[str, list[str]] = {}
+    for task, dependency in edges:
+        graph.setdefault(task, []).append(dependency)
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    cycles = []
+    for root in sorted(graph):
+        if root in state:
+            continue
+        state[root] = 1
+        path, stack = [root], [iter(graph[root])]
+        while stack:
+            child = next(stack[-1], None)
+            if child is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(child) == 1:
+                cycles.append(path[path.index(child):] + [child])
+            elif child not in state:
+                state[child] = 1
+                path.append(child)
+                stack.append(iter(graph.get(child, ())))
+    return cycles
+
+
+def _cycle_text(cycle: list[str], shown: int = 8) -> str:
+    if len(cycle) <= shown:
+        return " -> ".join(cycle)
+    return " -> ".join(cycle[:shown // 2]) + f" -> ... ({len(cycle) - 1} rows) -> " + " -> ".join(cycle[-2:])
 
 
 def _in_requested_order(existing: Sequence[sa.Row], requested: Sequence[NewTask]) -> list[str]:

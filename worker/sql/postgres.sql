@@ -182,7 +182,7 @@ SET status = 'Complete', output_location = :output_location, result_data = CAST(
 FROM tasks c
 WHERE c.id = CAST(:id AS uuid) AND c.worker_id = :worker_id AND c.attempts = :attempt AND c.status = 'In Progress'
   AND p.id = c.parent_task_id
-  AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
+  AND p.is_parked;
 
 -- name: set_parent_progress --
 -- Progress of a parked orchestrator, written by a child this worker holds (fenced on the child);
@@ -191,7 +191,7 @@ UPDATE tasks p SET progress = CAST(:progress AS jsonb)
 FROM tasks c
 WHERE c.id = CAST(:id AS uuid) AND c.worker_id = :worker_id AND c.attempts = :attempt AND c.status = 'In Progress'
   AND p.id = c.parent_task_id
-  AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
+  AND p.is_parked;
 
 -- name: cancel --
 -- A backend's or operator's cancellation of a row that has not ended; the cascade reaches its
@@ -206,9 +206,9 @@ RETURNING id;
 -- A row some other program set 'In Progress' with only a worker_id (no heartbeat) is held since its
 -- last change: its lease runs from updated_at, so it cannot stay In Progress for good.
 WITH expired AS (
-    SELECT id FROM tasks
-    WHERE status = 'In Progress' AND (worker_id IS NOT NULL OR heartbeat_at IS NOT NULL)
-      AND coalesce(heartbeat_at, updated_at) < now() - make_interval(secs => :lease_seconds)
+    SELECT t.id FROM tasks t
+    WHERE t.status = 'In Progress' AND NOT t.is_parked
+      AND coalesce(t.heartbeat_at, t.updated_at) < now() - make_interval(secs => :lease_seconds)
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks t
@@ -255,7 +255,7 @@ WITH doomed AS (
            c.status AS child_status, c.error_message AS child_error
     FROM tasks p
     JOIN tasks c ON c.parent_task_id = p.id
-    WHERE p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL
+    WHERE p.is_parked
       AND c.status IN ('Failed', 'Cancelled')
     ORDER BY p.id, c.updated_at, c.id
 )
@@ -268,7 +268,7 @@ SET status = doomed.child_status,
     END,
     generation_processed_at = now()
 FROM doomed
-WHERE p.id = doomed.id AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL
+WHERE p.id = doomed.id AND p.is_parked
 RETURNING p.id;
 
 -- name: cancel_children_of_ended --
@@ -283,3 +283,56 @@ FROM tasks p
 WHERE c.parent_task_id = p.id AND p.status IN ('Failed', 'Cancelled')
   AND c.status IN ('Queued', 'In Progress')
 RETURNING c.id;
+
+-- name: queued_dependency_edges --
+-- Dependencies between Queued rows (task -> dependency), for finding cycles, which would wait forever.
+-- Only edges between waiting rows: linear in the queue, not in the history.
+SELECT t.id AS task_id, d.id AS dependency_id
+FROM tasks t
+CROSS JOIN unnest(t.dependant_on) AS dependency (id)
+JOIN tasks d ON d.id = dependency.id
+WHERE t.status = 'Queued' AND d.status = 'Queued';
+
+-- name: fail_queued --
+-- Ends a Queued row that can never run (a dependency cycle), with the reason.
+UPDATE tasks SET status = 'Failed', error_message = :message, generation_processed_at = now()
+WHERE id = CAST(:id AS uuid) AND status = 'Queued'
+RETURNING id;
+
+-- name: fail_orphaned_parked_parents --
+-- A parked orchestrator that no child can finish ends Failed: it has no child left Queued or In
+-- Progress (rows were deleted: the stitch, or every child), or a Queued child waits for a sibling
+-- that no longer exists. Parents with a Failed or Cancelled child are left to the cascade, which
+-- names that child.
+WITH orphaned AS (
+    SELECT p.id,
+           (SELECT format('child %s (%s) waits for %s, which no longer exists (deleted)', c.id, c.task_type,
+                          dependency.id)
+            FROM tasks c
+            CROSS JOIN unnest(c.dependant_on) AS dependency (id)
+            LEFT JOIN tasks d ON d.id = dependency.id
+            WHERE c.parent_task_id = p.id AND c.status = 'Queued' AND d.id IS NULL
+            ORDER BY c.created_at, c.id
+            LIMIT 1) AS missing_sibling,
+           (SELECT count(*) FROM tasks c WHERE c.parent_task_id = p.id) AS children,
+           EXISTS (SELECT 1 FROM tasks c WHERE c.parent_task_id = p.id
+                   AND c.status IN ('Queued', 'In Progress')) AS has_live_child
+    FROM tasks p
+    WHERE p.is_parked
+      AND NOT EXISTS (SELECT 1 FROM tasks c WHERE c.parent_task_id = p.id AND c.status IN ('Failed', 'Cancelled'))
+)
+UPDATE tasks p
+SET status = 'Failed',
+    error_message = CASE
+        WHEN orphaned.missing_sibling IS NOT NULL
+        THEN format('the job cannot finish: %s', orphaned.missing_sibling)
+        WHEN orphaned.children = 0
+        THEN 'the job cannot finish: it is parked but has no children (deleted?)'
+        ELSE format('the job cannot finish: no child is left to complete it (%s remain, all Complete; '
+                    'its last child, e.g. the travel_stitch, was deleted)', orphaned.children)
+    END,
+    generation_processed_at = now()
+FROM orphaned
+WHERE p.id = orphaned.id AND p.is_parked
+  AND (orphaned.missing_sibling IS NOT NULL OR NOT orphaned.has_live_child)
+RETURNING p.id;

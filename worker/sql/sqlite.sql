@@ -182,7 +182,7 @@ SET status = 'Complete', output_location = :output_location, result_data = :resu
 FROM tasks AS c
 WHERE c.id = :id AND c.worker_id = :worker_id AND c.attempts = :attempt AND c.status = 'In Progress'
   AND p.id = c.parent_task_id
-  AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
+  AND p.is_parked;
 
 -- name: set_parent_progress --
 -- Progress of a parked orchestrator, written by a child this worker holds (fenced on the child);
@@ -191,7 +191,7 @@ UPDATE tasks AS p SET progress = :progress
 FROM tasks AS c
 WHERE c.id = :id AND c.worker_id = :worker_id AND c.attempts = :attempt AND c.status = 'In Progress'
   AND p.id = c.parent_task_id
-  AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
+  AND p.is_parked;
 
 -- name: cancel --
 -- A backend's or operator's cancellation of a row that has not ended; the cascade reaches its
@@ -216,7 +216,7 @@ SET status = CASE WHEN attempts >= max_attempts THEN 'Failed' ELSE 'Queued' END,
                                    THEN strftime('%Y-%m-%d %H:%M:%f', 'now') END,
     worker_id = NULL,
     heartbeat_at = NULL
-WHERE status = 'In Progress' AND (worker_id IS NOT NULL OR heartbeat_at IS NOT NULL)
+WHERE status = 'In Progress' AND NOT is_parked
   AND coalesce(heartbeat_at, updated_at)
       < strftime('%Y-%m-%d %H:%M:%f', 'now', printf('-%.3f seconds', :lease_seconds))
 RETURNING id, status;
@@ -260,11 +260,11 @@ FROM (
            row_number() OVER (PARTITION BY parked.id ORDER BY c.updated_at, c.id) AS rank
     FROM tasks parked
     JOIN tasks c ON c.parent_task_id = parked.id
-    WHERE parked.status = 'In Progress' AND parked.worker_id IS NULL AND parked.heartbeat_at IS NULL
+    WHERE parked.is_parked
       AND c.status IN ('Failed', 'Cancelled')
 ) AS doomed
 WHERE p.id = doomed.id AND doomed.rank = 1
-  AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL
+  AND p.is_parked
 RETURNING id;
 
 -- name: cancel_children_of_ended --
@@ -278,4 +278,58 @@ SET status = 'Cancelled',
 FROM tasks AS p
 WHERE c.parent_task_id = p.id AND p.status IN ('Failed', 'Cancelled')
   AND c.status IN ('Queued', 'In Progress')
+RETURNING id;
+
+-- name: queued_dependency_edges --
+-- Dependencies between Queued rows (task -> dependency), for finding cycles, which would wait forever.
+-- Only edges between waiting rows: linear in the queue, not in the history.
+SELECT t.id AS task_id, d.id AS dependency_id
+FROM tasks t
+JOIN json_each(t.dependant_on) AS dependency
+JOIN tasks d ON d.id = dependency.value
+WHERE t.status = 'Queued' AND d.status = 'Queued';
+
+-- name: fail_queued --
+-- Ends a Queued row that can never run (a dependency cycle), with the reason.
+UPDATE tasks SET status = 'Failed', error_message = :message,
+    generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND status = 'Queued'
+RETURNING id;
+
+-- name: fail_orphaned_parked_parents --
+-- A parked orchestrator that no child can finish ends Failed: it has no child left Queued or In
+-- Progress (rows were deleted: the stitch, or every child), or a Queued child waits for a sibling
+-- that no longer exists. Parents with a Failed or Cancelled child are left to the cascade, which
+-- names that child.
+UPDATE tasks AS p
+SET status = 'Failed',
+    error_message = CASE
+        WHEN orphaned.missing_sibling IS NOT NULL
+        THEN printf('the job cannot finish: %s', orphaned.missing_sibling)
+        WHEN orphaned.children = 0
+        THEN 'the job cannot finish: it is parked but has no children (deleted?)'
+        ELSE printf('the job cannot finish: no child is left to complete it (%d remain, all Complete; '
+                    || 'its last child, e.g. the travel_stitch, was deleted)', orphaned.children)
+    END,
+    generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+FROM (
+    SELECT parked.id,
+           (SELECT printf('child %s (%s) waits for %s, which no longer exists (deleted)', c.id, c.task_type,
+                          dependency.value)
+            FROM tasks c
+            JOIN json_each(c.dependant_on) AS dependency
+            LEFT JOIN tasks d ON d.id = dependency.value
+            WHERE c.parent_task_id = parked.id AND c.status = 'Queued' AND d.id IS NULL
+            ORDER BY c.created_at, c.id
+            LIMIT 1) AS missing_sibling,
+           (SELECT count(*) FROM tasks c WHERE c.parent_task_id = parked.id) AS children,
+           EXISTS (SELECT 1 FROM tasks c WHERE c.parent_task_id = parked.id
+                   AND c.status IN ('Queued', 'In Progress')) AS has_live_child
+    FROM tasks parked
+    WHERE parked.is_parked
+      AND NOT EXISTS (SELECT 1 FROM tasks c WHERE c.parent_task_id = parked.id
+                      AND c.status IN ('Failed', 'Cancelled'))
+) AS orphaned
+WHERE p.id = orphaned.id AND p.is_parked
+  AND (orphaned.missing_sibling IS NOT NULL OR NOT orphaned.has_live_child)
 RETURNING id;
