@@ -17,7 +17,7 @@ def parked_parent_with_held_child(store: TaskStore) -> tuple[str, str]:
     parent_id = store.enqueue("plans", {})
     store.claim("planner", ["plans"], None)
     [child_id] = store.park_with_children(Claim(parent_id, "planner", 1), [NewTask("child", {"child_key": "c"})],
-                                          {"phase": "waiting_for_children"})
+                                          {"phase": "waiting_for_children"}).ids
     store.claim("runner", ["child"], None)
     return parent_id, child_id
 

@@ -357,7 +357,7 @@ def segment_plan() -> list[NewTask]:
 def park_orchestrator(store: TaskStore) -> tuple[str, list[str]]:
     parent = store.enqueue("travel_orchestrator", {}, priority=3, project_id="proj")
     claim(store, task_types=["travel_orchestrator"])
-    ids = store.park_with_children(Claim(parent, "w1", 1), segment_plan(), {"phase": "waiting for segments"})
+    ids = store.park_with_children(Claim(parent, "w1", 1), segment_plan(), {"phase": "waiting for segments"}).ids
     return parent, ids
 
 
@@ -383,7 +383,7 @@ def test_a_rerun_planner_gets_the_existing_children_instead_of_duplicates(store:
     parent, ids = park_orchestrator(store)
     run_sql(store, "UPDATE tasks SET status = 'Queued' WHERE id = :id", id=parent)  # an operator re-queues it
     claim(store, "w2", task_types=["travel_orchestrator"])
-    assert store.park_with_children(Claim(parent, "w2", 2), segment_plan(), None) == ids
+    assert store.park_with_children(Claim(parent, "w2", 2), segment_plan(), None).ids == ids
     assert len(store.children(parent)) == 3
 
 

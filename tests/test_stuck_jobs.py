@@ -57,7 +57,7 @@ def park_job(store: TaskStore) -> tuple[str, list[str]]:
     first = NewTask("travel_segment", {"child_key": "segment-0"})
     second = NewTask("travel_segment", {"child_key": "segment-1"}, dependant_on=[first.id])
     stitch = NewTask("travel_stitch", {"child_key": "stitch"}, dependant_on=[first.id, second.id])
-    return parent, store.park_with_children(Claim.of(claimed), [first, second, stitch], None)
+    return parent, store.park_with_children(Claim.of(claimed), [first, second, stitch], None).ids
 
 
 def finish(store: TaskStore, task_type: str) -> None:
@@ -91,3 +91,62 @@ def test_a_parked_job_whose_child_was_deleted_fails_naming_it_and_its_other_chil
     assert task.status == TaskStatus.FAILED
     assert f"waits for {first}, which no longer exists" in task.error_message
     assert store.get(second).status == store.get(stitch).status == TaskStatus.CANCELLED
+
+
+# ---- the retry of a job -------------------------------------------------------------------------------------
+
+def requeue(store: TaskStore, task_id: str) -> None:
+    """What a backend does to retry a job: put its orchestrator back in the queue."""
+    with store.db.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE tasks SET status = 'Queued', worker_id = NULL, heartbeat_at = NULL "
+                             "WHERE id = :id"), {"id": task_id})
+
+
+def replan(store: TaskStore, parent: str):
+    claimed = store.claim("planner-2", ["travel_orchestrator"], None)
+    assert claimed.id == parent
+    first = NewTask("travel_segment", {"child_key": "segment-0"})
+    second = NewTask("travel_segment", {"child_key": "segment-1"}, dependant_on=[first.id])
+    stitch = NewTask("travel_stitch", {"child_key": "stitch"}, dependant_on=[first.id, second.id])
+    return store.park_with_children(Claim.of(claimed), [first, second, stitch], None)
+
+
+def test_retrying_a_failed_job_requeues_its_failed_and_cancelled_children_and_keeps_the_complete_ones(
+        store: TaskStore) -> None:
+    parent, (first, second, stitch) = park_job(store)
+    finish(store, "travel_segment")
+    broken = store.claim("runner", ["travel_segment"], None)
+    assert broken.id == second
+    store.fail(Claim.of(broken), "OutOfMemory: 80 GiB")
+    assert store.get(parent).status == TaskStatus.FAILED and store.get(stitch).status == TaskStatus.FAILED
+
+    requeue(store, parent)
+    parked = replan(store, parent)
+
+    assert (parked.ids, parked.requeued, parked.completed) == ([first, second, stitch], 2, False)
+    assert store.get(parent).is_parked
+    assert store.get(first).status == TaskStatus.COMPLETE  # its video is reused
+    for task_id in (second, stitch):
+        task = store.get(task_id)
+        assert (task.status, task.attempts, task.error_message) == (TaskStatus.QUEUED, 0, None)
+    finish(store, "travel_segment")
+    stitcher = store.claim("runner", ["travel_stitch"], None)
+    assert store.complete_parked(Claim.of(stitcher), "/out/travel.mp4", {"retried": True})
+    assert store.get(parent).status == TaskStatus.COMPLETE
+
+
+def test_retrying_a_complete_job_completes_it_again_at_once_with_its_output(store: TaskStore) -> None:
+    parent, (first, second, stitch) = park_job(store)
+    finish(store, "travel_segment")
+    finish(store, "travel_segment")
+    stitcher = store.claim("runner", ["travel_stitch"], None)
+    assert store.complete_parked(Claim.of(stitcher), "/out/travel.mp4", {"frames": 33})
+    assert store.complete(Claim.of(stitcher), "/out/travel.mp4", {"frames": 33})
+
+    requeue(store, parent)
+    parked = replan(store, parent)
+
+    assert parked.completed and parked.requeued == 0
+    task = store.get(parent)
+    assert (task.status, task.output_location, task.result_data) == (TaskStatus.COMPLETE, "/out/travel.mp4", {"frames": 33})
+    assert {child.status for child in store.children(parent)} == {TaskStatus.COMPLETE}

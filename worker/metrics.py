@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from worker.db import Database
-from worker.store import Claim, NewTask, Task, TaskStore
+from worker.store import Claim, NewTask, Parked, Task, TaskStore
 
 # Phases range from milliseconds (text encoding of the tiny model) to tens of minutes (a 14B
 # segment at 720p), so buckets grow geometrically.
@@ -177,6 +177,6 @@ class MeteredTaskStore(TaskStore):
         return super().release(claim)
 
     def park_with_children(self, claim: Claim, children: Sequence[NewTask],
-                           progress: dict[str, Any] | None) -> list[str] | None:
+                           progress: dict[str, Any] | None) -> Parked | None:
         self._held.pop(claim.task_id, None)  # an orchestrator's outcome is written later, by its last child
         return super().park_with_children(claim, children, progress)

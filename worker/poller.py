@@ -280,11 +280,15 @@ class Worker:
                       log: Any) -> None:
         """Complete the row, or park it with its children (fenced writes)."""
         if outcome.park_children is not None:
-            ids = write(self.store.park_with_children, outcome.park_children, outcome.park_progress)
-            if ids is None:
+            parked = write(self.store.park_with_children, outcome.park_children, outcome.park_progress)
+            if parked is None:
                 self._count("cancelled", log, "children not inserted: lease lost or task cancelled")
+            elif parked.completed:
+                self._count("completed", log, "every child had completed: the job completed again",
+                            children=len(parked.ids))
             else:
-                self._count("parked", log, "parked until its children finish", children=len(ids))
+                self._count("parked", log, "parked until its children finish", children=len(parked.ids),
+                            requeued_children=parked.requeued)
             return
         written = write(self.store.complete, outcome.output_location, outcome.result_data)
         if written:

@@ -103,6 +103,16 @@ class Claim:
         return {"id": self.task_id, "worker_id": self.worker_id, "attempt": self.attempt}
 
 
+@dataclass(frozen=True)
+class Parked:
+    """What park_with_children did: the children's ids; how many ended children went back to the
+    queue (the retry of a failed job); whether the parent completed at once (every child had)."""
+
+    ids: list[str]
+    requeued: int = 0
+    completed: bool = False
+
+
 @dataclass
 class NewTask:
     """A row to insert. The id is made here so that rows inserted together can name each other in
@@ -249,11 +259,14 @@ class TaskStore:
 
     def park_with_children(
         self, claim: Claim, children: Sequence[NewTask], progress: dict[str, Any] | None
-    ) -> list[str] | None:
+    ) -> Parked | None:
         """In one transaction: lock the parent this worker holds, insert its children unless it already
-        has some (then insert nothing and return the existing ids: a re-run planner never duplicates),
-        and park the parent until its children end it. Every child must carry params['child_key'].
-        Returns the children's ids, or None when this worker no longer holds the parent."""
+        has some, and park the parent until its children end it. Every child must carry
+        params['child_key']. A parent that already has children (a re-run planner, or the retry of a
+        job that ended) gets them back instead of duplicates: those that Failed or were Cancelled go
+        back to the queue with their attempts reset, Complete ones are kept; when every child had
+        completed, the parent completes again at once instead of parking.
+        Returns None when this worker no longer holds the parent."""
         for child in children:
             if not isinstance(child.params, dict) or CHILD_KEY_PARAM not in child.params:
                 raise ValueError(f"child {child.task_type} needs params[{CHILD_KEY_PARAM!r}] (unique per parent)")
@@ -262,18 +275,23 @@ class TaskStore:
             parent = conn.execute(self.db.query("lock_held_task"), fence).mappings().first()
             if parent is None:
                 return None
-            existing = conn.execute(self.db.query("child_keys"), {"parent_id": parent_id}).all()
-            if existing:
-                ids = _in_requested_order(existing, children)
-            else:
+            existing = conn.execute(self.db.query("child_keys"), {"parent_id": parent_id}).mappings().all()
+            if not existing:
                 for child in children:
                     self._insert(
                         conn, child, parent_task_id=parent_id, default_priority=parent["priority"],
                         default_project_id=parent["project_id"],
                     )
-                ids = [child.id for child in children]
+                conn.execute(self.db.query("park"), {**fence, "progress": self.db.encode_json(progress)})
+                return Parked(ids=[child.id for child in children])
+            ids = _in_requested_order([(row["id"], row["child_key"]) for row in existing], children)
+            if all(row["status"] == TaskStatus.COMPLETE for row in existing):
+                last = _last_child(ids, {str(row["id"]): self.db.decode_ids(row["dependant_on"]) for row in existing})
+                conn.execute(self.db.query("complete_from_child"), {**fence, "child_id": last})
+                return Parked(ids=ids, completed=True)
+            requeued = len(conn.execute(self.db.query("requeue_ended_children"), {"parent_id": parent_id}).all())
             conn.execute(self.db.query("park"), {**fence, "progress": self.db.encode_json(progress)})
-        return ids
+        return Parked(ids=ids, requeued=requeued)
 
     def complete_parked(
         self, child: Claim, output_location: str | None, result_data: dict[str, Any] | None
@@ -435,7 +453,14 @@ def _cycle_text(cycle: list[str], shown: int = 8) -> str:
     return " -> ".join(cycle[:shown // 2]) + f" -> ... ({len(cycle) - 1} rows) -> " + " -> ".join(cycle[-2:])
 
 
-def _in_requested_order(existing: Sequence[sa.Row], requested: Sequence[NewTask]) -> list[str]:
+def _last_child(ids: list[str], dependencies: dict[str, list[str]]) -> str:
+    """The child no sibling waits for (a travel job's stitch): the job's output is its output."""
+    waited_for = {dependency for deps in dependencies.values() for dependency in deps}
+    sinks = [task_id for task_id in ids if task_id not in waited_for]
+    return (sinks or ids)[-1]
+
+
+def _in_requested_order(existing: Sequence[tuple[Any, Any]], requested: Sequence[NewTask]) -> list[str]:
     """Existing children's ids, in the order of the requested child_keys where they match, then the rest."""
     by_key = {str(key): str(task_id) for task_id, key in existing}
     keys = [str(child.params[CHILD_KEY_PARAM]) for child in requested]

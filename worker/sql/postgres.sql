@@ -162,10 +162,31 @@ WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt 
 FOR UPDATE;
 
 -- name: child_keys --
--- An orchestrator's existing children and their child_key.
-SELECT id, params ->> 'child_key' AS child_key FROM tasks
+-- An orchestrator's existing children: child_key, status and dependencies.
+SELECT id, params ->> 'child_key' AS child_key, status, dependant_on FROM tasks
 WHERE parent_task_id = CAST(:parent_id AS uuid)
 ORDER BY created_at, params ->> 'child_key';
+
+-- name: requeue_ended_children --
+-- The retry of a job (its orchestrator re-queued after it ended): children that Failed or were
+-- Cancelled go back to the queue as new, with their attempts reset; Complete ones are kept.
+UPDATE tasks
+SET status = 'Queued', attempts = 0, worker_id = NULL, heartbeat_at = NULL, progress = NULL,
+    output_location = NULL, result_data = NULL, error_message = NULL, run_after = now(),
+    generation_started_at = NULL, generation_processed_at = NULL
+WHERE parent_task_id = CAST(:parent_id AS uuid) AND status IN ('Failed', 'Cancelled')
+RETURNING id;
+
+-- name: complete_from_child --
+-- The retry of a job whose children all completed: the orchestrator this worker holds (fenced)
+-- completes again at once, keeping its own output if it still has one, else taking its last child's.
+UPDATE tasks p
+SET status = 'Complete', output_location = coalesce(p.output_location, c.output_location),
+    result_data = coalesce(p.result_data, c.result_data), error_message = NULL, progress = NULL,
+    generation_processed_at = now()
+FROM tasks c
+WHERE p.id = CAST(:id AS uuid) AND p.worker_id = :worker_id AND p.attempts = :attempt AND p.status = 'In Progress'
+  AND c.id = CAST(:child_id AS uuid) AND c.parent_task_id = p.id;
 
 -- name: park --
 -- An orchestrator waits for its children: In Progress without a worker or a lease, so no lease
