@@ -114,3 +114,19 @@ def writing_new_file(path: str | Path) -> Iterator[BinaryIO]:
         if isinstance(error, OSError):
             raise StorageError(f"cannot write {path}: {error.strerror or error}") from None
         raise
+
+
+def check_writable(output_root: str | Path) -> StorageError | None:
+    """Why nothing can be written under output_root (created if needed), or None: a worker checks it
+    before its first claim instead of failing every task after its generation."""
+    root = Path(output_root)
+    probe = root / f".wan-worker-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        os.close(create_new_file(probe))
+        probe.unlink()
+    except OSError as error:
+        return StorageError(f"cannot write to the output folder {root}: {error.strerror or error}")
+    except StorageError as error:
+        return error
+    return None

@@ -9,15 +9,17 @@ row is decided here, from the handler's result or the type of what it raised:
   engine request, model, weights,
   load and out-of-memory errors
   TaskCancelled / GenerationCancelled -> nothing: the row is already Cancelled or no longer ours
-  DeviceFault (the GPU failed)        -> Queued again after retry_base_seconds for another worker (the
-                                         attempt counts, so a task that breaks every GPU still ends
-                                         Failed at max_attempts)
+  DeviceFault (the GPU failed),       -> Queued again after retry_base_seconds for another worker (the
+  StorageError (the output folder       attempt counts, so a task that breaks every GPU still ends
+  is read-only or full)                  Failed at max_attempts)
   anything else                       -> Queued again after exponential backoff with jitter, until
                                          max_attempts, then Failed with the last error
 Database outages are retried (tenacity) with backoff: the worker never dies because Postgres restarted.
 A broken GPU is another matter: after a sticky device fault, or max_device_faults in a row with no
 generation finishing between them, the worker stops claiming and run() returns EXIT_DEVICE_FAULT, so that
 systemd (Restart=on-failure) starts a fresh process with a fresh CUDA context.
+Likewise after max_storage_errors in a row (or an output folder it cannot write at start-up) it stops
+claiming and returns EXIT_STORAGE, so a broken disk does not drain the queue into Failed.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from worker.db import Undecodable, is_transient
 from worker.handlers import Handler, HandlerResult, TaskContext, load_handlers
 from worker.heartbeat import Heartbeat
 from worker.maintenance import Maintenance
+from worker.paths import check_writable
 from worker.resources import WorkerResources, resolve_device
 from worker.store import HeartbeatState, Task, TaskStore
 from worker.wakeup import Wakeup
@@ -51,6 +54,7 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
 CANCELLATION_ERRORS: tuple[type[BaseException], ...] = (errors.TaskCancelled, engine_errors.GenerationCancelled)
 EXIT_DEVICE_FAULT = 70  # EX_SOFTWARE (sysexits.h): the process must be restarted to use its GPU again
 EXIT_WORKER_ID_IN_USE = 2  # a configuration error: another live process runs under this worker id
+EXIT_STORAGE = 74  # EX_IOERR (sysexits.h): the output folder cannot be written
 
 T = TypeVar("T")
 
@@ -93,6 +97,7 @@ class Worker:
         self._hurry = threading.Event()  # a second signal: release the running task now
         self.counts = {"completed": 0, "parked": 0, "failed": 0, "retried": 0, "cancelled": 0, "released": 0}
         self.consecutive_device_faults = 0
+        self.consecutive_storage_errors = 0
         self.exit_code = 0  # EXIT_DEVICE_FAULT once the device is given up on
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -117,6 +122,11 @@ class Worker:
                 self.log.error("another live worker runs under this worker id; refusing to start (give each "
                                "process its own --worker-id)", held_task_id=twin, exit_code=EXIT_WORKER_ID_IN_USE)
                 self.exit_code = EXIT_WORKER_ID_IN_USE
+                return self.exit_code
+            unwritable = check_writable(self.config.output_dir)
+            if unwritable is not None:
+                self.consecutive_storage_errors = self.config.max_storage_errors - 1
+                self._storage_failed(unwritable, self.log)
                 return self.exit_code
             self._with_db_retry(self.maintenance.run_once, until=self._stopping)
             self.wakeup.start()
@@ -261,13 +271,13 @@ class Worker:
         elif task.attempts >= task.max_attempts:
             write(self.store.fail, f"{message} (attempt {task.attempts} of {task.max_attempts}; giving up)")
             self._count("failed", log, "task failed: attempts used up", error=message, exc_info=error)
-        elif isinstance(error, engine_errors.DeviceFault):
-            # Not the task's fault: back in the queue soon, for a worker whose GPU works.
+        elif isinstance(error, (engine_errors.DeviceFault, errors.StorageError)):
+            # Not the task's fault: back in the queue soon, for a worker whose GPU and disk work.
             delay = self.config.retry_base_seconds
             write(self.store.retry_later, f"{message} (attempt {task.attempts} of {task.max_attempts}; "
                                           "requeued for another worker)", delay)
-            self._count("retried", log, "device failed; task requeued", error=message, retry_in_seconds=delay,
-                        exc_info=error)
+            self._count("retried", log, "device or storage failed; task requeued", error=message,
+                        retry_in_seconds=delay, exc_info=error)
         else:
             delay = self._retry_delay_seconds(task.attempts)
             write(self.store.retry_later, f"{message} (attempt {task.attempts} of {task.max_attempts}; will retry)", delay)
@@ -275,6 +285,8 @@ class Worker:
                         exc_info=error)
         if isinstance(error, engine_errors.DeviceFault):
             self._device_failed(error, log)
+        if isinstance(error, errors.StorageError):
+            self._storage_failed(error, log)
 
     def _write_result(self, outcome: HandlerResult, write: Callable[..., Any], *, lease: HeartbeatState,
                       log: Any) -> None:
@@ -291,6 +303,8 @@ class Worker:
                             requeued_children=parked.requeued)
             return
         written = write(self.store.complete, outcome.output_location, outcome.result_data)
+        if outcome.output_location:
+            self.consecutive_storage_errors = 0  # the handler wrote its output
         if written:
             self._count("completed", log, "task complete", output_location=outcome.output_location)
         else:
@@ -308,6 +322,20 @@ class Worker:
             self.wakeup.set()
             log.error("device unusable; exiting for a restart", sticky=fault.sticky, exit_code=EXIT_DEVICE_FAULT,
                       consecutive_device_faults=self.consecutive_device_faults, max_device_faults=limit)
+
+    def _storage_failed(self, error: errors.StorageError, log: Any) -> None:
+        """Count a storage error (its task is already back in the queue); at max_storage_errors in a row
+        stop claiming, so a read-only or full output folder does not drain the queue into Failed, and
+        exit with EXIT_STORAGE, saying why."""
+        self.consecutive_storage_errors += 1
+        limit = self.config.max_storage_errors
+        if self.consecutive_storage_errors >= limit:
+            self.exit_code = EXIT_STORAGE
+            self._stopping.set()
+            self.wakeup.set()
+            log.error("output storage unusable; stopping (fix the folder, then restart)", error=str(error),
+                      output_dir=str(self.config.output_dir), exit_code=EXIT_STORAGE,
+                      consecutive_storage_errors=self.consecutive_storage_errors, max_storage_errors=limit)
 
     def _retry_delay_seconds(self, attempts: int) -> float:
         """Exponential backoff with jitter: base * 2^(attempts-1), capped, then scaled by U(0.5, 1)."""
