@@ -33,7 +33,7 @@ import structlog
 import tenacity
 
 from wan_engine import errors as engine_errors
-from worker import errors, sdnotify
+from worker import errors, sdnotify, video
 from worker.config import WorkerConfig
 from worker.db import Undecodable, is_transient
 from worker.handlers import Handler, HandlerResult, TaskContext, load_handlers
@@ -85,6 +85,7 @@ class Worker:
     ):
         self.config = config
         self.store = store
+        video.set_max_image_pixels(config.max_image_pixels)
         self.handlers = load_handlers() if handlers is None else handlers
         self.resources = resources or WorkerResources(device=resolve_device(config.device), models_dir=config.models_dir)
         self.log = structlog.get_logger("worker").bind(worker_id=config.worker_id)
@@ -261,7 +262,7 @@ class Worker:
                 self._count("failed", log, "task failed: its result cannot be stored", error=str(error))
             return
 
-        error = outcome.error
+        error = host_out_of_memory(outcome.error) or outcome.error
         message = f"{type(error).__name__}: {error}"
         if isinstance(error, CANCELLATION_ERRORS):
             self._count("cancelled", log, "task stopped", reason=lease.value, error=message)
@@ -373,6 +374,21 @@ class Worker:
             if is_transient(error) and until.is_set():
                 raise _GaveUp() from error
             raise
+
+
+# How allocators word a failed host allocation inside a RuntimeError or OSError (torch's CPU allocator,
+# ENOMEM from fork or mmap).
+_ALLOCATION_FAILURES = ("can't allocate memory", "Cannot allocate memory", "out of memory")
+
+
+def host_out_of_memory(error: BaseException) -> engine_errors.OutOfMemory | None:
+    """MemoryError or an allocator's failure as the permanent OutOfMemory: the same task on the same
+    box would run out again, and a retry of it could take the next worker down too."""
+    words = str(error)
+    if isinstance(error, MemoryError) or (
+            isinstance(error, (RuntimeError, OSError)) and any(failure in words for failure in _ALLOCATION_FAILURES)):
+        return engine_errors.OutOfMemory(f"host memory exhausted: {type(error).__name__}: {words[:300]}")
+    return None
 
 
 class _GaveUp(Exception):

@@ -291,21 +291,65 @@ def _encoding_error(path: Path, reason: str) -> Exception:
     return FFmpegError(f"{path}: {reason}")
 
 
+# The most pixels an input image may have (width x height, read from its header before decoding): a
+# small PNG can claim 100000 x 100000. The worker sets it from its max_image_pixels setting.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+_max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
+Image.MAX_IMAGE_PIXELS = None  # PIL's own bomb check (a warning, then an error at twice its limit) gives way to this one
+
+# What PIL raises for a file that is not a decodable image: a truncated or corrupt stream (OSError,
+# SyntaxError from the PNG chunk reader, zlib errors as ValueError), a header over its own bomb limit.
+_UNDECODABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def set_max_image_pixels(pixels: int) -> None:
+    """The pixel limit of every image decoded from now on in this process (the max_image_pixels setting)."""
+    global _max_image_pixels
+    if pixels < 1:
+        raise ValueError(f"max_image_pixels must be >= 1, got {pixels}")
+    _max_image_pixels = pixels
+
+
 def _open_image(path: str | os.PathLike[str], field: str) -> Image.Image:
-    """Open an image lazily (header only); a missing or non-image file is the caller's bad param."""
+    """Open an image lazily (header only) and check its size against the pixel limit; a missing,
+    non-image or oversized file is the caller's bad param."""
     path = Path(path)
     if not path.is_file():
         raise ValidationError(field, f"image file not found: {path}")
     try:
-        return Image.open(path)
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValidationError(field, f"not a readable image: {path} ({error})") from None
+        image = Image.open(path)
+    except _UNDECODABLE as error:
+        raise ValidationError(field, f"not a readable image: {path} ({type(error).__name__}: {error})") from None
+    width, height = image.size
+    if width * height > _max_image_pixels:
+        image.close()
+        raise ValidationError(field, f"{path} is {width}x{height} = {width * height} pixels; the limit is "
+                                     f"{_max_image_pixels} (max_image_pixels)")
+    return image
 
 
 def check_image(path: str | os.PathLike[str], field: str) -> tuple[int, int]:
-    """Check that `path` is an image by reading its header; return its (width, height)."""
+    """Check that `path` is an image within the pixel limit by reading its header; return (width, height)."""
     with _open_image(path, field) as image:
         return image.size
+
+
+def read_image(path: str | os.PathLike[str], field: str, fit_within: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an image as RGB, EXIF rotation applied, alpha dropped; a truncated or corrupt file is a
+    ValidationError naming `field`. With `fit_within` (width, height), a much larger image is shrunk
+    while it is decoded (JPEG's DCT scaling, then whole-factor reduction) to no less than that size,
+    so memory follows the output, not the file."""
+    with _open_image(path, field) as image:
+        try:
+            if fit_within is not None:
+                image.draft("RGB", fit_within)  # JPEG decodes at 1/2, 1/4 or 1/8 scale: still covers fit_within
+                width, height = fit_within  # either way round: EXIF may rotate the image afterwards
+                factor = min(image.width // width, image.height // height, image.width // height, image.height // width)
+                if factor >= 2:
+                    image = image.reduce(factor)
+            return ImageOps.exif_transpose(image).convert("RGB")
+        except _UNDECODABLE as error:
+            raise ValidationError(field, f"not a readable image: {path} ({type(error).__name__}: {error})") from None
 
 
 def load_image(path: str | os.PathLike[str], width: int, height: int, field: str = "image") -> np.ndarray:
@@ -314,11 +358,7 @@ def load_image(path: str | os.PathLike[str], width: int, height: int, field: str
     The one fitting rule for keyframes everywhere, so guides and references line up. EXIF rotation
     is applied; alpha is dropped. Returns uint8 [height, width, 3].
     """
-    with _open_image(path, field) as image:
-        try:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-        except OSError as error:
-            raise ValidationError(field, f"not a readable image: {path} ({error})") from None
+    image = read_image(path, field, fit_within=(width, height))
     fitted = ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
     return np.asarray(fitted, dtype=np.uint8)
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
@@ -33,7 +32,7 @@ from worker.params import (
     round_to_frame_count,
 )
 from worker.paths import output_file
-from worker.video import VideoWriter, check_image, iter_frames, save_png, thumbnail_path
+from worker.video import VideoWriter, iter_frames, read_image, save_png, thumbnail_path
 
 DEFAULT_VIDEO_LENGTH = 81
 DEFAULT_OUTPUT_NAME = "video.mp4"
@@ -304,6 +303,4 @@ def _mask_video(reader: ParamReader, field: str, length: int, width: int, height
 
 def _reference_image(path: Path, field: str) -> np.ndarray:
     """A reference image as uint8 [h, w, 3] at its own size (the engine fits it onto a white frame)."""
-    check_image(path, field)
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"), dtype=np.uint8)
+    return np.array(read_image(path, field), dtype=np.uint8)
