@@ -9,6 +9,9 @@ children, VACE segments chained by their overlap, cross-faded stitch, result row
 from __future__ import annotations
 
 import argparse
+import shlex
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -73,6 +76,18 @@ def travel_params(images: list[Path], model: str, steps: int) -> dict:
     }
 
 
+def wan_worker_command() -> str:
+    """How this user can run wan-worker: the name when it is on PATH, else the script installed beside
+    this Python (e.g. .venv/bin/wan-worker), else `python -m worker.cli`."""
+    on_path = shutil.which("wan-worker")
+    beside = Path(sys.executable).parent / "wan-worker"
+    if on_path is not None and Path(on_path).resolve() == beside.resolve():
+        return "wan-worker"
+    if beside.is_file():
+        return shlex.quote(str(beside))
+    return f"{shlex.quote(sys.executable)} -m worker.cli"
+
+
 def demo_command(args: argparse.Namespace, config: WorkerConfig) -> int:
     """Run the demo; exit 0 when the travel video was made."""
     from wan_engine.testing import write_tiny_models
@@ -114,7 +129,7 @@ def demo_command(args: argparse.Namespace, config: WorkerConfig) -> int:
         print()
         print(format_stats(collect_stats(db)))
         print()
-        print(f"next: wan-worker stats --database-url {database_url}")
+        print(f"next: {wan_worker_command()} stats --database-url {database_url}")
         return 0
     finally:
         db.dispose()

@@ -189,13 +189,29 @@ def round_to_frame_count(frames: int, field: str) -> int:
 
 
 def existing_file(value: Any, field: str) -> Path:
-    """An absolute or working-directory-relative path to a regular file that exists."""
+    """An absolute or working-directory-relative path to a regular file that exists. `~` is not
+    expanded: the worker's home is not the backend's."""
     if not isinstance(value, str) or not value or "\x00" in value:
         raise ValidationError(field, f"must be a file path, got {value!r}")
-    path = Path(value).expanduser()
+    path = Path(value)
     if not path.is_file():
+        if path.exists():
+            raise ValidationError(field, f"not a regular file ({path_kind(path)}): {value}")
         raise ValidationError(field, f"file does not exist: {value}")
     return path
+
+
+def path_kind(path: Path) -> str:
+    """What a path that is not a regular file is, in words."""
+    if path.is_dir():
+        return "a directory"
+    if path.is_fifo():
+        return "a fifo"
+    if path.is_socket():
+        return "a socket"
+    if path.is_block_device() or path.is_char_device():
+        return "a device"
+    return "not a regular file"
 
 
 def existing_files(value: Any, field: str) -> list[Path]:

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from worker.errors import StorageError, ValidationError
+from worker.params import path_kind
 from worker.paths import create_new_file, replace_file, writing_new_file
 
 # H.264 settings of every mp4 the worker writes: CRF 18 is visually lossless for generated content;
@@ -315,6 +316,8 @@ def _open_image(path: str | os.PathLike[str], field: str) -> Image.Image:
     non-image or oversized file is the caller's bad param."""
     path = Path(path)
     if not path.is_file():
+        if path.exists():
+            raise ValidationError(field, f"not a regular file ({path_kind(path)}): {path}")
         raise ValidationError(field, f"image file not found: {path}")
     try:
         image = Image.open(path)
