@@ -45,6 +45,7 @@ class Maintenance:
     def run_once(self) -> None:
         try:
             requeued = self.store.requeue_expired(self.lease_seconds) if time.monotonic() >= self._rescue_after else 0
+            self.store.resolve_queued_models()
             ended = (self.store.fail_dependency_cycles() + self.store.fail_orphaned_parents()
                      + self.store.cascade_dependencies())
         except Exception:

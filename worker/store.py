@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import sqlalchemy as sa
 
 from worker.db import Database, Undecodable, parse_uuid
+from worker.model_keys import resolved_model
 
 # The params field that names a child within its parent (unique per parent, see park_with_children).
 CHILD_KEY_PARAM = "child_key"
@@ -63,6 +64,7 @@ class Task:
     updated_at: datetime | None
     generation_started_at: datetime | None
     generation_processed_at: datetime | None
+    resolved_model: str | None = None  # what params' preset / model resolve to (worker.model_keys)
 
     @property
     def is_parked(self) -> bool:
@@ -344,6 +346,17 @@ class TaskStore:
                 self._cascade(conn)
         return len(ended)
 
+    def resolve_queued_models(self, limit: int = 200) -> int:
+        """Store the resolved model of Queued rows a backend inserted naming a preset or a headless
+        model_name, so the claim's affinity sees them. Rows naming no known model are resolved to ''
+        (and fail when claimed). Returns how many rows it resolved."""
+        rows = self.db.run("queued_models_to_resolve", {"limit": limit}).rows
+        for row in rows:
+            model = resolved_model(self.db.decode_json(row["params"])) or ""
+            self.db.run("set_resolved_model", {"id": self.db.decode_id(row["id"]), "resolved_model": model},
+                        durable=False)
+        return len(rows)
+
     def fail_orphaned_parents(self) -> int:
         """Fail parked orchestrators that no child can finish any more (child rows deleted), naming
         the missing child; their remaining children are cancelled by the cascade."""
@@ -389,6 +402,7 @@ class TaskStore:
                 "parent_task_id": parent_task_id,
                 "project_id": row.project_id if row.project_id is not None else default_project_id,
                 "max_attempts": row.max_attempts,
+                "resolved_model": resolved_model(row.params),
             },
         )
 
@@ -416,6 +430,7 @@ class TaskStore:
             updated_at=db.decode_time(row["updated_at"]),
             generation_started_at=db.decode_time(row["generation_started_at"]),
             generation_processed_at=db.decode_time(row["generation_processed_at"]),
+            resolved_model=row.get("resolved_model"),
         )
 
 

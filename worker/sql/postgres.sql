@@ -31,9 +31,10 @@ INSERT INTO schema_migrations (version, name) VALUES (:version, :name);
 
 -- name: insert_task --
 -- One new Queued row; the caller makes the id so that rows inserted together can depend on each other.
-INSERT INTO tasks (id, task_type, params, priority, dependant_on, parent_task_id, project_id, max_attempts)
+INSERT INTO tasks (id, task_type, params, priority, dependant_on, parent_task_id, project_id, max_attempts,
+                   resolved_model)
 VALUES (CAST(:id AS uuid), :task_type, CAST(:params AS jsonb), :priority, CAST(:dependant_on AS uuid[]),
-        CAST(:parent_task_id AS uuid), :project_id, :max_attempts);
+        CAST(:parent_task_id AS uuid), :project_id, :max_attempts, :resolved_model);
 
 -- name: get_task --
 -- One row by id.
@@ -65,7 +66,7 @@ SELECT status, count(*) AS n FROM tasks GROUP BY status;
 -- rows queued. The readiness conditions are written out in both on purpose: each subquery walks its
 -- own index (tasks_claimable_idx, tasks_claimable_model_idx), which one shared CTE of ready rows could not.
 WITH head AS (
-    SELECT t.id, t.priority, t.created_at, t.params ->> 'model' AS model
+    SELECT t.id, t.priority, t.created_at, coalesce(t.resolved_model, t.params ->> 'model') AS model
     FROM tasks t
     WHERE t.status = 'Queued'
       AND t.run_after <= now()
@@ -85,7 +86,7 @@ WITH head AS (
                   WHERE head.created_at > now() - make_interval(secs => :affinity_max_wait_seconds)
                     AND head.model IS DISTINCT FROM :loaded_model)
       AND t.priority = (SELECT priority FROM head)
-      AND t.params ->> 'model' = :loaded_model
+      AND coalesce(t.resolved_model, t.params ->> 'model') = :loaded_model
       AND t.status = 'Queued'
       AND t.run_after <= now()
       AND (CAST(:task_types AS text[]) IS NULL OR t.task_type = ANY (CAST(:task_types AS text[])))
@@ -357,3 +358,16 @@ FROM orphaned
 WHERE p.id = orphaned.id AND p.is_parked
   AND (orphaned.missing_sibling IS NOT NULL OR NOT orphaned.has_live_child)
 RETURNING p.id;
+
+-- name: queued_models_to_resolve --
+-- Queued rows a backend inserted that name their model in a way the claim cannot compare (a preset,
+-- the headless model_name), for maintenance to resolve (worker/model_keys.py); a batch per pass.
+SELECT id, params FROM tasks
+WHERE status = 'Queued' AND resolved_model IS NULL
+  AND (params ? 'preset' OR params ? 'model_name' OR params ? 'orchestrator_details')
+LIMIT :limit;
+
+-- name: set_resolved_model --
+-- The model a Queued row will run, once resolved.
+UPDATE tasks SET resolved_model = :resolved_model
+WHERE id = CAST(:id AS uuid) AND resolved_model IS NULL;

@@ -32,8 +32,10 @@ INSERT INTO schema_migrations (version, name) VALUES (:version, :name);
 
 -- name: insert_task --
 -- One new Queued row; the caller makes the id so that rows inserted together can depend on each other.
-INSERT INTO tasks (id, task_type, params, priority, dependant_on, parent_task_id, project_id, max_attempts)
-VALUES (:id, :task_type, :params, :priority, :dependant_on, :parent_task_id, :project_id, :max_attempts);
+INSERT INTO tasks (id, task_type, params, priority, dependant_on, parent_task_id, project_id, max_attempts,
+                   resolved_model)
+VALUES (:id, :task_type, :params, :priority, :dependant_on, :parent_task_id, :project_id, :max_attempts,
+        :resolved_model);
 
 -- name: get_task --
 -- One row by id.
@@ -72,7 +74,7 @@ SET status = 'In Progress',
     generation_started_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
 WHERE id = (
     WITH head AS (
-        SELECT t.id, t.priority, t.created_at, json_extract(t.params, '$.model') AS model
+        SELECT t.id, t.priority, t.created_at, coalesce(t.resolved_model, json_extract(t.params, '$.model')) AS model
         FROM tasks t INDEXED BY tasks_claimable_idx
         WHERE t.status = 'Queued'
           AND t.run_after <= strftime('%Y-%m-%d %H:%M:%f', 'now')
@@ -93,7 +95,7 @@ WHERE id = (
                                                         printf('-%.3f seconds', :affinity_max_wait_seconds))
                          AND head.model IS NOT :loaded_model)
            AND t.priority = (SELECT priority FROM head)
-           AND json_extract(t.params, '$.model') = :loaded_model
+           AND coalesce(t.resolved_model, json_extract(t.params, '$.model')) = :loaded_model
            AND t.status = 'Queued'
            AND t.run_after <= strftime('%Y-%m-%d %H:%M:%f', 'now')
            AND (:task_types IS NULL OR t.task_type IN (SELECT value FROM json_each(:task_types)))
@@ -354,3 +356,17 @@ FROM (
 WHERE p.id = orphaned.id AND p.is_parked
   AND (orphaned.missing_sibling IS NOT NULL OR NOT orphaned.has_live_child)
 RETURNING id;
+
+-- name: queued_models_to_resolve --
+-- Queued rows a backend inserted that name their model in a way the claim cannot compare (a preset,
+-- the headless model_name), for maintenance to resolve (worker/model_keys.py); a batch per pass.
+SELECT id, params FROM tasks
+WHERE status = 'Queued' AND resolved_model IS NULL
+  AND (json_type(params, '$.preset') IS NOT NULL OR json_type(params, '$.model_name') IS NOT NULL
+       OR json_type(params, '$.orchestrator_details') IS NOT NULL)
+LIMIT :limit;
+
+-- name: set_resolved_model --
+-- The model a Queued row will run, once resolved.
+UPDATE tasks SET resolved_model = :resolved_model
+WHERE id = :id AND resolved_model IS NULL;
