@@ -25,6 +25,11 @@ def request(model: str = "tiny_t2v", **fields) -> GenerationRequest:
     return GenerationRequest(model=model, width=WIDTH, height=HEIGHT, video_length=FRAMES, **fields)
 
 
+def steps_into(reports: list[dict]) -> Callable[[dict], None]:
+    """A progress callback keeping the denoising steps (each phase's start is reported too)."""
+    return lambda progress: reports.append(progress) if progress["phase"] == "denoise" else None
+
+
 def make_engine(models_dir: Path, **options) -> Engine:
     return Engine(models_dir, device=DEVICE, dtype=torch.float32, **options)
 
@@ -150,8 +155,9 @@ def test_same_seed_gives_the_same_video_and_another_seed_another(engine: Engine)
 
 
 def test_progress_reports_every_step_with_phase_and_expert(engine: Engine):
-    reports: list[dict] = []
-    engine.generate(request("tiny_t2v_2_2", num_inference_steps=4), on_progress=reports.append)
+    everything: list[dict] = []
+    engine.generate(request("tiny_t2v_2_2", num_inference_steps=4), on_progress=everything.append)
+    reports = [r for r in everything if r["phase"] == "denoise"]
     assert [r["step"] for r in reports] == [1, 2, 3, 4]
     assert all(r["phase"] == "denoise" and r["steps"] == 4 for r in reports)
     assert [r["percent"] for r in reports] == [25.0, 50.0, 75.0, 100.0]
@@ -170,7 +176,7 @@ def test_high_noise_expert_runs_exactly_the_steps_at_or_above_the_threshold(
     reports: list[dict] = []
     engine.generate(
         request("tiny_t2v_2_2", num_inference_steps=steps, flow_shift=shift, switch_threshold=threshold),
-        on_progress=reports.append,
+        on_progress=steps_into(reports),
     )
     assert len(log.calls) == steps
     assert [expert for expert, _ in log.calls] == [r["expert"] for r in reports]
@@ -197,7 +203,7 @@ def test_guidance_above_one_adds_the_unconditional_pass_only_in_its_phase(engine
     engine.load("tiny_t2v_2_2")
     log = forward_log()
     reports: list[dict] = []
-    engine.generate(request("tiny_t2v_2_2", num_inference_steps=4, guidance2_scale=3.0), on_progress=reports.append)
+    engine.generate(request("tiny_t2v_2_2", num_inference_steps=4, guidance2_scale=3.0), on_progress=steps_into(reports))
     low_steps = sum(r["expert"] == "low" for r in reports)
     assert low_steps == 3
     assert len(log.calls) == 4 + low_steps
@@ -217,7 +223,7 @@ def test_three_phase_fleet_setup_switches_guidance_and_expert_at_the_thresholds(
             guidance2_scale=1.0, guidance3_scale=1.0, switch_threshold=883, switch_threshold2=558,
             model_switch_phase=model_switch_phase,
         ),
-        on_progress=reports.append,
+        on_progress=steps_into(reports),
     )  # fmt: skip
     step_timesteps = list(dict.fromkeys(t for _, t in log.calls))  # decreasing; CFG steps call twice
     phases = [r["guidance_phase"] for r in reports]
@@ -231,7 +237,7 @@ def test_cancellation_stops_at_the_next_step_and_the_engine_still_works(engine: 
     reports: list[dict] = []
     with pytest.raises(GenerationCancelled):
         engine.generate(
-            request(num_inference_steps=4), on_progress=reports.append, should_cancel=lambda: len(reports) >= 2
+            request(num_inference_steps=4), on_progress=steps_into(reports), should_cancel=lambda: len(reports) >= 2
         )
     assert len(reports) == 2
     assert engine.loaded_model == "tiny_t2v"

@@ -83,5 +83,5 @@ def test_the_orchestrator_row_shows_each_finished_segment_and_then_the_stitch(st
 
     done = store.get(orchestrator_id)
     assert done.status == TaskStatus.COMPLETE
-    assert done.progress == {"phase": "stitch", "segments_done": 2, "segments": 2, "percent": 66.7,
-                             "current": "stitch", "expected_frames": 16}
+    assert done.progress == {"phase": "complete", "segments_done": 2, "segments": 2, "percent": 100,
+                             "current": "stitch", "expected_frames": 16}  # a finished job reads 100 %

@@ -227,7 +227,7 @@ class Engine:
         started = time.perf_counter()
         on_progress = on_progress or (lambda progress: None)
         should_cancel = should_cancel or (lambda: False)
-        timer = pipeline.PhaseTimer(self.device)
+        timer = pipeline.PhaseTimer(self.device, on_start=_phase_reporter(on_progress))
 
         spec, values, sources, plan, lora_files, lora_schedule = self._validated(request)
         loras = [self._lora(path) for path in lora_files]
@@ -376,6 +376,17 @@ class Engine:
 def new_sampler(values: dict[str, Any]) -> FlowSampler:
     """A fresh sampler for resolved parameters."""
     return make_sampler(values["sample_solver"], values["num_inference_steps"], values["flow_shift"])
+
+
+def _phase_reporter(on_progress: ProgressCallback) -> Callable[[str], None]:
+    """Progress at the start of each phase (load, text_encode, vace_encode, decode), so a row never
+    shows a stale step through a long phase; denoising reports its own steps."""
+
+    def report(phase: str) -> None:
+        if not phase.startswith("denoise"):
+            on_progress({"phase": phase})
+
+    return report
 
 
 def _progress_reporter(on_progress: ProgressCallback, steps: int) -> pipeline.StepCallback:

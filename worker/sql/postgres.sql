@@ -131,10 +131,10 @@ UPDATE tasks SET progress = CAST(:progress AS jsonb)
 WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: complete --
--- Success (fenced): the artifact path and result data.
+-- Success (fenced): the artifact path and result data; progress reads 100 %.
 UPDATE tasks
 SET status = 'Complete', output_location = :output_location, result_data = CAST(:result_data AS jsonb),
-    error_message = NULL, generation_processed_at = now()
+    error_message = NULL, generation_processed_at = now(), progress = coalesce(progress, '{}'::jsonb) || jsonb_build_object('phase', 'complete', 'percent', 100)
 WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: fail --
@@ -183,8 +183,8 @@ RETURNING id;
 -- completes again at once, keeping its own output if it still has one, else taking its last child's.
 UPDATE tasks p
 SET status = 'Complete', output_location = coalesce(p.output_location, c.output_location),
-    result_data = coalesce(p.result_data, c.result_data), error_message = NULL, progress = NULL,
-    generation_processed_at = now()
+    result_data = coalesce(p.result_data, c.result_data), error_message = NULL,
+    progress = jsonb_build_object('phase', 'complete', 'percent', 100), generation_processed_at = now()
 FROM tasks c
 WHERE p.id = CAST(:id AS uuid) AND p.worker_id = :worker_id AND p.attempts = :attempt AND p.status = 'In Progress'
   AND c.id = CAST(:child_id AS uuid) AND c.parent_task_id = p.id;
@@ -200,7 +200,8 @@ WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt 
 -- (this worker holds it), and only a parked parent, never a row some worker holds.
 UPDATE tasks p
 SET status = 'Complete', output_location = :output_location, result_data = CAST(:result_data AS jsonb),
-    error_message = NULL, generation_processed_at = now()
+    error_message = NULL, generation_processed_at = now(),
+    progress = coalesce(p.progress, '{}'::jsonb) || jsonb_build_object('phase', 'complete', 'percent', 100)
 FROM tasks c
 WHERE c.id = CAST(:id AS uuid) AND c.worker_id = :worker_id AND c.attempts = :attempt AND c.status = 'In Progress'
   AND p.id = c.parent_task_id

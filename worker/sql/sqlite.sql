@@ -132,10 +132,11 @@ UPDATE tasks SET progress = :progress
 WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: complete --
--- Success (fenced): the artifact path and result data.
+-- Success (fenced): the artifact path and result data; progress reads 100 %.
 UPDATE tasks
 SET status = 'Complete', output_location = :output_location, result_data = :result_data,
-    error_message = NULL, generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+    error_message = NULL, generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    progress = json_set(coalesce(progress, '{}'), '$.phase', 'complete', '$.percent', 100)
 WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: fail --
@@ -184,7 +185,8 @@ RETURNING id;
 -- completes again at once, keeping its own output if it still has one, else taking its last child's.
 UPDATE tasks AS p
 SET status = 'Complete', output_location = coalesce(p.output_location, c.output_location),
-    result_data = coalesce(p.result_data, c.result_data), error_message = NULL, progress = NULL,
+    result_data = coalesce(p.result_data, c.result_data), error_message = NULL,
+    progress = json_object('phase', 'complete', 'percent', 100),
     generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
 FROM tasks AS c
 WHERE p.id = :id AND p.worker_id = :worker_id AND p.attempts = :attempt AND p.status = 'In Progress'
@@ -201,7 +203,8 @@ WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = '
 -- (this worker holds it), and only a parked parent, never a row some worker holds.
 UPDATE tasks AS p
 SET status = 'Complete', output_location = :output_location, result_data = :result_data,
-    error_message = NULL, generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+    error_message = NULL, generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    progress = json_set(coalesce(p.progress, '{}'), '$.phase', 'complete', '$.percent', 100)
 FROM tasks AS c
 WHERE c.id = :id AND c.worker_id = :worker_id AND c.attempts = :attempt AND c.status = 'In Progress'
   AND p.id = c.parent_task_id
