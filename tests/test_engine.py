@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from fault_injection import faults
 from wan_engine.engine import Engine
 from wan_engine.errors import GenerationCancelled, InvalidRequest, LoadError, OutOfMemory, WeightsMissing
 from wan_engine.request import GenerationRequest
@@ -246,18 +247,18 @@ def test_cancellation_stops_at_the_next_step_and_the_engine_still_works(engine: 
 
 def test_out_of_memory_is_retried_once_with_the_same_result(engine: Engine):
     expected = engine.generate(request("tiny_t2v_2_2", seed=2)).frames
-    engine.oom_injections = 1
+    faults(engine).oom = 1
     frames = engine.generate(request("tiny_t2v_2_2", seed=2)).frames
-    assert engine.oom_injections == 0
+    assert faults(engine).oom == 0
     assert np.array_equal(frames, expected)
 
 
 def test_repeated_out_of_memory_raises_and_leaves_the_model_loaded(engine: Engine):
     engine.load("tiny_t2v")
-    engine.oom_injections = 2
+    faults(engine).oom = 2
     with pytest.raises(OutOfMemory):
         engine.generate(request())
-    assert engine.oom_injections == 0
+    assert faults(engine).oom == 0
     assert engine.loaded_model == "tiny_t2v"
     assert engine.generate(request()).frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
 
