@@ -60,7 +60,7 @@ def write_keyframes(folder: Path, count: int = 3) -> list[Path]:
 
 
 def travel_params(images: list[Path], model: str, steps: int) -> dict:
-    """The row a backend would insert (DESIGN.md section 3), sized for a CPU."""
+    """The row a backend would insert (README: "A travel job from SQL"), sized for a CPU."""
     width, height = DEMO_RESOLUTION
     return {
         "model": model,
