@@ -3,13 +3,12 @@ limit, nesting deeper than its recursion limit) ends Failed with a message; the 
 `wan-worker status` carry on, and the rows behind it run."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
-from conftest import store_url
-from worker.cli import main
+from conftest import REPO_ROOT, store_url, worker_command
 from worker.config import WorkerConfig
 from worker.poller import Worker
 from worker.store import TaskStatus, TaskStore
@@ -29,18 +28,22 @@ def insert_raw(store: TaskStore, params_json: str, task_id: str) -> None:
                      {"id": task_id, "params": params_json})
 
 
-def test_rows_python_cannot_decode_fail_and_the_rows_behind_them_run(store: TaskStore, tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture) -> None:
+def status(store: TaskStore, *task_id: str) -> subprocess.CompletedProcess:
+    return subprocess.run(worker_command("status", *task_id, "--database-url", store_url(store)), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_rows_python_cannot_decode_fail_and_the_rows_behind_them_run(store: TaskStore, tmp_path: Path) -> None:
     poisoned = {**POISON_PARAMS, **(POSTGRES_ONLY if store.db.is_postgres else {})}
     for task_id, params_json in poisoned.items():
         insert_raw(store, params_json, task_id)
     healthy = store.enqueue("health_check", {})
 
     assert len(store.recent()) == len(poisoned) + 1  # reading the table does not raise
-    assert main(["status", "--database-url", store_url(store)]) == 0
+    assert status(store).returncode == 0
     for task_id in poisoned:
-        assert main(["status", task_id, "--database-url", store_url(store)]) == 0
-        assert "undecodable JSON" in capsys.readouterr().out
+        shown = status(store, task_id)
+        assert shown.returncode == 0 and "undecodable JSON" in shown.stdout, shown.stderr
 
     config = WorkerConfig(database_url=store_url(store), worker_id="w", output_dir=tmp_path, poll_seconds=0.05,
                           notify_wakeups=False)

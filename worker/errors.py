@@ -15,6 +15,10 @@ class ValidationError(TaskError, ValueError):
         self.rule = rule
 
 
+class TransientError(TaskError):
+    """Worth retrying later (with backoff) while attempts remain: a download or an upload that failed."""
+
+
 class StorageError(TaskError):
     """The output storage failed (read-only, full, gone): not the task's fault, so the task goes back
     to the queue, and a worker whose storage keeps failing stops claiming."""

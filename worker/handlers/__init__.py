@@ -22,8 +22,10 @@ import structlog
 
 from worker.config import WorkerConfig
 from worker.errors import TaskCancelled
+from worker.inputs import InputFetcher, fetcher_for
 from worker.paths import task_output_dir
 from worker.resources import WorkerResources
+from worker.storage import OutputStorage, storage_for
 from worker.store import Claim, NewTask, Task, TaskStore
 
 # Progress writes are throttled to one per this many seconds (a phase change is always written).
@@ -75,6 +77,18 @@ class TaskContext:
         """<output_dir>/<task id>/, created on first use (worker.paths.task_output_dir: the id must be a
         UUID and the folder a real one, not a link)."""
         return task_output_dir(self.config.output_dir, self.task.id)
+
+    @property
+    def inputs(self) -> InputFetcher:
+        """The worker's URL fetcher (the poller makes it active for the handler's thread)."""
+        config = self.config
+        return fetcher_for(config.input_cache_dir, config.max_input_bytes, config.input_connect_timeout_seconds,
+                           config.input_read_timeout_seconds, config.input_fetch_attempts)
+
+    @property
+    def storage(self) -> OutputStorage:
+        """Where artifacts are published: the local folder, or S3 with --storage-url."""
+        return storage_for(self.config)
 
     def report_progress(self, progress: dict[str, Any]) -> None:
         """Write progress to the row (fenced), at most once per PROGRESS_MIN_INTERVAL_SECONDS unless the
