@@ -3,8 +3,8 @@ does not run it in lock-step): lease rescue (expired claims back to Queued, or F
 attempts are used up) and ending what can never run, with a message: dependency cycles, parked
 orchestrators whose children were deleted, and the dependency cascade.
 
-Lease rescue waits out a grace period (one lease) after this worker starts and after any database
-error it saw (an outage): a heartbeat older than the lease means a lost worker only while heartbeats
+Lease rescue waits out a grace period (one lease) after any database error this worker saw (an
+outage): a heartbeat older than the lease means a lost worker only while heartbeats
 could be written. After an outage longer than the lease every running row looks expired; the grace
 lets the live workers' heartbeats go first, so no healthy task is requeued.
 """
@@ -33,7 +33,7 @@ class Maintenance:
         self.interval_seconds = interval_seconds
         self.log = log
         self.grace_seconds = lease_seconds
-        self._rescue_after = time.monotonic() + self.grace_seconds
+        self._rescue_after = time.monotonic()  # a fresh worker rescues at once: it saw no outage
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="maintenance", daemon=True)
 
