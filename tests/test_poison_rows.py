@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from conftest import REPO_ROOT, store_url, worker_command
 from worker.config import WorkerConfig
+from worker.handlers import HandlerResult, TaskContext, load_handlers
 from worker.poller import Worker
 from worker.store import TaskStatus, TaskStore
 
@@ -55,3 +56,24 @@ def test_rows_python_cannot_decode_fail_and_the_rows_behind_them_run(store: Task
         assert failed.error_message.startswith("ValidationError: params: cannot be decoded: ")
         assert len(failed.error_message) < 400
     assert store.get(healthy).status == TaskStatus.COMPLETE
+
+
+def walks_params(ctx: TaskContext) -> HandlerResult:
+    """A handler that recurses into params, as a validator of nested fields does."""
+    def depth(value: object) -> int:
+        return 1 + max((depth(item) for item in value), default=0) if isinstance(value, list) else 0
+    return HandlerResult(result_data={"depth": depth(ctx.task.params["x"])})
+
+
+def test_params_nested_too_deeply_for_a_handler_fail_at_once(store: TaskStore, tmp_path: Path) -> None:
+    nested: list = []
+    for _ in range(900):  # Python decodes it, the handler's recursion does not reach the bottom
+        nested = [nested]
+    task_id = store.enqueue("walks_params", {"x": nested})
+    config = WorkerConfig(database_url=store_url(store), worker_id="w", output_dir=tmp_path, poll_seconds=0.05,
+                          notify_wakeups=False, retry_base_seconds=0.05, retry_max_seconds=0.1)
+    Worker(config, store, handlers={**load_handlers(), "walks_params": walks_params}).run(exit_when_idle=True)
+
+    task = store.get(task_id)
+    assert (task.status, task.attempts) == (TaskStatus.FAILED, 1), task.error_message
+    assert task.error_message == "ValidationError: params: nested too deeply to process (RecursionError)"

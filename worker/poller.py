@@ -263,7 +263,7 @@ class Worker:
                 self._count("failed", log, "task failed: its result cannot be stored", error=str(error))
             return
 
-        error = host_out_of_memory(outcome.error) or outcome.error
+        error = permanent_cause(outcome.error) or outcome.error
         message = f"{type(error).__name__}: {error}"
         if isinstance(error, CANCELLATION_ERRORS):
             self._count("cancelled", log, "task stopped", reason=lease.value, error=message)
@@ -382,10 +382,13 @@ class Worker:
 _ALLOCATION_FAILURES = ("can't allocate memory", "Cannot allocate memory", "out of memory")
 
 
-def host_out_of_memory(error: BaseException) -> engine_errors.OutOfMemory | None:
-    """MemoryError or an allocator's failure as the permanent OutOfMemory: the same task on the same
-    box would run out again, and a retry of it could take the next worker down too."""
+def permanent_cause(error: BaseException) -> BaseException | None:
+    """The permanent error an unexpected one stands for, or None. MemoryError or an allocator's
+    failure is OutOfMemory: the same task on the same box would run out again, and a retry could take
+    the next worker down too. RecursionError comes from params nested too deeply for the handler."""
     words = str(error)
+    if isinstance(error, RecursionError):
+        return errors.ValidationError("params", "nested too deeply to process (RecursionError)")
     if isinstance(error, MemoryError) or (
             isinstance(error, (RuntimeError, OSError)) and any(failure in words for failure in _ALLOCATION_FAILURES)):
         return engine_errors.OutOfMemory(f"host memory exhausted: {type(error).__name__}: {words[:300]}")
