@@ -8,8 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from conftest import store_url
+from fleet_servers import file_server  # noqa: F401
 from wan_engine.engine import Engine
 from wan_engine.request import GenerationRequest
+from worker.config import WorkerConfig
+from worker.handlers import HandlerResult, TaskContext, load_handlers
+from worker.params import ParamReader
+from worker.poller import Worker
 from worker.store import Claim, NewTask, TaskStore
 
 
@@ -39,3 +45,22 @@ def test_a_finished_row_and_a_finished_job_read_100_percent(store: TaskStore) ->
     stitcher = Claim.of(store.claim("w", ["travel_stitch"], None))
     assert store.complete_parked(stitcher, "/out/travel.mp4", {})
     assert store.get(parent).progress == {"phase": "complete", "segments_done": 2, "segments": 2, "percent": 100}
+
+
+def fetches_input(ctx: TaskContext) -> HandlerResult:
+    """A handler whose path field is a URL: the download happens while it reads its params."""
+    path = ParamReader(ctx.task.params).input_file("video_guide")
+    return HandlerResult(result_data={"bytes": path.stat().st_size})
+
+
+def test_a_download_shows_as_a_phase_of_its_own(store: TaskStore, tmp_path: Path, file_server) -> None:
+    url = file_server.serve("/guides/walk.mp4", b"\0" * 4096)
+    task_id = store.enqueue("fetches_input", {"video_guide": url})
+    config = WorkerConfig(database_url=store_url(store), worker_id="w", output_dir=tmp_path / "out", poll_seconds=0.05,
+                          notify_wakeups=False, cache_dir=tmp_path / "cache")
+    Worker(config, store, handlers={**load_handlers(), "fetches_input": fetches_input}).run(exit_when_idle=True)
+
+    task = store.get(task_id)
+    assert task.result_data == {"bytes": 4096}
+    # the last phase written before completion was the download, of that field and URL
+    assert task.progress == {"phase": "complete", "field": "video_guide", "url": url, "percent": 100}

@@ -218,9 +218,12 @@ class Worker:
 
         outcome: list[Outcome] = []
 
+        def downloading(field: str, url: str) -> None:
+            ctx.report_progress({"phase": "download", "field": field, "url": url})
+
         def call_handler() -> None:
             try:
-                with ctx.inputs.active():  # path fields may be URLs: fetched by this task's thread
+                with ctx.inputs.active(downloading):  # path fields may be URLs: fetched by this task's thread
                     result = handler(ctx)
                 if not isinstance(result, HandlerResult):
                     raise TypeError(f"handler returned {type(result).__name__}, not HandlerResult")

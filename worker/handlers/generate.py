@@ -202,6 +202,8 @@ def publish_outputs(ctx: TaskContext, result_data: dict[str, Any], output: Path,
     """Publish the video and its thumbnail (worker.storage: uploaded with --storage-url), put their
     locations in result_data (and the upload's seconds in phase_seconds); returns output_location."""
     started = time.perf_counter()
+    if ctx.storage.uploads:
+        ctx.report_progress({"phase": "upload"})
     result_data.update(ctx.storage.publish(ctx.task.id, {"output": output, "thumbnail": thumbnail}))
     if ctx.storage.uploads:
         result_data["phase_seconds"]["upload"] = round(time.perf_counter() - started, 4)

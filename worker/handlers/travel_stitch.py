@@ -45,6 +45,8 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     if stitched.frames != plan.expected_frames:
         raise RuntimeError(f"stitched {stitched.frames} frames; the plan expects {plan.expected_frames}")
     stitched_at = time.perf_counter()
+    if ctx.storage.uploads:
+        ctx.report_progress({"phase": "upload"})
     published = ctx.storage.publish(ctx.task.id, {"output": stitched.path, "thumbnail": stitched.thumbnail})
     own_phases = {"queue_wait": queue_wait_seconds(ctx), "stitch": round(stitched_at - started, 4)}
     if ctx.storage.uploads:
