@@ -130,3 +130,21 @@ def check_writable(output_root: str | Path) -> StorageError | None:
     except StorageError as error:
         return error
     return None
+
+
+MIN_FREE_BYTES = 1024**2  # below this, a failed write is blamed on a full file system
+
+
+def storage_problem(folder: str | Path) -> str | None:
+    """Why the file system of `folder` cannot take a write (read-only, full), or None: to tell a
+    failure of the storage from a failure of the task when a writer (ffmpeg) does not say which."""
+    try:
+        info = os.statvfs(folder)
+    except OSError as error:
+        return error.strerror or str(error)
+    if info.f_flag & os.ST_RDONLY:
+        return "read-only file system"
+    free = info.f_bavail * info.f_frsize
+    if free < MIN_FREE_BYTES:
+        return f"no space left ({free} bytes free)"
+    return None

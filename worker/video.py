@@ -30,7 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from worker.errors import StorageError, ValidationError
 from worker.params import path_kind
-from worker.paths import create_new_file, replace_file, writing_new_file
+from worker.paths import create_new_file, replace_file, storage_problem, writing_new_file
 
 # H.264 settings of every mp4 the worker writes: CRF 18 is visually lossless for generated content;
 # yuv420p and +faststart make the file play in browsers and start before it is fully downloaded.
@@ -286,9 +286,13 @@ _STORAGE_FAILURES = ("No space left on device", "Disk quota exceeded", "Read-onl
 
 
 def _encoding_error(path: Path, reason: str) -> Exception:
-    """StorageError when ffmpeg failed because the storage did (not the task's fault), else FFmpegError."""
+    """StorageError when ffmpeg failed because the storage did (by its words, or by the state of the
+    file system: read-only, full), not the task; else FFmpegError."""
     if any(words in reason for words in _STORAGE_FAILURES):
         return StorageError(f"cannot write {path}: {reason}")
+    problem = storage_problem(path.parent)
+    if problem is not None:
+        return StorageError(f"cannot write {path}: {problem}; ffmpeg said: {reason}")
     return FFmpegError(f"{path}: {reason}")
 
 
