@@ -99,7 +99,7 @@ class Worker:
         self.counts = {"completed": 0, "parked": 0, "failed": 0, "retried": 0, "cancelled": 0, "released": 0}
         self.consecutive_device_faults = 0
         self.consecutive_storage_errors = 0
-        self.exit_code = 0  # EXIT_DEVICE_FAULT once the device is given up on
+        self.exit_code = 0  # EXIT_DEVICE_FAULT / EXIT_STORAGE once the device / the storage is given up on
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -126,8 +126,7 @@ class Worker:
                 return self.exit_code
             unwritable = check_writable(self.config.output_dir)
             if unwritable is not None:
-                self.consecutive_storage_errors = self.config.max_storage_errors - 1
-                self._storage_failed(unwritable, self.log)
+                self._give_up_storage(unwritable, self.log)
                 return self.exit_code
             self._with_db_retry(self.maintenance.run_once, until=self._stopping)
             self.wakeup.start()
@@ -333,14 +332,18 @@ class Worker:
         stop claiming, so a read-only or full output folder does not drain the queue into Failed, and
         exit with EXIT_STORAGE, saying why."""
         self.consecutive_storage_errors += 1
-        limit = self.config.max_storage_errors
-        if self.consecutive_storage_errors >= limit:
-            self.exit_code = EXIT_STORAGE
-            self._stopping.set()
-            self.wakeup.set()
-            log.error("output storage unusable; stopping (fix the folder, then restart)", error=str(error),
-                      output_dir=str(self.config.output_dir), exit_code=EXIT_STORAGE,
-                      consecutive_storage_errors=self.consecutive_storage_errors, max_storage_errors=limit)
+        if self.consecutive_storage_errors >= self.config.max_storage_errors:
+            self._give_up_storage(error, log)
+
+    def _give_up_storage(self, error: errors.StorageError, log: Any) -> None:
+        """Stop claiming and exit with EXIT_STORAGE, saying why."""
+        self.exit_code = EXIT_STORAGE
+        self._stopping.set()
+        self.wakeup.set()
+        log.error("output storage unusable; stopping (fix the folder, then restart)", error=str(error),
+                  output_dir=str(self.config.output_dir), exit_code=EXIT_STORAGE,
+                  consecutive_storage_errors=self.consecutive_storage_errors,
+                  max_storage_errors=self.config.max_storage_errors)
 
     def _retry_delay_seconds(self, attempts: int) -> float:
         """Exponential backoff with jitter: base * 2^(attempts-1), capped, then scaled by U(0.5, 1)."""
