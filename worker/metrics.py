@@ -124,7 +124,10 @@ def _cuda_memory(device: str, kind: str) -> float:
 
 
 def requested_model(task: Task) -> str | None:
-    """The model a row asks for (params.model, else params.preset); None for model-less tasks."""
+    """The model a row asks for (its resolved model, else params.model, else params.preset); None for
+    model-less tasks."""
+    if task.resolved_model:
+        return task.resolved_model
     params = task.params if isinstance(task.params, dict) else {}
     value = params.get("model") or params.get("preset")
     return value if isinstance(value, str) else None
