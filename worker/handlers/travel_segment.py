@@ -209,7 +209,7 @@ def report_job_progress(ctx: TaskContext, segment_count: int, expected_frames: i
         "expected_frames": expected_frames,
     }
     try:
-        ctx.store.parent_progress(ctx.task.id, ctx.worker_id, progress)
+        ctx.store.parent_progress(ctx.claim, progress)
     except sa.exc.SQLAlchemyError as error:
         ctx.log.warning("orchestrator progress not written", error=str(error))
 

@@ -4,7 +4,7 @@ The params of a travel job come in three forms, all read through the fields of w
 (`images`, `prompts` / `prompt`, `negative_prompt(s)`, `resolution`, `fps`, `segment_frames`,
 `frame_overlap`, `seed`, `model` / `preset`, sampling and LoRA fields, by any of their names):
 
-* ours: `images`, `prompts` | `prompt`, `segment_frames` int | list (each segment's frames, overlap
+* ours (README: "A travel job from SQL"): `images`, `prompts` | `prompt`, `segment_frames` int | list (each segment's frames, overlap
   included), `frame_overlap` int | list (one per transition), ...;
 * the seed's flat row: `model_name`, `vace_version`, `prompt`, `video_length` (frames per segment),
   `num_inference_steps`, `guidance_scale`, `flow_shift`, `lora_names`, `lora_multipliers`;
