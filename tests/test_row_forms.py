@@ -458,3 +458,12 @@ def test_a_prompt_over_the_limit_and_a_budget_over_the_limit_fail_before_any_wor
     assert [task.attempts for task in failed] == [1, 1]
     assert failed[0].error_message.startswith("ValidationError: prompt: has 101 characters")
     assert failed[1].error_message.startswith("ValidationError: segment_frames: 64x64 x 33 frames")
+
+
+def test_the_claims_resolved_model_knows_the_seeds_names() -> None:
+    """Affinity reads the row's model by the schema's names: the seed's vace_version and model_name."""
+    from worker.model_keys import resolved_model
+
+    assert resolved_model({"vace_version": "vace_22_14b", "model_name": "vace_14B_cocktail_2_2"}) == "vace_14B_cocktail_2_2"
+    assert resolved_model({"vace_version": "vace_21_14b"}) == "vace_14B"
+    assert resolved_model({"orchestrator_details": {"model_name": "vace_14B"}}) == "vace_14B"
