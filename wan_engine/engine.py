@@ -33,7 +33,8 @@ from torch import nn
 from wan_engine import pipeline
 from wan_engine.device_faults import as_device_fault
 from wan_engine.errors import DeviceFault, InvalidRequest, OutOfMemory
-from wan_engine.lora import LoraWeights, check_loras_fit, load_lora, lora_multiplier_schedule, resolve_lora
+from wan_engine.lora import LoraWeights, check_loras_fit, load_lora, lora_multiplier_schedule
+from wan_engine.loras import LORAS_FOLDER, resolve_lora_name
 from wan_engine.memory import (
     OFFLOAD_POLICIES,
     Experts,
@@ -52,7 +53,6 @@ from wan_engine.sampling import FlowSampler, make_sampler
 from wan_engine.tokenizer import T5Tokenizer
 from wan_engine.weights import load_model
 
-LORAS_FOLDER = "loras"
 LORA_CACHE_SIZE = 8  # parsed LoRA files kept between tasks (travel segments reuse theirs)
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -284,7 +284,8 @@ class Engine:
         _check_inputs(request, spec)
         settings = PhaseSettings.from_values(values)
         plan = plan_steps(new_sampler(values).timesteps, settings, spec.is_dual_expert)
-        lora_files = [resolve_lora(name, self.models_dir / LORAS_FOLDER) for name in values["lora_names"]]
+        loras_dir, aliases = self.models_dir / LORAS_FOLDER, self.registry.lora_aliases
+        lora_files = [resolve_lora_name(name, loras_dir, aliases) for name in values["lora_names"]]
         lora_schedule = lora_multiplier_schedule(
             values["lora_multipliers"], len(lora_files), plan, settings.guidance_phases, settings.model_switch_phase
         )

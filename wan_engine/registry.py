@@ -17,12 +17,18 @@ A definition file `defaults/<key>.json`:
   network configuration from ARCHITECTURES below.
 - `loras` / `loras_multipliers` (inside "model" as in Wan2GP, or at the top level) are the LoRAs
   the model runs with unless a request names its own.
+- `VAE_URLs` / `text_encoder_URLs` (optional, Wan2GP's names) replace the architecture's VAE /
+  umT5 file; the text encoder sits in `text_encoder_folder` (default `umt5-xxl`) beside its
+  `tokenizer.json`, which comes from the same hub folder.
 - Every other top-level key is a sampling default of the model.
 
 A preset `defaults/presets/<name>.json` is `{"model": <definition key>, <sampling defaults>...}`:
 another name for a definition, whose defaults override the definition's.
 
-Files are looked up by file name (a URL by its last path component) in models_dir.
+Files are looked up by file name (a URL by its last path component) in models_dir. A file given as
+a Hugging Face resolve URL (`https://huggingface.co/<repo>/resolve/<revision>/<path>`) has that
+source, which `wan-worker models download` fetches; a plain name is a local file only. The VAE, the
+text encoder and the tokenizer default to the architecture's files and their sources.
 """
 from __future__ import annotations
 
@@ -34,10 +40,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wan_engine.errors import InvalidRequest, UnknownModel, WeightsMissing
+from wan_engine.hub import HubFile, parse_hub_url
+from wan_engine.loras import DEFAULT_DEFINITIONS_DIR, LORA_ALIASES_FILE, LORAS_FOLDER, lora_file, read_lora_aliases
 from wan_engine.phases import HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT, SINGLE_EXPERT, PhaseSettings
 from wan_engine.sampling import make_sampler
+from wan_engine.tokenizer import TOKENIZER_FILE
 
-DEFAULT_DEFINITIONS_DIR = Path(__file__).resolve().parent.parent / "defaults"
 PRESETS_FOLDER = "presets"
 
 WAN21 = "wan2_1"
@@ -73,7 +81,8 @@ REQUEST, DEFINITION, FAMILY = "request", "definition", "family"
 class Architecture:
     """Network configurations of an architecture, as names of constants in wan_engine.nn.* (imported
     only when asked, so reading definitions never builds or imports a network), and the default
-    VAE / text-encoder files."""
+    VAE / text-encoder / tokenizer files, which `shared_files_url` (a resolve-URL prefix) holds
+    under those same paths."""
 
     dit: str
     vace_layers: str | None = None
@@ -82,11 +91,13 @@ class Architecture:
     vae_file: str = "Wan2.1_VAE.safetensors"
     text_encoder_file: str = "umt5-xxl/models_t5_umt5-xxl-enc-bf16.safetensors"
     tokenizer_folder: str = "umt5-xxl"
+    shared_files_url: str = "https://huggingface.co/DeepBeepMeep/Wan2.1/resolve/main/"  # Wan2GP's own copies
 
 
+TINY_MODELS_URL = "https://huggingface.co/wan-worker/tiny-models/resolve/main/"  # what wan_engine.testing writes
 _TINY_FILES = dict(
     vae="TINY_VAE", text_encoder="TINY_UMT5", vae_file="tiny_vae.safetensors",
-    text_encoder_file="tiny_umt5.safetensors", tokenizer_folder="tiny_umt5",
+    text_encoder_file="tiny_umt5.safetensors", tokenizer_folder="tiny_umt5", shared_files_url=TINY_MODELS_URL,
 )  # fmt: skip
 ARCHITECTURES: dict[str, Architecture] = {
     "t2v_1.3B": Architecture("WAN21_1_3B"),
@@ -129,6 +140,11 @@ class ModelSpec:
     loras: tuple[str, ...] = ()
     lora_multipliers: tuple[str, ...] = ()
     preset: str | None = None  # the preset name this spec was asked for by, if any
+
+    @property
+    def tokenizer_file(self) -> str:
+        """The tokenizer file the text encoder needs, relative to models_dir."""
+        return f"{self.tokenizer_folder}/{TOKENIZER_FILE}"
 
     @property
     def is_dual_expert(self) -> bool:
@@ -179,6 +195,32 @@ class ModelFiles:
     tokenizer: Path  # a folder
 
 
+@dataclass(frozen=True)
+class NeededFile:
+    """One file a model needs: its role, the alternative names it may have in models_dir (preferred
+    first), the source of the one a download fetches, and the alternative found, if any."""
+
+    role: str  # "dit", "dit high", "vace module low", "vae", "text encoder", "tokenizer", "lora"
+    names: FileChoice
+    source: HubFile | None
+    present: Path | None
+
+    @property
+    def download_name(self) -> str:
+        """The name a download writes: the first alternative with a source."""
+        return self.names[0]
+
+    def describe(self) -> str:
+        """One line for an operator: the name(s) and where the file comes from."""
+        names = " or ".join(self.names)
+        return f"{names} ({self.role}; from {self.source.url})" if self.source else f"{names} ({self.role}; no source)"
+
+
+def download_command(keys: Sequence[str], models_dir: Path) -> str:
+    """The exact CLI call that fetches what `keys` need into models_dir."""
+    return f"wan-worker models download {' '.join(keys)} --models-dir {models_dir}"
+
+
 class ModelRegistry:
     """The model definitions and presets of `defaults_dir`, with files looked up in `models_dir`.
 
@@ -190,6 +232,9 @@ class ModelRegistry:
         self.models_dir = Path(models_dir)
         self.defaults_dir = Path(defaults_dir)
         self._definitions = _read_json_folder(self.defaults_dir)
+        self.lora_aliases = read_lora_aliases(self.defaults_dir)
+        self._definitions.pop(Path(LORA_ALIASES_FILE).stem, None)
+        self.sources: dict[str, HubFile] = {}  # file name in models_dir -> where it comes from
         presets = _read_json_folder(self.defaults_dir / PRESETS_FOLDER)
         self._specs = {key: self._build(key) for key in self._definitions}
         self._presets: dict[str, ModelSpec] = {}
@@ -214,27 +259,55 @@ class ModelRegistry:
         return spec
 
     def files_for(self, spec: ModelSpec) -> ModelFiles:
-        """Locate every file of `spec` (the first alternative present); WeightsMissing lists the
-        expected names of those absent and the folder searched."""
-        missing: list[str] = []
-
-        def locate(choice: FileChoice) -> Path:
-            for name in choice:
-                if (self.models_dir / name).is_file():
-                    return self.models_dir / name
-            missing.append(" or ".join(choice))
-            return self.models_dir / choice[0]
-
-        experts = {e.name: [locate(e.base), *(locate(m) for m in e.modules)] for e in spec.experts}
-        files = ModelFiles(experts, locate(spec.vae_file), locate(spec.text_encoder_file),
-                           self.models_dir / spec.tokenizer_folder)  # fmt: skip
-        if not files.tokenizer.is_dir():
-            missing.append(f"{spec.tokenizer_folder}/ (tokenizer folder)")
+        """Locate every file of `spec` (the first alternative present); WeightsMissing lists each
+        absent file once, with its source and the command that downloads it."""
+        needed = self.needed_files(spec, with_loras=False)
+        missing = [f for f in needed if f.present is None]
         if missing:
+            lines = "".join(f"\n  {f.describe()}" for f in missing)
             raise WeightsMissing(
-                f"model {spec.key!r} needs files that are not in {self.models_dir}: {'; '.join(missing)}"
+                f"model {spec.key!r} needs files that are not in {self.models_dir}:{lines}\n"
+                f"download them with: {download_command([spec.preset or spec.key], self.models_dir)}",
+                missing=[f.download_name for f in missing],
             )
-        return files
+        found = {f.names: f.present for f in needed}
+        return ModelFiles(
+            experts={e.name: [found[e.base], *(found[m] for m in e.modules)] for e in spec.experts},
+            vae=found[spec.vae_file],
+            text_encoder=found[spec.text_encoder_file],
+            tokenizer=self.models_dir / spec.tokenizer_folder,
+        )
+
+    def needed_files(
+        self, spec: ModelSpec, *, with_loras: bool = True, lora_names: Sequence[str] | None = None
+    ) -> list[NeededFile]:
+        """Every file `spec` needs, each once (a module shared by both experts is one file), in load
+        order: DiT files per expert, VAE, text encoder, tokenizer, then the LoRAs (`lora_names`, else
+        the model's default LoRAs) when `with_loras`."""
+        roles: list[tuple[str, FileChoice]] = []
+        for expert in spec.experts:
+            suffix = "" if len(spec.experts) == 1 else f" {expert.name}"
+            roles.append((f"dit{suffix}", expert.base))
+            roles += [(f"vace module{suffix}", module) for module in expert.modules]
+        roles += [("vae", spec.vae_file), ("text encoder", spec.text_encoder_file),
+                  ("tokenizer", (spec.tokenizer_file,))]  # fmt: skip
+        needed: dict[FileChoice, NeededFile] = {}
+        for role, choice in roles:
+            if choice not in needed:
+                needed[choice] = self._needed(role, choice)
+        if with_loras:
+            loras_dir = self.models_dir / LORAS_FOLDER
+            for name in spec.loras if lora_names is None else lora_names:
+                file = lora_file(name, loras_dir, self.lora_aliases)
+                needed.setdefault((file.name,), NeededFile("lora", (file.name,), file.source, file.present))
+        return list(needed.values())
+
+    def _needed(self, role: str, choice: FileChoice) -> NeededFile:
+        present = next((self.models_dir / n for n in choice if (self.models_dir / n).is_file()), None)
+        with_source = [n for n in choice if n in self.sources]
+        ordered = tuple(with_source[:1]) + tuple(n for n in choice if n not in with_source[:1])
+        source = self.sources.get(ordered[0])
+        return NeededFile(role, ordered, source, present)
 
     def _build(self, key: str) -> ModelSpec:
         definition = self._definitions[key]
@@ -256,6 +329,8 @@ class ModelRegistry:
             experts = (ExpertSpec(SINGLE_EXPERT, self._files(key, "URLs"), tuple(m[0] for m in modules)),)
         loras = model.get("loras", definition.get("loras", []))
         multipliers = model.get("loras_multipliers", definition.get("loras_multipliers", []))
+        text_encoder_folder = model.get("text_encoder_folder", arch.tokenizer_folder)
+        self._note_sources(key, model, arch, text_encoder_folder)
         return ModelSpec(
             key=key,
             name=model.get("name", key),
@@ -263,12 +338,44 @@ class ModelRegistry:
             architecture=architecture,
             experts=experts,
             vae_file=_choice(model.get("VAE_URLs") or [arch.vae_file]),
-            text_encoder_file=_choice(model.get("text_encoder_URLs") or [arch.text_encoder_file]),
-            tokenizer_folder=model.get("text_encoder_folder", arch.tokenizer_folder),
+            text_encoder_file=_choice(model.get("text_encoder_URLs") or [arch.text_encoder_file], text_encoder_folder),
+            tokenizer_folder=text_encoder_folder,
             defaults={k: v for k, v in definition.items() if k not in ("model", "loras", "loras_multipliers")},
             loras=tuple(loras),
             lora_multipliers=tuple(str(m) for m in multipliers),
         )
+
+    def _note_sources(self, key: str, model: Mapping[str, Any], arch: Architecture, text_folder: str) -> None:
+        """Record the source of every file a definition names by URL (references to other
+        definitions are recorded when those are read), and of its VAE, text encoder and tokenizer."""
+        pairs: list[tuple[str, str]] = []  # (name in models_dir, URL or plain name)
+        for prop in ("URLs", "URLs2", "VAE_URLs"):
+            if isinstance(model.get(prop), list):
+                pairs += [(_local_name(url), url) for url in model[prop]]
+        for entry in model.get("modules", []):
+            urls = [*entry.get("URLs", []), *entry.get("URLs2", [])] if isinstance(entry, dict) else entry
+            if isinstance(urls, list):
+                pairs += [(_local_name(url), url) for url in urls]
+        text_encoder_urls = model.get("text_encoder_URLs")
+        if text_encoder_urls:
+            pairs += [(_local_name(url, text_folder), url) for url in text_encoder_urls]
+            first = parse_hub_url(text_encoder_urls[0])
+            if first is not None:  # Wan2GP keeps the tokenizer beside the encoder
+                self._add_source(key, f"{text_folder}/{TOKENIZER_FILE}", first.sibling(TOKENIZER_FILE))
+        else:
+            shared = (arch.text_encoder_file, f"{arch.tokenizer_folder}/{TOKENIZER_FILE}")
+            pairs += [(name, arch.shared_files_url + name) for name in shared]
+        if not model.get("VAE_URLs"):
+            pairs.append((arch.vae_file, arch.shared_files_url + arch.vae_file))
+        for name, url in pairs:
+            source = parse_hub_url(url)
+            if source is not None:
+                self._add_source(key, name, source)
+
+    def _add_source(self, key: str, name: str, source: HubFile) -> None:
+        known = self.sources.setdefault(name, source)
+        if known != source:
+            raise ValueError(f"definition {key}: {name} comes from {source.url}, another definition says {known.url}")
 
     def _files(self, key: str, prop: str, seen: tuple[str, ...] = ()) -> FileChoice:
         """A URLs / URLs2 property, following references to other definitions."""
@@ -317,9 +424,16 @@ def _file_name(url_or_name: str) -> str:
     return urlsplit(url_or_name).path.rsplit("/", 1)[-1] if "://" in url_or_name else url_or_name
 
 
-def _choice(urls: str | Sequence[str]) -> FileChoice:
+def _local_name(url_or_name: str, folder: str = "") -> str:
+    """The name in models_dir: a URL's file name inside `folder`; a plain name as written."""
+    if "://" not in url_or_name:
+        return url_or_name
+    return f"{folder}/{_file_name(url_or_name)}" if folder else _file_name(url_or_name)
+
+
+def _choice(urls: str | Sequence[str], folder: str = "") -> FileChoice:
     """Alternatives for one file; quantized (quanto) variants only when nothing else is offered."""
-    names = [_file_name(u) for u in ([urls] if isinstance(urls, str) else urls)]
+    names = [_local_name(u, folder) for u in ([urls] if isinstance(urls, str) else urls)]
     usable = [n for n in names if "quanto" not in n.lower()]
     return tuple(usable or names)
 

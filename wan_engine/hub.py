@@ -1,0 +1,179 @@
+"""Where weight files come from (a Hugging Face hub repo, path and revision) and fetching them into a
+models folder under the exact name the registry looks up.
+
+A source is written as a resolve URL, `https://huggingface.co/<owner>/<repo>/resolve/<revision>/<path>`,
+the form Wan2GP's definitions use. The host part only says "the hub": downloads go to `HF_ENDPOINT`
+when it is set (a mirror, or a local server in tests), with `HF_TOKEN` for private or gated repos,
+both read when a download starts.
+
+Fetching (`fetch`) is safe to run from several processes at once and to interrupt:
+- a lock file per target name makes a second process wait for the first, then find the file present;
+- huggingface_hub downloads into a staging folder inside the models folder
+  (`.download/<owner>/<repo>/<revision>/`), resuming a partial file left by an interrupted run,
+  and only a complete, size-checked file is renamed to its final name (same filesystem: atomic);
+- transient failures (5xx, timeouts, dropped connections) are retried with backoff; a missing repo,
+  revision or file (404), or a refused token (401/403) fails at once.
+This module does not import torch.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from wan_engine.errors import EngineError
+
+HUB_HOST = "https://huggingface.co"
+STAGING_FOLDER = ".download"  # inside the models folder, so the final rename never crosses filesystems
+LOCKS_FOLDER = "locks"
+ATTEMPTS = 4  # per file, for transient failures
+RETRY_WAIT_SECONDS = (1.0, 2.0, 4.0)
+
+_RESOLVE_URL = re.compile(r"^https?://[^/]+/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<path>.+)$")
+_PERMANENT_STATUS = (400, 401, 403, 404, 410)
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file in a hub repo; `revision` is a branch, tag or commit (a commit pins the content)."""
+
+    repo: str
+    path: str
+    revision: str = "main"
+
+    @property
+    def url(self) -> str:
+        """The resolve URL on the public hub (what definitions and messages show)."""
+        return f"{HUB_HOST}/{self.repo}/resolve/{self.revision}/{self.path}"
+
+    @property
+    def file_name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def sibling(self, file_name: str) -> HubFile:
+        """Another file in the same repo folder (the tokenizer beside its text encoder)."""
+        folder = self.path.rsplit("/", 1)[0] + "/" if "/" in self.path else ""
+        return HubFile(self.repo, folder + file_name, self.revision)
+
+
+def parse_hub_url(url: str) -> HubFile | None:
+    """The HubFile of a resolve URL; None for anything else (a plain file name has no source)."""
+    match = _RESOLVE_URL.match(url.split("?", 1)[0])
+    if match is None:
+        return None
+    return HubFile(match["repo"], match["path"], match["revision"])
+
+
+class DownloadError(EngineError):
+    """A file could not be fetched. `permanent`: retrying cannot help (missing file, refused token)."""
+
+    def __init__(self, message: str, *, permanent: bool):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What fetch did for one file: `downloaded` False means it was already present."""
+
+    path: Path
+    size: int
+    downloaded: bool
+    seconds: float
+
+
+def fetch(
+    source: HubFile,
+    models_dir: str | Path,
+    name: str,
+    *,
+    show_progress: bool = False,
+    attempts: int = ATTEMPTS,
+    on_retry: Callable[[int, BaseException], None] | None = None,
+) -> Fetched:
+    """Make `models_dir/name` the file `source` names, downloading it unless it is already there.
+
+    Raises DownloadError (with `permanent` set for failures a retry cannot fix).
+    """
+    from filelock import FileLock
+
+    models_dir = Path(models_dir)
+    target = models_dir / name
+    started = time.monotonic()
+    if target.is_file():
+        return Fetched(target, target.stat().st_size, False, 0.0)
+    locks = models_dir / STAGING_FOLDER / LOCKS_FOLDER
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / (name.replace("/", "__") + ".lock"))):
+        if target.is_file():  # another process fetched it while this one waited
+            return Fetched(target, target.stat().st_size, False, time.monotonic() - started)
+        staged = _download_with_retries(source, models_dir, show_progress, attempts, on_retry)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(staged, 0o644)
+        os.replace(staged, target)
+    return Fetched(target, target.stat().st_size, True, time.monotonic() - started)
+
+
+def _download_with_retries(
+    source: HubFile,
+    models_dir: Path,
+    show_progress: bool,
+    attempts: int,
+    on_retry: Callable[[int, BaseException], None] | None,
+) -> Path:
+    for attempt in range(1, attempts + 1):
+        try:
+            return _download(source, models_dir, show_progress)
+        except Exception as error:  # noqa: BLE001 - classified right below
+            permanent = _is_permanent(error)
+            if permanent or attempt == attempts:
+                tried = "" if permanent else f" (gave up after {attempts} attempts)"
+                raise DownloadError(
+                    f"cannot download {source.url}{tried}: {_describe(error)}", permanent=permanent
+                ) from error
+            if on_retry is not None:
+                on_retry(attempt, error)
+            time.sleep(RETRY_WAIT_SECONDS[min(attempt, len(RETRY_WAIT_SECONDS)) - 1])
+    raise AssertionError("unreachable")
+
+
+def _download(source: HubFile, models_dir: Path, show_progress: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    (enable_progress_bars if show_progress else disable_progress_bars)()
+    staging = models_dir / STAGING_FOLDER / source.repo / source.revision
+    return Path(
+        hf_hub_download(
+            repo_id=source.repo,
+            filename=source.path,
+            revision=source.revision,
+            local_dir=staging,
+            endpoint=os.environ.get("HF_ENDPOINT") or None,
+            token=os.environ.get("HF_TOKEN") or None,
+        )
+    )
+
+
+def _is_permanent(error: BaseException) -> bool:
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(error, (RepositoryNotFoundError, RevisionNotFoundError)):
+        return True
+    if isinstance(error, EntryNotFoundError) and isinstance(error, HfHubHTTPError):
+        return True
+    if isinstance(error, HfHubHTTPError) and error.response is not None:
+        return error.response.status_code in _PERMANENT_STATUS
+    return False
+
+
+def _describe(error: BaseException) -> str:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, HfHubHTTPError) and error.response is not None:
+        return f"HTTP {error.response.status_code} ({type(error).__name__})"
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
