@@ -31,6 +31,7 @@ from safetensors import safe_open
 from torch import nn
 
 from wan_engine import pipeline
+from wan_engine.checkpoints import verify_model_files
 from wan_engine.device_faults import as_device_fault
 from wan_engine.errors import DeviceFault, InvalidRequest, OutOfMemory
 from wan_engine.lora import LoraWeights, check_loras_fit, load_lora, lora_multiplier_schedule
@@ -146,7 +147,8 @@ class Engine:
     def load(self, key: str) -> bool:
         """Make `key` (a definition or preset) the resident model; returns False when it already was.
 
-        UnknownModel and WeightsMissing are raised before the current model is touched. The old
+        UnknownModel, WeightsMissing and LoadError for a file whose header does not fit the network
+        (wan_engine.checkpoints) are raised before the current model is touched. The old
         model's experts leave the device before the new ones arrive (parked in host memory with
         keep_previous_in_ram, else freed). If building the new model fails, its partial networks are
         dropped and no model is resident; a failure of the device raises DeviceFault.
@@ -156,6 +158,7 @@ class Engine:
         if self._loaded is not None and self._loaded.spec.key == spec.key:
             return False
         files = self.registry.files_for(spec)
+        verify_model_files(spec, files)  # headers only: a bad file fails here, before the resident model goes
         with self._device_failures_as_faults():
             self._switch_to(spec, files)
         return True

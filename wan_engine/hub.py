@@ -20,11 +20,15 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from wan_engine.errors import EngineError
+
+if TYPE_CHECKING:
+    from wan_engine.registry import NeededFile
 
 HUB_HOST = "https://huggingface.co"
 STAGING_FOLDER = ".download"  # inside the models folder, so the final rename never crosses filesystems
@@ -115,6 +119,42 @@ def fetch(
         os.chmod(staged, 0o644)
         os.replace(staged, target)
     return Fetched(target, target.stat().st_size, True, time.monotonic() - started)
+
+
+def fetch_needed(
+    needed: Sequence[NeededFile],
+    models_dir: str | Path,
+    *,
+    on_file: Callable[[dict[str, Any]], None] = lambda event: None,
+    show_progress: bool = False,
+    stop_on_failure: bool = True,
+) -> list[DownloadError]:
+    """Fetch every file of `needed` (registry.needed_files) that is not present, each under its
+    download name. `on_file` gets one event per file: {"file", "role", "status": "present" |
+    "downloaded" | "failed", "bytes", "seconds", "source", "index", "files", "error"?}. Returns the
+    failures (raises the first one when `stop_on_failure`)."""
+    failures: list[DownloadError] = []
+    for index, file in enumerate(needed, 1):
+        event: dict[str, Any] = {"file": file.download_name, "role": file.role, "index": index, "files": len(needed),
+                                 "source": file.source.url if file.source else None}  # fmt: skip
+        try:
+            if file.present is not None:
+                event.update(status="present", bytes=file.present.stat().st_size, seconds=0.0)
+            elif file.source is None:
+                raise DownloadError(f"{file.download_name} ({file.role}) is missing and has no source", permanent=True)
+            else:
+                done = fetch(file.source, models_dir, file.download_name, show_progress=show_progress)
+                event.update(status="downloaded" if done.downloaded else "present", bytes=done.size,
+                             seconds=round(done.seconds, 3))  # fmt: skip
+        except DownloadError as error:
+            event.update(status="failed", error=str(error))
+            on_file(event)
+            if stop_on_failure:
+                raise
+            failures.append(error)
+            continue
+        on_file(event)
+    return failures
 
 
 def _download_with_retries(

@@ -296,10 +296,17 @@ class ModelRegistry:
             if choice not in needed:
                 needed[choice] = self._needed(role, choice)
         if with_loras:
-            loras_dir = self.models_dir / LORAS_FOLDER
-            for name in spec.loras if lora_names is None else lora_names:
-                file = lora_file(name, loras_dir, self.lora_aliases)
-                needed.setdefault((file.name,), NeededFile("lora", (file.name,), file.source, file.present))
+            for lora in self.needed_loras(spec.loras if lora_names is None else lora_names):
+                needed.setdefault(lora.names, lora)
+        return list(needed.values())
+
+    def needed_loras(self, names: Sequence[str]) -> list[NeededFile]:
+        """The LoRA files `names` mean (wan_engine.loras), each once, with sources where known."""
+        loras_dir = self.models_dir / LORAS_FOLDER
+        needed: dict[str, NeededFile] = {}
+        for name in names:
+            file = lora_file(name, loras_dir, self.lora_aliases)
+            needed.setdefault(file.name, NeededFile("lora", (file.name,), file.source, file.present))
         return list(needed.values())
 
     def _needed(self, role: str, choice: FileChoice) -> NeededFile:
