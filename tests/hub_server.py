@@ -9,9 +9,9 @@ and honours `Range: bytes=N-` with 206 (resumed downloads). Not found: 404 with 
 RepoNotFound / RevisionNotFound / EntryNotFound, as the hub sends. A repo served with a token
 answers 401 to requests without `Authorization: Bearer <token>`.
 
-Faults, per served path, for the error and resume paths: `fail(path, status, times)` answers with
-`status` that many times; `truncate(path, times)` sends half the body then drops the connection;
-`slow(path, seconds)` waits before answering. Every request is recorded in `requests`.
+Faults, per served path, for the error and resume paths: `fail(path, status, times, method)` answers
+with `status` that many times; `truncate(path, times)` sends half the body then drops the connection;
+`slow(path, seconds, times)` waits that long before answering a GET. Every request is recorded in `requests`.
 """
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ RESOLVE = "/resolve/"
 class Faults:
     status: int = 0
     status_times: int = 0
+    status_method: str | None = None  # None: HEAD and GET
     truncate_times: int = 0
     delay_seconds: float = 0.0
+    delay_times: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,14 +72,14 @@ class HubServer:
         self._server.shutdown()
         self._server.server_close()
 
-    def fail(self, path: str, status: int, times: int = 1) -> None:
-        self._faults.setdefault(path, Faults()).__dict__.update(status=status, status_times=times)
+    def fail(self, path: str, status: int, times: int = 1, method: str | None = None) -> None:
+        self._faults.setdefault(path, Faults()).__dict__.update(status=status, status_times=times, status_method=method)
 
     def truncate(self, path: str, times: int = 1) -> None:
         self._faults.setdefault(path, Faults()).truncate_times = times
 
-    def slow(self, path: str, seconds: float) -> None:
-        self._faults.setdefault(path, Faults()).delay_seconds = seconds
+    def slow(self, path: str, seconds: float, times: int = 1) -> None:
+        self._faults.setdefault(path, Faults()).__dict__.update(delay_seconds=seconds, delay_times=times)
 
     def downloads(self, path: str) -> int:
         """GET requests for `path` that were answered with content (200 or 206)."""
@@ -94,14 +96,18 @@ class HubServer:
             if faults is None:
                 return 0, False, 0.0
             status = 0
-            if faults.status_times > 0:
+            if faults.status_times > 0 and faults.status_method in (None, method):
                 faults.status_times -= 1
                 status = faults.status
             truncate = False
             if not status and method == "GET" and faults.truncate_times > 0:
                 faults.truncate_times -= 1
                 truncate = True
-            return status, truncate, faults.delay_seconds
+            delay = 0.0
+            if method == "GET" and faults.delay_times > 0:
+                faults.delay_times -= 1
+                delay = faults.delay_seconds
+            return status, truncate, delay
 
 
 def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:

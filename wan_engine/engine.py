@@ -33,9 +33,10 @@ from torch import nn
 from wan_engine import pipeline
 from wan_engine.checkpoints import verify_model_files
 from wan_engine.device_faults import as_device_fault
-from wan_engine.errors import DeviceFault, InvalidRequest, OutOfMemory
+from wan_engine.errors import DeviceFault, InvalidRequest, OutOfMemory, WeightsMissing
+from wan_engine.hub import DownloadError, fetch_needed
 from wan_engine.lora import LoraWeights, check_loras_fit, load_lora, lora_multiplier_schedule
-from wan_engine.loras import LORAS_FOLDER, resolve_lora_name
+from wan_engine.loras import LORAS_FOLDER, lora_file, resolve_lora_name
 from wan_engine.memory import (
     OFFLOAD_POLICIES,
     Experts,
@@ -106,6 +107,10 @@ class Engine:
     its attempt run normally.
 
     device_fault (attribute): the sticky DeviceFault that made the engine unusable, else None.
+
+    download_missing: a model or LoRA file that is missing but has a hub source is downloaded
+    (wan_engine.hub) before the load, reported as progress phase "download"; a download that cannot
+    succeed (404, refused token) raises WeightsMissing, a transient failure DownloadError.
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class Engine:
         *,
         vae_dtype: torch.dtype = torch.float32,
         defaults_dir: str | Path = DEFAULT_DEFINITIONS_DIR,
+        download_missing: bool = False,
     ):
         if offload not in OFFLOAD_POLICIES:
             raise ValueError(f"offload must be one of {', '.join(OFFLOAD_POLICIES)}, got {offload!r}")
@@ -130,6 +136,7 @@ class Engine:
         self.vae_dtype = vae_dtype
         self.offload = offload
         self.keep_previous_in_ram = keep_previous_in_ram
+        self.download_missing = download_missing
         self.oom_injections = 0
         self.device_fault_injections: list[BaseException | None] = []
         self.device_fault: DeviceFault | None = None
@@ -157,6 +164,8 @@ class Engine:
         self._raise_if_unusable()
         if self._loaded is not None and self._loaded.spec.key == spec.key:
             return False
+        if self.download_missing:
+            self._fetch_missing(spec, [], lambda progress: None)
         files = self.registry.files_for(spec)
         verify_model_files(spec, files)  # headers only: a bad file fails here, before the resident model goes
         with self._device_failures_as_faults():
@@ -233,6 +242,9 @@ class Engine:
         timer = pipeline.PhaseTimer(self.device)
 
         spec, values, sources, plan, lora_files, lora_schedule = self._validated(request)
+        if self.download_missing and not self._all_present(spec, values["lora_names"]):
+            with timer.measure("download"):
+                self._fetch_missing(spec, values["lora_names"], on_progress)
         loras = [self._lora(path) for path in lora_files]
 
         def job() -> pipeline.Job:
@@ -287,8 +299,7 @@ class Engine:
         _check_inputs(request, spec)
         settings = PhaseSettings.from_values(values)
         plan = plan_steps(new_sampler(values).timesteps, settings, spec.is_dual_expert)
-        loras_dir, aliases = self.models_dir / LORAS_FOLDER, self.registry.lora_aliases
-        lora_files = [resolve_lora_name(name, loras_dir, aliases) for name in values["lora_names"]]
+        lora_files = [self._lora_file(name) for name in values["lora_names"]]
         lora_schedule = lora_multiplier_schedule(
             values["lora_multipliers"], len(lora_files), plan, settings.guidance_phases, settings.model_switch_phase
         )
@@ -365,6 +376,36 @@ class Engine:
             if fault.sticky:
                 self.device_fault = fault
             raise fault from error
+
+    def _lora_file(self, name: str) -> Path:
+        """The file a LoRA name resolves to; with download_missing, where a missing one that has a
+        source will be downloaded to."""
+        loras_dir = self.models_dir / LORAS_FOLDER
+        try:
+            return resolve_lora_name(name, loras_dir, self.registry.lora_aliases)
+        except InvalidRequest:
+            file = lora_file(name, loras_dir, self.registry.lora_aliases)
+            if not self.download_missing or file.source is None:
+                raise
+            return self.models_dir / file.name
+
+    def _all_present(self, spec: ModelSpec, lora_names: Sequence[str]) -> bool:
+        return all(f.present is not None for f in self.registry.needed_files(spec, lora_names=lora_names))
+
+    def _fetch_missing(self, spec: ModelSpec, lora_names: Sequence[str], on_progress: ProgressCallback) -> None:
+        """Download what `spec` and the LoRAs need (see download_missing in the class docstring)."""
+
+        def report(event: dict[str, Any]) -> None:
+            on_progress({"phase": "download", "file": event["file"], "status": event["status"],
+                         "files_done": event["index"], "files": event["files"], "bytes": event.get("bytes"),
+                         "percent": round(100.0 * event["index"] / event["files"], 1)})  # fmt: skip
+
+        try:
+            fetch_needed(self.registry.needed_files(spec, lora_names=lora_names), self.models_dir, on_file=report)
+        except DownloadError as error:
+            if error.permanent:
+                raise WeightsMissing(f"model {spec.key!r}: {error}") from error
+            raise
 
     def _lora(self, path: Path) -> LoraWeights:
         """A parsed LoRA file, cached by path and modification time."""

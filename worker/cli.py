@@ -85,7 +85,8 @@ def run_command(args: argparse.Namespace, config: WorkerConfig) -> int:
         applied = migrate(db)
         if applied:
             log.info("applied migrations", applied=[m.version for m in applied])
-    resources = WorkerResources(device=resolve_device(config.device), models_dir=config.models_dir)
+    resources = WorkerResources(device=resolve_device(config.device), models_dir=config.models_dir,
+                                download_missing=config.download_missing)
     store = TaskStore(db) if config.metrics_port is None else serve_worker_metrics(config.metrics_port, db, resources)
     if config.preload_model:
         # Loading a 14B model can outlast the unit's TimeoutStartSec: ask systemd for more time first.

@@ -79,6 +79,9 @@ class WorkerConfig:
     )
     notify_wakeups: bool = _setting(True, parse=_boolean, help="LISTEN for Postgres NOTIFY (else poll only)")
     preload_model: str | None = _setting(None, parse=_optional_str, help="model to load before the first claim")
+    download_missing: bool = _setting(
+        False, parse=_boolean, help="download a task's missing model and LoRA files from the hub before running it"
+    )
     metrics_port: int | None = _setting(None, parse=_optional_int, help="serve Prometheus metrics on this port")
     log_format: str = _setting("auto", help="json, console, or auto (console on a terminal, else json)")
     log_level: str = _setting("info", help="debug, info, warning or error")
@@ -125,9 +128,10 @@ def add_setting_arguments(parser: argparse.ArgumentParser, names: Sequence[str])
         meta = _field(name).metadata
         default = _default(name)
         shown = "every type" if name == "task_types" else default
+        switch = dict(nargs="?", const="true") if meta["parse"] is _boolean else {}  # a bare --flag means true
         group.add_argument(
             flag_name(name), dest=name, default=None, metavar=name.split("_")[-1].upper(),
-            help=f"{meta['help']} [{env_name(name)}; default {shown}]",
+            help=f"{meta['help']} [{env_name(name)}; default {shown}]", **switch,
         )
 
 

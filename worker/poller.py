@@ -81,7 +81,8 @@ class Worker:
         self.config = config
         self.store = store
         self.handlers = load_handlers() if handlers is None else handlers
-        self.resources = resources or WorkerResources(device=resolve_device(config.device), models_dir=config.models_dir)
+        self.resources = resources or WorkerResources(device=resolve_device(config.device), models_dir=config.models_dir,
+                                                      download_missing=config.download_missing)
         self.log = structlog.get_logger("worker").bind(worker_id=config.worker_id)
         self.watchdog = sdnotify.Watchdog()
         self.wakeup = Wakeup(store.db, listen=config.notify_wakeups, log=self.log)

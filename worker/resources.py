@@ -30,6 +30,7 @@ class WorkerResources:
     engine: Any | None = None
     metrics: Any | None = None  # worker.metrics.WorkerMetrics when the worker serves metrics
     generations_completed: int = 0  # proof the device works: the poller's device-fault count resets on it
+    download_missing: bool = False  # --download-missing: the engine fetches missing weights before a load
 
     @property
     def loaded_model(self) -> str | None:
@@ -45,7 +46,7 @@ class WorkerResources:
             from wan_engine.engine import Engine
 
             dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
-            self.engine = Engine(self.models_dir, device=self.device, dtype=dtype)
+            self.engine = Engine(self.models_dir, device=self.device, dtype=dtype, download_missing=self.download_missing)
         return self.engine
 
     def model_registry(self) -> Any:
