@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from wan_engine import pipeline
-from wan_engine.checkpoints import verify_model_files
+from wan_engine.checkpoints import key_maps, verify_model_files
 from wan_engine.device_faults import as_device_fault
 from wan_engine.errors import DeviceFault, InvalidRequest, OutOfMemory, WeightsMissing
 from wan_engine.hub import DownloadError, fetch_needed
@@ -52,6 +51,7 @@ from wan_engine.phases import PhaseSettings, StepPlan, plan_steps
 from wan_engine.registry import DEFAULT_DEFINITIONS_DIR, ModelFiles, ModelRegistry, ModelSpec, resolve_parameters
 from wan_engine.request import GenerationRequest, GenerationResult
 from wan_engine.sampling import FlowSampler, make_sampler
+from wan_engine.tensor_files import open_checkpoints
 from wan_engine.tokenizer import T5Tokenizer
 from wan_engine.weights import load_model
 
@@ -202,22 +202,26 @@ class Engine:
         the engine when they come from the same files."""
         text_key = (files.text_encoder, files.tokenizer)
         text_encoder = shared.text_encoders.get(text_key)
+        maps = key_maps(spec)  # every published naming of each network -> the official names
         if text_encoder is None:
             encoder = load_model(
-                lambda: UMT5Encoder(**spec.text_encoder_config), [files.text_encoder], dtype=self.dtype
+                lambda: UMT5Encoder(**spec.text_encoder_config), [files.text_encoder], dtype=self.dtype,
+                key_map=maps.text_encoder,
             )
             tokenizer = T5Tokenizer(files.tokenizer, spec.text_len)
             text_encoder = pipeline.TextEncoder(tokenizer, HostResident(encoder, self.device))
         vae = shared.vaes.get(files.vae)
         if vae is None:
-            vae = load_model(lambda: WanVAE(**spec.vae_config), [files.vae], dtype=self.vae_dtype, device=self.device)
+            vae = load_model(lambda: WanVAE(**spec.vae_config), [files.vae], dtype=self.vae_dtype, device=self.device,
+                             key_map=maps.vae)  # fmt: skip
 
         take_turns = spec.is_dual_expert and experts_must_take_turns(
             self.offload, _checkpoint_bytes(files.experts.values(), self.dtype), self.device
         )
         load_device = "cpu" if take_turns else self.device
         networks = {
-            name: load_model(lambda: WanDiT(**spec.dit_config), paths, dtype=self.dtype, device=load_device)
+            name: load_model(lambda: WanDiT(**spec.dit_config), paths, dtype=self.dtype, device=load_device,
+                             key_map=maps.dit)
             for name, paths in files.experts.items()
         }
         experts = Experts(networks, self.device, take_turns=take_turns)
@@ -498,14 +502,12 @@ def _check_array(name: str, value: Any, shape: tuple[int, ...]) -> None:
 
 
 def _checkpoint_bytes(file_groups: Iterable[Sequence[Path]], dtype: torch.dtype) -> int:
-    """Bytes the tensors of these safetensors files take in `dtype` (read from the headers only)."""
+    """Bytes the tensors of these checkpoint files take in `dtype` (read from the headers only)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     total = 0
     for paths in file_groups:
-        for path in paths:
-            with safe_open(str(path), framework="pt") as reader:
-                for key in reader.keys():
-                    total += int(np.prod(reader.get_slice(key).get_shape(), dtype=np.int64)) * itemsize
+        with open_checkpoints(paths) as tensors:
+            total += sum(int(np.prod(t.shape, dtype=np.int64)) * itemsize for t in tensors)
     return total
 
 
