@@ -30,15 +30,31 @@ def test_resolve_urls_parse_into_repo_revision_and_path_and_back() -> None:
     assert parse_hub_url("https://example.com/a/b.safetensors") is None
 
 
-def test_every_shipped_definition_and_preset_has_a_source_for_every_file(empty_registry: ModelRegistry) -> None:
+def test_every_shipped_definition_and_preset_has_a_source_for_every_file_in_every_layout(
+    empty_registry: ModelRegistry,
+) -> None:
     assert len(empty_registry.known_keys) >= 14
     for key in empty_registry.known_keys:
-        needed = empty_registry.needed_files(empty_registry.get(key))
-        roles = {f.role.split()[0] for f in needed}
-        assert {"dit", "vae", "text", "tokenizer"} <= roles, key
-        for file in needed:
-            assert file.source is not None, f"{key}: {file.describe()}"
-            assert file.source.url.startswith("https://huggingface.co/") and "quanto" not in file.source.path
+        for layout, spec in empty_registry.layouts(empty_registry.get(key)).items():
+            needed = empty_registry.needed_files(spec)
+            roles = {f.role.split()[0] for f in needed}
+            assert {"dit", "vae", "text", "tokenizer"} <= roles, (key, layout)
+            for file in needed:
+                assert file.source is not None, f"{key} ({layout}): {file.describe()}"
+                assert file.source.url.startswith("https://huggingface.co/") and "quanto" not in file.source.path
+
+
+def test_the_real_models_offer_the_published_layouts(empty_registry: ModelRegistry) -> None:
+    layouts = empty_registry.layouts(empty_registry.get("vace_22_14b"))
+    assert list(layouts) == ["wan2gp", "official", "diffusers", "comfy_fp16", "comfy_fp8_scaled"]
+    official = {f.role: f for f in empty_registry.needed_files(layouts["official"], with_loras=False)}
+    assert official["dit high"].source.url == (
+        "https://huggingface.co/Wan-AI/Wan2.2-T2V-A14B/resolve/main/high_noise_model/"
+        "diffusion_pytorch_model.safetensors.index.json"
+    )
+    assert official["dit high"].names == ("Wan2.2-T2V-A14B/high_noise_model/diffusion_pytorch_model.safetensors.index.json",)
+    assert official["vae"].names == ("Wan2.2-T2V-A14B/Wan2.1_VAE.pth",)
+    assert official["vace module high"].names == ("wan2.1_Vace_14B_module_mbf16.safetensors",)  # inherited as named
 
 
 def test_shared_files_come_from_wan2gps_own_repo(empty_registry: ModelRegistry) -> None:

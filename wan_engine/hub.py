@@ -17,6 +17,8 @@ This module does not import torch.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import time
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wan_engine.errors import EngineError
+from wan_engine.errors import EngineError, LoadError
 
 if TYPE_CHECKING:
     from wan_engine.registry import NeededFile
@@ -36,6 +38,7 @@ LOCKS_FOLDER = "locks"
 ATTEMPTS = 4  # per file, for transient failures
 RETRY_WAIT_SECONDS = (1.0, 2.0, 4.0)
 
+INDEX_SUFFIX = ".index.json"  # a sharded checkpoint: the index names its shards, which sit beside it
 _RESOLVE_URL = re.compile(r"^https?://[^/]+/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<path>.+)$")
 _PERMANENT_STATUS = (400, 401, 403, 404, 410)
 
@@ -69,6 +72,19 @@ def parse_hub_url(url: str) -> HubFile | None:
     if match is None:
         return None
     return HubFile(match["repo"], match["path"], match["revision"])
+
+
+def is_index(path: str | Path) -> bool:
+    return str(path).endswith(INDEX_SUFFIX)
+
+
+def shard_names(index: str | Path) -> list[str]:
+    """The shard files a `*.safetensors.index.json` names, relative to its folder, in order."""
+    try:
+        weight_map = json.loads(Path(index).read_text())["weight_map"]
+        return sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise LoadError(f"{index} is not a sharded-checkpoint index (a JSON object with a weight_map): {error}") from None
 
 
 class DownloadError(EngineError):
@@ -130,28 +146,39 @@ def fetch_needed(
     stop_on_failure: bool = True,
 ) -> list[DownloadError]:
     """Fetch every file of `needed` (registry.needed_files) that is not present, each under its
-    download name. `on_file` gets one event per file: {"file", "role", "status": "present" |
+    download name, and the shards of each sharded checkpoint's index. `on_file` gets one event per file: {"file", "role", "status": "present" |
     "downloaded" | "failed", "bytes", "seconds", "source", "index", "files", "error"?}. Returns the
     failures (raises the first one when `stop_on_failure`)."""
     failures: list[DownloadError] = []
-    for index, file in enumerate(needed, 1):
-        event: dict[str, Any] = {"file": file.download_name, "role": file.role, "index": index, "files": len(needed),
+    queue = list(needed)
+    index = 0
+    while index < len(queue):
+        file = queue[index]
+        index += 1
+        event: dict[str, Any] = {"file": file.download_name, "role": file.role, "index": index, "files": len(queue),
                                  "source": file.source.url if file.source else None}  # fmt: skip
         try:
             if file.present is not None:
-                event.update(status="present", bytes=file.present.stat().st_size, seconds=0.0)
+                path = file.present
+                event.update(status="present", bytes=path.stat().st_size, seconds=0.0)
             elif file.source is None:
                 raise DownloadError(f"{file.download_name} ({file.role}) is missing and has no source", permanent=True)
             else:
                 done = fetch(file.source, models_dir, file.download_name, show_progress=show_progress)
+                path = done.path
                 event.update(status="downloaded" if done.downloaded else "present", bytes=done.size,
                              seconds=round(done.seconds, 3))  # fmt: skip
-        except DownloadError as error:
+            if is_index(path):  # its shards are known now: fetch them next
+                listed = {f.download_name for f in queue}
+                shards = dataclasses.replace(file, present=path).shards(Path(models_dir))
+                queue += [shard for shard in shards if shard.download_name not in listed]
+        except (DownloadError, LoadError) as error:
             event.update(status="failed", error=str(error))
             on_file(event)
+            failure = error if isinstance(error, DownloadError) else DownloadError(str(error), permanent=True)
             if stop_on_failure:
-                raise
-            failures.append(error)
+                raise failure from None
+            failures.append(failure)
             continue
         on_file(event)
     return failures

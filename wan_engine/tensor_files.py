@@ -13,7 +13,6 @@ cast. Keeping fp8 on the device is not this module's business.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -23,8 +22,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from wan_engine.errors import LoadError
+from wan_engine.hub import is_index, shard_names
 
-INDEX_SUFFIX = ".index.json"
 SCALE_SUFFIX = ".scale_weight"
 _DROPPED_SUFFIXES = (".scale_input",)
 _DROPPED_KEYS = ("scaled_fp8",)
@@ -44,19 +43,6 @@ class StoredTensor:
     dtype: str  # safetensors name: F32, BF16, F8_E4M3, I64, ...
     file: Path
     read: Callable[[], torch.Tensor]
-
-
-def is_index(path: str | Path) -> bool:
-    return str(path).endswith(INDEX_SUFFIX)
-
-
-def shard_names(index: str | Path) -> list[str]:
-    """The shard files a `*.safetensors.index.json` names, relative to its folder, in order."""
-    try:
-        weight_map = json.loads(Path(index).read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise LoadError(f"{index} is not a sharded-checkpoint index (a JSON object with a weight_map): {error}") from None
-    return sorted(set(weight_map.values()))
 
 
 def dtype_name(dtype: torch.dtype) -> str:

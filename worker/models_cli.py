@@ -2,7 +2,7 @@
 checking the files present (safetensors headers only).
 
     wan-worker models list [--json]
-    wan-worker models download KEY-or-PRESET... [--with-loras | --no-loras] [--lora NAME ...]
+    wan-worker models download KEY-or-PRESET... [--with-loras | --no-loras] [--lora NAME ...] [--layout L]
     wan-worker models verify KEY-or-PRESET...
 
 Downloads honour HF_ENDPOINT and HF_TOKEN; on a terminal each file gets a progress bar, otherwise
@@ -33,6 +33,8 @@ def add_models_arguments(parser: argparse.ArgumentParser) -> None:
     loras.add_argument("--no-loras", dest="with_loras", action="store_false", help="skip the default LoRAs")
     download.add_argument("--lora", action="append", default=[], metavar="NAME",
                           help="also fetch this LoRA (alias, file name or URL); repeatable")
+    download.add_argument("--layout", help="which published checkpoint layout to fetch (`models list` names each "
+                                           "model's layouts) [wan2gp: Wan2GP's single files]")
     verify = actions.add_parser("verify", help="check the files of models from their safetensors headers")
     verify.add_argument("keys", nargs="+", metavar="KEY")
     for sub in (listing, download, verify):
@@ -40,13 +42,15 @@ def add_models_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def models_command(args: argparse.Namespace, config: WorkerConfig) -> int:
-    from wan_engine.errors import UnknownModel
+    from wan_engine.errors import InvalidRequest
     from wan_engine.registry import ModelRegistry
 
     registry = ModelRegistry(config.models_dir)
     try:
         specs = [registry.get(key) for key in getattr(args, "keys", [])]
-    except UnknownModel as error:
+        if getattr(args, "layout", None):
+            specs = [registry.with_layout(spec, args.layout) for spec in specs]
+    except InvalidRequest as error:  # an unknown model, or a layout the model does not offer
         print(f"wan-worker models {args.models_action}: {error.rule}", file=sys.stderr)
         return 2
     if args.models_action == "list":
@@ -74,10 +78,13 @@ def model_listing(registry: Any) -> list[dict[str, Any]]:
              "source": f.source.url if f.source else None}
             for f in registry.needed_files(spec)
         ]  # fmt: skip
+        layouts = {name: all(f.present is not None for f in registry.needed_files(layout, with_loras=False))
+                   for name, layout in registry.layouts(spec).items()}  # fmt: skip
         entries.append({
             "key": key, "definition": spec.key, "preset": spec.preset, "name": spec.name, "family": spec.family,
             "architecture": spec.architecture, "vace": spec.is_vace, "dual_expert": spec.is_dual_expert,
             "default_loras": list(spec.loras), "complete": all(f["present"] for f in files), "files": files,
+            "layouts": [{"layout": name, "complete": complete} for name, complete in layouts.items()],
         })  # fmt: skip
     return entries
 
@@ -87,10 +94,11 @@ def list_models(registry: Any, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"models_dir": str(registry.models_dir), "models": entries}, indent=2))
         return 0
-    header = ("model", "family", "architecture", "vace", "experts", "files present", "loras")
+    header = ("model", "family", "architecture", "vace", "experts", "files present", "loras", "layouts (* complete)")
     rows = [(e["key"] + (f" -> {e['definition']}" if e["preset"] else ""), e["family"], e["architecture"],
              "yes" if e["vace"] else "no", "2" if e["dual_expert"] else "1",
-             f"{sum(f['present'] for f in e['files'])}/{len(e['files'])}", str(len(e["default_loras"])))
+             f"{sum(f['present'] for f in e['files'])}/{len(e['files'])}", str(len(e["default_loras"])),
+             " ".join(f"{l['layout']}{'*' if l['complete'] else ''}" for l in e["layouts"]))
             for e in entries]  # fmt: skip
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     for row in (header, *rows):
