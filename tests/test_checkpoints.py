@@ -80,5 +80,5 @@ def test_models_verify_reports_each_model_and_fails_on_a_bad_one(models: Path, c
     args = build_parser().parse_args(["models", "verify", "tiny_t2v_2_2", "tiny_t2v", "--models-dir", str(models)])
     assert args.subcommand.resolve()(args, load_config(args)) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == '{"model": "tiny_t2v_2_2", "ok": true}'
+    assert lines[0] == '{"model": "tiny_t2v_2_2", "ok": true, "layout": "wan2gp"}'
     assert '"ok": false' in lines[1] and "lack key" in lines[1]

@@ -87,7 +87,7 @@ def test_download_into_an_empty_folder_then_verify_list_and_a_travel_job(
     assert len(hub.requests) == requests_before  # idempotent: nothing fetched, nothing even asked
 
     verified = models(capsys, "verify", "tiny_vace_2_2", "--models-dir", str(folder))
-    assert verified.returncode == 0 and json_lines(verified.stdout) == [{"model": "tiny_vace_2_2", "ok": True}]
+    assert verified.returncode == 0 and json_lines(verified.stdout) == [{"model": "tiny_vace_2_2", "ok": True, "layout": "wan2gp"}]
     listing = json.loads(models(capsys, "list", "--json", "--models-dir", str(folder)).stdout)
     entry = next(m for m in listing["models"] if m["key"] == "tiny_vace_2_2")
     assert entry["complete"] and entry["vace"] and entry["dual_expert"] and entry["family"] == "wan2_2"

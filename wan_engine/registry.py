@@ -20,6 +20,10 @@ A definition file `defaults/<key>.json`:
 - `VAE_URLs` / `text_encoder_URLs` (optional, Wan2GP's names) replace the architecture's VAE /
   umT5 file; the text encoder sits in `text_encoder_folder` (default `umt5-xxl`) beside its
   `tokenizer.json`, which comes from the same hub folder.
+- `layouts` (optional): {name: {URLs, URLs2, modules, VAE_URLs, text_encoder_URLs, tokenizer_URLs}},
+  the same weights as other repos publish them (Wan-AI, diffusers, ComfyUI), or the key of a
+  definition whose layouts it reuses. A layout's files are stored as `<repo name>/<path>`; what it
+  does not give it inherits. The engine loads the first layout whose files are all present.
 - Every other top-level key is a sampling default of the model.
 
 A preset `defaults/presets/<name>.json` is `{"model": <definition key>, <sampling defaults>...}`:
@@ -144,7 +148,7 @@ class ModelSpec:
     loras: tuple[str, ...] = ()
     lora_multipliers: tuple[str, ...] = ()
     preset: str | None = None  # the preset name this spec was asked for by, if any
-    layout: str = "wan2gp"  # which of the definition's checkpoint layouts these files are (DEFAULT_LAYOUT)
+    layout: str = DEFAULT_LAYOUT  # which of the definition's checkpoint layouts these files are
 
     @property
     def tokenizer_file(self) -> str:
@@ -236,9 +240,10 @@ class NeededFile:
         return f"{names} ({self.role}; from {self.source.url})" if self.source else f"{names} ({self.role}; no source)"
 
 
-def download_command(keys: Sequence[str], models_dir: Path) -> str:
-    """The exact CLI call that fetches what `keys` need into models_dir."""
-    return f"wan-worker models download {' '.join(keys)} --models-dir {models_dir}"
+def download_command(keys: Sequence[str], models_dir: Path, layout: str = DEFAULT_LAYOUT) -> str:
+    """The exact CLI call that fetches what `keys` need (in `layout`) into models_dir."""
+    chosen = "" if layout == DEFAULT_LAYOUT else f" --layout {layout}"
+    return f"wan-worker models download {' '.join(keys)}{chosen} --models-dir {models_dir}"
 
 
 class ModelRegistry:
@@ -310,7 +315,7 @@ class ModelRegistry:
                 )
         missing = [f for f in self.needed_files(spec, with_loras=False) if f.present is None]
         lines = "".join(f"\n  {f.describe()}" for f in missing)
-        command = download_command([spec.preset or spec.key], self.models_dir)
+        command = download_command([spec.preset or spec.key], self.models_dir, spec.layout)
         others = [name for name in layouts if name != spec.layout]
         alternatives = f" (or another layout: --layout {' | '.join(others)})" if others else ""
         raise WeightsMissing(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from worker.config import WorkerConfig, add_setting_arguments
 
@@ -127,7 +127,10 @@ def download_models(registry: Any, specs: list[Any], *, with_loras: bool, extra_
     return 0
 
 
-def _file_reporter(terminal: bool):
+def _file_reporter(terminal: bool) -> Callable[[dict[str, Any]], None]:
+    """One JSON line per file for logs and scripts; a short line on a terminal (progress bars come
+    from huggingface_hub)."""
+
     def report(event: dict[str, Any]) -> None:
         if not terminal:
             print(json.dumps(event), flush=True)
@@ -148,10 +151,11 @@ def verify_models(registry: Any, specs: list[Any]) -> int:
     status = 0
     for spec in specs:
         try:
-            verify_model_files(spec, registry.files_for(spec))
+            files = registry.files_for(spec)  # the first complete layout
+            verify_model_files(spec, files)
         except (WeightsMissing, LoadError) as error:
             print(json.dumps({"model": spec.preset or spec.key, "ok": False, "error": str(error)}))
             status = 1
             continue
-        print(json.dumps({"model": spec.preset or spec.key, "ok": True}))
+        print(json.dumps({"model": spec.preset or spec.key, "ok": True, "layout": files.layout}))
     return status
