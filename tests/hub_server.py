@@ -10,7 +10,8 @@ RepoNotFound / RevisionNotFound / EntryNotFound, as the hub sends. A repo served
 answers 401 to requests without `Authorization: Bearer <token>`.
 
 Faults, per served path, for the error and resume paths: `fail(path, status, times, method)` answers
-with `status` that many times; `truncate(path, times)` sends half the body then drops the connection;
+with `status` that many times; `truncate(path, times, stall_seconds)` sends half the body then drops the
+connection (after holding it open, so a client can be killed mid-transfer);
 `slow(path, seconds, times)` waits that long before answering a GET. Every request is recorded in `requests`.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Faults:
     truncate_times: int = 0
     delay_seconds: float = 0.0
     delay_times: int = 0
+    stall_seconds: float = 0.0  # after a truncated half body: hold the connection open this long first
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,8 @@ class HubServer:
     def fail(self, path: str, status: int, times: int = 1, method: str | None = None) -> None:
         self._faults.setdefault(path, Faults()).__dict__.update(status=status, status_times=times, status_method=method)
 
-    def truncate(self, path: str, times: int = 1) -> None:
-        self._faults.setdefault(path, Faults()).truncate_times = times
+    def truncate(self, path: str, times: int = 1, stall_seconds: float = 0.0) -> None:
+        self._faults.setdefault(path, Faults()).__dict__.update(truncate_times=times, stall_seconds=stall_seconds)
 
     def slow(self, path: str, seconds: float, times: int = 1) -> None:
         self._faults.setdefault(path, Faults()).__dict__.update(delay_seconds=seconds, delay_times=times)
@@ -89,12 +91,13 @@ class HubServer:
         with self._lock:
             self.requests.append(request)
 
-    def _take_fault(self, path: str, method: str) -> tuple[int, bool, float]:
-        """(status to fail with or 0, truncate this body?, delay) for one request, consuming counts."""
+    def _take_fault(self, path: str, method: str) -> tuple[int, bool, float, float]:
+        """(status to fail with or 0, truncate this body?, delay, stall after the half body) for one
+        request, consuming counts."""
         with self._lock:
             faults = self._faults.get(path)
             if faults is None:
-                return 0, False, 0.0
+                return 0, False, 0.0, 0.0
             status = 0
             if faults.status_times > 0 and faults.status_method in (None, method):
                 faults.status_times -= 1
@@ -107,7 +110,7 @@ class HubServer:
             if method == "GET" and faults.delay_times > 0:
                 faults.delay_times -= 1
                 delay = faults.delay_seconds
-            return status, truncate, delay
+            return status, truncate, delay, faults.stall_seconds if truncate else 0.0
 
 
 def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
@@ -127,7 +130,7 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             method = "GET" if body else "HEAD"
             repo, _, rest = self.path.split("?", 1)[0].lstrip("/").partition(RESOLVE)
             revision, _, path = rest.partition("/")
-            status, truncate, delay = hub._take_fault(path, method)
+            status, truncate, delay, stall = hub._take_fault(path, method)
             if delay:
                 time.sleep(delay)
             folder = hub.repos.get(repo)
@@ -158,9 +161,10 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             hub._record(Request(method, repo, path, self.headers.get("Range"), code))
             if not body:
                 return
-            if truncate:  # half the body, then the connection drops mid-transfer
+            if truncate:  # half the body, then (after holding it open `stall` seconds) the connection drops
                 self.wfile.write(part[: len(part) // 2])
                 self.wfile.flush()
+                time.sleep(stall)
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return

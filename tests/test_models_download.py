@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, worker_command
+from conftest import REPO_ROOT, wait_for, worker_command
 from hub_server import HubServer
 from wan_engine.hub import DownloadError, HubFile, fetch
 from worker.cli import build_parser
@@ -131,6 +131,33 @@ def test_a_transfer_cut_mid_file_resumes_with_a_range_request(tmp_path: Path, mo
     assert fetched.downloaded and fetched.path.read_bytes() == content
     resumed = [r for r in server.requests if r.method == "GET" and r.range]
     assert len(resumed) == 1 and resumed[0].status == 206 and resumed[0].range != "bytes=0-"
+
+
+def test_a_killed_download_resumes_from_its_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    repo = tmp_path / "big"
+    repo.mkdir()
+    content = os.urandom(24 * 2**20)
+    (repo / "big.safetensors").write_bytes(content)
+    folder = tmp_path / "models"
+    url = f"https://huggingface.co/{BIG_REPO}/resolve/main/big.safetensors"
+    with HubServer({BIG_REPO: repo}) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        server.truncate("big.safetensors", stall_seconds=30)  # half the file arrives, then nothing
+        first = models_process("download", "--lora", url, "--models-dir", str(folder), env={"HF_ENDPOINT": server.url})
+
+        def partial() -> int:
+            return sum(p.stat().st_size for p in (folder / ".download").rglob("*.partial"))
+
+        wait_for(lambda: partial() >= 2**20, timeout_seconds=60, what="a partial download on disk")
+        first.kill()
+        first.wait()
+        assert not (folder / "loras" / "big.safetensors").exists()  # never a partial file under the final name
+        kept = partial()
+        done = models(capsys, "download", "--lora", url, "--models-dir", str(folder))
+    assert done.returncode == 0, done.stderr
+    assert (folder / "loras" / "big.safetensors").read_bytes() == content
+    assert [r.range for r in server.requests if r.method == "GET"][-1] == f"bytes={kept}-"
 
 
 def test_a_server_error_is_retried_and_the_file_fetched_once(hub: HubServer, tiny_models_dir: Path, tmp_path: Path) -> None:

@@ -8,9 +8,12 @@ both read when a download starts.
 
 Fetching (`fetch`) is safe to run from several processes at once and to interrupt:
 - a lock file per target name makes a second process wait for the first, then find the file present;
-- huggingface_hub downloads into a staging folder inside the models folder
-  (`.download/<owner>/<repo>/<revision>/`), resuming a partial file left by an interrupted run,
-  and only a complete, size-checked file is renamed to its final name (same filesystem: atomic);
+- the file is fetched with huggingface_hub's metadata and HTTP functions (the HEAD a download needs,
+  then a streamed GET) into a staging folder inside the models folder
+  (`.download/<owner>/<repo>/<revision>/`); the partial file is named after the content's ETag, so
+  a transfer cut mid-file, in this run or a killed earlier one, resumes with a Range request;
+- only a complete file, its size (and sha256, when the ETag is one) checked, is renamed to its final
+  name (same filesystem: atomic);
 - transient failures (5xx, timeouts, dropped connections) are retried with backoff; a missing repo,
   revision or file (404), or a refused token (401/403) fails at once.
 This module does not import torch.
@@ -18,6 +21,7 @@ This module does not import torch.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -26,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from wan_engine.errors import EngineError, LoadError
 
@@ -41,6 +46,8 @@ RETRY_WAIT_SECONDS = (1.0, 2.0, 4.0)
 INDEX_SUFFIX = ".index.json"  # a sharded checkpoint: the index names its shards, which sit beside it
 _RESOLVE_URL = re.compile(r"^https?://[^/]+/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<path>.+)$")
 _PERMANENT_STATUS = (400, 401, 403, 404, 410)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass(frozen=True)
@@ -208,21 +215,48 @@ def _download_with_retries(
 
 
 def _download(source: HubFile, models_dir: Path, show_progress: bool) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    """Download `source` into the staging folder and return the complete file there.
+
+    The partial file is named after the content's ETag, so a later run (after a killed process, a
+    reboot) continues it with a Range request, and a changed file upstream starts afresh. The size
+    is checked, and the sha256 too when the ETag is one (the hub's large files).
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers, disable_progress_bars, enable_progress_bars
 
     (enable_progress_bars if show_progress else disable_progress_bars)()
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    token = os.environ.get("HF_TOKEN") or None
+    url = hf_hub_url(source.repo, source.path, revision=source.revision, endpoint=endpoint)
+    metadata = get_hf_file_metadata(url, token=token, endpoint=endpoint)
+    if not metadata.etag or metadata.size is None:
+        raise DownloadError(f"{url} answered without an ETag or a size: not a Hugging Face hub endpoint?",
+                            permanent=True)  # fmt: skip
+    headers = build_hf_headers(token=token)
+    if urlsplit(metadata.location).netloc != urlsplit(url).netloc:
+        headers.pop("authorization", None)  # a redirect to a CDN gets no token
     staging = models_dir / STAGING_FOLDER / source.repo / source.revision
-    return Path(
-        hf_hub_download(
-            repo_id=source.repo,
-            filename=source.path,
-            revision=source.revision,
-            local_dir=staging,
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
-            token=os.environ.get("HF_TOKEN") or None,
-        )
-    )
+    partial = staging / f"{source.path}.{metadata.etag[:16]}{PARTIAL_SUFFIX}"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    if partial.exists() and partial.stat().st_size > metadata.size:
+        partial.unlink()  # not a prefix of this content
+    with partial.open("ab") as file:
+        if file.tell() < metadata.size:
+            http_get(metadata.location, file, resume_size=file.tell(), headers=headers, expected_size=metadata.size,
+                     displayed_filename=source.file_name)  # fmt: skip
+    if _SHA256.fullmatch(metadata.etag) and _sha256(partial) != metadata.etag:
+        partial.unlink()
+        raise OSError(f"{source.file_name}: the downloaded content does not match its sha256 {metadata.etag}")
+    return partial
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(2**24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _is_permanent(error: BaseException) -> bool:
