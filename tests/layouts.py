@@ -116,7 +116,7 @@ def _diffusers_vae_names() -> dict[str, str]:
 def _transformers_t5_names() -> dict[str, str]:
     from transformers import UMT5EncoderModel
 
-    from test_t5 import transformers_config
+    from reference_configs import transformers_config
 
     with torch.device("meta"):
         model = UMT5EncoderModel(transformers_config(TINY_UMT5))

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from hub_server import HubServer
 from layouts import LAYOUTS, stored_values, twin_state, write_tiny_layouts
-from test_models_download import TINY_REPO, json_lines, models
+from models_harness import TINY_REPO, json_lines, models
 from wan_engine.checkpoints import model_networks, verify_network_files
 from wan_engine.engine import Engine
 from wan_engine.errors import WeightsMissing

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, wait_for, worker_command
+from conftest import wait_for
 from hub_server import HubServer
+from models_harness import TINY_REPO, json_lines, models, models_process
 from wan_engine.hub import DownloadError, HubFile, fetch
-from worker.cli import build_parser
-from worker.config import load_config
 from worker.resources import WorkerResources
 from worker.store import TaskStatus, TaskStore
 from worker.travel.plan import plan_travel
 from worker.video import probe
 from worker_harness import run_until_idle, write_keyframes
 
-TINY_REPO = "wan-worker/tiny-models"
 BIG_REPO = "wan-worker/big"
 TINY_VACE_22_FILES = (
     "tiny_t2v_2_2_high.safetensors", "tiny_t2v_2_2_low.safetensors", "tiny_vace_2_2_module_high.safetensors",
@@ -36,32 +32,6 @@ def hub(tiny_models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubS
     with HubServer({TINY_REPO: tiny_models_dir}) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         yield server
-
-
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def models(capsys: pytest.CaptureFixture, *args: str) -> Ran:
-    """`wan-worker models ...` in this process (stdout is not a terminal: JSON lines); as main() runs it,
-    except that the test session's logging is left alone."""
-    parsed = build_parser().parse_args(["models", *args])
-    code = parsed.subcommand.resolve()(parsed, load_config(parsed))
-    out = capsys.readouterr()
-    return Ran(code, out.out, out.err)
-
-
-def models_process(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    """`wan-worker models ...` in a process of its own."""
-    return subprocess.Popen(worker_command("models", *args), cwd=REPO_ROOT, env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-
-def json_lines(output: str) -> list[dict]:
-    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
 
 def same_bytes(a: Path, b: Path) -> bool:
