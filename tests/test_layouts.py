@@ -109,3 +109,12 @@ def test_download_of_a_sharded_layout_fetches_index_then_shards_and_runs(
                                 num_inference_steps=2)  # fmt: skip
     frames = engine.generate(request).frames
     assert frames.shape == (5, 32, 32, 3) and np.ptp(frames) > 0
+
+
+def test_download_missing_fetches_nothing_when_another_layout_is_complete(hub: HubServer, layouts_dir: Path) -> None:
+    engine = Engine(layouts_dir, device="cpu", dtype=torch.float32, download_missing=True)
+    request = GenerationRequest(model="tiny_t2v_2_2", prompt="a boat", width=32, height=32, video_length=5, seed=1,
+                                num_inference_steps=2)  # fmt: skip
+    result = engine.generate(request)
+    assert "download" not in result.timings
+    assert [r for r in hub.requests if r.repo == TINY_REPO] == []

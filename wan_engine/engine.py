@@ -48,7 +48,14 @@ from wan_engine.nn.dit import WanDiT
 from wan_engine.nn.t5 import UMT5Encoder
 from wan_engine.nn.vae import WanVAE
 from wan_engine.phases import PhaseSettings, StepPlan, plan_steps
-from wan_engine.registry import DEFAULT_DEFINITIONS_DIR, ModelFiles, ModelRegistry, ModelSpec, resolve_parameters
+from wan_engine.registry import (
+    DEFAULT_DEFINITIONS_DIR,
+    ModelFiles,
+    ModelRegistry,
+    ModelSpec,
+    NeededFile,
+    resolve_parameters,
+)
 from wan_engine.request import GenerationRequest, GenerationResult
 from wan_engine.sampling import FlowSampler, make_sampler
 from wan_engine.tensor_files import open_checkpoints
@@ -165,7 +172,7 @@ class Engine:
         if self._loaded is not None and self._loaded.spec.key == spec.key:
             return False
         if self.download_missing:
-            self._fetch_missing(spec, [], lambda progress: None)
+            self._fetch(spec, self._missing_files(spec, []), lambda progress: None)
         files = self.registry.files_for(spec)
         verify_model_files(spec, files)  # headers only: a bad file fails here, before the resident model goes
         with self._device_failures_as_faults():
@@ -246,9 +253,10 @@ class Engine:
         timer = pipeline.PhaseTimer(self.device)
 
         spec, values, sources, plan, lora_files, lora_schedule = self._validated(request)
-        if self.download_missing and not self._all_present(spec, values["lora_names"]):
+        missing = self._missing_files(spec, values["lora_names"]) if self.download_missing else []
+        if missing:
             with timer.measure("download"):
-                self._fetch_missing(spec, values["lora_names"], on_progress)
+                self._fetch(spec, missing, on_progress)
         loras = [self._lora(path) for path in lora_files]
 
         def job() -> pipeline.Job:
@@ -393,11 +401,18 @@ class Engine:
                 raise
             return self.models_dir / file.name
 
-    def _all_present(self, spec: ModelSpec, lora_names: Sequence[str]) -> bool:
-        return all(f.present is not None for f in self.registry.needed_files(spec, lora_names=lora_names))
+    def _missing_files(self, spec: ModelSpec, lora_names: Sequence[str]) -> list[NeededFile]:
+        """The LoRA files and, unless one of the model's layouts is complete, the files of its own
+        layout that are not in models_dir."""
+        try:
+            self.registry.files_for(spec)
+            needed = self.registry.needed_loras(lora_names)
+        except WeightsMissing:
+            needed = self.registry.needed_files(spec, lora_names=lora_names)
+        return [f for f in needed if f.present is None]
 
-    def _fetch_missing(self, spec: ModelSpec, lora_names: Sequence[str], on_progress: ProgressCallback) -> None:
-        """Download what `spec` and the LoRAs need (see download_missing in the class docstring)."""
+    def _fetch(self, spec: ModelSpec, missing: Sequence[NeededFile], on_progress: ProgressCallback) -> None:
+        """Download `missing` (see download_missing in the class docstring)."""
 
         def report(event: dict[str, Any]) -> None:
             on_progress({"phase": "download", "file": event["file"], "status": event["status"],
@@ -405,7 +420,7 @@ class Engine:
                          "percent": round(100.0 * event["index"] / event["files"], 1)})  # fmt: skip
 
         try:
-            fetch_needed(self.registry.needed_files(spec, lora_names=lora_names), self.models_dir, on_file=report)
+            fetch_needed(missing, self.models_dir, on_file=report)
         except DownloadError as error:
             if error.permanent:
                 raise WeightsMissing(f"model {spec.key!r}: {error}") from error
