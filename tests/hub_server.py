@@ -42,6 +42,7 @@ class Faults:
 class Request:
     method: str
     repo: str
+    revision: str
     path: str
     range: str | None
     status: int
@@ -135,17 +136,17 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 time.sleep(delay)
             folder = hub.repos.get(repo)
             if status:
-                return self._error(method, repo, path, status, "")
+                return self._error(method, repo, revision, path, status, "")
             if folder is None:
-                return self._error(method, repo, path, 404, "RepoNotFound")
+                return self._error(method, repo, revision, path, 404, "RepoNotFound")
             token = hub.tokens.get(repo)
             if token is not None and self.headers.get("Authorization") != f"Bearer {token}":
-                return self._error(method, repo, path, 401, "RepoNotFound")
+                return self._error(method, repo, revision, path, 401, "RepoNotFound")
             if revision not in ("main", COMMIT):
-                return self._error(method, repo, path, 404, "RevisionNotFound")
+                return self._error(method, repo, revision, path, 404, "RevisionNotFound")
             file = folder / path
             if not path or ".." in Path(path).parts or not file.is_file():
-                return self._error(method, repo, path, 404, "EntryNotFound")
+                return self._error(method, repo, revision, path, 404, "EntryNotFound")
             content = file.read_bytes()
             start = _range_start(self.headers.get("Range"))
             code = 206 if start else 200
@@ -158,7 +159,7 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             if start:
                 self.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")
             self.end_headers()
-            hub._record(Request(method, repo, path, self.headers.get("Range"), code))
+            hub._record(Request(method, repo, revision, path, self.headers.get("Range"), code))
             if not body:
                 return
             if truncate:  # half the body, then (after holding it open `stall` seconds) the connection drops
@@ -170,7 +171,7 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 return
             self.wfile.write(part)
 
-        def _error(self, method: str, repo: str, path: str, status: int, code: str) -> None:
+        def _error(self, method: str, repo: str, revision: str, path: str, status: int, code: str) -> None:
             message = f"{status} for {repo}/{path}".encode()
             self.send_response(status)
             if code == "EntryNotFound":  # the repo and revision exist: the hub names the commit
@@ -181,7 +182,7 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if method == "GET":
                 self.wfile.write(message)
-            hub._record(Request(method, repo, path, self.headers.get("Range"), status))
+            hub._record(Request(method, repo, revision, path, self.headers.get("Range"), status))
 
     return Handler
 

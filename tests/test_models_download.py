@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for
-from hub_server import HubServer
+from hub_server import COMMIT, HubServer
 from models_harness import TINY_REPO, json_lines, models, models_process
 from wan_engine.hub import DownloadError, HubFile, fetch
 from worker.resources import WorkerResources
@@ -153,6 +153,14 @@ def test_a_missing_file_is_a_permanent_error_naming_its_url(hub: HubServer, tmp_
     assert err.value.permanent and "HTTP 404" in str(err.value)
     assert f"https://huggingface.co/{TINY_REPO}/resolve/main/absent.safetensors" in str(err.value)
     assert len([r for r in hub.requests if r.path == "absent.safetensors"]) == 1  # not retried
+
+
+def test_a_pinned_revision_is_what_is_asked_for(hub: HubServer, tmp_path: Path) -> None:
+    assert fetch(HubFile(TINY_REPO, "tiny_umt5.safetensors", COMMIT), tmp_path, "tiny_umt5.safetensors").downloaded
+    assert {(r.revision, r.path) for r in hub.requests if r.repo == TINY_REPO} == {(COMMIT, "tiny_umt5.safetensors")}
+    with pytest.raises(DownloadError) as err:
+        fetch(HubFile(TINY_REPO, "tiny_vae.safetensors", "f" * 40), tmp_path, "tiny_vae.safetensors")
+    assert err.value.permanent and "RevisionNotFound" in str(err.value) and "f" * 40 in str(err.value)
 
 
 def test_hf_token_opens_a_private_repo(hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
