@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 HUB_HOST = "https://huggingface.co"
 STAGING_FOLDER = ".download"  # inside the models folder, so the final rename never crosses filesystems
 LOCKS_FOLDER = "locks"
-ATTEMPTS = 4  # per file, for transient failures
-RETRY_WAIT_SECONDS = (1.0, 2.0, 4.0)
+ATTEMPTS = 4  # per file, for transient failures, waiting 1, 2, 4 s between them
+RETRY_FIRST_WAIT_SECONDS = 1.0
+RETRY_MAX_WAIT_SECONDS = 4.0
 
 INDEX_SUFFIX = ".index.json"  # a sharded checkpoint: the index names its shards, which sit beside it
 _RESOLVE_URL = re.compile(r"^https?://[^/]+/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<path>.+)$")
@@ -198,20 +199,25 @@ def _download_with_retries(
     attempts: int,
     on_retry: Callable[[int, BaseException], None] | None,
 ) -> Path:
-    for attempt in range(1, attempts + 1):
-        try:
-            return _download(source, models_dir, show_progress)
-        except Exception as error:  # noqa: BLE001 - classified right below
-            permanent = _is_permanent(error)
-            if permanent or attempt == attempts:
-                tried = "" if permanent else f" (gave up after {attempts} attempts)"
-                raise DownloadError(
-                    f"cannot download {source.url}{tried}: {_describe(error)}", permanent=permanent
-                ) from error
-            if on_retry is not None:
-                on_retry(attempt, error)
-            time.sleep(RETRY_WAIT_SECONDS[min(attempt, len(RETRY_WAIT_SECONDS)) - 1])
-    raise AssertionError("unreachable")
+    import tenacity
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        if on_retry is not None and state.outcome is not None:
+            on_retry(state.attempt_number, state.outcome.exception())
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential(multiplier=RETRY_FIRST_WAIT_SECONDS, max=RETRY_MAX_WAIT_SECONDS),
+        retry=tenacity.retry_if_exception(lambda error: not _is_permanent(error)),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(_download, source, models_dir, show_progress)
+    except Exception as error:  # noqa: BLE001 - every failure becomes a DownloadError naming the URL
+        permanent = _is_permanent(error)
+        tried = "" if permanent else f" (gave up after {attempts} attempts)"
+        raise DownloadError(f"cannot download {source.url}{tried}: {_describe(error)}", permanent=permanent) from error
 
 
 def _download(source: HubFile, models_dir: Path, show_progress: bool) -> Path:
@@ -262,6 +268,8 @@ def _sha256(path: Path) -> str:
 def _is_permanent(error: BaseException) -> bool:
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+    if isinstance(error, DownloadError):
+        return error.permanent
     if isinstance(error, (RepositoryNotFoundError, RevisionNotFoundError)):
         return True
     if isinstance(error, EntryNotFoundError) and isinstance(error, HfHubHTTPError):
