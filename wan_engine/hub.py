@@ -180,7 +180,7 @@ def fetch_needed(
                 listed = {f.download_name for f in queue}
                 shards = dataclasses.replace(file, present=path).shards(Path(models_dir))
                 queue += [shard for shard in shards if shard.download_name not in listed]
-        except (DownloadError, LoadError) as error:
+        except (DownloadError, LoadError, OSError) as error:  # OSError: the models folder is not writable, ...
             event.update(status="failed", error=str(error))
             on_file(event)
             failure = error if isinstance(error, DownloadError) else DownloadError(str(error), permanent=True)
