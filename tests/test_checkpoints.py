@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from wan_engine.checkpoints import verify_model_files
 from wan_engine.errors import LoadError
 from wan_engine.registry import ModelRegistry
+from wan_engine.tensor_files import open_checkpoints
 from worker.cli import build_parser
 from worker.config import load_config
 
@@ -82,3 +83,26 @@ def test_models_verify_reports_each_model_and_fails_on_a_bad_one(models: Path, c
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == '{"model": "tiny_t2v_2_2", "ok": true, "layout": "wan2gp"}'
     assert '"ok": false' in lines[1] and "lack key" in lines[1]
+
+
+class _Payload:
+    """Unpickling this would run code: it touches a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pth_file_is_read_as_tensors_only_never_running_pickled_code(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
+    torch.save({"token_embedding.weight": torch.zeros(2, 2), "payload": _Payload(marker)}, str(path))
+    with pytest.raises(LoadError, match="not a readable tensors-only .pth"), open_checkpoints([path]):
+        pass
+    assert not marker.exists()
+    legacy = tmp_path / "legacy.pth"  # torch's pre-zip format cannot be memory-mapped: read it all
+    torch.save({"w": torch.arange(3.0)}, str(legacy), _use_new_zipfile_serialization=False)
+    with open_checkpoints([legacy]) as tensors:
+        assert [(t.key, t.shape, t.dtype, t.read().tolist()) for t in tensors] == [("w", (3,), "F32", [0.0, 1.0, 2.0])]

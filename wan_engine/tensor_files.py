@@ -73,10 +73,15 @@ def _read_safetensors(path: Path, stack: ExitStack) -> list[StoredTensor]:
 
 
 def _read_pth(path: Path) -> list[StoredTensor]:
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file; all mean the same here
-        raise LoadError(f"{path} is not a readable tensors-only .pth state dict: {type(error).__name__}: {error}") from None
+    state = None
+    for mmap in (True, False):  # files in torch's legacy (pre-zip) format cannot be memory-mapped
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+            break
+        except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file; all mean the same here
+            failure = error
+    if state is None:
+        raise LoadError(f"{path} is not a readable tensors-only .pth state dict: {type(failure).__name__}: {failure}")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise LoadError(f"{path} does not hold a flat state dict of tensors")
     return [StoredTensor(key, tuple(t.shape), dtype_name(t.dtype), path, lambda t=t: t) for key, t in state.items()]
