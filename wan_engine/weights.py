@@ -1,8 +1,9 @@
 """Load checkpoints into a network without building a random-initialised copy first.
 
 The network is constructed on the meta device (no memory, no init kernels), the files (safetensors,
-a sharded checkpoint's index, a tensors-only .pth: wan_engine.tensor_files) are read one tensor at a time, renamed through an optional key map, checked against the network's own names and
-shapes, cast and moved to the target device, and finally assigned in place of the meta tensors.
+a sharded checkpoint's index, a tensors-only .pth: wan_engine.tensor_files) are read one tensor at a
+time, renamed through an optional key map, checked against the network's own names and shapes, cast
+and moved to the target device, and finally assigned in place of the meta tensors.
 Host memory therefore stays near one copy of the checkpoint (less when the target is a GPU).
 
 Precision policy: floating-point parameters take the requested dtype, except those under a
