@@ -156,8 +156,7 @@ def fetch_needed(
     """Fetch every file of `needed` (registry.needed_files) that is not present, each under its
     download name, and the shards of each sharded checkpoint's index. `on_file` gets one event per
     file: {"file", "role", "status": "present" | "downloaded" | "failed", "bytes", "seconds", "source",
-    "index", "files", "error"?}. Returns the
-    failures (raises the first one when `stop_on_failure`)."""
+    "index", "files", "error"?}. Returns the failures (raises the first one when `stop_on_failure`)."""
     failures: list[DownloadError] = []
     queue = list(needed)
     index = 0
