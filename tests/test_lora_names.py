@@ -1,9 +1,13 @@
 """LoRA names as users write them: file stems, URLs, the alias table, parts of a stem."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import REPO_ROOT
 
 from wan_engine.errors import InvalidRequest
 from wan_engine.loras import lora_file, lora_file_stem, read_lora_aliases, resolve_lora_name
@@ -96,3 +100,9 @@ def test_the_engine_resolves_the_seeds_lora_names(tmp_path: Path) -> None:
     files = [f for f in registry.needed_files(registry.get("vace_22_14b"), lora_names=["CausVid", "DetailEnhancerV1"])
              if f.role == "lora"]
     assert [f.present.stem for f in files] == [CAUSVID, "DetailEnhancerV1"]
+
+
+def test_name_resolution_does_not_import_torch() -> None:
+    probe = "import sys, wan_engine.loras; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
