@@ -13,6 +13,7 @@ cast. Keeping fp8 on the device is not this module's business.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -24,9 +25,8 @@ from safetensors import SafetensorError, safe_open
 from wan_engine.errors import LoadError
 from wan_engine.hub import is_index, shard_names
 
-SCALE_SUFFIX = ".scale_weight"
-_DROPPED_SUFFIXES = (".scale_input",)
-_DROPPED_KEYS = ("scaled_fp8",)
+SCALE_SUFFIX = ".scale_weight"  # ComfyUI fp8_scaled: weight = fp8 tensor * scale_weight
+COMFY_EXTRAS = re.compile(r"(^|\.)(scaled_fp8|scale_input)$")  # the marker key; static input scales (unused)
 _TORCH_DTYPE_NAMES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64", torch.int32: "I32",
@@ -50,16 +50,18 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 @contextmanager
-def open_checkpoints(paths: Sequence[str | Path]) -> Iterator[list[StoredTensor]]:
+def open_checkpoints(paths: Sequence[str | Path], *, fold_fp8_scales: bool = True) -> Iterator[list[StoredTensor]]:
     """Every tensor of `paths`, in file order; the files stay open (memory-mapped) inside the block.
-    LoadError names a file that cannot be read (truncated, corrupt, not a checkpoint)."""
+    With `fold_fp8_scales` False the fp8 weights, their scales and ComfyUI's marker come as stored
+    (the fp8 mode keeps them). LoadError names a file that cannot be read (truncated, corrupt, not a
+    checkpoint)."""
     with ExitStack() as stack:
         tensors: list[StoredTensor] = []
         for path in map(Path, paths):
             files = [path.parent / name for name in shard_names(path)] if is_index(path) else [path]
             for file in files:
                 tensors += _read_pth(file) if file.suffix == ".pth" else _read_safetensors(file, stack)
-        yield _fold_fp8_scales(tensors)
+        yield _fold_fp8_scales(tensors) if fold_fp8_scales else tensors
 
 
 def _read_safetensors(path: Path, stack: ExitStack) -> list[StoredTensor]:
@@ -92,7 +94,7 @@ def _fold_fp8_scales(tensors: list[StoredTensor]) -> list[StoredTensor]:
     scales = {t.key[: -len(SCALE_SUFFIX)]: t for t in tensors if t.key.endswith(SCALE_SUFFIX)}
     folded = []
     for tensor in tensors:
-        if tensor.key in _DROPPED_KEYS or tensor.key.endswith((SCALE_SUFFIX, *_DROPPED_SUFFIXES)):
+        if tensor.key.endswith(SCALE_SUFFIX) or COMFY_EXTRAS.search(tensor.key):
             continue
         module, _, leaf = tensor.key.rpartition(".")
         scale = scales.get(module) if leaf == "weight" else None
