@@ -221,12 +221,14 @@ def test_every_field_with_bounds_has_a_kind_that_has_bounds() -> None:
 
 # ---- the whole request, torch-free ----------------------------------------------------------------------
 
-def test_validate_finds_lora_files_by_stem_and_expands_their_multipliers(registry: ModelRegistry, tmp_path: Path) -> None:
-    (tmp_path / "CausVid.safetensors").write_bytes(b"")
+def test_validate_finds_lora_files_by_name_and_expands_their_multipliers(registry: ModelRegistry,
+                                                                         tmp_path: Path) -> None:
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "loras" / "Wan21_CausVid_14B_T2V_lora_rank32_v2.safetensors").write_bytes(b"")
     request = GenerationRequest(model="tiny_vace_2_2", prompt="p", width=32, height=32, video_length=5,
-                                lora_names=["causvid"], lora_multipliers=["1;0"])
+                                lora_names=["CausVid"], lora_multipliers=["1;0"])  # the seed's short name
     checked = validate(registry, request, tmp_path)
-    assert checked.lora_files == [tmp_path / "CausVid.safetensors"]
+    assert checked.lora_files == [tmp_path / "loras" / "Wan21_CausVid_14B_T2V_lora_rank32_v2.safetensors"]
     assert checked.lora_schedule == [[1.0 if s.phase == 1 else 0.0 for s in checked.plan]]
 
 

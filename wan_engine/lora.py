@@ -15,7 +15,7 @@ delta adds m * delta. Keys naming layers the model does not have (i2v-only `k_im
 are skipped and reported; a LoRA none of whose keys fits the model is an error.
 
 Multipliers (one string per LoRA, Wan2GP syntax: "0.8", "1;0", "1,0.5;0") become a value per
-step in wan_engine.multipliers; names become files in wan_engine.lora_files (both torch-free).
+step in wan_engine.multipliers; names become files in wan_engine.loras (both torch-free).
 
 Application: `applied_loras(models, loras, schedule)` is a context manager that installs, on each
 targeted layer, a forward hook adding the low-rank update in the forward path

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from wan_engine.errors import InvalidRequest, echo
-from wan_engine.lora_files import resolve_lora
+from wan_engine.loras import LORAS_FOLDER, lora_file, resolve_lora_name
 from wan_engine.multipliers import lora_multiplier_schedule
 from wan_engine.phases import PhaseSettings, StepPlan, plan_steps
 from wan_engine.request import PRECISIONS
@@ -429,18 +429,34 @@ def step_plan(values: Mapping[str, Any], dual_expert: bool) -> list[StepPlan]:
     return plan_steps(steps.tolist(), PhaseSettings.from_values(values), dual_expert)
 
 
-def validate(registry: Any, request: Any, loras_dir: str | Path, limits: Limits | None = None,
-             find_lora: Callable[[str], Path] | None = None) -> Checked:
+def lora_finder(registry: Any, models_dir: str | Path, download_missing: bool = False) -> Callable[[str], Path]:
+    """The file each LoRA name means in `<models_dir>/loras` (wan_engine.loras, with the registry's
+    alias table); with download_missing, where a missing one that has a source will be downloaded to."""
+    loras_dir = Path(models_dir) / LORAS_FOLDER
+
+    def find(name: str) -> Path:
+        try:
+            return resolve_lora_name(name, loras_dir, registry.lora_aliases)
+        except InvalidRequest:
+            file = lora_file(name, loras_dir, registry.lora_aliases)
+            if not download_missing or file.source is None:
+                raise
+            return Path(models_dir) / file.name
+
+    return find
+
+
+def validate(registry: Any, request: Any, models_dir: str | Path, limits: Limits | None = None,
+             download_missing: bool = False) -> Checked:
     """Check `request` (a GenerationRequest, or a mapping of its fields) as a generation would use it:
-    model, sampling values, geometry, LoRA names and multipliers, and with `limits` the prompt
-    length and the width x height x frames budget. Reads no weights and no LoRA file; raises
-    UnknownModel or InvalidRequest naming the field. `find_lora(name)` is the file a LoRA name
-    means (default: the one of that name in `loras_dir`)."""
+    model, sampling values, geometry, LoRA names (lora_finder) and multipliers, and with `limits`
+    the prompt length and the width x height x frames budget. Reads no weights and no LoRA file;
+    raises UnknownModel or InvalidRequest naming the field."""
     given = request if isinstance(request, Mapping) else vars(request)
     spec = registry.get(given["model"])
     values, sources = resolve(spec, given)
     plan = step_plan(values, spec.is_dual_expert)
-    find_lora = find_lora or (lambda name: resolve_lora(name, loras_dir))
+    find_lora = lora_finder(registry, models_dir, download_missing)
     lora_files = [find_lora(name) for name in values["lora_names"]]
     schedule = lora_multiplier_schedule(values["lora_multipliers"], len(lora_files), plan,
                                         values["guidance_phases"], values["model_switch_phase"])

@@ -15,7 +15,8 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
 
-TOKENIZER_FILE = "tokenizer.json"
+from wan_engine.registry import TOKENIZER_FILE
+
 PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2

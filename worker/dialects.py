@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from wan_engine.errors import UnknownModel, echo
-from wan_engine.lora_files import lora_file_stem
+from wan_engine.loras import lora_file_stem
 from wan_engine.schedules import timesteps
 from wan_engine.schema import SAMPLING_FIELDS, parse_multipliers, typed
 from worker.errors import ValidationError

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from wan_engine.errors import InvalidRequest, UnknownModel, echo
+from wan_engine.loras import LORAS_FOLDER
 from wan_engine.schema import FIELDS, RANDOM_SEED, Limits, Reading, validate
 from worker.dialects import (
     compose_prompt,
@@ -43,7 +44,6 @@ from worker.video import VideoWriter, iter_frames, read_image, save_png, thumbna
 
 DEFAULT_OUTPUT_NAME = "video.mp4"
 DEFAULT_IMAGE_NAME = "image.png"
-LORAS_FOLDER = "loras"  # <models_dir>/loras, where the engine finds LoRA files
 
 # The model each task type runs when the row names neither `model` nor `preset` (registry keys).
 DEFAULT_MODELS = {
@@ -92,7 +92,7 @@ def check_request(resources: WorkerResources, limits: Limits, fields: Mapping[st
     `row_fields` maps a request field to the row's field that set it (a travel job's
     segment_frames sets each segment's video_length)."""
     try:
-        validate(resources.model_registry(), fields, Path(resources.models_dir) / LORAS_FOLDER, limits)
+        validate(resources.model_registry(), fields, resources.models_dir, limits, resources.download_missing)
     except InvalidRequest as error:
         field = (row_fields or {}).get(error.field, error.field)
         name = reading.label(field) if field in FIELDS else field
