@@ -152,9 +152,8 @@ def test_reighs_orchestrator_payload_plans_with_the_headless_rules(images: list[
 def test_independent_segments_open_on_their_own_keyframes_and_the_rule_is_recorded(images: list[str]) -> None:
     """Reigh's generateVideoService.ts sends independent_segments: true, chain_segments: false."""
     plan = plan_travel(reigh_orchestrator_row(images, chain_segments=False))
-    assert plan.independent and plan.overlaps == [0] and [s.frames for s in plan.segments] == [9, 9]
-    assert plan.frame_rule == HEADLESS_RULE + INDEPENDENT_RULE
-    assert plan.ignored_params["orchestrator_details.frame_overlap_expanded"] == "independent segments do not overlap"
+    assert plan.independent and plan.overlaps == [4] and [s.frames for s in plan.segments] == [9, 9]  # no context
+    assert plan.frame_rule == HEADLESS_RULE + INDEPENDENT_RULE and plan.expected_frames == 9 + 9 - 4
     with pytest.raises(ValidationError) as error:
         plan_travel(reigh_orchestrator_row(images, chain_segments=True))
     assert error.value.field == "orchestrator_details.independent_segments"
@@ -467,3 +466,18 @@ def test_the_claims_resolved_model_knows_the_seeds_names() -> None:
     assert resolved_model({"vace_version": "vace_22_14b", "model_name": "vace_14B_cocktail_2_2"}) == "vace_14B_cocktail_2_2"
     assert resolved_model({"vace_version": "vace_21_14b"}) == "vace_14B"
     assert resolved_model({"orchestrator_details": {"model_name": "vace_14B"}}) == "vace_14B"
+
+
+def test_an_independent_job_runs_its_segments_without_waiting_and_cross_fades_them(
+        sqlite_store: TaskStore, seed_resources: WorkerResources, images: list[str], tmp_path: Path) -> None:
+    """`independent_segments: true` (Reigh's default): no segment reads another, the stitch still joins them."""
+    job = sqlite_store.enqueue("travel_orchestrator", {"model": "tiny_vace", "prompt": "p", "images": images,
+                                                       "resolution": "32x32", "segment_frames": 9, "frame_overlap": 2,
+                                                       "num_inference_steps": 2, "independent_segments": True})
+    run_until_idle(sqlite_store, seed_resources, tmp_path / "out")
+    task = sqlite_store.get(job)
+    assert task.status == TaskStatus.COMPLETE, task.error_message
+    segments = [child for child in sqlite_store.children(job) if child.task_type == "travel_segment"]
+    assert len(segments) == 2 and all(child.dependant_on == [] for child in segments)
+    assert task.result_data["frames"] == probe(task.output_location).frames == 9 + 9 - 2
+    assert all(child.result_data["kept_frames"] == [0, 8] for child in segments)  # each opens on its own keyframe

@@ -85,19 +85,19 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
         end = _keyframe(segment.end_image, job, f"images[{index + 1}]")
     # With an overlap the previous segment's last frames open the guide, so the start image is not decoded.
     start = tail = None
-    if segment.overlap and segment.previous_video is not None:
-        tail = _last_frames(local_path(segment.previous_video, "continue_from_video"), segment.overlap,
-                            "continue_from_video")
-    elif segment.overlap:
+    head = 0 if job.independent else segment.overlap  # frames of what came before that open the guide
+    if head and segment.previous_video is not None:
+        tail = _last_frames(local_path(segment.previous_video, "continue_from_video"), head, "continue_from_video")
+    elif head:
         if previous_id is None:
             raise ValidationError("previous_segment_task_id", f"segment {index} overlaps its previous segment, "
                                                               "and the row names none (no dependency)")
-        tail = _previous_tail(ctx, previous_id, segment.overlap)
+        tail = _previous_tail(ctx, previous_id, head)
     elif segment.previous_video is not None:  # a continued journey without overlap opens on the video's last frame
         start = _last_frames(local_path(segment.previous_video, "continue_from_video"), 1, "continue_from_video")[-1]
     else:
         start = _keyframe(segment.start_image, job, f"images[{index}]")
-    guide = segment_guide(segment.frames, segment.overlap, start, end, tail)
+    guide = segment_guide(segment.frames, head, start, end, tail)
 
     request = GenerationRequest(
         model=job.preset or job.model,

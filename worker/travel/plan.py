@@ -27,7 +27,7 @@ Either way the stitched video has sum(frames) - sum(overlaps) frames, every roun
 and seeds are `seed + i`, so any segment can be re-run alone and give the same video.
 
 Independent segments (`chain_segments: false` or `independent_segments: true`) each open on their
-own start image (no overlap, no waiting for the previous segment) and are joined end to end. One
+own start image and wait for no other segment; the stitch cross-fades their overlaps all the same. One
 keyframe makes one segment that starts on it and ends where the model takes it. A journey that
 continues a video (`continue_from_video`, headless `continue_from_video_resolved_path`) has a segment
 per image: the first opens on the video's last `frame_overlap[0]` frames, and the stitch starts
@@ -65,7 +65,8 @@ HEADLESS_KEY = "orchestrator_details"
 OURS_RULE = "ours: each segment_frames entry is a segment's whole length, overlap included"
 HEADLESS_RULE = ("headless: segment_frames_expanded rounded down to 4n+1; overlaps even and capped at the shorter "
                  "neighbour; a chained segment after the first generates its frames + the overlap (4n+1)")
-INDEPENDENT_RULE = "; independent segments: no overlap, each opens on its own keyframe"
+INDEPENDENT_RULE = ("; independent segments: each opens on its own keyframe (nothing is generated on top of "
+                    "the overlap), the stitch cross-fades the overlaps")
 ENHANCED_PROMPTS = "enhanced_prompts_expanded"
 PER_SEGMENT_PHASE_CONFIGS, PER_SEGMENT_LORAS = "phase_configs_expanded", "loras_per_segment_expanded"
 
@@ -210,6 +211,7 @@ class SegmentJob:
     sampling: dict[str, Any]
     segment_count: int
     expected_frames: int
+    independent: bool = False  # the segment opens on its own keyframe, not on the previous output
 
     def to_params(self) -> dict[str, Any]:
         return {**asdict(self), "segment": asdict(self.segment)}
@@ -221,7 +223,7 @@ class SegmentJob:
     @classmethod
     def of(cls, plan: TravelPlan, index: int) -> SegmentJob:
         return cls(plan.segments[index], plan.model, plan.preset, plan.width, plan.height, plan.fps,
-                   plan.sampling_of(index), len(plan.segments), plan.expected_frames)
+                   plan.sampling_of(index), len(plan.segments), plan.expected_frames, plan.independent)
 
 
 def is_headless_form(params: Mapping[str, Any]) -> bool:
@@ -288,15 +290,8 @@ class _Planner:
         prompts = self._prompts(count)
         negative_prompts = self._negative_prompts(count)
         asked = self._segment_frames(count)
-        if continued:
-            overlaps = self._overlaps([continued[1], *asked])
-        elif chained:
-            overlaps = [0, *self._overlaps(asked)]
-        else:
-            overlaps = [0] * count
-            if self.reader.given("frame_overlap"):
-                self.overridden[self.reader.schema.keys["frame_overlap"]] = "independent segments do not overlap"
-        frames = self._generated_frames(asked, overlaps, first_join=0 if continued else 1)
+        overlaps = self._overlaps([continued[1], *asked]) if continued else [0, *self._overlaps(asked)]
+        frames = self._generated_frames(asked, overlaps, first_join=0 if continued else 1, chained=chained)
         seed = self._seed(count)
         segments = tuple(
             SegmentPlan(
@@ -526,7 +521,8 @@ class _Planner:
                     )
         return used_overlaps
 
-    def _generated_frames(self, frames: list[int], overlaps: list[int], first_join: int) -> list[int]:
+    def _generated_frames(self, frames: list[int], overlaps: list[int], first_join: int,
+                          chained: bool) -> list[int]:
         """Frames each segment generates: its frames (ours), or its frames + its overlap rounded down
         to 4n+1 (headless chained segments after the first). `first_join`: the index of the first
         segment's overlap in the frame_overlap list (0 when it continues a video, else 1)."""
@@ -534,7 +530,7 @@ class _Planner:
             return frames
         generated = []
         for i, (count, overlap) in enumerate(zip(frames, overlaps)):
-            with_context = overlap and i > 0
+            with_context = overlap and i > 0 and chained
             label = f"{self.reader.key('segment_frames')}[{i}]"
             total = round_to_frame_count(count + overlap, label) if with_context else count
             if total < overlap + 1:
