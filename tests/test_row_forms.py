@@ -261,6 +261,7 @@ def test_the_seeds_wan22_vace_travel_example_runs_with_every_key_honoured(
                        ("guidance_scale", "guidance_scale"), ("flow_shift", "flow_shift"),
                        ("lora_names", "lora_names"), ("lora_multipliers", "lora_multipliers")]:
         assert sources[field] == f"task ({key})", field
+    assert sources["video_length"] == "task (video_length)"  # each segment's length is the seed's video_length
     parameters = result["parameters"]
     assert (parameters["num_inference_steps"], parameters["flow_shift"], parameters["video_length"]) == (2, 2.0, 9)
     assert (parameters["lora_names"], parameters["lora_multipliers"]) == (["CausVid", "DetailEnhancerV1"], ["1.0", "0.2"])

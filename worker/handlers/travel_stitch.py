@@ -20,6 +20,7 @@ from worker.handlers.travel_segment import report_job_progress, segment_video
 from worker.params import ParamReader, local_path
 from worker.paths import output_file
 from worker.store import Task, TaskStatus
+from worker.travel.plan import TravelPlan
 from worker.travel.stitch import stitch
 
 OUTPUT_NAME = "travel.mp4"
@@ -68,8 +69,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
         "frame_rule": plan.frame_rule,
         "ignored_params": plan.ignored_params,
         "parameters": first.get("parameters", {}),
-        "parameter_sources": {**first.get("parameter_sources", {}),
-                              **{name: f"task ({key})" for name, key in plan.given_as.items()}},
+        "parameter_sources": _job_parameter_sources(first.get("parameter_sources", {}), plan),
         "segments": [_segment_summary(task, segment.overlap) for task, segment in zip(segments, plan.segments)],
     }
 
@@ -87,6 +87,19 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
 
     stitch_result = {**summary, "phase_seconds": own_phases}
     return HandlerResult(output_location=published["output"], result_data=stitch_result)
+
+
+def _job_parameter_sources(segment_sources: dict[str, str], plan: TravelPlan) -> dict[str, str]:
+    """The first segment's parameter sources, with what the job's row gave named by the key it used:
+    `task (<key>)` under the field, and under the key too when that is a parameter of the segment
+    (the seed's `video_length` gives each segment's video_length)."""
+    sources = dict(segment_sources)
+    for name, key in plan.given_as.items():
+        sources[name] = f"task ({key})"
+        own_name = key.rsplit(".", 1)[-1]
+        if own_name in segment_sources and own_name not in plan.given_as:
+            sources[own_name] = f"task ({key})"
+    return sources
 
 
 def _finished_segment(ctx: TaskContext, task_id: str) -> Task:
