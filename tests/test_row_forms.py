@@ -320,7 +320,7 @@ def test_unknown_keys_are_reported_on_the_row_and_no_op_keys_are_not(
     assert task.result_data["ignored_params"] == {"mystery_knob": "not a parameter this worker uses",
                                                   "enhance_prompt": "a switch this worker does not honour",
                                                   "x" * 50: "not a parameter this worker uses"}
-    assert task.result_data["parameter_sources"]["num_inference_steps"] == "request"
+    assert task.result_data["parameter_sources"]["num_inference_steps"] == "request (steps)"
 
 
 def test_reighs_wan_2_2_t2i_row_writes_one_png(sqlite_store: TaskStore, seed_resources: WorkerResources,

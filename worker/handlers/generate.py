@@ -218,7 +218,7 @@ def generation_result_data(generation: Generation, *, preset: str | None, worker
 @dataclass
 class GenerationRow:
     """A generation row read and checked: the request, what the worker resolved itself (name ->
-    (value, source)), and the keys it did not honour."""
+    (value, source)), the keys it did not honour, and the row's own key for each field it gave."""
 
     request: Any
     worker_parameters: dict[str, tuple[Any, str]]
@@ -226,6 +226,17 @@ class GenerationRow:
     fps: int
     preset: str | None
     output: Path
+    given_as: dict[str, str]
+
+    def row_result_data(self, result_data: dict[str, Any]) -> dict[str, Any]:
+        """result_data with ignored_params, and each source of a value the row gave under another
+        name (the seed's model_name, headless steps, ...) naming that key."""
+        sources = result_data["parameter_sources"]
+        for name, key in self.given_as.items():
+            if key != name:
+                sources[name] = f"{sources.get(name, 'task')} ({key})"
+        result_data["ignored_params"] = self.ignored
+        return result_data
 
 
 def read_generation(params: Mapping[str, Any], *, resources: WorkerResources, limits: Limits, output_dir: Path,
@@ -278,7 +289,8 @@ def read_generation(params: Mapping[str, Any], *, resources: WorkerResources, li
     if not name.endswith(suffix):
         raise ValidationError("output_filename", f"must end in {suffix}, got {echo(name)}")
     ignored = report_ignored(log, ignored_params(reader, overridden))
-    return GenerationRow(request, worker_parameters, ignored, fps, spec.preset, output_file(output_dir, name))
+    return GenerationRow(request, worker_parameters, ignored, fps, spec.preset, output_file(output_dir, name),
+                         dict(reader.schema.keys))
 
 
 @register(*DEFAULT_MODELS)
@@ -295,7 +307,7 @@ def generate_video(ctx: TaskContext) -> HandlerResult:
     generation.phase_seconds["video_encode"] = encode_seconds
     result_data = generation_result_data(generation, preset=row.preset, worker_parameters=row.worker_parameters,
                                          fps=row.fps, output=output, thumbnail=thumbnail)
-    result_data["ignored_params"] = row.ignored
+    row.row_result_data(result_data)
     return HandlerResult(output_location=publish_outputs(ctx, result_data, output, thumbnail), result_data=result_data)
 
 
@@ -310,7 +322,7 @@ def generate_image(ctx: TaskContext) -> HandlerResult:
     output = save_png(generation.frames[0], row.output)
     result_data = generation_result_data(generation, preset=row.preset, worker_parameters=row.worker_parameters,
                                          fps=row.fps, output=output, thumbnail=output)
-    result_data["ignored_params"] = row.ignored
+    row.row_result_data(result_data)
     published = ctx.storage.publish(ctx.task.id, {"output": output})
     result_data.update(published, thumbnail=published["output"])
     return HandlerResult(output_location=published["output"], result_data=result_data)
