@@ -209,7 +209,8 @@ class Engine:
             for name, paths in files.experts.items()
         }
         experts = Experts(networks, self.device, take_turns=take_turns)
-        return LoadedModel(spec, files, pipeline.Networks(text_encoder, vae, experts, vace=spec.is_vace))
+        networks = pipeline.Networks(text_encoder, vae, experts, vace=spec.is_vace, image_to_video=spec.is_image_to_video)
+        return LoadedModel(spec, files, networks)
 
     # ---- generation -----------------------------------------------------------------------------
 
@@ -245,6 +246,8 @@ class Engine:
                 plan=plan,
                 controls=_control_streams(request),
                 references=list(request.image_refs),
+                image_start=request.image_start,
+                image_end=request.image_end,
                 loras=loras,
                 lora_schedule=lora_schedule,
             )
@@ -434,6 +437,26 @@ def _check_inputs(request: GenerationRequest, spec: ModelSpec) -> None:
     for index, image in enumerate(request.image_refs):
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise InvalidRequest(f"image_refs[{index}]", "must be a uint8 [H, W, 3] image")
+    _check_frame_images(request, spec)
+
+
+def _check_frame_images(request: GenerationRequest, spec: ModelSpec) -> None:
+    """image_start / image_end: only for an image-to-video model, which needs at least one, each a
+    uint8 image of exactly the requested size."""
+    images = {"image_start": request.image_start, "image_end": request.image_end}
+    given = [name for name, image in images.items() if image is not None]
+    if given and not spec.is_image_to_video:
+        raise InvalidRequest(given[0], f"model {spec.key!r} is not an image-to-video model (use an i2v model, e.g. i2v_2_2)")
+    if spec.is_image_to_video and not given:
+        raise InvalidRequest("image_start", f"model {spec.key!r} is image-to-video: give image_start and/or image_end")
+    for name in given:
+        image = images[name]
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise InvalidRequest(name, "must be a uint8 [H, W, 3] image")
+        if image.shape[:2] != (request.height, request.width):
+            raise InvalidRequest(
+                name, f"is {image.shape[1]}x{image.shape[0]}, the requested resolution is {request.width}x{request.height}"
+            )
 
 
 def _check_array(name: str, value: Any, shape: tuple[int, ...]) -> None:

@@ -73,10 +73,16 @@ REQUEST, DEFINITION, FAMILY = "request", "definition", "family"
 class Architecture:
     """Network configurations of an architecture, as names of constants in wan_engine.nn.* (imported
     only when asked, so reading definitions never builds or imports a network), and the default
-    VAE / text-encoder files."""
+    VAE / text-encoder files.
+
+    image_to_video: the DiT takes first / last frame conditioning (wan_engine.i2v).
+    defaults: sampling defaults of every model of the architecture, under its definition's own.
+    """
 
     dit: str
     vace_layers: str | None = None
+    image_to_video: bool = False
+    defaults: Mapping[str, Any] = field(default_factory=dict)
     vae: str = "WAN21_VAE"
     text_encoder: str = "UMT5_XXL"
     vae_file: str = "Wan2.1_VAE.safetensors"
@@ -88,6 +94,8 @@ _TINY_FILES = dict(
     vae="TINY_VAE", text_encoder="TINY_UMT5", vae_file="tiny_vae.safetensors",
     text_encoder_file="tiny_umt5.safetensors", tokenizer_folder="tiny_umt5",
 )  # fmt: skip
+# Wan 2.2 I2V A14B: the official boundary 0.900 (image2video config) and Wan2GP's i2v_2_2 defaults.
+I2V_2_2_DEFAULTS = dict(guidance_phases=2, switch_threshold=900.0, guidance_scale=3.5, guidance2_scale=3.5, flow_shift=5.0)
 ARCHITECTURES: dict[str, Architecture] = {
     "t2v_1.3B": Architecture("WAN21_1_3B"),
     "t2v": Architecture("WAN21_14B"),
@@ -95,10 +103,12 @@ ARCHITECTURES: dict[str, Architecture] = {
     "vace_14B": Architecture("WAN21_14B", "VACE_14B_LAYERS"),
     "t2v_2_2": Architecture("WAN22_A14B_EXPERT"),
     "vace_14B_2_2": Architecture("WAN22_A14B_EXPERT", "VACE_14B_LAYERS"),
+    "i2v_2_2": Architecture("WAN22_A14B_I2V_EXPERT", image_to_video=True, defaults=I2V_2_2_DEFAULTS),
     "tiny_t2v": Architecture("TINY_DIT", **_TINY_FILES),
     "tiny_vace": Architecture("TINY_DIT", "TINY_VACE_LAYERS", **_TINY_FILES),
     "tiny_t2v_2_2": Architecture("TINY_DIT", **_TINY_FILES),
     "tiny_vace_2_2": Architecture("TINY_DIT", "TINY_VACE_LAYERS", **_TINY_FILES),
+    "tiny_i2v_2_2": Architecture("TINY_I2V_DIT", image_to_video=True, defaults=I2V_2_2_DEFAULTS, **_TINY_FILES),
 }
 
 FileChoice = tuple[str, ...]  # alternative file names (relative to models_dir), preferred first
@@ -137,6 +147,11 @@ class ModelSpec:
     @property
     def is_vace(self) -> bool:
         return ARCHITECTURES[self.architecture].vace_layers is not None
+
+    @property
+    def is_image_to_video(self) -> bool:
+        """The model generates from a first and/or last frame (image_start / image_end)."""
+        return ARCHITECTURES[self.architecture].image_to_video
 
     @property
     def dit_config(self) -> dict[str, Any]:
@@ -265,7 +280,10 @@ class ModelRegistry:
             vae_file=_choice(model.get("VAE_URLs") or [arch.vae_file]),
             text_encoder_file=_choice(model.get("text_encoder_URLs") or [arch.text_encoder_file]),
             tokenizer_folder=model.get("text_encoder_folder", arch.tokenizer_folder),
-            defaults={k: v for k, v in definition.items() if k not in ("model", "loras", "loras_multipliers")},
+            defaults={
+                **arch.defaults,
+                **{k: v for k, v in definition.items() if k not in ("model", "loras", "loras_multipliers")},
+            },
             loras=tuple(loras),
             lora_multipliers=tuple(str(m) for m in multipliers),
         )
