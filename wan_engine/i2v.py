@@ -46,10 +46,9 @@ def conditioning_video(first: np.ndarray | None, last: np.ndarray | None, num_fr
         raise ValueError("image-to-video needs a first or a last frame")
     height, width, _ = given.shape
     video = torch.zeros(3, num_frames, height, width)
-    if first is not None:
-        video[:, 0] = video_to_tensor(first[None])[:, 0]
-    if last is not None:
-        video[:, -1] = video_to_tensor(last[None])[:, 0]
+    for index, image in ((0, first), (-1, last)):
+        if image is not None:  # np.array: a copy, so read-only input (a decoded frame) is fine
+            video[:, index] = video_to_tensor(np.array(image)[None])[:, 0]
     return video
 
 

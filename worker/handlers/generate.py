@@ -33,7 +33,7 @@ from worker.params import (
     round_to_frame_count,
 )
 from worker.paths import output_file
-from worker.video import VideoWriter, check_image, iter_frames, save_png, thumbnail_path
+from worker.video import VideoWriter, check_image, iter_frames, load_image, save_png, thumbnail_path
 
 DEFAULT_VIDEO_LENGTH = 81
 DEFAULT_OUTPUT_NAME = "video.mp4"
@@ -253,6 +253,8 @@ def generate_video(ctx: TaskContext) -> HandlerResult:
         control_net_weight2=reader.number("control_net_weight2", 1.0, minimum=0.0, maximum=10.0),
         image_refs=[_reference_image(path, f"image_refs[{i}]")
                     for i, path in enumerate(reader.input_files("image_refs", []))],
+        image_start=_frame_image(reader, "image_start", width, height),
+        image_end=_frame_image(reader, "image_end", width, height),
         **sampling_fields(params),
     )
     ctx.raise_if_cancelled()
@@ -300,6 +302,13 @@ def _mask_video(reader: ParamReader, field: str, length: int, width: int, height
     if frames is None:
         return None
     return np.where(frames.mean(axis=-1) > 127.5, 255, 0).astype(np.uint8)
+
+
+def _frame_image(reader: ParamReader, field: str, width: int, height: int) -> np.ndarray | None:
+    """The first / last frame of an image-to-video generation, fitted to the resolution like every
+    keyframe (video.load_image); the engine refuses it for a model that is not image-to-video."""
+    path = reader.input_file(field, None)
+    return None if path is None else load_image(path, width, height, field=field)
 
 
 def _reference_image(path: Path, field: str) -> np.ndarray:

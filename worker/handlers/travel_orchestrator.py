@@ -1,7 +1,10 @@
 """`travel_orchestrator`: validate a travel job and expand it into its children, in one transaction.
 
 For N keyframes: N-1 `travel_segment` rows (segment i depends on segment i-1, whose last frames
-open it) and one `travel_stitch` depending on every segment. The orchestrator then stays
+open it; with `independent_segments` no segment depends on another, so several workers can claim
+them at once) and one `travel_stitch` depending on every segment. The model is a VACE model (the
+segments follow guide videos) or an image-to-video model (each segment is conditioned on its start
+and end frames). The orchestrator then stays
 'In Progress', parked, until the stitch completes it (or a child's failure or cancellation ends
 it). Children carry `child_key` ("segment-<i>", "stitch"), so a re-run orchestrator (a crash, a
 lost lease) finds its children and inserts nothing.
@@ -13,7 +16,10 @@ the sampling fields with the LoRA names and multiplier strings (as the engine wi
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
@@ -51,18 +57,22 @@ def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
     name = _headless_name if is_headless_form(params) else (lambda field: field)
     plan = plan_travel(params)
     spec = resolve_model(ctx, plan.model, plan.preset, default=DEFAULT_MODEL, name=name)
-    if not spec.is_vace:
+    if not (spec.is_vace or spec.is_image_to_video):
         raise ValidationError(name("preset" if plan.preset else "model"),
-                              f"{spec.key!r} is not a VACE model; travel needs one (e.g. {DEFAULT_MODEL})")
+                              f"{spec.key!r} is neither a VACE nor an image-to-video model; travel needs one "
+                              f"(e.g. {DEFAULT_MODEL} or i2v_2_2)")
+    plan = replace(plan, image_to_video=spec.is_image_to_video)
     sampling = sampling_fields(plan.sampling, name)
+    # the keyframes were checked by the planner; a blank frame stands in for them here
+    frame = {"image_start": np.zeros((plan.height, plan.width, 3), np.uint8)} if spec.is_image_to_video else {}
     for segment in plan.segments:
-        check_parameters(ctx, spec, {**sampling, "width": plan.width, "height": plan.height,
+        check_parameters(ctx, spec, {**sampling, **frame, "width": plan.width, "height": plan.height,
                                      "video_length": segment.frames}, name)
     stored_plan = plan.to_params()
 
     segments: list[NewTask] = []
     for segment in plan.segments:
-        previous = segments[-1].id if segments else None
+        previous = segments[-1].id if segments and not plan.independent else None
         segments.append(NewTask(
             task_type=SEGMENT_TASK,
             params={
@@ -89,6 +99,7 @@ def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
         max_attempts=ctx.task.max_attempts,
     )
     ctx.log.info("travel planned", segments=len(segments), expected_frames=plan.expected_frames, model=spec.key,
+                 independent=plan.independent,
                  roundings=[f"{r.field}: {r.requested} -> {r.used}" for r in plan.roundings])
     return HandlerResult(
         park_children=[*segments, stitch],

@@ -1,5 +1,10 @@
-"""`travel_segment`: one VACE generation from a keyframe (or the previous segment's last frames) to
-the next keyframe.
+"""`travel_segment`: one VACE or image-to-video generation from a keyframe (or the previous
+segment's last frames) to the next keyframe.
+
+Image-to-video: the segment is conditioned on its start frame (image_start) and the next keyframe
+(image_end). Chained, the start frame is the previous segment's frame where their overlap begins
+(its last frame without overlap), so the overlapping frames run side by side for the cross-fade;
+with `independent_segments` it is the start keyframe and no predecessor is read.
 
 The guide opens with the previous segment's last `overlap` frames (read from its output_location;
 dependant_on guarantees it is Complete) or, for the first segment, the start image; it ends on the
@@ -36,13 +41,25 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     model = reader.text("preset", None) or reader.text("model")
 
     end = load_image(segment.end_image, plan.width, plan.height, field=f"images[{index + 1}]")
-    # With an overlap the previous segment's last frames open the guide, so the start image is not decoded.
-    start = tail = None
-    if segment.overlap:
-        tail = _previous_tail(ctx, reader.text("previous_segment_task_id"), segment.overlap)
+    continues = index > 0 and not plan.independent  # opens on the previous segment's output
+    if plan.image_to_video:
+        if continues:
+            start = _previous_tail(ctx, reader.text("previous_segment_task_id"), max(segment.overlap, 1))[0]
+        else:
+            start = load_image(segment.start_image, plan.width, plan.height, field=f"images[{index}]")
+        conditioning = {"image_start": start, "image_end": end}
+        kept_frames = [0, segment.frames - 1]
     else:
-        start = load_image(segment.start_image, plan.width, plan.height, field=f"images[{index}]")
-    guide = segment_guide(segment.frames, segment.overlap, start, end, tail)
+        # With an overlap the previous segment's last frames open the guide, so the start image is not decoded.
+        head = segment.overlap if continues else 0
+        start = tail = None
+        if head:
+            tail = _previous_tail(ctx, reader.text("previous_segment_task_id"), head)
+        else:
+            start = load_image(segment.start_image, plan.width, plan.height, field=f"images[{index}]")
+        guide = segment_guide(segment.frames, head, start, end, tail)
+        conditioning = {"video_guide": guide.guide, "video_mask": guide.mask}
+        kept_frames = guide.kept_frames
 
     request = GenerationRequest(
         model=model,
@@ -52,8 +69,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
         height=plan.height,
         video_length=segment.frames,
         seed=segment.seed,
-        video_guide=guide.guide,
-        video_mask=guide.mask,
+        **conditioning,
         **sampling_fields(plan.sampling),
     )
     ctx.raise_if_cancelled()
@@ -82,7 +98,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
         thumbnail=thumbnail,
     )
     result_data.update(segment_index=index, orchestrator_task_id=params.get("orchestrator_task_id"),
-                       kept_frames=guide.kept_frames)
+                       kept_frames=kept_frames)
     return HandlerResult(output_location=str(output), result_data=result_data)
 
 

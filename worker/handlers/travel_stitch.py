@@ -40,7 +40,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     ctx.report_progress({"phase": "stitch", "segments": len(segments), "expected_frames": plan.expected_frames})
     report_job_progress(ctx, plan, phase="stitch", segments_done=len(segments))
     stitched = stitch([segment.output_location for segment in segments], plan.overlaps,
-                      output_file(ctx.output_dir, OUTPUT_NAME), plan.fps)
+                      output_file(ctx.output_dir, OUTPUT_NAME), plan.fps, plan.shared_frames)
     if stitched.frames != plan.expected_frames:
         raise RuntimeError(f"stitched {stitched.frames} frames; the plan expects {plan.expected_frames}")
     stitch_seconds = time.perf_counter() - started

@@ -18,6 +18,13 @@ the rounding recorded) and shares `overlap[i]` frames with segment i-1 (0 for th
 even, rounded down if odd and recorded). The stitched video has sum(frames) - sum(overlaps) frames.
 Seeds are `seed + i`, so any segment can be re-run alone and give the same video.
 
+Segment mode: `independent_segments: true` (or `chain_segments: false`, the headless spelling)
+makes every segment open on its own start keyframe, so no segment reads its predecessor and they
+may run at once on several workers; by default segment i+1 continues from segment i's output.
+With an image-to-video model (the orchestrator sets `image_to_video`), consecutive segments joined
+with no overlap share one frame exactly (the keyframe, or in chained mode the previous segment's
+last frame): the stitch keeps it once, so such a transition adds frames - 1.
+
 Model and preset names are passed through unchecked: the handler validates them against the
 engine's registry. Nothing here touches the database.
 """
@@ -65,6 +72,8 @@ SAMPLING_FIELDS = (
     "lora_names",
     "lora_multipliers",
 )
+
+SEGMENT_MODE_FIELDS = ("independent_segments", "chain_segments")  # same names in both forms
 
 HEADLESS_KEY = "orchestrator_details"
 # Our field name -> the headless Wan2GP name of the same thing, in `orchestrator_details`.
@@ -127,10 +136,18 @@ class TravelPlan:
     segments: tuple[SegmentPlan, ...]
     sampling: dict[str, Any] = field(default_factory=dict)
     roundings: tuple[Rounding, ...] = ()
+    independent: bool = False  # segments open on their own start keyframe, never on a predecessor
+    image_to_video: bool = False  # an i2v model: segments are conditioned on start and end frames
 
     @property
     def resolution(self) -> str:
         return f"{self.width}x{self.height}"
+
+    @property
+    def shared_frames(self) -> list[int]:
+        """Frames the stitch keeps once per transition: 1 where an image-to-video segment opens on
+        exactly the frame its predecessor ended on (no overlap), else 0."""
+        return [int(self.image_to_video and segment.overlap == 0) for segment in self.segments[1:]]
 
     @property
     def overlaps(self) -> list[int]:
@@ -139,8 +156,8 @@ class TravelPlan:
 
     @property
     def expected_frames(self) -> int:
-        """Length of the stitched video: sum(frames) - sum(overlaps)."""
-        return sum(segment.new_frames for segment in self.segments)
+        """Length of the stitched video: sum(frames) - sum(overlaps) - sum(shared_frames)."""
+        return sum(segment.new_frames for segment in self.segments) - sum(self.shared_frames)
 
     def to_params(self) -> dict[str, Any]:
         """JSON-ready dict; `expected_frames` is written for operators reading the row."""
@@ -153,6 +170,8 @@ class TravelPlan:
             "segments": [asdict(segment) for segment in self.segments],
             "sampling": dict(self.sampling),
             "roundings": [asdict(rounding) for rounding in self.roundings],
+            "independent": self.independent,
+            "image_to_video": self.image_to_video,
             "expected_frames": self.expected_frames,
         }
 
@@ -170,6 +189,8 @@ class TravelPlan:
             segments=tuple(SegmentPlan(**segment) for segment in params["segments"]),
             sampling=dict(params["sampling"]),
             roundings=tuple(Rounding(**rounding) for rounding in params["roundings"]),
+            independent=bool(params.get("independent", False)),
+            image_to_video=bool(params.get("image_to_video", False)),
         )
         if params.get("expected_frames", plan.expected_frames) != plan.expected_frames:
             raise ValidationError("expected_frames", "does not match the stored segments")
@@ -197,7 +218,7 @@ def _headless_field_name(name: str) -> str:
 def _from_headless(details: Mapping[str, Any]) -> dict[str, Any]:
     """Rename the headless fields to ours; shapes are checked by the planner like any other input."""
     ours = {name: details[theirs] for name, theirs in _HEADLESS_NAMES.items() if theirs in details}
-    ours.update({name: details[name] for name in SAMPLING_FIELDS if name in details})
+    ours.update({name: details[name] for name in (*SAMPLING_FIELDS, *SEGMENT_MODE_FIELDS) if name in details})
     if "prompts" in ours and "prompt" in ours:
         del ours["prompt"]  # headless rows carry both; the expanded list is the one used
     if "negative_prompt" not in ours and "negative_prompt" in details:
@@ -270,7 +291,21 @@ class _Planner:
             segments=segments,
             sampling={key: self.params[key] for key in SAMPLING_FIELDS if key in self.params},
             roundings=tuple(self.roundings),
+            independent=self._independent(),
         )
+
+    def _independent(self) -> bool:
+        """independent_segments, or the inverse of chain_segments; both given must agree."""
+        flags = {}
+        for key in SEGMENT_MODE_FIELDS:
+            if key in self.params:
+                if not isinstance(self.params[key], bool):
+                    raise ValidationError(self.name(key), f"must be true or false, got {self.params[key]!r}")
+                flags[key] = self.params[key]
+        independent = flags.get("independent_segments", not flags.get("chain_segments", True))
+        if "chain_segments" in flags and flags["chain_segments"] == independent:
+            raise ValidationError(self.name("chain_segments"), "contradicts independent_segments")
+        return independent
 
     def _resolution(self) -> tuple[int, int]:
         name = self.name("resolution")
