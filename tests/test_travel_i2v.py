@@ -3,12 +3,14 @@ generate_video with image_start / image_end, and travel between 3 keyframes chai
 independent segments (which two workers can claim at once)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from worker.errors import ValidationError
 from worker.store import TaskStatus, TaskStore
-from worker.travel.plan import plan_travel
+from worker.travel.plan import TravelPlan, plan_travel
 from worker.video import probe
 from worker_harness import resources, run_until_idle, write_keyframes  # noqa: F401 (resources is a fixture)
 
@@ -84,11 +86,11 @@ def test_chained_segments_cannot_be_claimed_together(sqlite_store: TaskStore, re
     assert children_by_key(sqlite_store, orchestrator_id)["segment-1"].status == TaskStatus.QUEUED
 
 
-def test_a_headless_i2v_payload_with_chain_segments_false_runs_as_independent_segments(
+def test_a_headless_i2v_payload_runs_as_independent_segments_as_the_headless_orchestrator_does(
         sqlite_store: TaskStore, resources, tmp_path: Path) -> None:
     images = write_keyframes(tmp_path / "keys", 3)
     payload = {"orchestrator_details": {
-        "model_name": MODEL, "model_type": "i2v", "chain_segments": False, "input_image_paths_resolved": images,
+        "model_name": MODEL, "model_type": "i2v", "chain_segments": True, "input_image_paths_resolved": images,
         "base_prompts_expanded": ["a", "b"], "parsed_resolution_wh": "64x48", "fps_helpers": 8,
         "segment_frames_expanded": [9, 9], "frame_overlap_expanded": [4, 4], "seed_base": 3, "num_inference_steps": 2,
     }}
@@ -136,3 +138,42 @@ def test_bad_i2v_inputs_fail_naming_the_field(sqlite_store: TaskStore, resources
         assert task.status == TaskStatus.FAILED and f"{field.rstrip(':')}:" in task.error_message, (field, task.error_message)
     failed = sqlite_store.get(travel_id)
     assert failed.status == TaskStatus.FAILED and "model:" in failed.error_message
+
+
+# ---- the plan: segment mode and shared frames (no engine) ------------------------------------------
+
+@pytest.mark.parametrize(("fields", "independent"), [
+    ({}, False), ({"independent_segments": True}, True), ({"chain_segments": False}, True),
+    ({"independent_segments": False, "chain_segments": True}, False),
+])
+def test_segment_mode_flags(tmp_path: Path, fields: dict, independent: bool) -> None:
+    plan = plan_travel(travel(write_keyframes(tmp_path, 3), **fields))
+    assert plan.independent is independent
+    assert TravelPlan.from_params(plan.to_params()) == plan
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"independent_segments": "yes"}, "independent_segments"),
+    ({"chain_segments": 0}, "chain_segments"),
+    ({"independent_segments": True, "chain_segments": True}, "chain_segments"),
+])
+def test_bad_segment_mode_flags_name_their_field(tmp_path: Path, fields: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        plan_travel(travel(write_keyframes(tmp_path, 3), **fields))
+    assert caught.value.field == field
+
+
+def test_headless_svi_chaining_is_refused_naming_the_field(tmp_path: Path) -> None:
+    details = {"model_name": MODEL, "model_type": "i2v", "use_svi": True, "input_image_paths_resolved":
+               write_keyframes(tmp_path, 2), "base_prompt": "a", "parsed_resolution_wh": "64x48"}
+    with pytest.raises(ValidationError) as caught:
+        plan_travel({"orchestrator_details": details})
+    assert caught.value.field == "orchestrator_details.use_svi"
+
+
+def test_image_to_video_transitions_without_overlap_keep_their_shared_frame_once(tmp_path: Path) -> None:
+    plan = plan_travel(travel(write_keyframes(tmp_path, 4), segment_frames=[9, 13, 9], frame_overlap=[0, 4]))
+    assert (plan.shared_frames, plan.expected_frames) == ([0, 0], 9 + 13 + 9 - 4)
+    i2v = replace(plan, image_to_video=True)
+    assert (i2v.shared_frames, i2v.expected_frames) == ([1, 0], 9 + 13 + 9 - 4 - 1)
+    assert TravelPlan.from_params(i2v.to_params()) == i2v

@@ -12,6 +12,8 @@ Two param forms are accepted and normalised to one `TravelPlan`:
   As in that ecosystem, `frame_overlap_expanded` may carry one entry per segment; the last has no
   following segment and is ignored; and `parsed_resolution_wh` sides are rounded down to multiples
   of 16 (its backends send sizes such as "902x508"), the rounding recorded.
+  `model_type: "i2v"` makes the segments independent whatever `chain_segments` says, as the
+  headless orchestrator does (its SVI chaining, `use_svi`, is refused: not implemented).
 
 Frame math. Segment i has `frames[i]` frames (Wan generates 4n+1; other counts are rounded down and
 the rounding recorded) and shares `overlap[i]` frames with segment i-1 (0 for the first segment;
@@ -219,6 +221,11 @@ def _from_headless(details: Mapping[str, Any]) -> dict[str, Any]:
     """Rename the headless fields to ours; shapes are checked by the planner like any other input."""
     ours = {name: details[theirs] for name, theirs in _HEADLESS_NAMES.items() if theirs in details}
     ours.update({name: details[name] for name in (*SAMPLING_FIELDS, *SEGMENT_MODE_FIELDS) if name in details})
+    if details.get("use_svi"):
+        raise ValidationError(_headless_field_name("use_svi"), "SVI end-frame chaining is not supported")
+    if details.get("model_type") == "i2v":  # the headless orchestrator never chains i2v segments
+        ours.pop("chain_segments", None)
+        ours["independent_segments"] = True
     if "prompts" in ours and "prompt" in ours:
         del ours["prompt"]  # headless rows carry both; the expanded list is the one used
     if "negative_prompt" not in ours and "negative_prompt" in details:
