@@ -435,9 +435,13 @@ def _check_inputs(request: GenerationRequest, spec: ModelSpec) -> None:
         if not isinstance(weight, (int, float)) or not np.isfinite(weight):
             raise InvalidRequest(name, f"must be a finite number, got {weight!r}")
     for index, image in enumerate(request.image_refs):
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        if not _is_rgb_image(image):
             raise InvalidRequest(f"image_refs[{index}]", "must be a uint8 [H, W, 3] image")
     _check_frame_images(request, spec)
+
+
+def _is_rgb_image(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 3 and value.shape[2] == 3
 
 
 def _check_frame_images(request: GenerationRequest, spec: ModelSpec) -> None:
@@ -451,7 +455,7 @@ def _check_frame_images(request: GenerationRequest, spec: ModelSpec) -> None:
         raise InvalidRequest("image_start", f"model {spec.key!r} is image-to-video: give image_start and/or image_end")
     for name in given:
         image = images[name]
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        if not _is_rgb_image(image):
             raise InvalidRequest(name, "must be a uint8 [H, W, 3] image")
         if image.shape[:2] != (request.height, request.width):
             raise InvalidRequest(

@@ -12,8 +12,9 @@ diffusers' `WanImageToVideoPipeline.prepare_latents`):
 
 DiT input: [noisy latents (16), mask (4), conditioning latents (16)] = 36 channels.
 
-With only a last frame the same construction puts the image at frame F-1 and zeros (mask 0) at
-frame 0; diffusers cannot express that case, the official first-last-frame code does it the same way.
+With only a last frame the same construction puts the image at frame F-1 (marked and placed as the
+official first-last-frame code does) and leaves frame 0 zero and unmarked; diffusers cannot
+express that case.
 """
 from __future__ import annotations
 
