@@ -75,6 +75,18 @@ def test_independent_i2v_segments_can_be_claimed_by_two_workers_at_once(store: T
     assert_complete_with_planned_video(store, orchestrator_id, 17)
 
 
+def test_independent_vace_segments_open_on_their_own_keyframe(sqlite_store: TaskStore, resources, tmp_path: Path) -> None:
+    params = travel(write_keyframes(tmp_path / "keys", 3), model="tiny_vace", frame_overlap=2, independent_segments=True)
+    orchestrator_id = sqlite_store.enqueue("travel_orchestrator", params)
+
+    run_until_idle(sqlite_store, resources, tmp_path / "outputs")
+
+    assert_complete_with_planned_video(sqlite_store, orchestrator_id, 9 + 9 - 2)  # the 2 frames are cross-faded
+    children = children_by_key(sqlite_store, orchestrator_id)
+    assert children["segment-1"].dependant_on == []
+    assert children["segment-1"].result_data["kept_frames"] == [0, 8]  # its start keyframe, not 2 frames of segment 0
+
+
 def test_chained_segments_cannot_be_claimed_together(sqlite_store: TaskStore, resources, tmp_path: Path) -> None:
     orchestrator_id = sqlite_store.enqueue("travel_orchestrator", travel(write_keyframes(tmp_path / "keys", 3)))
     run_until_idle(sqlite_store, resources, tmp_path / "outputs", task_types=("travel_orchestrator",))
