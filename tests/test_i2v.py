@@ -1,6 +1,7 @@
 """Image-to-video on the resident Engine with the tiny I2V experts: the conditioning layout, the
-request checks naming their field, end-frame-only generation, and LoRAs with per-phase multipliers
-over a three-phase (Lightning-style) plan. Parity with diffusers is in test_pipeline.py."""
+request checks naming their field, end-frame-only generation, LoRAs with per-phase multipliers
+over a three-phase (Lightning-style) plan, and the shipped Lightning definitions' step plans.
+Parity with diffusers is in test_pipeline.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from wan_engine.engine import Engine
+from wan_engine.engine import Engine, new_sampler
 from wan_engine.errors import InvalidRequest
 from wan_engine.i2v import conditioning_mask, conditioning_video, image_condition
+from wan_engine.lora import lora_multiplier_schedule
+from wan_engine.phases import PhaseSettings, plan_steps
+from wan_engine.registry import ModelRegistry, resolve_parameters
 from wan_engine.request import GenerationRequest
 
 WIDTH, HEIGHT, FRAMES = 32, 32, 9
@@ -124,3 +128,27 @@ def test_loras_with_per_phase_multipliers_run_over_three_phases(engine: Engine):
     ))  # fmt: skip
     assert lightning.resolved["lora_multipliers"] == ["0.75;0;0", "0;1.2;0", "0;0;1"]
     assert np.abs(lightning.frames.astype(int) - plain.astype(int)).mean() > 1.0
+
+
+@pytest.mark.parametrize(
+    ("key", "schedules"),
+    [
+        ("wan_2_2_i2v_lightning_baseline_2_2_2", [[0.75, 0.75, 1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]]),
+        ("wan_2_2_i2v_lightning_baseline_3_3", [[0.75, 0.75, 0, 0, 0, 0], [0, 0, 1.2, 1.2, 0, 0], [0, 0, 0, 0, 1.0, 1.0]]),
+    ],
+)
+def test_the_lightning_definitions_plan_two_steps_per_phase_and_switch_experts_for_phase_3(
+    tiny_models_dir: Path, key: str, schedules: list[list[float]]
+):
+    """The headless ecosystem's Lightning I2V models: 6 Euler steps, thresholds 883 / 558, CFG 3 in
+    phase 1 only, the low-noise expert (and its LoRA) in phase 3 only."""
+    spec = ModelRegistry(tiny_models_dir).get(key)
+    assert spec.is_image_to_video and spec.is_dual_expert
+    values, _ = resolve_parameters(spec, {})
+    plan = plan_steps(new_sampler(values).timesteps, PhaseSettings.from_values(values), spec.is_dual_expert)
+    assert [(step.phase, step.expert, step.guidance) for step in plan] == [
+        (1, "high", 3.0), (1, "high", 3.0), (2, "high", 1.0), (2, "high", 1.0), (3, "low", 1.0), (3, "low", 1.0)
+    ]  # fmt: skip
+    schedule = lora_multiplier_schedule(values["lora_multipliers"], len(values["lora_names"]), plan, 3, 2)
+    assert schedule == schedules
+    assert all(name.startswith("https://huggingface.co/") for name in values["lora_names"])
