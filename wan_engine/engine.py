@@ -209,7 +209,9 @@ class Engine:
             for name, paths in files.experts.items()
         }
         experts = Experts(networks, self.device, take_turns=take_turns)
-        networks = pipeline.Networks(text_encoder, vae, experts, vace=spec.is_vace, image_to_video=spec.is_image_to_video)
+        networks = pipeline.Networks(
+            text_encoder, vae, experts, vace=spec.is_vace, image_to_video=spec.is_image_to_video
+        )
         return LoadedModel(spec, files, networks)
 
     # ---- generation -----------------------------------------------------------------------------
@@ -450,7 +452,9 @@ def _check_frame_images(request: GenerationRequest, spec: ModelSpec) -> None:
     images = {"image_start": request.image_start, "image_end": request.image_end}
     given = [name for name, image in images.items() if image is not None]
     if given and not spec.is_image_to_video:
-        raise InvalidRequest(given[0], f"model {spec.key!r} is not an image-to-video model (use an i2v model, e.g. i2v_2_2)")
+        raise InvalidRequest(
+            given[0], f"model {spec.key!r} is not an image-to-video model (use an i2v model, e.g. i2v_2_2)"
+        )
     if spec.is_image_to_video and not given:
         raise InvalidRequest("image_start", f"model {spec.key!r} is image-to-video: give image_start and/or image_end")
     for name in given:
@@ -458,9 +462,8 @@ def _check_frame_images(request: GenerationRequest, spec: ModelSpec) -> None:
         if not _is_rgb_image(image):
             raise InvalidRequest(name, "must be a uint8 [H, W, 3] image")
         if image.shape[:2] != (request.height, request.width):
-            raise InvalidRequest(
-                name, f"is {image.shape[1]}x{image.shape[0]}, the requested resolution is {request.width}x{request.height}"
-            )
+            got, wanted = f"{image.shape[1]}x{image.shape[0]}", f"{request.width}x{request.height}"
+            raise InvalidRequest(name, f"is {got}, the requested resolution is {wanted}")
 
 
 def _check_array(name: str, value: Any, shape: tuple[int, ...]) -> None:

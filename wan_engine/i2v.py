@@ -26,7 +26,9 @@ from wan_engine.vace import SPATIAL_STRIDE, TEMPORAL_STRIDE, video_to_tensor
 MASK_CHANNELS = TEMPORAL_STRIDE  # one per pixel frame folded into a latent frame
 
 
-def conditioning_mask(num_frames: int, latent_height: int, latent_width: int, *, first: bool, last: bool) -> torch.Tensor:
+def conditioning_mask(
+    num_frames: int, latent_height: int, latent_width: int, *, first: bool, last: bool
+) -> torch.Tensor:
     """The temporal mask [4, T, h, w] (1 = frame given) for 1 + 4(T-1) = num_frames frames."""
     given = torch.zeros(num_frames)
     if first:

@@ -95,7 +95,9 @@ _TINY_FILES = dict(
     text_encoder_file="tiny_umt5.safetensors", tokenizer_folder="tiny_umt5",
 )  # fmt: skip
 # Wan 2.2 I2V A14B: the official boundary 0.900 (image2video config) and Wan2GP's i2v_2_2 defaults.
-I2V_2_2_DEFAULTS = dict(guidance_phases=2, switch_threshold=900.0, guidance_scale=3.5, guidance2_scale=3.5, flow_shift=5.0)
+I2V_2_2_DEFAULTS = dict(
+    guidance_phases=2, switch_threshold=900.0, guidance_scale=3.5, guidance2_scale=3.5, flow_shift=5.0
+)  # fmt: skip
 ARCHITECTURES: dict[str, Architecture] = {
     "t2v_1.3B": Architecture("WAN21_1_3B"),
     "t2v": Architecture("WAN21_14B"),
