@@ -57,7 +57,8 @@ def test_chained_i2v_travel_continues_each_segment_from_its_predecessor(sqlite_s
     assert second["phase_seconds"]["image_encode"] > 0
 
 
-def test_independent_i2v_segments_can_be_claimed_by_two_workers_at_once(store: TaskStore, resources, tmp_path: Path) -> None:
+def test_independent_i2v_segments_can_be_claimed_by_two_workers_at_once(pg_store: TaskStore, resources, tmp_path: Path) -> None:
+    store = pg_store  # the fleet database: two boxes claim with FOR UPDATE SKIP LOCKED
     orchestrator_id = store.enqueue("travel_orchestrator", travel(write_keyframes(tmp_path / "keys", 3),
                                                                  independent_segments=True))
     run_until_idle(store, resources, tmp_path / "outputs", task_types=("travel_orchestrator",))
