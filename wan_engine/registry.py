@@ -73,16 +73,12 @@ REQUEST, DEFINITION, FAMILY = "request", "definition", "family"
 class Architecture:
     """Network configurations of an architecture, as names of constants in wan_engine.nn.* (imported
     only when asked, so reading definitions never builds or imports a network), and the default
-    VAE / text-encoder files.
-
-    image_to_video: the DiT takes first / last frame conditioning (wan_engine.i2v).
-    defaults: sampling defaults of every model of the architecture, under its definition's own.
-    """
+    VAE / text-encoder files."""
 
     dit: str
     vace_layers: str | None = None
-    image_to_video: bool = False
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    image_to_video: bool = False  # the DiT takes first / last frame conditioning (wan_engine.i2v)
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # sampling defaults under each definition's own
     vae: str = "WAN21_VAE"
     text_encoder: str = "UMT5_XXL"
     vae_file: str = "Wan2.1_VAE.safetensors"
