@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from worker.s3 import parse_s3_url
+
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -36,6 +38,10 @@ def _optional_str(value: str) -> str | None:
 
 def _optional_int(value: str) -> int | None:
     return int(value) if value else None
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value) if value else None
 
 
 def _task_types(value: str) -> tuple[str, ...] | None:
@@ -82,6 +88,28 @@ class WorkerConfig:
     metrics_port: int | None = _setting(None, parse=_optional_int, help="serve Prometheus metrics on this port")
     log_format: str = _setting("auto", help="json, console, or auto (console on a terminal, else json)")
     log_level: str = _setting("info", help="debug, info, warning or error")
+    # Fleet without a shared disk (docs/fleet.md): inputs by URL, outputs to S3-compatible storage.
+    cache_dir: Path | None = _setting(
+        None, parse=_optional_path, help="where URL inputs are cached by content (default <models-dir>/cache)"
+    )
+    max_input_bytes: int = _setting(2 * 1024**3, parse=int, help="largest file a URL input may have, in bytes")
+    input_connect_timeout_seconds: float = _setting(10.0, parse=float, help="connect timeout of a URL input fetch")
+    input_read_timeout_seconds: float = _setting(
+        60.0, parse=float, help="longest wait for the next bytes of a URL input fetch"
+    )
+    input_fetch_attempts: int = _setting(
+        4, parse=int, help="tries per URL input on 5xx, timeouts and connection errors (exponential backoff)"
+    )
+    storage_url: str | None = _setting(
+        None, parse=_optional_str, help="s3://bucket/prefix: upload artifacts to <prefix>/<task id>/ (default: keep them local)"
+    )
+    storage_public_url: str | None = _setting(
+        None, parse=_optional_str, help="https URL serving the storage URL's prefix; output_location uses it"
+    )
+    storage_presign_seconds: int | None = _setting(
+        None, parse=_optional_int, help="add presigned GET URLs valid this long to result_data (max 604800)"
+    )
+    keep_local: bool = _setting(False, parse=_boolean, help="keep local copies of uploaded artifacts")
 
     def __post_init__(self) -> None:
         for name in ("lease_seconds", "heartbeat_seconds", "poll_seconds", "maintenance_seconds",
@@ -101,6 +129,19 @@ class WorkerConfig:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.max_input_bytes < 1 or self.input_fetch_attempts < 1:
+            raise ValueError("max_input_bytes and input_fetch_attempts must be >= 1")
+        for name in ("input_connect_timeout_seconds", "input_read_timeout_seconds"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if self.storage_url is not None:
+            parse_s3_url(self.storage_url)  # ValueError names what is wrong
+        if self.storage_presign_seconds is not None and not 1 <= self.storage_presign_seconds <= 604800:
+            raise ValueError(f"storage_presign_seconds must be 1..604800 (7 days), got {self.storage_presign_seconds}")
+
+    @property
+    def input_cache_dir(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else Path(self.models_dir) / "cache"
 
 
 def env_name(name: str) -> str:

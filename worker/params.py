@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from worker.errors import ValidationError
+from worker.inputs import fetch_input, is_url
 
 RESOLUTION_MULTIPLE = 16  # VAE stride 8 x DiT patch 2
 MAX_SIDE_PIXELS = 4096
@@ -188,19 +189,26 @@ def round_to_frame_count(frames: int, field: str) -> int:
     return (frames - 1) // 4 * 4 + 1
 
 
-def existing_file(value: Any, field: str) -> Path:
-    """An absolute or working-directory-relative path to a regular file that exists."""
+def local_path(value: Any, field: str) -> Path:
+    """Where a path field's file is on this box: the path as given (not checked), or for an http(s)://
+    or s3:// URL the local copy its content was fetched into (worker.inputs), so every path field of
+    every task type also takes a URL."""
     if not isinstance(value, str) or not value or "\x00" in value:
-        raise ValidationError(field, f"must be a file path, got {value!r}")
-    path = Path(value).expanduser()
+        raise ValidationError(field, f"must be a file path or URL, got {value!r}")
+    return fetch_input(value, field) if is_url(value) else Path(value).expanduser()
+
+
+def existing_file(value: Any, field: str) -> Path:
+    """An absolute or working-directory-relative path to a regular file that exists, or a URL (local_path)."""
+    path = local_path(value, field)
     if not path.is_file():
         raise ValidationError(field, f"file does not exist: {value}")
     return path
 
 
 def existing_files(value: Any, field: str) -> list[Path]:
-    """One path or a list of paths, each to an existing regular file (errors name the entry)."""
+    """One path (or URL) or a list of them, each to an existing regular file (errors name the entry)."""
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list):
-        raise ValidationError(field, "must be a path or a list of paths")
+        raise ValidationError(field, "must be a path or URL, or a list of them")
     return [existing_file(item, f"{field}[{index}]") for index, item in enumerate(items)]

@@ -182,7 +182,8 @@ class Worker:
 
         def call_handler() -> None:
             try:
-                result = handler(ctx)
+                with ctx.inputs.active():  # path fields may be URLs: fetched by this task's thread
+                    result = handler(ctx)
                 if not isinstance(result, HandlerResult):
                     raise TypeError(f"handler returned {type(result).__name__}, not HandlerResult")
                 outcome.append(result)

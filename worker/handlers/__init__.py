@@ -22,7 +22,9 @@ import structlog
 
 from worker.config import WorkerConfig
 from worker.errors import TaskCancelled
+from worker.inputs import InputFetcher, fetcher_for
 from worker.resources import WorkerResources
+from worker.storage import OutputStorage, storage_for
 from worker.store import NewTask, Task, TaskStore
 
 # Progress writes are throttled to one per this many seconds (a phase change is always written).
@@ -70,6 +72,18 @@ class TaskContext:
         path = Path(self.config.output_dir) / self.task.id
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @property
+    def inputs(self) -> InputFetcher:
+        """The worker's URL fetcher (the poller makes it active for the handler's thread)."""
+        config = self.config
+        return fetcher_for(config.input_cache_dir, config.max_input_bytes, config.input_connect_timeout_seconds,
+                           config.input_read_timeout_seconds, config.input_fetch_attempts)
+
+    @property
+    def storage(self) -> OutputStorage:
+        """Where artifacts are published: the local folder, or S3 with --storage-url."""
+        return storage_for(self.config)
 
     def report_progress(self, progress: dict[str, Any]) -> None:
         """Write progress to the row (fenced), at most once per PROGRESS_MIN_INTERVAL_SECONDS unless the

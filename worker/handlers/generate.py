@@ -121,6 +121,7 @@ def check_parameters(ctx: TaskContext, spec: Any, fields: Mapping[str, Any],
     from wan_engine.request import GenerationRequest
 
     request = GenerationRequest(model=spec.preset or spec.key, prompt="", **fields)
+    _install_lora_urls(ctx, request)
     try:
         ctx.resources.resident_engine().check(request)
     except InvalidRequest as error:
@@ -145,12 +146,20 @@ def run_generation(ctx: TaskContext, request: Any, progress_fields: Mapping[str,
     `progress_fields` added; cancelling the row stops the engine at the next step
     (GenerationCancelled: the row keeps no output).
     """
+    _install_lora_urls(ctx, request)
     result = ctx.resources.generate(request, on_progress=_progress_with_eta(ctx, progress_fields or {}),
                                     should_cancel=ctx.cancelled)
     timings = dict(result.timings)
     phases = {"queue_wait": queue_wait_seconds(ctx), "model_load": timings.pop("load", 0.0)}
     phases.update((name, seconds) for name, seconds in timings.items() if name != "total")
     return Generation(frames=result.frames, result=result, phase_seconds=phases)
+
+
+def _install_lora_urls(ctx: TaskContext, request: Any) -> None:
+    """LoRAs named by URL are fetched into the models' loras folder, where the engine finds them by name."""
+    from wan_engine.engine import LORAS_FOLDER
+
+    ctx.inputs.install_loras(request.lora_names or [], Path(ctx.resources.models_dir) / LORAS_FOLDER)
 
 
 def _progress_with_eta(ctx: TaskContext, extra: Mapping[str, Any]) -> Callable[[dict[str, Any]], None]:
@@ -188,6 +197,16 @@ def write_video(frames: np.ndarray, path: Path, fps: int) -> tuple[Path, float]:
         writer.write(frames)
     thumbnail = save_png(frames[0], thumbnail_path(path))
     return thumbnail, time.perf_counter() - started
+
+
+def publish_outputs(ctx: TaskContext, result_data: dict[str, Any], output: Path, thumbnail: Path) -> str:
+    """Publish the video and its thumbnail (worker.storage: uploaded with --storage-url), put their
+    locations in result_data (and the upload's seconds in phase_seconds); returns output_location."""
+    started = time.perf_counter()
+    result_data.update(ctx.storage.publish(ctx.task.id, {"output": output, "thumbnail": thumbnail}))
+    if ctx.storage.uploads:
+        result_data["phase_seconds"]["upload"] = round(time.perf_counter() - started, 4)
+    return result_data["output"]
 
 
 def generation_result_data(generation: Generation, *, preset: str | None, worker_parameters: Mapping[str, tuple[Any, str]],
@@ -275,7 +294,7 @@ def generate_video(ctx: TaskContext) -> HandlerResult:
     }
     result_data = generation_result_data(generation, preset=spec.preset, worker_parameters=worker_parameters,
                                          fps=fps, output=output, thumbnail=thumbnail)
-    return HandlerResult(output_location=str(output), result_data=result_data)
+    return HandlerResult(output_location=publish_outputs(ctx, result_data, output, thumbnail), result_data=result_data)
 
 
 def _control_video(reader: ParamReader, field: str, length: int, width: int, height: int) -> np.ndarray | None:

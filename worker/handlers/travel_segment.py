@@ -9,21 +9,31 @@ with `independent_segments` it is the start keyframe and no predecessor is read.
 The guide opens with the previous segment's last `overlap` frames (read from its output_location;
 dependant_on guarantees it is Complete) or, for the first segment, the start image; it ends on the
 end image; the frames between are generated (worker/travel/guide.py). The output is
-<output_dir>/<task id>/segment-<i>.mp4, which the stitch reads. Once it is written, the parked
+<output_dir>/<task id>/segment-<i>.mp4, or with --storage-url its object, which the next segment and
+the stitch read from whatever box they run on (segment_video). Once it is written, the parked
 orchestrator's progress says how many segments are done (report_job_progress).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
 
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.handlers.generate import generation_result_data, run_generation, sampling_fields, write_video
+from worker.handlers.generate import (
+    generation_result_data,
+    publish_outputs,
+    run_generation,
+    sampling_fields,
+    write_video,
+)
 from worker.handlers.travel_orchestrator import stored_plan
-from worker.params import ParamReader
+from worker.inputs import fetch_input, is_url
+from worker.params import ParamReader, local_path
 from worker.paths import output_file
-from worker.store import CHILD_KEY_PARAM
+from worker.store import CHILD_KEY_PARAM, Task
 from worker.travel.guide import segment_guide
 from worker.travel.plan import TravelPlan
 from worker.video import load_image, read_last_frames
@@ -40,13 +50,13 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     segment = plan.segments[index]
     model = reader.text("preset", None) or reader.text("model")
 
-    end = load_image(segment.end_image, plan.width, plan.height, field=f"images[{index + 1}]")
+    end = _keyframe(segment.end_image, plan, f"images[{index + 1}]")
     continues = index > 0 and not plan.independent  # opens on the previous segment's output
     if plan.image_to_video:
         if continues:
             start = _previous_tail(ctx, reader.text("previous_segment_task_id"), max(segment.overlap, 1))[0]
         else:
-            start = load_image(segment.start_image, plan.width, plan.height, field=f"images[{index}]")
+            start = _keyframe(segment.start_image, plan, f"images[{index}]")
         conditioning = {"image_start": start, "image_end": end}
         kept_frames = [0, segment.frames - 1]
     else:
@@ -56,7 +66,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
         if head:
             tail = _previous_tail(ctx, reader.text("previous_segment_task_id"), head)
         else:
-            start = load_image(segment.start_image, plan.width, plan.height, field=f"images[{index}]")
+            start = _keyframe(segment.start_image, plan, f"images[{index}]")
         guide = segment_guide(segment.frames, head, start, end, tail)
         conditioning = {"video_guide": guide.guide, "video_mask": guide.mask}
         kept_frames = guide.kept_frames
@@ -99,7 +109,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     )
     result_data.update(segment_index=index, orchestrator_task_id=params.get("orchestrator_task_id"),
                        kept_frames=kept_frames)
-    return HandlerResult(output_location=str(output), result_data=result_data)
+    return HandlerResult(output_location=publish_outputs(ctx, result_data, output, thumbnail), result_data=result_data)
 
 
 def report_job_progress(ctx: TaskContext, plan: TravelPlan, *, phase: str, segments_done: int) -> None:
@@ -121,13 +131,33 @@ def report_job_progress(ctx: TaskContext, plan: TravelPlan, *, phase: str, segme
         ctx.log.warning("orchestrator progress not written", error=str(error))
 
 
+def _keyframe(value: str, plan: TravelPlan, field: str) -> np.ndarray:
+    """A keyframe (a path or a URL fetched on this box) fitted to the plan's resolution."""
+    return load_image(local_path(value, field), plan.width, plan.height, field=field)
+
+
+def segment_video(task: Task, field: str) -> Path:
+    """The local file of a finished segment's video: its own path, or the copy fetched (once per box)
+    from its object URL, so consecutive segments and the stitch may run on different boxes. An object
+    not (yet) there is transient, so the task is retried before it fails naming the URL."""
+    location = (task.result_data or {}).get("output_object_url") or task.output_location
+    if not location:
+        raise ValidationError(field, f"segment {task.id} has no output")
+    if is_url(location):
+        return fetch_input(location, field, missing_is_transient=True)
+    path = Path(location)
+    if not path.is_file():
+        raise ValidationError(field, f"the output of segment {task.id} is gone: {location}")
+    return path
+
+
 def _previous_tail(ctx: TaskContext, previous_id: str, overlap: int) -> np.ndarray:
     """The last `overlap` frames of the previous segment's video, uint8 [overlap, H, W, 3] (streamed:
     only those frames are kept)."""
     previous = ctx.store.get(previous_id)
-    location = previous.output_location if previous is not None else None
-    if location is None:
+    if previous is None or not previous.output_location:
         raise ValidationError("previous_segment_task_id", f"segment {previous_id} has no output to continue from")
+    location = segment_video(previous, "previous_segment_task_id")
     try:
         frames = read_last_frames(location, overlap)
     except FileNotFoundError:

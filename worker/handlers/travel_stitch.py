@@ -16,7 +16,7 @@ from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.handlers.generate import queue_wait_seconds
 from worker.handlers.travel_orchestrator import stored_plan
-from worker.handlers.travel_segment import report_job_progress
+from worker.handlers.travel_segment import report_job_progress, segment_video
 from worker.params import ParamReader
 from worker.paths import output_file
 from worker.store import Task, TaskStatus
@@ -39,11 +39,16 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     ctx.raise_if_cancelled()
     ctx.report_progress({"phase": "stitch", "segments": len(segments), "expected_frames": plan.expected_frames})
     report_job_progress(ctx, plan, phase="stitch", segments_done=len(segments))
-    stitched = stitch([segment.output_location for segment in segments], plan.overlaps,
+    videos = [segment_video(segment, f"segment_task_ids[{i}]") for i, segment in enumerate(segments)]
+    stitched = stitch(videos, plan.overlaps,
                       output_file(ctx.output_dir, OUTPUT_NAME), plan.fps, plan.shared_frames)
     if stitched.frames != plan.expected_frames:
         raise RuntimeError(f"stitched {stitched.frames} frames; the plan expects {plan.expected_frames}")
-    stitch_seconds = time.perf_counter() - started
+    stitched_at = time.perf_counter()
+    published = ctx.storage.publish(ctx.task.id, {"output": stitched.path, "thumbnail": stitched.thumbnail})
+    own_phases = {"queue_wait": queue_wait_seconds(ctx), "stitch": round(stitched_at - started, 4)}
+    if ctx.storage.uploads:
+        own_phases["upload"] = round(time.perf_counter() - stitched_at, 4)
 
     first = segments[0].result_data or {}
     summary = {
@@ -55,8 +60,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
         "width": stitched.width,
         "height": stitched.height,
         "resolution": plan.resolution,
-        "output": str(stitched.path),
-        "thumbnail": str(stitched.thumbnail),
+        **published,
         "roundings": plan.to_params()["roundings"],
         "segments": [_segment_summary(task, segment.overlap) for task, segment in zip(segments, plan.segments)],
     }
@@ -65,16 +69,16 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     orchestrator = ctx.store.get(orchestrator_id)
     job_result = {
         **summary,
-        "phase_seconds": _job_phase_seconds(segments, stitch_seconds, orchestrator),
+        "phase_seconds": _job_phase_seconds(segments, own_phases, orchestrator),
         "total_seconds": _job_total_seconds(ctx.task, orchestrator, time.perf_counter() - started),
     }
-    if not ctx.store.complete_parked(ctx.task.id, ctx.worker_id, str(stitched.path), job_result):
+    if not ctx.store.complete_parked(ctx.task.id, ctx.worker_id, published["output"], job_result):
         status = orchestrator.status if orchestrator is not None else "missing"
         ctx.log.warning("orchestrator not completed: it is no longer waiting", orchestrator_id=orchestrator_id,
                         orchestrator_status=status)
 
-    stitch_result = {**summary, "phase_seconds": {"queue_wait": queue_wait_seconds(ctx), "stitch": round(stitch_seconds, 4)}}
-    return HandlerResult(output_location=str(stitched.path), result_data=stitch_result)
+    stitch_result = {**summary, "phase_seconds": own_phases}
+    return HandlerResult(output_location=published["output"], result_data=stitch_result)
 
 
 def _finished_segment(ctx: TaskContext, task_id: str) -> Task:
@@ -97,15 +101,14 @@ def _segment_summary(task: Task, overlap: int) -> dict[str, Any]:
     }
 
 
-def _job_phase_seconds(segments: list[Task], stitch_seconds: float, orchestrator: Task | None) -> dict[str, float]:
-    """The job's seconds per phase: each generation phase summed over the segments, the stitch, and
-    the orchestrator's own queue wait (the segments' waits are mostly each other's run time)."""
+def _job_phase_seconds(segments: list[Task], stitch_phases: dict[str, float], orchestrator: Task | None) -> dict[str, float]:
+    """The job's seconds per phase: each phase summed over the segments and the stitch, and the
+    orchestrator's own queue wait (the children's waits are mostly each other's run time)."""
     totals: dict[str, float] = {}
-    for task in segments:
-        for phase, seconds in (task.result_data or {}).get("phase_seconds", {}).items():
+    for phases in [(task.result_data or {}).get("phase_seconds", {}) for task in segments] + [stitch_phases]:
+        for phase, seconds in phases.items():
             if phase != "queue_wait" and isinstance(seconds, (int, float)):
                 totals[phase] = totals.get(phase, 0.0) + seconds
-    totals["stitch"] = stitch_seconds
     if orchestrator is not None and orchestrator.created_at and orchestrator.generation_started_at:
         totals["queue_wait"] = max(0.0, (orchestrator.generation_started_at - orchestrator.created_at).total_seconds())
     return {phase: round(seconds, 4) for phase, seconds in totals.items()}

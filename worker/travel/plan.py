@@ -46,6 +46,7 @@ from worker.params import (
     MAX_SEED,
     RANDOM_SEED,
     RESOLUTION_MULTIPLE,
+    local_path,
     parse_resolution,
     round_to_frame_count,
     split_resolution,
@@ -339,8 +340,8 @@ class _Planner:
             raise ValidationError(name, "required: a list of image paths (N images make N-1 segments)")
         if len(images) < 2:
             raise ValidationError(name, f"at least 2 images are needed to travel between, got {len(images)}")
-        for i, path in enumerate(images):
-            check_image(path, f"{name}[{i}]")
+        for i, path in enumerate(images):  # a URL is fetched (once per box) and checked like a file
+            check_image(local_path(path, f"{name}[{i}]"), f"{name}[{i}]")
         return list(images)
 
     def _prompts(self, count: int) -> list[str]:

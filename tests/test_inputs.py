@@ -1,0 +1,158 @@
+"""URL inputs (worker/inputs.py): fetched from a real HTTP server and a real S3-compatible server on
+127.0.0.1 into the content-addressed cache, with size limits, timeouts, retries and clear errors."""
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fleet_servers import bucket, closed_port_url, file_server, s3, s3_endpoint, s3_env  # noqa: F401 (fixtures)
+from worker.errors import TransientError, ValidationError
+from worker.inputs import InputFetcher, fetch_input, is_url
+from worker.params import ParamReader, existing_file
+from worker.video import check_image
+
+
+def png(color: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (24, 16)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def fetcher(tmp_path: Path, **options: float) -> InputFetcher:
+    settings = {"max_bytes": 1_000_000, "connect_timeout_seconds": 2.0, "read_timeout_seconds": 2.0, "attempts": 3,
+                "backoff_first_seconds": 0.02, **options}
+    return InputFetcher(tmp_path / "cache", **settings)
+
+
+def test_urls_are_told_from_paths() -> None:
+    assert is_url("http://host/a.png") and is_url("HTTPS://host/a.png") and is_url("s3://bucket/key.mp4")
+    assert not is_url("/data/a.png") and not is_url("relative/a.png") and not is_url("ftp://host/a.png")
+    assert not is_url(42)
+
+
+def test_a_url_is_downloaded_into_the_content_addressed_cache(tmp_path: Path, file_server) -> None:
+    body = png()
+    url = file_server.serve("/keys/a.png", body, content_type="image/png")
+
+    path = fetcher(tmp_path).fetch(url, "images[0]")
+
+    assert path.read_bytes() == body
+    assert path.name == hashlib.sha256(body).hexdigest() + ".png"
+    assert path.parent == tmp_path / "cache" / "objects"
+    assert not any((tmp_path / "cache" / "tmp").iterdir())
+
+
+def test_the_same_url_is_fetched_once_even_by_two_concurrent_fetchers(tmp_path: Path, file_server) -> None:
+    url = file_server.serve("/keys/slow.png", png(), delay_seconds=0.3)
+    # Two fetchers on one cache folder: what two worker processes on one box are.
+    first, second = fetcher(tmp_path), fetcher(tmp_path)
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda f=f: results.append(f.fetch(url, "images[0]"))) for f in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert results[0] == results[1] and results[0].read_bytes() == png()
+    assert first.fetch(url, "images[0]") == results[0]
+    assert file_server.hits["/keys/slow.png"] == 1
+
+
+def test_equal_content_at_two_urls_is_stored_once(tmp_path: Path, file_server) -> None:
+    inputs = fetcher(tmp_path)
+    a = inputs.fetch(file_server.serve("/a.png", png()), "a")
+    b = inputs.fetch(file_server.serve("/b.png", png()), "b")
+    assert a == b and len(list((tmp_path / "cache" / "objects").iterdir())) == 1
+
+
+def test_a_server_error_is_retried_until_it_answers(tmp_path: Path, file_server) -> None:
+    url = file_server.serve("/flaky.png", png(), fail_first=2)
+    assert fetcher(tmp_path).fetch(url, "image_refs[0]").read_bytes() == png()
+    assert file_server.hits["/flaky.png"] == 3
+
+
+def test_a_server_that_keeps_failing_is_a_transient_error_naming_field_url_and_status(tmp_path: Path, file_server) -> None:
+    url = file_server.serve("/down.png", png(), fail_first=99)
+    with pytest.raises(TransientError, match=r"video_guide: http://127\.0\.0\.1:\d+/down\.png: HTTP 500 .*after 3 attempts"):
+        fetcher(tmp_path).fetch(url, "video_guide")
+    assert file_server.hits["/down.png"] == 3
+
+
+def test_a_404_fails_at_once_naming_field_url_and_status(tmp_path: Path, file_server) -> None:
+    url = file_server.url("/missing.png?X-Amz-Signature=secret")
+    with pytest.raises(ValidationError) as error:
+        fetcher(tmp_path).fetch(url, "images[1]")
+    assert type(error.value) is ValidationError and error.value.field == "images[1]"
+    assert "/missing.png: HTTP 404 Not Found" in error.value.rule and "secret" not in error.value.rule
+    assert file_server.hits["/missing.png?X-Amz-Signature=secret"] == 1
+
+
+def test_a_403_is_a_validation_error_without_retry(tmp_path: Path, file_server) -> None:
+    url = file_server.serve("/private.png", b"no", status=403)
+    with pytest.raises(ValidationError, match="HTTP 403 Forbidden"):
+        fetcher(tmp_path).fetch(url, "video_mask")
+    assert file_server.hits["/private.png"] == 1
+
+
+def test_a_slow_answer_times_out_and_the_retry_succeeds(tmp_path: Path, file_server) -> None:
+    url = file_server.serve("/slow-once.png", png(), delay_first_seconds=0.8)
+    assert fetcher(tmp_path, read_timeout_seconds=0.3).fetch(url, "images[0]").read_bytes() == png()
+    assert file_server.hits["/slow-once.png"] == 2
+
+
+@pytest.mark.parametrize("length_header", [True, False], ids=["declared", "undeclared"])
+def test_an_oversized_file_is_refused_and_nothing_is_left_in_the_cache(tmp_path: Path, file_server,
+                                                                       length_header: bool) -> None:
+    url = file_server.serve("/big.bin", b"x" * 300_000, length_header=length_header)
+    with pytest.raises(ValidationError, match=r"big\.bin: .*the limit is 100000 bytes \(--max-input-bytes\)"):
+        fetcher(tmp_path, max_bytes=100_000).fetch(url, "video_guide")
+    assert not any((tmp_path / "cache" / "tmp").iterdir()) and not any((tmp_path / "cache" / "objects").iterdir())
+
+
+def test_an_unreachable_host_is_a_transient_error_naming_the_url(tmp_path: Path) -> None:
+    url = closed_port_url("/a.png")
+    with pytest.raises(TransientError, match=r"images\[0\]: http://127\.0\.0\.1:\d+/a\.png: ConnectError"):
+        fetcher(tmp_path, attempts=2).fetch(url, "images[0]")
+
+
+def test_s3_objects_are_fetched_with_the_standard_aws_variables(tmp_path: Path, bucket: str) -> None:
+    s3().put_object(Bucket=bucket, Key="inputs/guide.png", Body=png((1, 2, 3)))
+    path = fetcher(tmp_path).fetch(f"s3://{bucket}/inputs/guide.png", "video_guide")
+    assert path.read_bytes() == png((1, 2, 3)) and path.suffix == ".png"
+
+
+def test_a_missing_s3_object_is_permanent_or_when_awaited_transient_naming_the_url(tmp_path: Path, bucket: str) -> None:
+    url = f"s3://{bucket}/nothing.mp4"
+    with pytest.raises(ValidationError) as error:
+        fetcher(tmp_path).fetch(url, "video_guide")
+    assert str(error.value) == f"video_guide: {url}: NoSuchKey (HTTP 404)"
+    with pytest.raises(TransientError) as error:
+        fetcher(tmp_path).fetch(url, "previous_segment_task_id", missing_is_transient=True)
+    assert str(error.value) == f"previous_segment_task_id: {url}: NoSuchKey (HTTP 404)"
+
+
+def test_path_helpers_take_urls_through_the_active_fetcher(tmp_path: Path, file_server) -> None:
+    url = file_server.serve("/ref.png", png())
+    reader = ParamReader({"image_refs": [url], "video_guide": url})
+    with pytest.raises(ValidationError, match="fetched only inside a worker's task"):
+        reader.input_files("image_refs")
+    with fetcher(tmp_path).active():
+        [ref] = reader.input_files("image_refs")
+        assert ref.read_bytes() == png() and reader.input_file("video_guide") == ref
+        assert existing_file(str(ref), "local") == ref  # local paths work as before
+    with pytest.raises(ValidationError):
+        fetch_input(url, "image_refs[0]")  # the fetcher is active only inside the block
+
+
+def test_content_decides_not_the_content_type(tmp_path: Path, file_server) -> None:
+    inputs = fetcher(tmp_path)
+    image = inputs.fetch(file_server.serve("/a.png", png(), content_type="text/html"), "images[0]")
+    assert check_image(image, "images[0]") == (24, 16)
+    page = inputs.fetch(file_server.serve("/b.png", b"<html>sign in</html>", content_type="image/png"), "images[1]")
+    with pytest.raises(ValidationError, match=r"images\[1\]: not a readable image"):
+        check_image(page, "images[1]")

@@ -1,0 +1,322 @@
+"""Inputs by URL: a path field may name an `http(s)://` or `s3://` object instead of a local file.
+
+The object is downloaded once per box into a content-addressed cache (`--cache-dir`, default
+`<models-dir>/cache`) and the handler gets a local path, which it checks like any local file (an image
+decodes, a video probes) before spending GPU time. Layout of the cache:
+
+    objects/<sha256><suffix>      the bytes, named by their hash (one copy of equal content)
+    urls/<sha256 of the URL>.json which object a URL gave ({"url", "sha256", "bytes", "file"})
+    urls/<sha256 of the URL>.lock held while that URL downloads, so concurrent tasks fetch it once
+    tmp/                          partial downloads, renamed into objects/ only when complete
+
+A URL is taken to name fixed content: once fetched it is served from the cache (publish new content
+under a new URL). Downloads stream with a byte limit (`--max-input-bytes`, counted on the bytes that
+arrive, whatever Content-Length says), connect/read timeouts, and retries with exponential backoff on
+5xx, timeouts and connection errors. A 4xx is the task's fault: a ValidationError naming the field, the
+URL and the status, so the row fails at once.
+
+Handlers do not call this module: the path helpers of worker.params do, through the fetcher the
+poller makes active for the task's thread (`InputFetcher.active`).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from functools import cached_property, lru_cache
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import tenacity
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
+
+from worker.errors import TransientError, ValidationError
+from worker.s3 import S3_SCHEME, error_code, http_status, parse_s3_url, s3_client
+
+HTTP_SCHEMES = ("http", "https")
+URL_SCHEMES = (*HTTP_SCHEMES, S3_SCHEME)
+CHUNK_BYTES = 1 << 20
+BACKOFF_FIRST_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 8.0
+# Statuses in the 4xx range that are worth another try (the server asks to come back), not bad input.
+RETRIED_CLIENT_STATUSES = (408, 425, 429)
+_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,12}$")
+_LORA_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ +-]{0,200}\.safetensors$", re.IGNORECASE)
+
+
+class _Missing(ValidationError):
+    """Nothing at the URL: permanent for a user's input, worth waiting for on an object another task writes."""
+
+
+class _Retryable(Exception):
+    """A failed try worth repeating: 5xx, timeout, connection error."""
+
+
+def is_url(value: Any) -> bool:
+    """True for a string naming an http(s):// or s3:// URL (a local path never has a scheme here)."""
+    return isinstance(value, str) and "://" in value and urlsplit(value).scheme.lower() in URL_SCHEMES
+
+
+def shown_url(url: str) -> str:
+    """The URL without credentials, query or fragment (a presigned URL's signature stays out of logs)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+_ACTIVE: contextvars.ContextVar[InputFetcher | None] = contextvars.ContextVar("wan_worker_input_fetcher", default=None)
+
+
+def fetch_input(url: str, field: str, *, missing_is_transient: bool = False) -> Path:
+    """The cached local copy of `url` for the param `field`, through the fetcher active in this thread."""
+    fetcher = _ACTIVE.get()
+    if fetcher is None:
+        raise ValidationError(field, f"{shown_url(url)}: URLs are fetched only inside a worker's task")
+    return fetcher.fetch(url, field, missing_is_transient=missing_is_transient)
+
+
+class InputFetcher:
+    """Downloads URLs into the cache folder; safe to share between threads and processes of one box."""
+
+    def __init__(self, cache_dir: Path, *, max_bytes: int, connect_timeout_seconds: float,
+                 read_timeout_seconds: float, attempts: int, backoff_first_seconds: float = BACKOFF_FIRST_SECONDS):
+        self.cache_dir = Path(cache_dir)
+        self.max_bytes = max_bytes
+        self.connect_timeout_seconds = connect_timeout_seconds
+        self.read_timeout_seconds = read_timeout_seconds
+        self.attempts = attempts
+        self.backoff_first_seconds = backoff_first_seconds
+        self._clients_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[InputFetcher]:
+        """Make this the fetcher the path helpers use in the current thread, for the `with` block."""
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
+    # ---- the cache -----------------------------------------------------------------------------------
+
+    def fetch(self, url: str, field: str, *, missing_is_transient: bool = False) -> Path:
+        """The local file holding `url`'s content: from the cache, else downloaded (once per box, even
+        when several tasks ask at the same time). Nothing at the URL (HTTP 404/410, S3 NoSuchKey) is a
+        ValidationError, or a TransientError with `missing_is_transient` (for an object that another
+        task writes, such as a travel segment's predecessor)."""
+        cached = self.cached(url)
+        if cached is not None:
+            return cached
+        for folder in ("objects", "urls", "tmp"):
+            (self.cache_dir / folder).mkdir(parents=True, exist_ok=True)
+        lock_timeout = self.attempts * (self.connect_timeout_seconds + self.read_timeout_seconds + BACKOFF_MAX_SECONDS)
+        try:
+            with FileLock(self._url_file(url, ".lock"), timeout=lock_timeout):
+                return self.cached(url) or self._download(url, field, missing_is_transient)
+        except LockTimeout:
+            raise TransientError(f"{field}: {shown_url(url)}: another download of it did not finish "
+                                 f"within {lock_timeout:.0f} s") from None
+
+    def install_loras(self, names: list[str], loras_dir: Path) -> None:
+        """Put each LoRA named by URL into `loras_dir` under the URL's file name (a hard link to the
+        cached copy), where the engine resolves LoRA names by file stem. A different file already there
+        under that name is an error rather than silently used."""
+        for index, url in enumerate(names):
+            if not is_url(url):
+                continue
+            field = f"lora_names[{index}]"
+            name = PurePosixPath(urlsplit(url).path).name
+            if not _LORA_FILE.match(name):
+                raise ValidationError(field, f"{shown_url(url)}: a LoRA URL must end in a file name like name.safetensors")
+            cached = self.fetch(url, field)
+            target = Path(loras_dir) / name
+            if target.exists():
+                if not (os.path.samefile(target, cached) or _same_content(target, cached)):
+                    raise ValidationError(field, f"{shown_url(url)}: {target} exists with other content; "
+                                                 "rename the file or the URL")
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}")
+            try:
+                os.link(cached, partial)
+            except OSError:  # another file system: copy instead
+                shutil.copyfile(cached, partial)
+            os.replace(partial, target)
+
+    def cached(self, url: str) -> Path | None:
+        """The cached copy of `url`, when one is complete."""
+        try:
+            entry = json.loads(self._url_file(url, ".json").read_text())
+            path = self.cache_dir / "objects" / entry["file"]
+            return path if path.stat().st_size == entry["bytes"] else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _url_file(self, url: str, suffix: str) -> Path:
+        return self.cache_dir / "urls" / (hashlib.sha256(url.encode()).hexdigest() + suffix)
+
+    def _download(self, url: str, field: str, missing_is_transient: bool) -> Path:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Retryable),
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=tenacity.wait_exponential(multiplier=self.backoff_first_seconds, max=BACKOFF_MAX_SECONDS)
+            + tenacity.wait_random(0, self.backoff_first_seconds),
+            reraise=True,
+        )
+        try:
+            return retrying(self._download_once, url, field)
+        except _Missing as error:
+            if missing_is_transient:
+                raise TransientError(f"{field}: {error.rule}") from None
+            raise ValidationError(field, error.rule) from None
+        except _Retryable as error:
+            raise TransientError(f"{field}: {shown_url(url)}: {error} (after {self.attempts} attempts)") from None
+
+    def _download_once(self, url: str, field: str) -> Path:
+        """One try: stream into tmp/, then rename into objects/ and record the URL's entry."""
+        partial = tempfile.NamedTemporaryFile(dir=self.cache_dir / "tmp", prefix="fetch-", delete=False)
+        try:
+            with partial:
+                sink = _LimitedSink(partial, self.max_bytes, field, url)
+                if urlsplit(url).scheme.lower() == S3_SCHEME:
+                    self._stream_s3(url, field, sink)
+                else:
+                    self._stream_http(url, field, sink)
+                partial.flush()
+                os.fsync(partial.fileno())
+            digest = sink.hash.hexdigest()
+            name = digest + _suffix(url)
+            os.replace(partial.name, self.cache_dir / "objects" / name)
+        except BaseException:
+            Path(partial.name).unlink(missing_ok=True)
+            raise
+        _write_atomically(self._url_file(url, ".json"),
+                          json.dumps({"url": shown_url(url), "sha256": digest, "bytes": sink.size, "file": name}))
+        return self.cache_dir / "objects" / name
+
+    # ---- protocols -----------------------------------------------------------------------------------
+
+    @cached_property
+    def _http(self) -> Any:
+        import httpx
+
+        timeout = httpx.Timeout(connect=self.connect_timeout_seconds, read=self.read_timeout_seconds,
+                                write=self.read_timeout_seconds, pool=self.connect_timeout_seconds)
+        return httpx.Client(timeout=timeout, follow_redirects=True, headers={"User-Agent": "wan-worker"})
+
+    @cached_property
+    def _s3(self) -> Any:
+        # botocore does not retry on its own here: _download retries S3 and HTTP the same way.
+        return s3_client(connect_timeout_seconds=self.connect_timeout_seconds,
+                         read_timeout_seconds=self.read_timeout_seconds, max_attempts=1)
+
+    def _client(self, name: str) -> Any:
+        with self._clients_lock:  # cached_property is not thread-safe
+            return getattr(self, name)
+
+    def _stream_http(self, url: str, field: str, sink: _LimitedSink) -> None:
+        import httpx
+
+        shown = shown_url(url)
+        try:
+            with self._client("_http").stream("GET", url) as response:
+                status, reason = response.status_code, response.reason_phrase
+                if status >= 500 or status in RETRIED_CLIENT_STATUSES:
+                    raise _Retryable(f"HTTP {status} {reason}")
+                if status in (404, 410):
+                    raise _Missing(field, f"{shown}: HTTP {status} {reason}")
+                if status != 200:
+                    raise ValidationError(field, f"{shown}: HTTP {status} {reason}")
+                sink.check_declared(response.headers.get("content-length"))
+                for chunk in response.iter_bytes(CHUNK_BYTES):
+                    sink.write(chunk)
+        except httpx.TransportError as error:  # timeouts, refused or reset connections, bad DNS
+            raise _Retryable(f"{type(error).__name__}: {error or 'no detail'}") from None
+
+    def _stream_s3(self, url: str, field: str, sink: _LimitedSink) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            location = parse_s3_url(url)
+        except ValueError as error:
+            raise ValidationError(field, str(error)) from None
+        try:
+            response = self._client("_s3").get_object(Bucket=location.bucket, Key=location.key)
+            sink.check_declared(response.get("ContentLength"))
+            for chunk in response["Body"].iter_chunks(CHUNK_BYTES):
+                sink.write(chunk)
+        except ClientError as error:
+            code, status = error_code(error), http_status(error)
+            detail = f"{url}: {code or 'error'} (HTTP {status})"
+            if status is not None and 400 <= status < 500 and status not in RETRIED_CLIENT_STATUSES:
+                raise (_Missing if code in ("NoSuchKey", "404") else ValidationError)(field, detail) from None
+            raise _Retryable(detail) from None
+        except BotoCoreError as error:  # connection, timeout, credentials, a stream cut short
+            raise _Retryable(f"{type(error).__name__}: {error}") from None
+
+
+class _LimitedSink:
+    """Writes a download to its file, hashing it and stopping it once it passes the byte limit."""
+
+    def __init__(self, file: IO[bytes], limit: int, field: str, url: str):
+        self.file, self.limit, self.field, self.url = file, limit, field, url
+        self.size = 0
+        self.hash = hashlib.sha256()
+
+    def check_declared(self, declared: Any) -> None:
+        """Refuse early when the server announces too much (what arrives is counted regardless)."""
+        try:
+            length = int(declared)
+        except (TypeError, ValueError):
+            return
+        if length > self.limit:
+            self._too_large(f"announces {length} bytes")
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            self._too_large(f"sent more than {self.limit} bytes")
+        self.hash.update(chunk)
+        self.file.write(chunk)
+
+    def _too_large(self, what: str) -> None:
+        raise ValidationError(self.field, f"{shown_url(self.url)}: {what}; the limit is {self.limit} bytes "
+                                          "(--max-input-bytes)")
+
+
+def _suffix(url: str) -> str:
+    """The URL path's file extension when it is a plain one (.png, .mp4, .safetensors), else ''."""
+    suffix = PurePosixPath(urlsplit(url).path).suffix
+    return suffix.lower() if _SUFFIX.match(suffix) else ""
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with a.open("rb") as first, b.open("rb") as second:
+        while chunk := first.read(CHUNK_BYTES):
+            if chunk != second.read(len(chunk)):
+                return False
+    return True
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+@lru_cache(maxsize=8)
+def fetcher_for(cache_dir: Path, max_bytes: int, connect_timeout_seconds: float, read_timeout_seconds: float,
+                attempts: int) -> InputFetcher:
+    """One fetcher (with its HTTP and S3 connection pools) per distinct setting, kept across tasks."""
+    return InputFetcher(cache_dir, max_bytes=max_bytes, connect_timeout_seconds=connect_timeout_seconds,
+                        read_timeout_seconds=read_timeout_seconds, attempts=attempts)
