@@ -10,6 +10,13 @@ wastes device time. Out-of-memory during a generation frees the device caches an
 under the memory-saving policy (experts take turns on the device); a second failure raises
 OutOfMemory. The model stays loaded either way, so the next request runs normally.
 
+Speed and memory (docs/engine.md, "GPU"): `precision` "bf16" (exact, the default) or "fp8"
+(wan_engine.fp8: fp8 block linears; a request's own `precision` reloads the model in that mode);
+`compile` (default: on CUDA) compiles each DiT block with torch.compile, its warm-up charged to the
+`compile` phase and its artifacts kept under `compile_cache_dir` so a restart reuses them;
+`gpu_memory_gb` caps what the engine plans to use of the device (default: the whole card) and
+streams DiT blocks from host memory when a network does not fit (wan_engine.swap).
+
 A failure of the device itself during a load or a generation (a CUDA, cuBLAS, cuDNN or NCCL error;
 wan_engine/device_faults.py) is raised as DeviceFault with the torch error chained. A sticky one (an
 illegal memory access, a device-side assert, ...) leaves the engine unusable: every later load or
@@ -17,9 +24,10 @@ generation raises DeviceFault at once, since only a new process can use the devi
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,33 +35,37 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from wan_engine import pipeline
 from wan_engine.device_faults import as_device_fault
 from wan_engine.errors import DeviceFault, InvalidRequest, OutOfMemory
+from wan_engine.fp8 import check_precision, load_fp8_dit, meta_fp8_dit, quantize_dit
 from wan_engine.lora import LoraWeights, check_loras_fit, load_lora, lora_multiplier_schedule, resolve_lora
 from wan_engine.memory import (
     OFFLOAD_POLICIES,
     Experts,
     HostResident,
     experts_must_take_turns,
+    Placement,
     release_cached_memory,
     tensor_bytes,
 )
+from wan_engine.nn.attention import backend_for
 from wan_engine.nn.dit import WanDiT
 from wan_engine.nn.t5 import UMT5Encoder
 from wan_engine.nn.vae import WanVAE
 from wan_engine.phases import PhaseSettings, StepPlan, plan_steps
 from wan_engine.registry import DEFAULT_DEFINITIONS_DIR, ModelFiles, ModelRegistry, ModelSpec, resolve_parameters
-from wan_engine.request import GenerationRequest, GenerationResult
+from wan_engine.request import PRECISIONS, GenerationRequest, GenerationResult
 from wan_engine.sampling import FlowSampler, make_sampler
+from wan_engine.swap import WORKING_MEMORY_BYTES, BlockStreamer, execution_order, plan_resident_blocks
 from wan_engine.tokenizer import T5Tokenizer
-from wan_engine.weights import load_model
+from wan_engine.weights import apply_dtype_policy, load_model
 
 LORAS_FOLDER = "loras"
 LORA_CACHE_SIZE = 8  # parsed LoRA files kept between tasks (travel segments reuse theirs)
+COMPILE_CACHE_FOLDER = ".compile_cache"  # under models_dir unless compile_cache_dir is given
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 
@@ -62,12 +74,9 @@ class LoadedModel:
     """A model definition's networks, built from its files."""
 
     spec: ModelSpec
-    files: ModelFiles
+    files: ModelFiles | None  # None: networks handed to Engine.install
     networks: pipeline.Networks
-
-    @property
-    def text_encoder_key(self) -> tuple[Path, Path]:
-        return (self.files.text_encoder, self.files.tokenizer)
+    precision: str = "bf16"
 
 
 @dataclass
@@ -80,9 +89,10 @@ class _SharedNetworks:
 
     @classmethod
     def of(cls, models: Sequence[LoadedModel]) -> _SharedNetworks:
+        loaded = [m for m in models if m.files is not None]
         return cls(
-            {m.text_encoder_key: m.networks.text_encoder for m in models},
-            {m.files.vae: m.networks.vae for m in models},
+            {(m.files.text_encoder, m.files.tokenizer): m.networks.text_encoder for m in loaded},
+            {m.files.vae: m.networks.vae for m in loaded},
         )
 
 
@@ -105,6 +115,10 @@ class Engine:
     its attempt run normally.
 
     device_fault (attribute): the sticky DeviceFault that made the engine unusable, else None.
+
+    precision, compile, gpu_memory_gb, compile_cache_dir: see the module docstring; compile_backend
+    is torch.compile's (inductor; the CPU tests use aot_eager, which compiles in seconds). vae_dtype:
+    default bf16 on CUDA (frames within 40 dB PSNR of fp32, tested), fp32 elsewhere.
     """
 
     def __init__(
@@ -115,8 +129,13 @@ class Engine:
         offload: str = "auto",
         keep_previous_in_ram: bool = False,
         *,
-        vae_dtype: torch.dtype = torch.float32,
+        vae_dtype: torch.dtype | None = None,
         defaults_dir: str | Path = DEFAULT_DEFINITIONS_DIR,
+        precision: str = "bf16",
+        compile: bool | None = None,
+        gpu_memory_gb: float | None = None,
+        compile_cache_dir: str | Path | None = None,
+        compile_backend: str = "inductor",
     ):
         if offload not in OFFLOAD_POLICIES:
             raise ValueError(f"offload must be one of {', '.join(OFFLOAD_POLICIES)}, got {offload!r}")
@@ -126,7 +145,19 @@ class Engine:
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = dtype
-        self.vae_dtype = vae_dtype
+        cuda = self.device.type == "cuda"
+        self.vae_dtype = vae_dtype or (torch.bfloat16 if cuda else torch.float32)
+        self.precision = check_precision(precision)
+        self.compile = cuda if compile is None else compile
+        self.compile_backend = compile_backend
+        if self.compile:
+            _keep_compile_cache(Path(compile_cache_dir) if compile_cache_dir else self.models_dir / COMPILE_CACHE_FOLDER)
+        if gpu_memory_gb is not None and not 0 < gpu_memory_gb < float("inf"):
+            raise ValueError(f"gpu_memory_gb must be a positive number, got {gpu_memory_gb}")
+        self.gpu_memory_bytes = None if gpu_memory_gb is None else int(gpu_memory_gb * 2**30)
+        if cuda and self.gpu_memory_bytes is not None:
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, self.gpu_memory_bytes / total), self.device)
         self.offload = offload
         self.keep_previous_in_ram = keep_previous_in_ram
         self.oom_injections = 0
@@ -143,8 +174,9 @@ class Engine:
         """The definition key of the resident model (a preset resolves to its definition)."""
         return None if self._loaded is None else self._loaded.spec.key
 
-    def load(self, key: str) -> bool:
-        """Make `key` (a definition or preset) the resident model; returns False when it already was.
+    def load(self, key: str, precision: str | None = None) -> bool:
+        """Make `key` (a definition or preset) the resident model in `precision` (default: the
+        engine's); returns False when it already was.
 
         UnknownModel and WeightsMissing are raised before the current model is touched. The old
         model's experts leave the device before the new ones arrive (parked in host memory with
@@ -152,19 +184,21 @@ class Engine:
         dropped and no model is resident; a failure of the device raises DeviceFault.
         """
         spec = self.registry.get(key)
+        precision = check_precision(precision or self.precision)
         self._raise_if_unusable()
-        if self._loaded is not None and self._loaded.spec.key == spec.key:
+        if self._loaded is not None and (self._loaded.spec.key, self._loaded.precision) == (spec.key, precision):
             return False
         files = self.registry.files_for(spec)
         with self._device_failures_as_faults():
-            self._switch_to(spec, files)
+            self._switch_to(spec, files, precision)
         return True
 
-    def _switch_to(self, spec: ModelSpec, files: ModelFiles) -> None:
+    def _switch_to(self, spec: ModelSpec, files: ModelFiles, precision: str) -> None:
         """Free or park the resident model, then make `spec` resident (from host memory or its files)."""
         held = [m for m in (self._loaded, self._previous) if m is not None]
         shared = _SharedNetworks.of(held)
-        parked = self._previous if self._previous is not None and self._previous.spec.key == spec.key else None
+        previous = self._previous
+        parked = previous if previous is not None and (previous.spec.key, previous.precision) == (spec.key, precision) else None
         outgoing, self._loaded, self._previous = self._loaded, None, None
         if outgoing is not None and self.keep_previous_in_ram:
             outgoing.networks.experts.to_host()
@@ -176,7 +210,7 @@ class Engine:
                 parked.networks.experts.to_device()
                 self._loaded = parked
             else:
-                self._loaded = self._build(spec, files, shared)
+                self._loaded = self._build(spec, files, shared, precision)
         finally:
             release_cached_memory(self.device)
 
@@ -185,9 +219,10 @@ class Engine:
         held = [m for m in (self._loaded, self._previous) if m is not None]
         return tensor_bytes([module for model in held for module in _modules(model)], self.device)
 
-    def _build(self, spec: ModelSpec, files: ModelFiles, shared: _SharedNetworks) -> LoadedModel:
+    def _build(self, spec: ModelSpec, files: ModelFiles, shared: _SharedNetworks, precision: str) -> LoadedModel:
         """Load every network of `spec`, sharing the text encoder and VAE of another model held by
-        the engine when they come from the same files."""
+        the engine when they come from the same files; the DiTs in `precision`, compiled when the
+        engine compiles, placed for the device budget."""
         text_key = (files.text_encoder, files.tokenizer)
         text_encoder = shared.text_encoders.get(text_key)
         if text_encoder is None:
@@ -200,19 +235,98 @@ class Engine:
         if vae is None:
             vae = load_model(lambda: WanVAE(**spec.vae_config), [files.vae], dtype=self.vae_dtype, device=self.device)
 
-        take_turns = spec.is_dual_expert and experts_must_take_turns(
-            self.offload, _checkpoint_bytes(files.experts.values(), self.dtype), self.device
-        )
+        resident_blocks, take_turns = self._placement(spec, precision, vae)
         load_device = "cpu" if take_turns else self.device
         networks = {
-            name: load_model(lambda: WanDiT(**spec.dit_config), paths, dtype=self.dtype, device=load_device)
+            name: self._prepared(self._load_dit(spec, paths, precision, load_device), precision)
             for name, paths in files.experts.items()
         }
-        experts = Experts(networks, self.device, take_turns=take_turns)
-        networks = pipeline.Networks(
-            text_encoder, vae, experts, vace=spec.is_vace, image_to_video=spec.is_image_to_video
+        return LoadedModel(spec, files, self._placed(spec, text_encoder, vae, networks, resident_blocks, take_turns), precision)
+
+    def install(
+        self,
+        key: str,
+        experts: dict[str, WanDiT],
+        text_encoder: nn.Module,
+        tokenizer: T5Tokenizer,
+        vae: nn.Module,
+        precision: str | None = None,
+    ) -> None:
+        """Make networks already in memory the resident model `key` (bench/gpu.py: random weights at
+        the real shapes, where no checkpoint files exist), prepared and placed as loaded ones are: fp8
+        layers in fp8 mode (quantised in place), compiled blocks, the device budget."""
+        spec = self.registry.get(key)
+        precision = check_precision(precision or self.precision)
+        self._loaded = self._previous = None
+        release_cached_memory(self.device)
+        held = tensor_bytes(list(experts.values()), self.device)
+        resident_blocks, take_turns = self._placement(spec, precision, vae, held)
+        networks = {}
+        for name, network in experts.items():
+            if precision == "fp8":
+                quantize_dit(network, self.device)
+            networks[name] = self._prepared(network.to("cpu" if take_turns else self.device), precision)
+        encoder = pipeline.TextEncoder(tokenizer, HostResident(text_encoder, self.device))
+        networks_placed = self._placed(spec, encoder, vae.to(self.device, self.vae_dtype), networks, resident_blocks, take_turns)
+        self._loaded = LoadedModel(spec, None, networks_placed, precision)
+
+    def _placement(self, spec: ModelSpec, precision: str, vae: nn.Module, held_bytes: int = 0) -> tuple[int | None, bool]:
+        """(blocks of each DiT that stay on the device, or None when all do; whether the experts take
+        turns) for `spec` in `precision` under the offload policy and the device budget; `held_bytes`:
+        what the experts already occupy on the device (Engine.install)."""
+        build = _dit_builder(spec)
+        resident_blocks = self._resident_blocks(build, precision, tensor_bytes([vae]))
+        expert_bytes = len(spec.experts) * self._dit_bytes(build, precision)
+        take_turns = resident_blocks is not None or (
+            spec.is_dual_expert
+            and experts_must_take_turns(self.offload, expert_bytes, self.device, self.gpu_memory_bytes, held_bytes)
         )
-        return LoadedModel(spec, files, networks)
+        return resident_blocks, take_turns
+
+    def _placed(
+        self, spec: ModelSpec, text_encoder: pipeline.TextEncoder, vae: nn.Module, networks: dict[str, nn.Module],
+        resident_blocks: int | None, take_turns: bool,
+    ) -> pipeline.Networks:  # fmt: skip
+        """The networks of a model placed as `_placement` decided (streamed blocks, or experts in turns)."""
+        placements: dict[str, Placement] = {}
+        if resident_blocks is not None:
+            placements = {name: BlockStreamer(net, self.device, resident_blocks) for name, net in networks.items()}
+        experts = Experts(networks, self.device, take_turns=take_turns, placements=placements)
+        experts.compiled = self.compile
+        return pipeline.Networks(text_encoder, vae, experts, vace=spec.is_vace, image_to_video=spec.is_image_to_video)
+
+    def _prepared(self, network: WanDiT, precision: str) -> WanDiT:
+        """`network` with the attention backend of `precision`, compiled when the engine compiles."""
+        network.set_attention_backend(backend_for(precision, self.device))
+        return network.compile_blocks(backend=self.compile_backend) if self.compile else network
+
+    def _load_dit(self, spec: ModelSpec, paths: Sequence[Path], precision: str, device: Any) -> WanDiT:
+        """One DiT in `precision` on `device` (quantised on the engine's device in fp8 mode)."""
+        build = _dit_builder(spec)
+        if precision == "fp8":
+            return load_fp8_dit(build, paths, compute_dtype=self.dtype, device=device, quantize_on=self.device)
+        return load_model(build, paths, dtype=self.dtype, device=device)
+
+    def _dit_bytes(self, build: Callable[[], WanDiT], precision: str) -> int:
+        """Bytes one DiT takes in `precision` (counted on the meta device, nothing allocated)."""
+        return tensor_bytes([_meta_dit(build, precision, self.dtype)])
+
+    def _resident_blocks(self, build: Callable[[], WanDiT], precision: str, vae_bytes: int) -> int | None:
+        """How many blocks of each DiT stay on the device under the budget, or None when the whole
+        network fits (no streaming). Without a budget (a CPU engine without gpu_memory_gb), None."""
+        budget = self.gpu_memory_bytes
+        if budget is None and self.device.type == "cuda":
+            budget = torch.cuda.get_device_properties(self.device).total_memory
+        if budget is None:
+            return None
+        meta = _meta_dit(build, precision, self.dtype)
+        sizes = [tensor_bytes([block]) for block in execution_order(meta)]
+        fixed = tensor_bytes([meta]) - sum(sizes) + vae_bytes
+        try:
+            resident = plan_resident_blocks(sizes, fixed, WORKING_MEMORY_BYTES, budget)
+        except ValueError as error:
+            raise OutOfMemory(str(error)) from None
+        return None if resident == len(sizes) else resident
 
     # ---- generation -----------------------------------------------------------------------------
 
@@ -232,7 +346,7 @@ class Engine:
         should_cancel = should_cancel or (lambda: False)
         timer = pipeline.PhaseTimer(self.device)
 
-        spec, values, sources, plan, lora_files, lora_schedule = self._validated(request)
+        spec, values, sources, plan, lora_files, lora_schedule, precision = self._validated(request)
         loras = [self._lora(path) for path in lora_files]
 
         def job() -> pipeline.Job:
@@ -256,9 +370,11 @@ class Engine:
 
         with self._device_failures_as_faults():
             with timer.measure("load"):
-                self.load(request.model)
+                self.load(request.model, precision)
             assert self._loaded is not None
             networks = self._loaded.networks
+            # under a device budget the DiT leaves the device while the text encoder visits it
+            networks.text_encoder.encoder.make_room = networks.experts.to_host if networks.experts.streaming else None
             # a LoRA that fits no layer fails here, before any denoising
             check_loras_fit(next(iter(networks.experts.networks.values())), loras)
             frames = self._run_with_oom_retry(job, networks, on_progress, should_cancel, timer)
@@ -269,6 +385,7 @@ class Engine:
             "width": request.width,
             "height": request.height,
             "video_length": request.video_length,
+            "precision": precision,
             "sources": sources,
         }
         return GenerationResult(frames=frames, timings=timings, resolved=resolved, model=spec.key)
@@ -281,10 +398,13 @@ class Engine:
 
     def _validated(
         self, request: GenerationRequest
-    ) -> tuple[ModelSpec, dict[str, Any], dict[str, str], list[StepPlan], list[Path], list[list[float]]]:
-        """(spec, resolved values, their sources, step plan, LoRA files, LoRA schedule) of a valid
-        request; raises UnknownModel or InvalidRequest otherwise."""
+    ) -> tuple[ModelSpec, dict[str, Any], dict[str, str], list[StepPlan], list[Path], list[list[float]], str]:
+        """(spec, resolved values, their sources, step plan, LoRA files, LoRA schedule, precision) of
+        a valid request; raises UnknownModel or InvalidRequest otherwise."""
         spec = self.registry.get(request.model)
+        precision = request.precision or self.precision
+        if precision not in PRECISIONS:
+            raise InvalidRequest("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         values, sources = resolve_parameters(spec, request)
         _check_inputs(request, spec)
         settings = PhaseSettings.from_values(values)
@@ -293,7 +413,8 @@ class Engine:
         lora_schedule = lora_multiplier_schedule(
             values["lora_multipliers"], len(lora_files), plan, settings.guidance_phases, settings.model_switch_phase
         )
-        return spec, values, sources, plan, lora_files, lora_schedule
+        sources["precision"] = "request" if request.precision else "engine"
+        return spec, values, sources, plan, lora_files, lora_schedule, precision
 
     def _run_with_oom_retry(
         self,
@@ -482,16 +603,27 @@ def _check_array(name: str, value: Any, shape: tuple[int, ...]) -> None:
         )
 
 
-def _checkpoint_bytes(file_groups: Iterable[Sequence[Path]], dtype: torch.dtype) -> int:
-    """Bytes the tensors of these safetensors files take in `dtype` (read from the headers only)."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    total = 0
-    for paths in file_groups:
-        for path in paths:
-            with safe_open(str(path), framework="pt") as reader:
-                for key in reader.keys():
-                    total += int(np.prod(reader.get_slice(key).get_shape(), dtype=np.int64)) * itemsize
-    return total
+def _dit_builder(spec: ModelSpec) -> Callable[[], WanDiT]:
+    def build() -> WanDiT:
+        return WanDiT(**spec.dit_config)
+
+    return build
+
+
+def _meta_dit(build: Callable[[], WanDiT], precision: str, dtype: torch.dtype) -> WanDiT:
+    """The DiT as `precision` holds it, on the meta device."""
+    if precision == "fp8":
+        return meta_fp8_dit(build, dtype)
+    with torch.device("meta"):
+        return apply_dtype_policy(build(), dtype)
+
+
+def _keep_compile_cache(folder: Path) -> None:
+    """Keep torch.compile's artifacts (Inductor's FX graph and kernel caches, Triton's binaries)
+    in `folder`, so a restarted worker loads them instead of compiling again. A cache folder the
+    operator set (TORCHINDUCTOR_CACHE_DIR) wins."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
 
 
 def _modules(model: LoadedModel) -> list[nn.Module]:

@@ -327,6 +327,37 @@ class _DeltaParametrization(nn.Module):
         return result
 
 
+class _WeightDeltaHook:
+    """Forward hook adding full weight deltas as a side branch, y + x (sum_i m_i delta_i)^T: for layers
+    whose weight cannot take a parametrization in its own dtype (fp8 weights, wan_engine.fp8). The
+    summed delta is rebuilt only when the multipliers change."""
+
+    def __init__(self, updates: Sequence[tuple[int, torch.Tensor]], shape: torch.Size, like: torch.Tensor,
+                 multipliers: _Multipliers):  # fmt: skip
+        self.multipliers = multipliers
+        self.loras = [index for index, _ in updates]
+        self.deltas = [delta.reshape(shape).to(like.device, like.dtype) for _, delta in updates]
+        self._weight: torch.Tensor | None = None
+        self._version = -1
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        values = self.multipliers.values
+        if not any(values[i] for i in self.loras):
+            return None
+        x = args[0]
+        if self._weight is None or self._version != self.multipliers.version or self._weight.device != x.device:
+            self._weight = sum(values[i] * delta.to(x.device) for i, delta in zip(self.loras, self.deltas)).to(x.dtype)
+            self._version = self.multipliers.version
+        return output + F.linear(x, self._weight)
+
+
+def _compute_like(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """A tensor with the device and the compute dtype of `module`'s `tensor` (an fp8 layer computes
+    in its `compute_dtype`), for the LoRA tensors that act on it."""
+    dtype = getattr(module, "compute_dtype", tensor.dtype)
+    return tensor if tensor.dtype == dtype else torch.empty(0, dtype=dtype, device=tensor.device)
+
+
 @dataclass
 class _Targets:
     """Where each LoRA lands in one model: Linear module name -> updates, parameter -> deltas."""
@@ -438,11 +469,17 @@ def _install(model: nn.Module, found: _Targets, multipliers: _Multipliers, undo:
     modules = dict(model.named_modules())
     for module_name, updates in found.low_rank.items():
         module = modules[module_name]
-        handle = module.register_forward_hook(_LowRankHook(updates, module.weight, multipliers))
+        handle = module.register_forward_hook(_LowRankHook(updates, _compute_like(module.weight, module), multipliers))
         undo.append(handle.remove)
     for (module_name, param_name), updates in found.deltas.items():
         module = modules[module_name]
-        delta = _DeltaParametrization(updates, getattr(module, param_name), multipliers)
+        target = getattr(module, param_name)
+        like = _compute_like(target, module)
+        if like is not target:  # an fp8 weight: the delta runs beside it
+            handle = module.register_forward_hook(_WeightDeltaHook(updates, target.shape, like, multipliers))
+            undo.append(handle.remove)
+            continue
+        delta = _DeltaParametrization(updates, target, multipliers)
         parametrize.register_parametrization(module, param_name, delta)
         undo.append(
             lambda module=module, param_name=param_name: parametrize.remove_parametrizations(

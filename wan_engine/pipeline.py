@@ -238,7 +238,9 @@ def denoise(
             for step in steps:
                 if should_cancel():
                     raise GenerationCancelled(f"cancelled before denoising step {step.step + 1}")
-                with timer.measure(f"denoise_{expert}"):
+                # the first step at a new latent size compiles the blocks (torch.compile): timed apart
+                phase = "compile" if experts.first_compiled_run(latents.shape) else f"denoise_{expert}"
+                with timer.measure(phase):
                     if job.loras:
                         loras.set_step(step.step)
                     t = torch.full((1,), step.timestep, device=latents.device)

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+PRECISIONS = ("bf16", "fp8")  # the engine's precision modes (wan_engine.fp8); bf16 is exact
+
 
 @dataclass
 class GenerationRequest:
@@ -47,6 +49,7 @@ class GenerationRequest:
     image_end: np.ndarray | None = None
     lora_names: list[str] | None = None
     lora_multipliers: list[str] | None = None
+    precision: str | None = None  # one of PRECISIONS; None: the engine's setting
 
 
 @dataclass

@@ -64,12 +64,13 @@ def encode_frames(vae: torch.nn.Module, frames: torch.Tensor, mask: torch.Tensor
     Returns [32, R + T, H/8, W/8].
     """
     binary = (mask > 0.5).to(frames.dtype)
-    inactive = vae.encode((frames * (1 - binary))[None])[0]
-    reactive = vae.encode((frames * binary)[None])[0]
+    # one VAE pass over a batch of two (inactive, reactive): the same numbers as two passes, with
+    # half the kernel launches and better-filled kernels
+    inactive, reactive = vae.encode(torch.stack([frames * (1 - binary), frames * binary]))
     latents = torch.cat([inactive, reactive], dim=0)
     if not references:
         return latents
-    encoded = [vae.encode(image[None])[0] for image in references]
+    encoded = vae.encode(torch.stack(list(references)))  # [R, 16, 1, H/8, W/8], one batch
     with_zero_reactive = [torch.cat([z, torch.zeros_like(z)], dim=0) for z in encoded]
     return torch.cat([*with_zero_reactive, latents], dim=1)
 

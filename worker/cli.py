@@ -70,7 +70,7 @@ def run_command(args: argparse.Namespace, config: WorkerConfig) -> int:
     from worker.metrics import serve_worker_metrics
     from worker.migrate import migrate, pending_migrations
     from worker.poller import EXIT_DEVICE_FAULT, Worker
-    from worker.resources import WorkerResources, resolve_device
+    from worker.resources import WorkerResources
     from worker.store import TaskStore
 
     log = structlog.get_logger("worker")
@@ -84,7 +84,7 @@ def run_command(args: argparse.Namespace, config: WorkerConfig) -> int:
         applied = migrate(db)
         if applied:
             log.info("applied migrations", applied=[m.version for m in applied])
-    resources = WorkerResources(device=resolve_device(config.device), models_dir=config.models_dir)
+    resources = WorkerResources.from_config(config)
     store = TaskStore(db) if config.metrics_port is None else serve_worker_metrics(config.metrics_port, db, resources)
     if config.preload_model:
         # Loading a 14B model can outlast the unit's TimeoutStartSec: ask systemd for more time first.

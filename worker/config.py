@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from wan_engine.request import PRECISIONS
 from worker.s3 import parse_s3_url
 
 LOG_FORMATS = ("auto", "json", "console")
@@ -42,6 +43,10 @@ def _optional_int(value: str) -> int | None:
 
 def _optional_path(value: str) -> Path | None:
     return Path(value) if value else None
+
+
+def _optional_float(value: str) -> float | None:
+    return float(value) if value else None
 
 
 def _task_types(value: str) -> tuple[str, ...] | None:
@@ -110,6 +115,12 @@ class WorkerConfig:
         None, parse=_optional_int, help="add presigned GET URLs valid this long to result_data (max 604800)"
     )
     keep_local: bool = _setting(False, parse=_boolean, help="keep local copies of uploaded artifacts")
+    precision: str = _setting("bf16", help="DiT precision: bf16 (exact) or fp8 (fp8 block linears); a task's `precision` wins")
+    no_compile: bool = _setting(False, parse=_boolean, help="do not torch.compile the DiT blocks (compiled by default on CUDA)")
+    gpu_memory_gb: float | None = _setting(
+        None, parse=_optional_float,
+        help="device memory (GiB) the engine may use; DiT blocks beyond it stream from host memory (default: the whole card)",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         for name in ("lease_seconds", "heartbeat_seconds", "poll_seconds", "maintenance_seconds",
@@ -127,6 +138,10 @@ class WorkerConfig:
             )
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.gpu_memory_gb is not None and not 0 < self.gpu_memory_gb < math.inf:
+            raise ValueError(f"gpu_memory_gb must be a finite number > 0, got {self.gpu_memory_gb}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.max_input_bytes < 1 or self.input_fetch_attempts < 1:
@@ -166,9 +181,10 @@ def add_setting_arguments(parser: argparse.ArgumentParser, names: Sequence[str])
         meta = _field(name).metadata
         default = _default(name)
         shown = "every type" if name == "task_types" else default
+        switch = {"nargs": "?", "const": "true"} if meta["parse"] is _boolean else {}  # `--no-compile` alone means true
         group.add_argument(
             flag_name(name), dest=name, default=None, metavar=name.split("_")[-1].upper(),
-            help=f"{meta['help']} [{env_name(name)}; default {shown}]",
+            help=f"{meta['help']} [{env_name(name)}; default {shown}]", **switch,
         )
 
 

@@ -37,7 +37,7 @@ from worker.db import is_transient
 from worker.handlers import Handler, HandlerResult, TaskContext, load_handlers
 from worker.heartbeat import Heartbeat
 from worker.maintenance import Maintenance
-from worker.resources import WorkerResources, resolve_device
+from worker.resources import WorkerResources
 from worker.store import HeartbeatState, Task, TaskStore
 from worker.wakeup import Wakeup
 
@@ -81,7 +81,7 @@ class Worker:
         self.config = config
         self.store = store
         self.handlers = load_handlers() if handlers is None else handlers
-        self.resources = resources or WorkerResources(device=resolve_device(config.device), models_dir=config.models_dir)
+        self.resources = resources or WorkerResources.from_config(config)
         self.log = structlog.get_logger("worker").bind(worker_id=config.worker_id)
         self.watchdog = sdnotify.Watchdog()
         self.wakeup = Wakeup(store.db, listen=config.notify_wakeups, log=self.log)

@@ -27,9 +27,20 @@ class WorkerResources:
 
     device: str
     models_dir: Path
+    precision: str = "bf16"  # the engine's default precision (a task's `precision` wins)
+    compile: bool = True  # torch.compile the DiT blocks (on CUDA only)
+    gpu_memory_gb: float | None = None  # device budget; None: the whole card
+    compile_cache_dir: Path | None = None  # torch.compile's artifacts; None: <models_dir>/.compile_cache
     engine: Any | None = None
     metrics: Any | None = None  # worker.metrics.WorkerMetrics when the worker serves metrics
     generations_completed: int = 0  # proof the device works: the poller's device-fault count resets on it
+
+    @classmethod
+    def from_config(cls, config: Any) -> WorkerResources:
+        """The resources a worker with these settings (worker.config.WorkerConfig) starts with."""
+        return cls(device=resolve_device(config.device), models_dir=config.models_dir, precision=config.precision,
+                   compile=not config.no_compile, gpu_memory_gb=config.gpu_memory_gb,
+                   compile_cache_dir=config.cache_dir / "compile" if config.cache_dir is not None else None)  # fmt: skip
 
     @property
     def loaded_model(self) -> str | None:
@@ -38,14 +49,19 @@ class WorkerResources:
 
     def resident_engine(self) -> Any:
         """The engine, created on first use (torch is imported only then) and kept for the worker's
-        life: bf16 on a GPU, float32 on the CPU (where bf16 matmuls are slow and gain nothing)."""
+        life: bf16 on a GPU, float32 on the CPU (where bf16 matmuls are slow and gain nothing), with
+        the worker's precision, compile and device-budget settings."""
         if self.engine is None:
             import torch
 
             from wan_engine.engine import Engine
 
             dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
-            self.engine = Engine(self.models_dir, device=self.device, dtype=dtype)
+            self.engine = Engine(
+                self.models_dir, device=self.device, dtype=dtype, precision=self.precision,
+                compile=self.compile and self.device != "cpu", gpu_memory_gb=self.gpu_memory_gb,
+                compile_cache_dir=self.compile_cache_dir,
+            )  # fmt: skip
         return self.engine
 
     def model_registry(self) -> Any:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wan_engine.nn.attention import attention
+from wan_engine.nn.attention import BACKENDS, attention
 from wan_engine.nn.rope import apply_rope, rope_tables
 
 WAN21_1_3B = dict(
@@ -41,6 +41,8 @@ VACE_14B_LAYERS = list(range(0, 40, 5))
 VACE_IN_DIM = 96  # 16 inactive + 16 reactive latent channels + 64 mask channels (8x8 pixels per latent)
 I2V_IN_DIM = 36  # 16 noisy latent channels + 4 temporal mask channels + 16 conditioning latent channels
 WAN22_A14B_I2V_EXPERT = dict(WAN22_A14B_EXPERT, in_dim=I2V_IN_DIM)
+
+RECOMPILE_LIMIT = 64  # graphs per block kind torch.compile may keep (its default, 8, is too few here)
 
 TINY_DIT = dict(
     dim=64, ffn_dim=128, num_heads=4, num_layers=4, freq_dim=32, in_dim=16, out_dim=16, text_len=32,
@@ -77,6 +79,7 @@ class MultiHeadAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.attention_backend = "sdpa"  # wan_engine.nn.attention.BACKENDS; set by WanDiT.set_attention_backend
 
     def forward(self, x: torch.Tensor, source: torch.Tensor, rope: Rope | None = None) -> torch.Tensor:
         """x: [B, L, dim] queries; source: [B, S, dim] keys/values (x itself for self-attention).
@@ -88,7 +91,7 @@ class MultiHeadAttention(nn.Module):
         v = self.v(source).unflatten(-1, (self.num_heads, -1))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return self.o(attention(q, k, v).flatten(-2))
+        return self.o(attention(q, k, v, self.attention_backend).flatten(-2))
 
 
 class WanBlock(nn.Module):
@@ -260,11 +263,26 @@ class WanDiT(nn.Module):
 
         return _unpatchify(self.head(x, e).float(), grid, self.patch_size, self.out_dim)
 
-    def compile_blocks(self) -> WanDiT:
-        """Compile each block with torch.compile (one graph shared by all blocks of a kind), fusing
-        the norms, modulation, RoPE and residual updates around the matmuls and attention."""
+    def compile_blocks(self, **options: Any) -> WanDiT:
+        """Compile each block's forward with torch.compile (one graph shared by all blocks of a kind),
+        fusing the norms, modulation, RoPE and residual updates around the matmuls and attention.
+        Only `forward` is compiled, so hooks on the blocks themselves (block streaming) stay outside
+        the graph. `options` go to torch.compile (e.g. backend). A block kind gets one graph per
+        precision, attention backend and first/other VACE block, and a dynamic one once a second size
+        is seen: the recompile limit is raised so that a long-lived engine never falls back to eager."""
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         for block in [*self.blocks, *getattr(self, "vace_blocks", [])]:
-            block.compile()
+            if not hasattr(block.forward, "_torchdynamo_orig_callable"):  # compiled once only
+                block.forward = torch.compile(block.forward, **options)
+        return self
+
+    def set_attention_backend(self, backend: str) -> WanDiT:
+        """Attend through `backend` (wan_engine.nn.attention.BACKENDS) in every block."""
+        if backend not in BACKENDS:
+            raise ValueError(f"attention backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        for module in self.modules():
+            if isinstance(module, MultiHeadAttention):
+                module.attention_backend = backend
         return self
 
     def _pad_text(self, context: torch.Tensor) -> torch.Tensor:

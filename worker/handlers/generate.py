@@ -68,6 +68,8 @@ def sampling_fields(params: Mapping[str, Any], name: Callable[[str], str] = lamb
                 out[key] = reader.number(key, minimum=low, maximum=high)
         if reader.has("sample_solver"):
             out["sample_solver"] = reader.text("sample_solver")
+        if reader.has("precision"):  # bf16 or fp8: the engine checks the name
+            out["precision"] = reader.text("precision")
         if reader.has("lora_names"):
             out["lora_names"] = reader.texts("lora_names")
         if reader.has("lora_multipliers"):

@@ -72,6 +72,7 @@ SAMPLING_FIELDS = (
     "model_switch_phase",
     "flow_shift",
     "sample_solver",
+    "precision",
     "lora_names",
     "lora_multipliers",
 )
