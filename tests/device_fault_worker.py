@@ -1,10 +1,11 @@
 """`wan-worker run` whose engine fails its first N generations with a cuBLAS execution failure, as a
 broken GPU makes it: `python tests/device_fault_worker.py N run [flags]`. The engine, the worker and
-the command line are the real ones; only Engine.device_fault_injections is set."""
+the command line are the real ones; only its faults are injected (tests/fault_injection.py)."""
 from __future__ import annotations
 
 import sys
 
+from fault_injection import faults
 from wan_engine.engine import Engine
 from worker.cli import main
 
@@ -21,7 +22,7 @@ def fail_first_generations(count: int) -> None:
 
     def init(self: Engine, *args: object, **kwargs: object) -> None:
         original_init(self, *args, **kwargs)
-        self.device_fault_injections = [cublas_failure() for _ in range(count)]
+        faults(self).device = [cublas_failure() for _ in range(count)]
 
     Engine.__init__ = init  # type: ignore[method-assign]
 

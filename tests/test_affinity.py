@@ -2,11 +2,15 @@
 real generations on the tiny models, loads counted through the worker's engine."""
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+import structlog
 
 from conftest import backdate
+from worker.maintenance import Maintenance
 from worker.metrics import WorkerMetrics
 from worker.resources import WorkerResources
 from worker.store import TaskStatus, TaskStore
@@ -81,3 +85,30 @@ def test_a_task_older_than_the_bound_goes_first_so_no_model_starves(store: TaskS
 
     assert models_in_claim_order(store, task_ids) == ["tiny_vace", "tiny_t2v", "tiny_t2v"]
     assert loads(fresh_resources) == {"tiny_t2v": 2.0, "tiny_vace": 1.0}  # preload, switch away, switch back
+
+
+# ---- affinity on the resolved model -------------------------------------------------------------------------
+
+def insert_as_a_backend(store: TaskStore, params: str) -> str:
+    """A backend's own INSERT: the worker's resolver never saw the row."""
+    task_id = str(uuid.uuid4())
+    cast = "CAST(:params AS jsonb)" if store.db.is_postgres else ":params"
+    with store.db.engine.begin() as conn:
+        conn.execute(sa.text(f"INSERT INTO tasks (id, task_type, params) VALUES (:id, 'travel_orchestrator', {cast})"),
+                     {"id": task_id, "params": params})
+    return task_id
+
+
+def test_the_claim_prefers_rows_whose_preset_or_headless_model_name_resolves_to_the_loaded_model(
+        store: TaskStore) -> None:
+    older = store.enqueue("generate_video", {"model": "t2v"})
+    by_preset = store.enqueue("generate_video", {"preset": "vace_22_14b"})
+    headless = insert_as_a_backend(store, '{"orchestrator_details": {"model_name": "vace_14B"}}')
+    assert store.get(by_preset).resolved_model == "vace_14B_cocktail_2_2"
+    assert store.get(headless).resolved_model is None
+    Maintenance(store, lease_seconds=60, interval_seconds=60, log=structlog.get_logger()).run_once()
+    assert store.get(headless).resolved_model == "vace_14B"
+
+    assert store.claim("w", None, "vace_14B").id == headless
+    assert store.claim("w", None, "vace_14B_cocktail_2_2").id == by_preset
+    assert store.claim("w", None, "vace_14B_cocktail_2_2").id == older

@@ -1,7 +1,7 @@
 """A failing GPU: which torch errors are device faults (and which are sticky), the engine raising
 DeviceFault, and the worker requeueing the task for another worker and exiting with 70 (for a systemd
 restart) once the device is beyond use. Real databases, the real engine on the tiny models; the faults
-are genuine torch error types injected at the first denoising step (Engine.device_fault_injections)."""
+are genuine torch error types injected at the first denoising step (tests/fault_injection.py)."""
 from __future__ import annotations
 
 import json
@@ -15,6 +15,7 @@ import torch
 
 from conftest import FAST_WORKER_FLAGS, REPO_ROOT, store_url, wait_for
 from device_fault_worker import cublas_failure
+from fault_injection import faults
 from wan_engine.device_faults import as_device_fault
 from wan_engine.engine import Engine
 from wan_engine.errors import DeviceFault
@@ -77,7 +78,7 @@ def test_out_of_memory_and_ordinary_errors_are_not_device_faults(error: BaseExce
 def test_a_device_error_in_a_generation_is_raised_as_device_fault_and_the_engine_carries_on(tiny_models_dir: Path):
     engine = Engine(tiny_models_dir, device="cpu", dtype=torch.float32)
     injected = cublas_failure()
-    engine.device_fault_injections = [injected]
+    faults(engine).device = [injected]
 
     with pytest.raises(DeviceFault) as raised:
         engine.generate(request())
@@ -89,7 +90,7 @@ def test_a_device_error_in_a_generation_is_raised_as_device_fault_and_the_engine
 
 def test_a_sticky_device_fault_makes_the_engine_refuse_every_later_load_and_generation(tiny_models_dir: Path):
     engine = Engine(tiny_models_dir, device="cpu", dtype=torch.float32)
-    engine.device_fault_injections = [illegal_memory_access()]
+    faults(engine).device = [illegal_memory_access()]
 
     with pytest.raises(DeviceFault, match="illegal memory access") as raised:
         engine.generate(request())
@@ -129,7 +130,7 @@ def test_one_device_fault_requeues_the_task_with_the_attempt_counted_and_the_wor
         store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
     faulted = store.enqueue("t2v", t2v(seed=1))
     healthy = store.enqueue("t2v", t2v(seed=2))
-    resources.resident_engine().device_fault_injections = [cublas_failure()]
+    faults(resources.resident_engine()).device = [cublas_failure()]
 
     _, exit_code = run_worker(store, resources, tmp_path, retry_base_seconds=60.0)  # the requeued row waits
 
@@ -144,7 +145,7 @@ def test_one_device_fault_requeues_the_task_with_the_attempt_counted_and_the_wor
 def test_two_device_faults_in_a_row_requeue_the_task_and_stop_the_worker_with_exit_code_70(
         store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
     task_ids = [store.enqueue("t2v", t2v(seed=seed)) for seed in (1, 2, 3)]
-    resources.resident_engine().device_fault_injections = [cublas_failure(), cublas_failure()]
+    faults(resources.resident_engine()).device = [cublas_failure(), cublas_failure()]
 
     worker, exit_code = run_worker(store, resources, tmp_path)
 
@@ -163,7 +164,7 @@ def test_a_sticky_device_fault_stops_the_worker_after_one_fault(store: TaskStore
     own = WorkerResources(device="cpu", models_dir=tiny_models_dir)  # its engine ends unusable
     faulted = store.enqueue("t2v", t2v(seed=1))
     untouched = store.enqueue("t2v", t2v(seed=2))
-    own.resident_engine().device_fault_injections = [illegal_memory_access()]
+    faults(own.resident_engine()).device = [illegal_memory_access()]
 
     _, exit_code = run_worker(store, own, tmp_path)
 
@@ -177,7 +178,7 @@ def test_a_sticky_device_fault_stops_the_worker_after_one_fault(store: TaskStore
 def test_a_generation_that_succeeds_between_device_faults_resets_the_count(
         store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
     task_ids = [store.enqueue("t2v", t2v(seed=seed)) for seed in (1, 2, 3)]
-    resources.resident_engine().device_fault_injections = [cublas_failure(), None, cublas_failure()]
+    faults(resources.resident_engine()).device = [cublas_failure(), None, cublas_failure()]
 
     # retries far off: each task is claimed once, oldest first
     worker, exit_code = run_worker(store, resources, tmp_path, retry_base_seconds=60.0)
@@ -192,7 +193,7 @@ def test_a_task_that_never_touches_the_gpu_does_not_reset_the_count(store: TaskS
     first = store.enqueue("t2v", t2v(seed=1))
     probe = store.enqueue("health_check", {})
     second = store.enqueue("t2v", t2v(seed=2))
-    resources.resident_engine().device_fault_injections = [cublas_failure(), cublas_failure()]
+    faults(resources.resident_engine()).device = [cublas_failure(), cublas_failure()]
 
     # affinity 0: strictly oldest first, so the probe runs between the two generations
     worker, exit_code = run_worker(store, resources, tmp_path, retry_base_seconds=60.0, affinity_max_wait_seconds=0.0)
@@ -205,7 +206,7 @@ def test_a_task_that_never_touches_the_gpu_does_not_reset_the_count(store: TaskS
 def test_a_device_fault_on_the_last_attempt_fails_the_task(store: TaskStore, resources: WorkerResources,
                                                            tmp_path: Path) -> None:
     task_id = store.enqueue("t2v", t2v(), max_attempts=1)
-    resources.resident_engine().device_fault_injections = [cublas_failure()]
+    faults(resources.resident_engine()).device = [cublas_failure()]
 
     _, exit_code = run_worker(store, resources, tmp_path)
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from fault_injection import faults
 from wan_engine.engine import Engine
 from wan_engine.errors import GenerationCancelled, InvalidRequest, LoadError, OutOfMemory, WeightsMissing
 from wan_engine.request import GenerationRequest
@@ -23,6 +24,11 @@ WIDTH, HEIGHT, FRAMES = 32, 32, 5
 def request(model: str = "tiny_t2v", **fields) -> GenerationRequest:
     fields = {"prompt": "a red car", "num_inference_steps": 2, **fields}
     return GenerationRequest(model=model, width=WIDTH, height=HEIGHT, video_length=FRAMES, **fields)
+
+
+def steps_into(reports: list[dict]) -> Callable[[dict], None]:
+    """A progress callback keeping the denoising steps (each phase's start is reported too)."""
+    return lambda progress: reports.append(progress) if progress["phase"] == "denoise" else None
 
 
 def make_engine(models_dir: Path, **options) -> Engine:
@@ -150,8 +156,9 @@ def test_same_seed_gives_the_same_video_and_another_seed_another(engine: Engine)
 
 
 def test_progress_reports_every_step_with_phase_and_expert(engine: Engine):
-    reports: list[dict] = []
-    engine.generate(request("tiny_t2v_2_2", num_inference_steps=4), on_progress=reports.append)
+    everything: list[dict] = []
+    engine.generate(request("tiny_t2v_2_2", num_inference_steps=4), on_progress=everything.append)
+    reports = [r for r in everything if r["phase"] == "denoise"]
     assert [r["step"] for r in reports] == [1, 2, 3, 4]
     assert all(r["phase"] == "denoise" and r["steps"] == 4 for r in reports)
     assert [r["percent"] for r in reports] == [25.0, 50.0, 75.0, 100.0]
@@ -170,7 +177,7 @@ def test_high_noise_expert_runs_exactly_the_steps_at_or_above_the_threshold(
     reports: list[dict] = []
     engine.generate(
         request("tiny_t2v_2_2", num_inference_steps=steps, flow_shift=shift, switch_threshold=threshold),
-        on_progress=reports.append,
+        on_progress=steps_into(reports),
     )
     assert len(log.calls) == steps
     assert [expert for expert, _ in log.calls] == [r["expert"] for r in reports]
@@ -197,7 +204,7 @@ def test_guidance_above_one_adds_the_unconditional_pass_only_in_its_phase(engine
     engine.load("tiny_t2v_2_2")
     log = forward_log()
     reports: list[dict] = []
-    engine.generate(request("tiny_t2v_2_2", num_inference_steps=4, guidance2_scale=3.0), on_progress=reports.append)
+    engine.generate(request("tiny_t2v_2_2", num_inference_steps=4, guidance2_scale=3.0), on_progress=steps_into(reports))
     low_steps = sum(r["expert"] == "low" for r in reports)
     assert low_steps == 3
     assert len(log.calls) == 4 + low_steps
@@ -217,7 +224,7 @@ def test_three_phase_fleet_setup_switches_guidance_and_expert_at_the_thresholds(
             guidance2_scale=1.0, guidance3_scale=1.0, switch_threshold=883, switch_threshold2=558,
             model_switch_phase=model_switch_phase,
         ),
-        on_progress=reports.append,
+        on_progress=steps_into(reports),
     )  # fmt: skip
     step_timesteps = list(dict.fromkeys(t for _, t in log.calls))  # decreasing; CFG steps call twice
     phases = [r["guidance_phase"] for r in reports]
@@ -231,7 +238,7 @@ def test_cancellation_stops_at_the_next_step_and_the_engine_still_works(engine: 
     reports: list[dict] = []
     with pytest.raises(GenerationCancelled):
         engine.generate(
-            request(num_inference_steps=4), on_progress=reports.append, should_cancel=lambda: len(reports) >= 2
+            request(num_inference_steps=4), on_progress=steps_into(reports), should_cancel=lambda: len(reports) >= 2
         )
     assert len(reports) == 2
     assert engine.loaded_model == "tiny_t2v"
@@ -240,18 +247,18 @@ def test_cancellation_stops_at_the_next_step_and_the_engine_still_works(engine: 
 
 def test_out_of_memory_is_retried_once_with_the_same_result(engine: Engine):
     expected = engine.generate(request("tiny_t2v_2_2", seed=2)).frames
-    engine.oom_injections = 1
+    faults(engine).oom = 1
     frames = engine.generate(request("tiny_t2v_2_2", seed=2)).frames
-    assert engine.oom_injections == 0
+    assert faults(engine).oom == 0
     assert np.array_equal(frames, expected)
 
 
 def test_repeated_out_of_memory_raises_and_leaves_the_model_loaded(engine: Engine):
     engine.load("tiny_t2v")
-    engine.oom_injections = 2
+    faults(engine).oom = 2
     with pytest.raises(OutOfMemory):
         engine.generate(request())
-    assert engine.oom_injections == 0
+    assert faults(engine).oom == 0
     assert engine.loaded_model == "tiny_t2v"
     assert engine.generate(request()).frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
 

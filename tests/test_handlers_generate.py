@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import wait_for
+from fault_injection import faults
 from worker.errors import ValidationError
 from worker.handlers.generate import DEFAULT_MODELS, sampling_fields
 from worker.store import TaskStatus, TaskStore
@@ -185,7 +186,7 @@ def test_cancelling_a_running_generation_ends_it_cancelled_with_no_output(store:
 
 def test_out_of_memory_twice_fails_the_task_and_the_model_stays_loaded(sqlite_store: TaskStore, resources, tmp_path: Path) -> None:
     run(sqlite_store, resources, tmp_path, "t2v", t2v())  # tiny_t2v resident
-    resources.engine.oom_injections = 2  # the attempt and its retry under the memory-saving policy
+    faults(resources.engine).oom = 2  # the attempt and its retry under the memory-saving policy
 
     failed = run(sqlite_store, resources, tmp_path, "t2v", t2v())
     after = run(sqlite_store, resources, tmp_path, "t2v", t2v())

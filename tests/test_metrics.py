@@ -11,7 +11,7 @@ from worker.config import WorkerConfig
 from worker.db import connect
 from worker.metrics import MeteredTaskStore, WorkerMetrics
 from worker.poller import Worker
-from worker.store import TaskStore
+from worker.store import Claim, TaskStore
 
 from conftest import backdate, free_port, store_url, wait_for
 
@@ -46,7 +46,7 @@ def test_phase_seconds_of_a_completed_task_feed_the_histograms(store: TaskStore)
     task_id = store.enqueue("t2v", {"model": "tiny_t2v"})
     metered_store.claim("w", None, None)
 
-    metered_store.complete(task_id, "w", "/o.mp4", {"model": "tiny_t2v", "phase_seconds": {"decode": 0.3, "model_load": 7.0}})
+    metered_store.complete(Claim(task_id, "w", 1), "/o.mp4", {"model": "tiny_t2v", "phase_seconds": {"decode": 0.3, "model_load": 7.0}})
 
     assert sample(metrics, "wan_worker_phase_seconds_count", phase="decode", model="tiny_t2v") == 1
     assert sample(metrics, "wan_worker_phase_seconds_sum", phase="model_load", model="tiny_t2v") == 7.0
@@ -59,7 +59,7 @@ def test_a_write_that_lost_the_lease_counts_nothing(store: TaskStore) -> None:
     metered_store.claim("w", None, None)
     store.cancel(task_id)
 
-    assert not metered_store.complete(task_id, "w", "/o.mp4", {"model": "tiny_t2v"})
+    assert not metered_store.complete(Claim(task_id, "w", 1), "/o.mp4", {"model": "tiny_t2v"})
     assert sample(metrics, "wan_worker_tasks_completed_total", task_type="t2v", model="tiny_t2v") is None
 
 

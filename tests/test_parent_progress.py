@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from worker.poller import Worker
-from worker.store import NewTask, TaskStatus, TaskStore
+from worker.store import Claim, NewTask, TaskStatus, TaskStore
 from worker_harness import resources, run_until_idle, worker_config, write_keyframes  # noqa: F401 (fixture)
 
 PROGRESS = {"phase": "segments", "segments_done": 1, "segments": 2}
@@ -16,8 +16,8 @@ def parked_parent_with_held_child(store: TaskStore) -> tuple[str, str]:
     """A parent parked by worker "planner" and its child claimed by worker "runner"."""
     parent_id = store.enqueue("plans", {})
     store.claim("planner", ["plans"], None)
-    [child_id] = store.park_with_children(parent_id, "planner", [NewTask("child", {"child_key": "c"})],
-                                          {"phase": "waiting_for_children"})
+    [child_id] = store.park_with_children(Claim(parent_id, "planner", 1), [NewTask("child", {"child_key": "c"})],
+                                          {"phase": "waiting_for_children"}).ids
     store.claim("runner", ["child"], None)
     return parent_id, child_id
 
@@ -27,7 +27,7 @@ def parked_parent_with_held_child(store: TaskStore) -> tuple[str, str]:
 def test_a_held_child_writes_its_parked_parents_progress(store: TaskStore) -> None:
     parent_id, child_id = parked_parent_with_held_child(store)
 
-    assert store.parent_progress(child_id, "runner", PROGRESS)
+    assert store.parent_progress(Claim(child_id, "runner", 1), PROGRESS)
 
     parent = store.get(parent_id)
     assert parent.progress == PROGRESS and parent.is_parked
@@ -36,7 +36,7 @@ def test_a_held_child_writes_its_parked_parents_progress(store: TaskStore) -> No
 def test_a_worker_that_does_not_hold_the_child_changes_nothing(store: TaskStore) -> None:
     parent_id, child_id = parked_parent_with_held_child(store)
 
-    assert not store.parent_progress(child_id, "someone-else", PROGRESS)
+    assert not store.parent_progress(Claim(child_id, "someone-else", 1), PROGRESS)
 
     assert store.get(parent_id).progress == {"phase": "waiting_for_children"}
 
@@ -47,7 +47,7 @@ def test_a_parent_that_a_worker_holds_is_never_touched(store: TaskStore) -> None
     child_id = store.enqueue("child", {}, parent_task_id=parent_id)
     store.claim("runner", ["child"], None)
 
-    assert not store.parent_progress(child_id, "runner", PROGRESS)
+    assert not store.parent_progress(Claim(child_id, "runner", 1), PROGRESS)
 
     parent = store.get(parent_id)
     assert parent.progress is None and parent.worker_id == "planner"
@@ -57,7 +57,7 @@ def test_a_child_without_a_parent_changes_nothing(store: TaskStore) -> None:
     orphan_id = store.enqueue("child", {})
     store.claim("runner", ["child"], None)
 
-    assert not store.parent_progress(orphan_id, "runner", PROGRESS)
+    assert not store.parent_progress(Claim(orphan_id, "runner", 1), PROGRESS)
 
 
 # ---- a travel job ----------------------------------------------------------------------------------------
@@ -83,5 +83,5 @@ def test_the_orchestrator_row_shows_each_finished_segment_and_then_the_stitch(st
 
     done = store.get(orchestrator_id)
     assert done.status == TaskStatus.COMPLETE
-    assert done.progress == {"phase": "stitch", "segments_done": 2, "segments": 2, "percent": 66.7,
-                             "current": "stitch", "expected_frames": 16}
+    assert done.progress == {"phase": "complete", "segments_done": 2, "segments": 2, "percent": 100,
+                             "current": "stitch", "expected_frames": 16}  # a finished job reads 100 %

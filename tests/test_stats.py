@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from worker.stats import collect_stats, format_stats, oldest_ready_task_age_seconds, parse_since
-from worker.store import TaskStore
+from worker.store import Claim, TaskStore
 
 from conftest import REPO_ROOT, backdate, store_url
 
@@ -20,9 +20,9 @@ def run_to_end(store: TaskStore, task_type: str, params: dict, *, result_data: d
     claimed = store.claim("stats-test", [task_type], None)
     assert claimed is not None and claimed.id == task_id
     if outcome == "complete":
-        assert store.complete(task_id, "stats-test", "/out/video.mp4", result_data)
+        assert store.complete(Claim(task_id, "stats-test", 1), "/out/video.mp4", result_data)
     elif outcome == "failed":
-        assert store.fail(task_id, "stats-test", "boom")
+        assert store.fail(Claim(task_id, "stats-test", 1), "boom")
     else:
         assert store.cancel(task_id) == 1
     return task_id

@@ -7,8 +7,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from worker.migrate import migrate
-from worker.store import HeartbeatState, NewTask, TaskStatus, TaskStore
+from worker.migrate import available_migrations, migrate
+from worker.store import Claim, HeartbeatState, NewTask, TaskStatus, TaskStore
 
 
 def run_sql(store: TaskStore, sql: str, **params: object) -> None:
@@ -32,7 +32,7 @@ def test_migrate_twice_applies_nothing_the_second_time(store: TaskStore) -> None
     assert migrate(store.db) == []  # the fixture already migrated
     with store.db.engine.begin() as conn:
         versions = [row[0] for row in conn.execute(sa.text("SELECT version FROM schema_migrations"))]
-    assert versions == ["0001"]
+    assert versions == [m.version for m in available_migrations(store.db.dialect)]
 
 
 def test_a_backend_insert_with_only_task_type_and_params_gets_every_default(store: TaskStore) -> None:
@@ -144,9 +144,9 @@ def test_claim_waits_until_every_dependency_is_complete(store: TaskStore) -> Non
     second = store.enqueue("health_check", {})
     dependant = store.enqueue("health_check", {}, dependant_on=[first, second], priority=10)
     assert {claim(store).id, claim(store).id} == {first, second}
-    store.complete(first, "w1", None, {})
+    store.complete(Claim(first, "w1", 1), None, {})
     assert claim(store) is None
-    store.complete(second, "w1", None, {})
+    store.complete(Claim(second, "w1", 1), None, {})
     assert claim(store).id == dependant
 
 
@@ -158,7 +158,7 @@ def test_a_dependency_that_does_not_exist_keeps_the_row_waiting(store: TaskStore
 def test_a_row_scheduled_for_later_is_not_claimed_yet(store: TaskStore) -> None:
     task_id = store.enqueue("health_check", {})
     claim(store)
-    assert store.retry_later(task_id, "w1", "RuntimeError: flaky", delay_seconds=3600)
+    assert store.retry_later(Claim(task_id, "w1", 1), "RuntimeError: flaky", delay_seconds=3600)
     assert store.get(task_id).status == TaskStatus.QUEUED
     assert claim(store) is None
 
@@ -166,7 +166,7 @@ def test_a_row_scheduled_for_later_is_not_claimed_yet(store: TaskStore) -> None:
 def test_a_retried_row_is_claimed_again_with_the_attempt_counted(store: TaskStore) -> None:
     task_id = store.enqueue("health_check", {})
     claim(store)
-    store.retry_later(task_id, "w1", "RuntimeError: flaky", delay_seconds=0)
+    store.retry_later(Claim(task_id, "w1", 1), "RuntimeError: flaky", delay_seconds=0)
     task = claim(store, "w2")
     assert (task.id, task.attempts, task.worker_id) == (task_id, 2, "w2")
     assert task.error_message == "RuntimeError: flaky"
@@ -175,7 +175,7 @@ def test_a_retried_row_is_claimed_again_with_the_attempt_counted(store: TaskStor
 def test_release_puts_the_row_back_without_counting_the_attempt(store: TaskStore) -> None:
     task_id = store.enqueue("health_check", {})
     claim(store)
-    assert store.release(task_id, "w1")
+    assert store.release(Claim(task_id, "w1", 1))
     task = store.get(task_id)
     assert (task.status, task.attempts, task.worker_id, task.heartbeat_at) == ("Queued", 0, None, None)
 
@@ -186,7 +186,7 @@ def test_heartbeat_extends_the_lease_of_the_holder(store: TaskStore) -> None:
     task_id = store.enqueue("health_check", {})
     claimed = claim(store)
     let_the_database_clock_tick()
-    assert store.heartbeat(task_id, "w1") is HeartbeatState.ALIVE
+    assert store.heartbeat(Claim(task_id, "w1", 1)) is HeartbeatState.ALIVE
     assert store.get(task_id).heartbeat_at > claimed.heartbeat_at
 
 
@@ -194,7 +194,7 @@ def test_heartbeat_reports_a_cancelled_row(store: TaskStore) -> None:
     task_id = store.enqueue("health_check", {})
     claim(store)
     store.cancel(task_id)
-    assert store.heartbeat(task_id, "w1") is HeartbeatState.CANCELLED
+    assert store.heartbeat(Claim(task_id, "w1", 1)) is HeartbeatState.CANCELLED
 
 
 def test_an_expired_lease_is_requeued_and_claimed_again(store: TaskStore) -> None:
@@ -244,33 +244,53 @@ def test_a_worker_that_lost_its_lease_changes_nothing(store: TaskStore) -> None:
     let_the_database_clock_tick()
     store.requeue_expired(lease_seconds=0)
     claim(store, "new")
-    assert store.heartbeat(task_id, "old") is HeartbeatState.LOST
-    assert not store.progress(task_id, "old", {"step": 9})
-    assert not store.complete(task_id, "old", "/tmp/stale.mp4", {"by": "old"})
-    assert not store.fail(task_id, "old", "stale failure")
-    assert not store.retry_later(task_id, "old", "stale retry", 0)
-    assert not store.release(task_id, "old")
+    assert store.heartbeat(Claim(task_id, "old", 1)) is HeartbeatState.LOST
+    assert not store.progress(Claim(task_id, "old", 1), {"step": 9})
+    assert not store.complete(Claim(task_id, "old", 1), "/tmp/stale.mp4", {"by": "old"})
+    assert not store.fail(Claim(task_id, "old", 1), "stale failure")
+    assert not store.retry_later(Claim(task_id, "old", 1), "stale retry", 0)
+    assert not store.release(Claim(task_id, "old", 1))
     task = store.get(task_id)
     assert (task.status, task.worker_id, task.progress, task.output_location) == ("In Progress", "new", None, None)
-    assert store.complete(task_id, "new", "/out/final.mp4", {"by": "new"})
+    assert store.complete(Claim(task_id, "new", 2), "/out/final.mp4", {"by": "new"})
     assert store.get(task_id).result_data == {"by": "new"}
+
+
+def test_a_claim_that_lost_its_lease_changes_nothing_even_under_the_same_worker_id(store: TaskStore) -> None:
+    """Two processes started with the same --worker-id: the fence is the claim (its attempt number)."""
+    task_id = store.enqueue("health_check", {})
+    stale = Claim.of(claim(store, "twin"))
+    let_the_database_clock_tick()
+    store.requeue_expired(lease_seconds=0)
+    fresh = Claim.of(claim(store, "twin"))
+    assert (stale.worker_id, stale.attempt, fresh.attempt) == ("twin", 1, 2)
+    assert store.heartbeat(stale) is HeartbeatState.LOST
+    assert not store.progress(stale, {"step": 9})
+    assert not store.complete(stale, "/tmp/stale.mp4", {"by": "stale"})
+    assert not store.fail(stale, "stale failure")
+    assert not store.retry_later(stale, "stale retry", 0)
+    assert not store.release(stale)
+    assert not store.park_with_children(stale, segment_plan(), None)
+    assert store.heartbeat(fresh) is HeartbeatState.ALIVE
+    assert store.complete(fresh, "/out/final.mp4", {"by": "fresh"})
+    assert store.get(task_id).result_data == {"by": "fresh"}
 
 
 def test_writes_after_the_row_ended_change_nothing(store: TaskStore) -> None:
     task_id = store.enqueue("health_check", {})
     claim(store)
-    store.complete(task_id, "w1", None, {"n": 1})
-    assert not store.fail(task_id, "w1", "late")
-    assert not store.complete(task_id, "w1", None, {"n": 2})
+    store.complete(Claim(task_id, "w1", 1), None, {"n": 1})
+    assert not store.fail(Claim(task_id, "w1", 1), "late")
+    assert not store.complete(Claim(task_id, "w1", 1), None, {"n": 2})
     assert store.get(task_id).result_data == {"n": 1}
 
 
 def test_progress_and_completion_are_written_for_the_holder(store: TaskStore) -> None:
     task_id = store.enqueue("health_check", {})
     claim(store)
-    assert store.progress(task_id, "w1", {"phase": "denoise", "step": 4, "steps": 10, "percent": 40.0})
+    assert store.progress(Claim(task_id, "w1", 1), {"phase": "denoise", "step": 4, "steps": 10, "percent": 40.0})
     assert store.get(task_id).progress == {"phase": "denoise", "step": 4, "steps": 10, "percent": 40.0}
-    assert store.complete(task_id, "w1", "/out/x.mp4", {"seconds": 1.5})
+    assert store.complete(Claim(task_id, "w1", 1), "/out/x.mp4", {"seconds": 1.5})
     task = store.get(task_id)
     assert (task.status, task.output_location, task.result_data) == ("Complete", "/out/x.mp4", {"seconds": 1.5})
     assert task.generation_processed_at >= task.generation_started_at
@@ -283,7 +303,7 @@ def test_a_failed_dependency_fails_the_whole_chain_of_dependants_with_its_messag
     second = store.enqueue("travel_segment", {}, dependant_on=[first])
     third = store.enqueue("travel_stitch", {}, dependant_on=[second])
     claim(store)
-    store.fail(first, "w1", "ValidationError: prompt: must be a string")
+    store.fail(Claim(first, "w1", 1), "ValidationError: prompt: must be a string")
     assert store.get(second).status == TaskStatus.FAILED
     assert store.get(second).error_message == (
         f"dependency {first} (travel_segment) failed: ValidationError: prompt: must be a string")
@@ -319,7 +339,7 @@ def test_cancel_a_queued_row(store: TaskStore) -> None:
 def test_cancel_of_an_ended_or_unknown_row_changes_nothing(store: TaskStore) -> None:
     task_id = store.enqueue("health_check", {})
     claim(store)
-    store.complete(task_id, "w1", None, {})
+    store.complete(Claim(task_id, "w1", 1), None, {})
     assert store.cancel(task_id) == 0
     assert store.get(task_id).status == TaskStatus.COMPLETE
     assert store.cancel("00000000-0000-4000-8000-000000000000") == 0
@@ -337,7 +357,7 @@ def segment_plan() -> list[NewTask]:
 def park_orchestrator(store: TaskStore) -> tuple[str, list[str]]:
     parent = store.enqueue("travel_orchestrator", {}, priority=3, project_id="proj")
     claim(store, task_types=["travel_orchestrator"])
-    ids = store.park_with_children(parent, "w1", segment_plan(), {"phase": "waiting for segments"})
+    ids = store.park_with_children(Claim(parent, "w1", 1), segment_plan(), {"phase": "waiting for segments"}).ids
     return parent, ids
 
 
@@ -363,7 +383,7 @@ def test_a_rerun_planner_gets_the_existing_children_instead_of_duplicates(store:
     parent, ids = park_orchestrator(store)
     run_sql(store, "UPDATE tasks SET status = 'Queued' WHERE id = :id", id=parent)  # an operator re-queues it
     claim(store, "w2", task_types=["travel_orchestrator"])
-    assert store.park_with_children(parent, "w2", segment_plan(), None) == ids
+    assert store.park_with_children(Claim(parent, "w2", 2), segment_plan(), None).ids == ids
     assert len(store.children(parent)) == 3
 
 
@@ -376,7 +396,7 @@ def test_the_database_refuses_a_second_child_with_the_same_key(store: TaskStore)
 def test_park_is_refused_to_a_worker_without_the_lease(store: TaskStore) -> None:
     parent = store.enqueue("travel_orchestrator", {})
     claim(store, "w1")
-    assert store.park_with_children(parent, "someone-else", segment_plan(), None) is None
+    assert store.park_with_children(Claim(parent, "someone-else", 1), segment_plan(), None) is None
     assert store.children(parent) == []
 
 
@@ -384,7 +404,7 @@ def test_a_failed_child_ends_its_parked_parent_and_cancels_the_other_children(st
     parent, (first, second, stitch) = park_orchestrator(store)
     independent = store.enqueue("travel_segment", {"child_key": "extra"}, parent_task_id=parent)
     assert claim(store, task_types=["travel_segment"]).id == first
-    store.fail(first, "w1", "OutOfMemory: 80 GiB")
+    store.fail(Claim(first, "w1", 1), "OutOfMemory: 80 GiB")
     task = store.get(parent)
     assert (task.status, task.error_message) == ("Failed", f"child {first} (travel_segment) failed: OutOfMemory: 80 GiB")
     assert store.get(second).status == store.get(stitch).status == TaskStatus.FAILED  # dependants
@@ -397,19 +417,19 @@ def test_cancelling_a_parked_parent_cancels_its_children_including_running_ones(
     claim(store, "segment-worker", task_types=["travel_segment"])
     assert store.cancel(parent) == 4
     assert {store.get(i).status for i in (parent, first, second, stitch)} == {"Cancelled"}
-    assert store.heartbeat(first, "segment-worker") is HeartbeatState.CANCELLED
+    assert store.heartbeat(Claim(first, "segment-worker", 1)) is HeartbeatState.CANCELLED
 
 
 def test_complete_parked_is_written_through_the_child_this_worker_holds(store: TaskStore) -> None:
     parent, ids = park_orchestrator(store)
     child = claim(store, worker_id="stitcher")
     assert child.id == ids[0]
-    assert not store.complete_parked(child.id, "someone-else", "/out/x.mp4", {})
+    assert not store.complete_parked(Claim(child.id, "someone-else", 1), "/out/x.mp4", {})
     assert store.get(parent).is_parked
-    assert store.complete_parked(child.id, "stitcher", "/out/travel.mp4", {"segments": 2})
+    assert store.complete_parked(Claim(child.id, "stitcher", 1), "/out/travel.mp4", {"segments": 2})
     task = store.get(parent)
     assert (task.status, task.output_location, task.result_data) == ("Complete", "/out/travel.mp4", {"segments": 2})
-    assert not store.complete_parked(child.id, "stitcher", "/out/again.mp4", {})  # it is no longer waiting
+    assert not store.complete_parked(Claim(child.id, "stitcher", 1), "/out/again.mp4", {})  # it is no longer waiting
 
 
 def test_complete_parked_never_touches_a_parent_some_worker_holds(store: TaskStore) -> None:
@@ -417,5 +437,5 @@ def test_complete_parked_never_touches_a_parent_some_worker_holds(store: TaskSto
     child = store.enqueue("travel_stitch", {"child_key": "stitch"}, parent_task_id=parent)
     claim(store, worker_id="planner", task_types=["travel_orchestrator"])
     claim(store, worker_id="stitcher", task_types=["travel_stitch"])
-    assert not store.complete_parked(child, "stitcher", "/out/x.mp4", {})
+    assert not store.complete_parked(Claim(child, "stitcher", 1), "/out/x.mp4", {})
     assert store.get(parent).status == "In Progress" and store.get(parent).worker_id == "planner"

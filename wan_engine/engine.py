@@ -106,14 +106,6 @@ class Engine:
     keep_previous_in_ram: when switching models, keep the previous model's experts in host memory,
     so that switching back costs a host-to-device copy instead of a disk read.
 
-    oom_injections (attribute, for tests of the recovery path): the number of upcoming generation
-    attempts that will fail with torch.OutOfMemoryError at their first denoising step.
-
-    device_fault_injections (attribute, for tests of the device-fault path): errors, e.g.
-    torch.AcceleratorError("CUDA error: ..."), that the upcoming generation attempts raise at their
-    first denoising step, one each, in order (after any pending oom_injections); a None entry lets
-    its attempt run normally.
-
     device_fault (attribute): the sticky DeviceFault that made the engine unusable, else None.
 
     precision, compile, gpu_memory_gb, compile_cache_dir: see the module docstring; compile_backend
@@ -160,8 +152,6 @@ class Engine:
             torch.cuda.set_per_process_memory_fraction(min(1.0, self.gpu_memory_bytes / total), self.device)
         self.offload = offload
         self.keep_previous_in_ram = keep_previous_in_ram
-        self.oom_injections = 0
-        self.device_fault_injections: list[BaseException | None] = []
         self.device_fault: DeviceFault | None = None
         self._loaded: LoadedModel | None = None
         self._previous: LoadedModel | None = None
@@ -344,7 +334,7 @@ class Engine:
         started = time.perf_counter()
         on_progress = on_progress or (lambda progress: None)
         should_cancel = should_cancel or (lambda: False)
-        timer = pipeline.PhaseTimer(self.device)
+        timer = pipeline.PhaseTimer(self.device, on_start=_phase_reporter(on_progress))
 
         spec, values, sources, plan, lora_files, lora_schedule, precision = self._validated(request)
         loras = [self._lora(path) for path in lora_files]
@@ -435,7 +425,7 @@ class Engine:
                     current,
                     self.device,
                     on_step=_progress_reporter(on_progress, len(current.plan)),
-                    should_cancel=self._with_injected_failures(should_cancel),
+                    should_cancel=should_cancel,
                     timer=timer,
                 )
             except torch.OutOfMemoryError as error:
@@ -450,25 +440,6 @@ class Engine:
                 )
             networks.experts.take_turns()
         raise AssertionError("unreachable")
-
-    def _with_injected_failures(self, should_cancel: Callable[[], bool]) -> Callable[[], bool]:
-        """should_cancel, preceded once by a simulated failure while one is pending: an out-of-memory
-        (oom_injections > 0), else the next of device_fault_injections."""
-        pending = self.oom_injections > 0 or bool(self.device_fault_injections)
-
-        def check() -> bool:
-            nonlocal pending
-            if pending:
-                pending = False
-                if self.oom_injections > 0:
-                    self.oom_injections -= 1
-                    raise torch.OutOfMemoryError("injected out-of-memory (Engine.oom_injections)")
-                fault = self.device_fault_injections.pop(0)
-                if fault is not None:
-                    raise fault
-            return should_cancel()
-
-        return check
 
     def _raise_if_unusable(self) -> None:
         if self.device_fault is not None:
@@ -502,6 +473,17 @@ class Engine:
 def new_sampler(values: dict[str, Any]) -> FlowSampler:
     """A fresh sampler for resolved parameters."""
     return make_sampler(values["sample_solver"], values["num_inference_steps"], values["flow_shift"])
+
+
+def _phase_reporter(on_progress: ProgressCallback) -> Callable[[str], None]:
+    """Progress at the start of each phase (load, text_encode, vace_encode, decode), so a row never
+    shows a stale step through a long phase; denoising reports its own steps."""
+
+    def report(phase: str) -> None:
+        if not phase.startswith("denoise"):
+            on_progress({"phase": phase})
+
+    return report
 
 
 def _progress_reporter(on_progress: ProgressCallback, steps: int) -> pipeline.StepCallback:

@@ -112,12 +112,15 @@ class PhaseTimer:
     """Wall-clock seconds per named phase, summed over repeated entries. Waits for the device at
     the end of each phase, so asynchronous GPU work is charged to the phase that queued it."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, on_start: Callable[[str], None] | None = None):
         self.device = device
         self.seconds: dict[str, float] = {}
+        self.on_start = on_start  # told each phase's name as it begins (progress for every phase)
 
     @contextmanager
     def measure(self, name: str) -> Iterator[None]:
+        if self.on_start is not None:
+            self.on_start(name)
         start = time.perf_counter()
         try:
             yield

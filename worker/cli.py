@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import exc as sa_exc
 
@@ -134,9 +135,14 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def submit_command(args: argparse.Namespace, config: WorkerConfig) -> int:
-    from worker.db import connect
+    from worker.handlers import load_handlers
     from worker.store import TaskStore
 
+    known = load_handlers()
+    if args.task_type not in known:
+        # A row of a type no worker runs would wait forever (or fail later): refuse it here.
+        print(f"unknown task type {args.task_type!r}; known: {', '.join(sorted(known))}", file=sys.stderr)
+        return 2
     try:
         text = Path(args.params[1:]).read_text() if args.params.startswith("@") else args.params
     except OSError as error:
@@ -150,7 +156,10 @@ def submit_command(args: argparse.Namespace, config: WorkerConfig) -> int:
     if not isinstance(params, dict):
         print(f"--params must be a JSON object, got {type(params).__name__}", file=sys.stderr)
         return 2
-    store = TaskStore(connect(config.database_url))
+    db = existing_database(config.database_url)
+    if db is None:
+        return 1
+    store = TaskStore(db)
     try:
         # A dependency that names no row would keep the task waiting forever: refuse it here.
         dependencies = [store.get(dependency) for dependency in args.depends_on]
@@ -174,10 +183,12 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def status_command(args: argparse.Namespace, config: WorkerConfig) -> int:
-    from worker.db import connect
     from worker.store import TaskStore
 
-    store = TaskStore(connect(config.database_url))
+    db = existing_database(config.database_url)
+    if db is None:
+        return 1
+    store = TaskStore(db)
     try:
         if args.task_id:
             task = store.get(args.task_id)
@@ -200,16 +211,33 @@ def status_command(args: argparse.Namespace, config: WorkerConfig) -> int:
         store.db.dispose()
 
 
+def existing_database(url: str) -> Any:
+    """The database at `url` (worker.db.Database), or None after saying so when it is a SQLite file
+    that does not exist: reading commands must not leave an empty wan-worker.db behind."""
+    from sqlalchemy.engine import make_url
+
+    from worker.db import connect, normalise_url
+
+    sa_url = make_url(normalise_url(url))
+    if sa_url.get_backend_name() == "sqlite" and sa_url.database and not Path(sa_url.database).is_file():
+        print(f"no database at {sa_url.database}: run `wan-worker migrate` (or `wan-worker run`) there first, "
+              "or give --database-url", file=sys.stderr)
+        return None
+    return connect(url)
+
+
 def add_cancel_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task_id")
 
 
 def cancel_command(args: argparse.Namespace, config: WorkerConfig) -> int:
     """Exit 1 when nothing was cancelled (no such task, or it had already ended)."""
-    from worker.db import connect
     from worker.store import TaskStore
 
-    store = TaskStore(connect(config.database_url))
+    db = existing_database(config.database_url)
+    if db is None:
+        return 1
+    store = TaskStore(db)
     cancelled = store.cancel(args.task_id)
     store.db.dispose()
     print(json.dumps({"cancelled": cancelled}))
@@ -289,6 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except sa_exc.DBAPIError as error:  # unreachable server, missing schema: one line, not a traceback
         print(f"wan-worker {args.command}: {database_error_line(error)}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`wan-worker status | head`): not an error. Point stdout at /dev/null
+        # so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def database_error_line(error: sa_exc.DBAPIError) -> str:

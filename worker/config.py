@@ -88,6 +88,12 @@ class WorkerConfig:
     max_device_faults: int = _setting(
         2, parse=int, help="consecutive device faults (CUDA errors) after which the worker exits with 70 for a restart"
     )
+    max_storage_errors: int = _setting(
+        2, parse=int, help="output-storage errors in a row (read-only, full) after which the worker exits with 74"
+    )
+    max_image_pixels: int = _setting(
+        40_000_000, parse=int, help="input images with more pixels (width x height, from the header) are refused"
+    )
     notify_wakeups: bool = _setting(True, parse=_boolean, help="LISTEN for Postgres NOTIFY (else poll only)")
     preload_model: str | None = _setting(None, parse=_optional_str, help="model to load before the first claim")
     metrics_port: int | None = _setting(None, parse=_optional_int, help="serve Prometheus metrics on this port")
@@ -132,6 +138,10 @@ class WorkerConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.max_device_faults < 1:
             raise ValueError(f"max_device_faults must be >= 1, got {self.max_device_faults}")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be >= 1, got {self.max_image_pixels}")
+        if self.max_storage_errors < 1:
+            raise ValueError(f"max_storage_errors must be >= 1, got {self.max_storage_errors}")
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError(
                 f"heartbeat_seconds ({self.heartbeat_seconds}) must be shorter than lease_seconds ({self.lease_seconds})"

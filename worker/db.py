@@ -101,13 +101,20 @@ class Database:
         return list(values) if self.is_postgres else json.dumps(list(values))
 
     def decode_json(self, value: Any) -> Any:
-        if value is None or self.is_postgres:  # psycopg already decoded jsonb
-            return value
-        return json.loads(value)
+        """A JSON column's value. Both dialects hand JSON over as text (see _configure_postgres), so a
+        value the database stores but Python cannot decode (an integer over Python's digit limit,
+        nesting deeper than its recursion limit) becomes Undecodable instead of an exception inside a
+        claim: one such row must not stop a worker, let alone the fleet."""
+        if value is None:
+            return None
+        try:
+            return json.loads(value)
+        except (ValueError, RecursionError) as error:
+            return Undecodable(f"{type(error).__name__}: {str(error)[:200]}")
 
     def decode_ids(self, value: Any) -> list[str]:
-        items = value if self.is_postgres else json.loads(value)
-        return [str(item) for item in items]
+        items = value if self.is_postgres else self.decode_json(value)
+        return [str(item) for item in items] if isinstance(items, list) else []
 
     def decode_id(self, value: Any) -> str | None:
         return None if value is None else str(value)
@@ -119,6 +126,16 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A JSON value the database holds but Python cannot decode; `error` says why."""
+
+    error: str
+
+    def __str__(self) -> str:
+        return f"<undecodable JSON: {self.error}>"
 
 
 @dataclass(frozen=True)
@@ -145,6 +162,7 @@ def connect(url: str, *, pool_size: int = 4) -> Database:
             sa_url, pool_size=pool_size, max_overflow=pool_size,
             connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
         )
+        _configure_postgres(engine)
     elif dialect == "sqlite":
         if sa_url.database in (None, "", ":memory:"):
             raise ValueError("SQLite needs a file (sqlite:///path/to/wan-worker.db): workers share it")
@@ -155,6 +173,17 @@ def connect(url: str, *, pool_size: int = 4) -> Database:
     sql_file = SQL_DIR / f"{'postgres' if dialect == 'postgresql' else 'sqlite'}.sql"
     queries = {name: sa.text(sql) for name, sql in load_queries(sql_file).items()}
     return Database(engine=engine, dialect=dialect, queries=queries)
+
+
+def _configure_postgres(engine: sa.Engine) -> None:
+    """json and jsonb arrive as text, decoded by Database.decode_json: psycopg's own decoding would
+    raise inside the claim's fetch, after the row was taken, for values Python cannot decode."""
+    from psycopg.types.string import TextLoader
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        for name in ("json", "jsonb"):
+            dbapi_connection.adapters.register_loader(name, TextLoader)
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:

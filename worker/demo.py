@@ -9,6 +9,9 @@ children, VACE segments chained by their overlap, cross-faded stitch, result row
 from __future__ import annotations
 
 import argparse
+import shlex
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -57,7 +60,7 @@ def write_keyframes(folder: Path, count: int = 3) -> list[Path]:
 
 
 def travel_params(images: list[Path], model: str, steps: int) -> dict:
-    """The row a backend would insert (DESIGN.md section 3), sized for a CPU."""
+    """The row a backend would insert (README: "A travel job from SQL"), sized for a CPU."""
     width, height = DEMO_RESOLUTION
     return {
         "model": model,
@@ -71,6 +74,18 @@ def travel_params(images: list[Path], model: str, steps: int) -> dict:
         "seed": 2024,
         "num_inference_steps": steps,
     }
+
+
+def wan_worker_command() -> str:
+    """How this user can run wan-worker: the name when it is on PATH, else the script installed beside
+    this Python (e.g. .venv/bin/wan-worker), else `python -m worker.cli`."""
+    on_path = shutil.which("wan-worker")
+    beside = Path(sys.executable).parent / "wan-worker"
+    if on_path is not None and Path(on_path).resolve() == beside.resolve():
+        return "wan-worker"
+    if beside.is_file():
+        return shlex.quote(str(beside))
+    return f"{shlex.quote(sys.executable)} -m worker.cli"
 
 
 def demo_command(args: argparse.Namespace, config: WorkerConfig) -> int:
@@ -114,7 +129,7 @@ def demo_command(args: argparse.Namespace, config: WorkerConfig) -> int:
         print()
         print(format_stats(collect_stats(db)))
         print()
-        print(f"next: wan-worker stats --database-url {database_url}")
+        print(f"next: {wan_worker_command()} stats --database-url {database_url}")
         return 0
     finally:
         db.dispose()

@@ -16,7 +16,12 @@ class ValidationError(TaskError, ValueError):
 
 
 class TransientError(TaskError):
-    """Worth retrying later (with backoff) while attempts remain."""
+    """Worth retrying later (with backoff) while attempts remain: a download or an upload that failed."""
+
+
+class StorageError(TaskError):
+    """The output storage failed (read-only, full, gone): not the task's fault, so the task goes back
+    to the queue, and a worker whose storage keeps failing stops claiming."""
 
 
 class TaskCancelled(TaskError):

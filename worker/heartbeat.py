@@ -8,31 +8,31 @@ from typing import Callable
 
 import structlog
 
-from worker.store import HeartbeatState, TaskStore
+from worker.store import Claim, HeartbeatState, TaskStore
 
 
 class Heartbeat:
     """Use as a context manager around the handler. `on_stop` is called once on CANCELLED or LOST;
     `on_interval` after every attempt, successful or not (the systemd watchdog ping: the worker is
-    alive even while the database is not)."""
+    alive even while the database is not); `on_failure` after a failed attempt."""
 
     def __init__(
         self,
         store: TaskStore,
-        task_id: str,
-        worker_id: str,
+        claim: Claim,
         interval_seconds: float,
         *,
         on_stop: Callable[[HeartbeatState], None],
         on_interval: Callable[[], None],
+        on_failure: Callable[[], None] = lambda: None,
         log: structlog.typing.FilteringBoundLogger,
     ):
-        self.store, self.task_id, self.worker_id = store, task_id, worker_id
+        self.store, self.claim = store, claim
         self.interval_seconds = interval_seconds
-        self.on_stop, self.on_interval, self.log = on_stop, on_interval, log
+        self.on_stop, self.on_interval, self.on_failure, self.log = on_stop, on_interval, on_failure, log
         self.state = HeartbeatState.ALIVE
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{task_id[:8]}", daemon=True)
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{claim.task_id[:8]}", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()
@@ -46,8 +46,9 @@ class Heartbeat:
         while not self._done.wait(self.interval_seconds):
             self.on_interval()
             try:
-                state = self.store.heartbeat(self.task_id, self.worker_id)
+                state = self.store.heartbeat(self.claim)
             except Exception as error:  # a database outage must not end the lease thread
+                self.on_failure()
                 self.log.warning("heartbeat failed; retrying at the next interval", error=str(error))
                 continue
             if state is HeartbeatState.ALIVE:

@@ -29,7 +29,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property, lru_cache
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -73,6 +73,9 @@ def shown_url(url: str) -> str:
 
 
 _ACTIVE: contextvars.ContextVar[InputFetcher | None] = contextvars.ContextVar("wan_worker_input_fetcher", default=None)
+# Told (field, url) when a download starts, in the thread of the task that asked (its progress).
+_ON_DOWNLOAD: contextvars.ContextVar[Callable[[str, str], None] | None] = contextvars.ContextVar(
+    "wan_worker_on_download", default=None)
 
 
 def fetch_input(url: str, field: str, *, missing_is_transient: bool = False) -> Path:
@@ -97,12 +100,14 @@ class InputFetcher:
         self._clients_lock = threading.Lock()
 
     @contextlib.contextmanager
-    def active(self) -> Iterator[InputFetcher]:
-        """Make this the fetcher the path helpers use in the current thread, for the `with` block."""
-        token = _ACTIVE.set(self)
+    def active(self, on_download: Callable[[str, str], None] | None = None) -> Iterator[InputFetcher]:
+        """Make this the fetcher the path helpers use in the current thread, for the `with` block;
+        `on_download(field, url)` is called when a download (not a cache hit) starts."""
+        token, reporter = _ACTIVE.set(self), _ON_DOWNLOAD.set(on_download)
         try:
             yield self
         finally:
+            _ON_DOWNLOAD.reset(reporter)
             _ACTIVE.reset(token)
 
     # ---- the cache -----------------------------------------------------------------------------------
@@ -164,6 +169,9 @@ class InputFetcher:
         return self.cache_dir / "urls" / (hashlib.sha256(url.encode()).hexdigest() + suffix)
 
     def _download(self, url: str, field: str, missing_is_transient: bool) -> Path:
+        report = _ON_DOWNLOAD.get()
+        if report is not None:
+            report(field, shown_url(url))
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Retryable),
             stop=tenacity.stop_after_attempt(self.attempts),

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from worker.db import Database
-from worker.store import NewTask, Task, TaskStore
+from worker.store import Claim, NewTask, Parked, Task, TaskStore
 
 # Phases range from milliseconds (text encoding of the tiny model) to tens of minutes (a 14B
 # segment at 720p), so buckets grow geometrically.
@@ -124,7 +124,10 @@ def _cuda_memory(device: str, kind: str) -> float:
 
 
 def requested_model(task: Task) -> str | None:
-    """The model a row asks for (params.model, else params.preset); None for model-less tasks."""
+    """The model a row asks for (its resolved model, else params.model, else params.preset); None for
+    model-less tasks."""
+    if task.resolved_model:
+        return task.resolved_model
     params = task.params if isinstance(task.params, dict) else {}
     value = params.get("model") or params.get("preset")
     return value if isinstance(value, str) else None
@@ -148,9 +151,9 @@ class MeteredTaskStore(TaskStore):
             self.metrics.task_claimed(*self._held[task.id])
         return task
 
-    def complete(self, task_id: str, worker_id: str, output_location: str | None, result_data: dict[str, Any] | None) -> bool:
-        written = super().complete(task_id, worker_id, output_location, result_data)
-        held = self._held.pop(task_id, None)
+    def complete(self, claim: Claim, output_location: str | None, result_data: dict[str, Any] | None) -> bool:
+        written = super().complete(claim, output_location, result_data)
+        held = self._held.pop(claim.task_id, None)
         if written and held is not None:
             result = result_data or {}
             phases = result.get("phase_seconds")
@@ -158,25 +161,25 @@ class MeteredTaskStore(TaskStore):
                                         phases if isinstance(phases, dict) else {})
         return written
 
-    def fail(self, task_id: str, worker_id: str, message: str) -> bool:
-        written = super().fail(task_id, worker_id, message)
-        held = self._held.pop(task_id, None)
+    def fail(self, claim: Claim, message: str) -> bool:
+        written = super().fail(claim, message)
+        held = self._held.pop(claim.task_id, None)
         if written and held is not None:
             self.metrics.task_failed(*held)
         return written
 
-    def retry_later(self, task_id: str, worker_id: str, message: str, delay_seconds: float) -> bool:
-        written = super().retry_later(task_id, worker_id, message, delay_seconds)
-        held = self._held.pop(task_id, None)
+    def retry_later(self, claim: Claim, message: str, delay_seconds: float) -> bool:
+        written = super().retry_later(claim, message, delay_seconds)
+        held = self._held.pop(claim.task_id, None)
         if written and held is not None:
             self.metrics.task_retried(*held)
         return written
 
-    def release(self, task_id: str, worker_id: str) -> bool:
-        self._held.pop(task_id, None)
-        return super().release(task_id, worker_id)
+    def release(self, claim: Claim) -> bool:
+        self._held.pop(claim.task_id, None)
+        return super().release(claim)
 
-    def park_with_children(self, parent_id: str, worker_id: str, children: Sequence[NewTask],
-                           progress: dict[str, Any] | None) -> list[str] | None:
-        self._held.pop(parent_id, None)  # an orchestrator's outcome is written later, by its last child
-        return super().park_with_children(parent_id, worker_id, children, progress)
+    def park_with_children(self, claim: Claim, children: Sequence[NewTask],
+                           progress: dict[str, Any] | None) -> Parked | None:
+        self._held.pop(claim.task_id, None)  # an orchestrator's outcome is written later, by its last child
+        return super().park_with_children(claim, children, progress)

@@ -190,20 +190,35 @@ def round_to_frame_count(frames: int, field: str) -> int:
 
 
 def local_path(value: Any, field: str) -> Path:
-    """Where a path field's file is on this box: the path as given (not checked), or for an http(s)://
-    or s3:// URL the local copy its content was fetched into (worker.inputs), so every path field of
-    every task type also takes a URL."""
+    """Where a path field's file is on this box: the path as given (not checked, and `~` not expanded:
+    the worker's home is not the backend's), or for an http(s):// or s3:// URL the local copy its
+    content was fetched into (worker.inputs), so every path field of every task type also takes a URL."""
     if not isinstance(value, str) or not value or "\x00" in value:
         raise ValidationError(field, f"must be a file path or URL, got {value!r}")
-    return fetch_input(value, field) if is_url(value) else Path(value).expanduser()
+    return fetch_input(value, field) if is_url(value) else Path(value)
 
 
 def existing_file(value: Any, field: str) -> Path:
     """An absolute or working-directory-relative path to a regular file that exists, or a URL (local_path)."""
     path = local_path(value, field)
     if not path.is_file():
+        if path.exists():
+            raise ValidationError(field, f"not a regular file ({path_kind(path)}): {value}")
         raise ValidationError(field, f"file does not exist: {value}")
     return path
+
+
+def path_kind(path: Path) -> str:
+    """What a path that is not a regular file is, in words."""
+    if path.is_dir():
+        return "a directory"
+    if path.is_fifo():
+        return "a fifo"
+    if path.is_socket():
+        return "a socket"
+    if path.is_block_device() or path.is_char_device():
+        return "a device"
+    return "not a regular file"
 
 
 def existing_files(value: Any, field: str) -> list[Path]:

@@ -9,15 +9,17 @@ row is decided here, from the handler's result or the type of what it raised:
   engine request, model, weights,
   load and out-of-memory errors
   TaskCancelled / GenerationCancelled -> nothing: the row is already Cancelled or no longer ours
-  DeviceFault (the GPU failed)        -> Queued again after retry_base_seconds for another worker (the
-                                         attempt counts, so a task that breaks every GPU still ends
-                                         Failed at max_attempts)
+  DeviceFault (the GPU failed),       -> Queued again after retry_base_seconds for another worker (the
+  StorageError (the output folder       attempt counts, so a task that breaks every GPU still ends
+  is read-only or full)                  Failed at max_attempts)
   anything else                       -> Queued again after exponential backoff with jitter, until
                                          max_attempts, then Failed with the last error
 Database outages are retried (tenacity) with backoff: the worker never dies because Postgres restarted.
 A broken GPU is another matter: after a sticky device fault, or max_device_faults in a row with no
 generation finishing between them, the worker stops claiming and run() returns EXIT_DEVICE_FAULT, so that
 systemd (Restart=on-failure) starts a fresh process with a fresh CUDA context.
+Likewise after max_storage_errors in a row (or an output folder it cannot write at start-up) it stops
+claiming and returns EXIT_STORAGE, so a broken disk does not drain the queue into Failed.
 """
 from __future__ import annotations
 
@@ -31,12 +33,13 @@ import structlog
 import tenacity
 
 from wan_engine import errors as engine_errors
-from worker import errors, sdnotify
+from worker import errors, sdnotify, video
 from worker.config import WorkerConfig
-from worker.db import is_transient
+from worker.db import Undecodable, is_transient
 from worker.handlers import Handler, HandlerResult, TaskContext, load_handlers
 from worker.heartbeat import Heartbeat
 from worker.maintenance import Maintenance
+from worker.paths import check_writable
 from worker.resources import WorkerResources
 from worker.store import HeartbeatState, Task, TaskStore
 from worker.wakeup import Wakeup
@@ -50,6 +53,8 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 CANCELLATION_ERRORS: tuple[type[BaseException], ...] = (errors.TaskCancelled, engine_errors.GenerationCancelled)
 EXIT_DEVICE_FAULT = 70  # EX_SOFTWARE (sysexits.h): the process must be restarted to use its GPU again
+EXIT_WORKER_ID_IN_USE = 2  # a configuration error: another live process runs under this worker id
+EXIT_STORAGE = 74  # EX_IOERR (sysexits.h): the output folder cannot be written
 
 T = TypeVar("T")
 
@@ -80,6 +85,7 @@ class Worker:
     ):
         self.config = config
         self.store = store
+        video.set_max_image_pixels(config.max_image_pixels)
         self.handlers = load_handlers() if handlers is None else handlers
         self.resources = resources or WorkerResources.from_config(config)
         self.log = structlog.get_logger("worker").bind(worker_id=config.worker_id)
@@ -92,7 +98,8 @@ class Worker:
         self._hurry = threading.Event()  # a second signal: release the running task now
         self.counts = {"completed": 0, "parked": 0, "failed": 0, "retried": 0, "cancelled": 0, "released": 0}
         self.consecutive_device_faults = 0
-        self.exit_code = 0  # EXIT_DEVICE_FAULT once the device is given up on
+        self.consecutive_storage_errors = 0
+        self.exit_code = 0  # EXIT_DEVICE_FAULT / EXIT_STORAGE once the device / the storage is given up on
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -111,6 +118,16 @@ class Worker:
         self.log.info("worker starting", task_types=list(task_types) if task_types else "all",
                       handlers=sorted(self.handlers), device=self.resources.device, database=self.store.db.dialect)
         try:
+            twin = self._with_db_retry(self._live_twin, until=self._stopping)
+            if twin is not None:
+                self.log.error("another live worker runs under this worker id; refusing to start (give each "
+                               "process its own --worker-id)", held_task_id=twin, exit_code=EXIT_WORKER_ID_IN_USE)
+                self.exit_code = EXIT_WORKER_ID_IN_USE
+                return self.exit_code
+            unwritable = check_writable(self.config.output_dir)
+            if unwritable is not None:
+                self._give_up_storage(unwritable, self.log)
+                return self.exit_code
             self._with_db_retry(self.maintenance.run_once, until=self._stopping)
             self.wakeup.start()
             self.maintenance.start()
@@ -136,6 +153,23 @@ class Worker:
             self.log.info("worker stopped", exit_code=self.exit_code, **self.counts)
         return self.exit_code
 
+    def _live_twin(self) -> str | None:
+        """The id of a row that another live process holds under this worker id, else None. A row held
+        under it with a fresh lease may be a dead predecessor's (a restart): its heartbeat is watched for
+        up to one lease; if it moves, a twin is alive."""
+        me, lease = self.config.worker_id, self.config.lease_seconds
+        seen = self.store.live_claims_of_worker(me, lease)
+        deadline = time.monotonic() + lease
+        while seen and time.monotonic() < deadline and not self._stopping.is_set():
+            self.watchdog.ping()
+            self._stopping.wait(min(self.config.heartbeat_seconds, max(0.0, deadline - time.monotonic())))
+            now = self.store.live_claims_of_worker(me, lease)
+            moved = [task_id for task_id, beat in now.items() if task_id in seen and beat != seen[task_id]]
+            if moved:
+                return moved[0]
+            seen = {task_id: beat for task_id, beat in now.items() if task_id in seen}
+        return None
+
     def _claim(self) -> Task | None:
         return self.store.claim(
             self.config.worker_id,
@@ -153,8 +187,9 @@ class Worker:
         ctx = TaskContext(task, self.store, self.config, self.resources, log)
         started = time.monotonic()
         heartbeat = Heartbeat(
-            self.store, task.id, self.config.worker_id, self.config.heartbeat_seconds,
-            on_stop=lambda _state: ctx.cancel(), on_interval=self.watchdog.ping, log=log,
+            self.store, ctx.claim, self.config.heartbeat_seconds,
+            on_stop=lambda _state: ctx.cancel(), on_interval=self.watchdog.ping,
+            on_failure=self.maintenance.database_failed, log=log,
         )
         generations_before = self.resources.generations_completed
         with heartbeat:
@@ -174,15 +209,20 @@ class Worker:
         if handler is None:
             known = ", ".join(sorted(self.handlers))
             return _Raised(errors.ValidationError("task_type", f"unknown task_type {task.task_type!r}; known: {known}"))
+        if isinstance(task.params, Undecodable):
+            return _Raised(errors.ValidationError("params", f"cannot be decoded: {task.params.error}"))
         if not isinstance(task.params, dict):
             kind = type(task.params).__name__
             return _Raised(errors.ValidationError("params", f"must be a JSON object, got {kind} {task.params!r:.80}"))
 
         outcome: list[Outcome] = []
 
+        def downloading(field: str, url: str) -> None:
+            ctx.report_progress({"phase": "download", "field": field, "url": url})
+
         def call_handler() -> None:
             try:
-                with ctx.inputs.active():  # path fields may be URLs: fetched by this task's thread
+                with ctx.inputs.active(downloading):  # path fields may be URLs: fetched by this task's thread
                     result = handler(ctx)
                 if not isinstance(result, HandlerResult):
                     raise TypeError(f"handler returned {type(result).__name__}, not HandlerResult")
@@ -207,10 +247,10 @@ class Worker:
 
     def _settle(self, ctx: TaskContext, outcome: Outcome, *, lease: HeartbeatState, log: Any) -> None:
         """Write what the outcome means to the row (every write is fenced)."""
-        task, me = ctx.task, self.config.worker_id
+        task, claim = ctx.task, ctx.claim
 
         def write(method: Callable[..., T], *args: Any) -> T:
-            return self._with_db_retry(lambda: method(task.id, me, *args), until=self._hurry)
+            return self._with_db_retry(lambda: method(claim, *args), until=self._hurry)
 
         if isinstance(outcome, _Released):
             released = write(self.store.release)
@@ -225,7 +265,7 @@ class Worker:
                 self._count("failed", log, "task failed: its result cannot be stored", error=str(error))
             return
 
-        error = outcome.error
+        error = permanent_cause(outcome.error) or outcome.error
         message = f"{type(error).__name__}: {error}"
         if isinstance(error, CANCELLATION_ERRORS):
             self._count("cancelled", log, "task stopped", reason=lease.value, error=message)
@@ -235,13 +275,13 @@ class Worker:
         elif task.attempts >= task.max_attempts:
             write(self.store.fail, f"{message} (attempt {task.attempts} of {task.max_attempts}; giving up)")
             self._count("failed", log, "task failed: attempts used up", error=message, exc_info=error)
-        elif isinstance(error, engine_errors.DeviceFault):
-            # Not the task's fault: back in the queue soon, for a worker whose GPU works.
+        elif isinstance(error, (engine_errors.DeviceFault, errors.StorageError)):
+            # Not the task's fault: back in the queue soon, for a worker whose GPU and disk work.
             delay = self.config.retry_base_seconds
             write(self.store.retry_later, f"{message} (attempt {task.attempts} of {task.max_attempts}; "
                                           "requeued for another worker)", delay)
-            self._count("retried", log, "device failed; task requeued", error=message, retry_in_seconds=delay,
-                        exc_info=error)
+            self._count("retried", log, "device or storage failed; task requeued", error=message,
+                        retry_in_seconds=delay, exc_info=error)
         else:
             delay = self._retry_delay_seconds(task.attempts)
             write(self.store.retry_later, f"{message} (attempt {task.attempts} of {task.max_attempts}; will retry)", delay)
@@ -249,18 +289,26 @@ class Worker:
                         exc_info=error)
         if isinstance(error, engine_errors.DeviceFault):
             self._device_failed(error, log)
+        if isinstance(error, errors.StorageError):
+            self._storage_failed(error, log)
 
     def _write_result(self, outcome: HandlerResult, write: Callable[..., Any], *, lease: HeartbeatState,
                       log: Any) -> None:
         """Complete the row, or park it with its children (fenced writes)."""
         if outcome.park_children is not None:
-            ids = write(self.store.park_with_children, outcome.park_children, outcome.park_progress)
-            if ids is None:
+            parked = write(self.store.park_with_children, outcome.park_children, outcome.park_progress)
+            if parked is None:
                 self._count("cancelled", log, "children not inserted: lease lost or task cancelled")
+            elif parked.completed:
+                self._count("completed", log, "every child had completed: the job completed again",
+                            children=len(parked.ids))
             else:
-                self._count("parked", log, "parked until its children finish", children=len(ids))
+                self._count("parked", log, "parked until its children finish", children=len(parked.ids),
+                            requeued_children=parked.requeued)
             return
         written = write(self.store.complete, outcome.output_location, outcome.result_data)
+        if outcome.output_location:
+            self.consecutive_storage_errors = 0  # the handler wrote its output
         if written:
             self._count("completed", log, "task complete", output_location=outcome.output_location)
         else:
@@ -278,6 +326,24 @@ class Worker:
             self.wakeup.set()
             log.error("device unusable; exiting for a restart", sticky=fault.sticky, exit_code=EXIT_DEVICE_FAULT,
                       consecutive_device_faults=self.consecutive_device_faults, max_device_faults=limit)
+
+    def _storage_failed(self, error: errors.StorageError, log: Any) -> None:
+        """Count a storage error (its task is already back in the queue); at max_storage_errors in a row
+        stop claiming, so a read-only or full output folder does not drain the queue into Failed, and
+        exit with EXIT_STORAGE, saying why."""
+        self.consecutive_storage_errors += 1
+        if self.consecutive_storage_errors >= self.config.max_storage_errors:
+            self._give_up_storage(error, log)
+
+    def _give_up_storage(self, error: errors.StorageError, log: Any) -> None:
+        """Stop claiming and exit with EXIT_STORAGE, saying why."""
+        self.exit_code = EXIT_STORAGE
+        self._stopping.set()
+        self.wakeup.set()
+        log.error("output storage unusable; stopping (fix the folder, then restart)", error=str(error),
+                  output_dir=str(self.config.output_dir), exit_code=EXIT_STORAGE,
+                  consecutive_storage_errors=self.consecutive_storage_errors,
+                  max_storage_errors=self.config.max_storage_errors)
 
     def _retry_delay_seconds(self, attempts: int) -> float:
         """Exponential backoff with jitter: base * 2^(attempts-1), capped, then scaled by U(0.5, 1)."""
@@ -297,6 +363,7 @@ class Worker:
 
         def log_retry(state: tenacity.RetryCallState) -> None:
             self.watchdog.ping()  # an outage is not a hung worker
+            self.maintenance.database_failed()  # lease rescue waits until heartbeats can resume
             self.log.warning("database unavailable; retrying", error=str(state.outcome.exception()),
                              attempt=state.attempt_number, retry_in_seconds=round(state.upcoming_sleep, 2))
 
@@ -314,6 +381,24 @@ class Worker:
             if is_transient(error) and until.is_set():
                 raise _GaveUp() from error
             raise
+
+
+# How allocators word a failed host allocation inside a RuntimeError or OSError (torch's CPU allocator,
+# ENOMEM from fork or mmap).
+_ALLOCATION_FAILURES = ("can't allocate memory", "Cannot allocate memory", "out of memory")
+
+
+def permanent_cause(error: BaseException) -> BaseException | None:
+    """The permanent error an unexpected one stands for, or None. MemoryError or an allocator's
+    failure is OutOfMemory: the same task on the same box would run out again, and a retry could take
+    the next worker down too. RecursionError comes from params nested too deeply for the handler."""
+    words = str(error)
+    if isinstance(error, RecursionError):
+        return errors.ValidationError("params", "nested too deeply to process (RecursionError)")
+    if isinstance(error, MemoryError) or (
+            isinstance(error, (RuntimeError, OSError)) and any(failure in words for failure in _ALLOCATION_FAILURES)):
+        return engine_errors.OutOfMemory(f"host memory exhausted: {type(error).__name__}: {words[:300]}")
+    return None
 
 
 class _GaveUp(Exception):

@@ -155,14 +155,16 @@ def stats_json(stats: FleetStats) -> str:
 
 def stats_command(args: Any, config: Any) -> int:
     """`wan-worker stats [--since 24h] [--json]` (args.since, args.json; config.database_url)."""
-    from worker.db import connect
+    from worker.cli import existing_database
 
     try:
         since = parse_since(args.since) if args.since else None
     except ValueError as error:
         print(error, file=sys.stderr)
         return 2
-    db = connect(config.database_url)
+    db = existing_database(config.database_url)
+    if db is None:
+        return 1
     try:
         stats = collect_stats(db, since)
     finally:

@@ -28,7 +28,9 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from worker.errors import ValidationError
+from worker.errors import StorageError, ValidationError
+from worker.params import path_kind
+from worker.paths import create_new_file, replace_file, storage_problem, writing_new_file
 
 # H.264 settings of every mp4 the worker writes: CRF 18 is visually lossless for generated content;
 # yuv420p and +faststart make the file play in browsers and start before it is fully downloaded.
@@ -202,17 +204,21 @@ class VideoWriter:
         self.height = height
         self.frames_written = 0
         self._partial = self.path.with_name(self.path.stem + ".partial" + self.path.suffix)
+        self._partial_fd = -1
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
 
     def __enter__(self) -> VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The partial file is created here without following links, and ffmpeg writes to that very
+        # file through its descriptor: a link planted at the partial name redirects nothing.
+        self._partial_fd = create_new_file(self._partial)
         args = (
             ffmpeg.input(
                 "pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{self.width}x{self.height}", framerate=self.fps
             )
             .output(
-                str(self._partial),
+                f"/proc/self/fd/{self._partial_fd}",
                 vcodec=VIDEO_CODEC,
                 pix_fmt=PIXEL_FORMAT,
                 crf=CRF,
@@ -228,7 +234,7 @@ class VideoWriter:
             .compile(cmd=ffmpeg_exe())
         )
         self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=self._stderr)
+        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=self._stderr, pass_fds=(self._partial_fd,))
         return self
 
     def write(self, frames: np.ndarray) -> None:
@@ -246,7 +252,7 @@ class VideoWriter:
             self._proc.stdin.write(np.ascontiguousarray(frames).tobytes())
         except BrokenPipeError:
             self._proc.wait()
-            raise FFmpegError(f"{self.path}: ffmpeg stopped while encoding: {self._tail()}") from None
+            raise _encoding_error(self.path, f"ffmpeg stopped while encoding: {self._tail()}") from None
         self.frames_written += len(frames)
 
     def _tail(self) -> str:
@@ -268,27 +274,89 @@ class VideoWriter:
             if self._proc.wait() != 0 or self.frames_written == 0:
                 self._partial.unlink(missing_ok=True)
                 reason = self._tail() if self.frames_written else "no frames were written"
-                raise FFmpegError(f"{self.path}: encoding failed: {reason}")
-            os.replace(self._partial, self.path)
+                raise _encoding_error(self.path, f"encoding failed: {reason}")
+            replace_file(self._partial, self.path)
         finally:
+            os.close(self._partial_fd)
             self._stderr.close()
 
 
+# How ffmpeg reports a failure of the storage it writes to (strerror of ENOSPC, EDQUOT, EROFS, EIO).
+_STORAGE_FAILURES = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Input/output error")
+
+
+def _encoding_error(path: Path, reason: str) -> Exception:
+    """StorageError when ffmpeg failed because the storage did (by its words, or by the state of the
+    file system: read-only, full), not the task; else FFmpegError."""
+    if any(words in reason for words in _STORAGE_FAILURES):
+        return StorageError(f"cannot write {path}: {reason}")
+    problem = storage_problem(path.parent)
+    if problem is not None:
+        return StorageError(f"cannot write {path}: {problem}; ffmpeg said: {reason}")
+    return FFmpegError(f"{path}: {reason}")
+
+
+# The most pixels an input image may have (width x height, read from its header before decoding): a
+# small PNG can claim 100000 x 100000. The worker sets it from its max_image_pixels setting.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+_max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
+Image.MAX_IMAGE_PIXELS = None  # PIL's own bomb check (a warning, then an error at twice its limit) gives way to this one
+
+# What PIL raises for a file that is not a decodable image: a truncated or corrupt stream (OSError,
+# SyntaxError from the PNG chunk reader, zlib errors as ValueError), a header over its own bomb limit.
+_UNDECODABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def set_max_image_pixels(pixels: int) -> None:
+    """The pixel limit of every image decoded from now on in this process (the max_image_pixels setting)."""
+    global _max_image_pixels
+    if pixels < 1:
+        raise ValueError(f"max_image_pixels must be >= 1, got {pixels}")
+    _max_image_pixels = pixels
+
+
 def _open_image(path: str | os.PathLike[str], field: str) -> Image.Image:
-    """Open an image lazily (header only); a missing or non-image file is the caller's bad param."""
+    """Open an image lazily (header only) and check its size against the pixel limit; a missing,
+    non-image or oversized file is the caller's bad param."""
     path = Path(path)
     if not path.is_file():
+        if path.exists():
+            raise ValidationError(field, f"not a regular file ({path_kind(path)}): {path}")
         raise ValidationError(field, f"image file not found: {path}")
     try:
-        return Image.open(path)
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValidationError(field, f"not a readable image: {path} ({error})") from None
+        image = Image.open(path)
+    except _UNDECODABLE as error:
+        raise ValidationError(field, f"not a readable image: {path} ({type(error).__name__}: {error})") from None
+    width, height = image.size
+    if width * height > _max_image_pixels:
+        image.close()
+        raise ValidationError(field, f"{path} is {width}x{height} = {width * height} pixels; the limit is "
+                                     f"{_max_image_pixels} (max_image_pixels)")
+    return image
 
 
 def check_image(path: str | os.PathLike[str], field: str) -> tuple[int, int]:
-    """Check that `path` is an image by reading its header; return its (width, height)."""
+    """Check that `path` is an image within the pixel limit by reading its header; return (width, height)."""
     with _open_image(path, field) as image:
         return image.size
+
+
+def read_image(path: str | os.PathLike[str], field: str, fit_within: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an image as RGB, EXIF rotation applied, alpha dropped; a truncated or corrupt file is a
+    ValidationError naming `field`. With `fit_within` (width, height), a much larger image is shrunk
+    while it is decoded (JPEG's DCT scaling, then whole-factor reduction) to no less than that size,
+    so memory follows the output, not the file."""
+    with _open_image(path, field) as image:
+        try:
+            if fit_within is not None:
+                image.draft("RGB", fit_within)  # JPEG decodes at 1/2, 1/4 or 1/8 scale: still covers fit_within
+                width, height = fit_within  # either way round: EXIF may rotate the image afterwards
+                factor = min(image.width // width, image.height // height, image.width // height, image.height // width)
+                if factor >= 2:
+                    image = image.reduce(factor)
+            return ImageOps.exif_transpose(image).convert("RGB")
+        except _UNDECODABLE as error:
+            raise ValidationError(field, f"not a readable image: {path} ({type(error).__name__}: {error})") from None
 
 
 def load_image(path: str | os.PathLike[str], width: int, height: int, field: str = "image") -> np.ndarray:
@@ -297,11 +365,7 @@ def load_image(path: str | os.PathLike[str], width: int, height: int, field: str
     The one fitting rule for keyframes everywhere, so guides and references line up. EXIF rotation
     is applied; alpha is dropped. Returns uint8 [height, width, 3].
     """
-    with _open_image(path, field) as image:
-        try:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-        except OSError as error:
-            raise ValidationError(field, f"not a readable image: {path} ({error})") from None
+    image = read_image(path, field, fit_within=(width, height))
     fitted = ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
     return np.asarray(fitted, dtype=np.uint8)
 
@@ -310,7 +374,8 @@ def save_png(frame: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Write one uint8 [H, W, 3] frame as PNG (thumbnails, contact sheets, debug frames)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(path, format="PNG")
+    with writing_new_file(path) as file:
+        Image.fromarray(np.asarray(frame, dtype=np.uint8)).save(file, format="PNG")
     return path
 
 

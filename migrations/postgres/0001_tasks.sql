@@ -1,4 +1,4 @@
--- The tasks table: the public contract of DESIGN.md section 2.
+-- The tasks table: the public contract (README: "The `tasks` table").
 -- Column names and status strings match the headless Wan2GP / Reigh ecosystem.
 
 CREATE TABLE tasks (

@@ -1,4 +1,4 @@
--- The tasks table: the public contract of DESIGN.md section 2, in SQLite's types.
+-- The tasks table: the public contract (README: "The `tasks` table"), in SQLite's types.
 -- uuid -> text (lower-case, hyphenated), jsonb -> JSON text, uuid[] -> JSON array text,
 -- timestamptz -> UTC text 'YYYY-MM-DD HH:MM:SS.SSS' from the database clock (sorts as time).
 

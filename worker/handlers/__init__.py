@@ -23,9 +23,10 @@ import structlog
 from worker.config import WorkerConfig
 from worker.errors import TaskCancelled
 from worker.inputs import InputFetcher, fetcher_for
+from worker.paths import task_output_dir
 from worker.resources import WorkerResources
 from worker.storage import OutputStorage, storage_for
-from worker.store import NewTask, Task, TaskStore
+from worker.store import Claim, NewTask, Task, TaskStore
 
 # Progress writes are throttled to one per this many seconds (a phase change is always written).
 PROGRESS_MIN_INTERVAL_SECONDS = 1.0
@@ -66,12 +67,16 @@ class TaskContext:
     def worker_id(self) -> str:
         return self.config.worker_id
 
+    @property
+    def claim(self) -> Claim:
+        """This claim of the row: the fence of every write the handler makes through the store."""
+        return Claim(self.task.id, self.worker_id, self.task.attempts)
+
     @cached_property
     def output_dir(self) -> Path:
-        """<output_dir>/<task id>/, created on first use."""
-        path = Path(self.config.output_dir) / self.task.id
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        """<output_dir>/<task id>/, created on first use (worker.paths.task_output_dir: the id must be a
+        UUID and the folder a real one, not a link)."""
+        return task_output_dir(self.config.output_dir, self.task.id)
 
     @property
     def inputs(self) -> InputFetcher:
@@ -94,7 +99,7 @@ class TaskContext:
             return
         self._last_progress_at, self._last_phase = now, phase
         try:
-            self.store.progress(self.task.id, self.worker_id, progress)
+            self.store.progress(self.claim, progress)
         except (sa.exc.SQLAlchemyError, TypeError, ValueError) as error:  # ValueError: NaN, not JSON
             self.log.warning("progress not written", error=str(error))
 

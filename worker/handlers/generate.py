@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from worker.errors import ValidationError
 from worker.handlers import HandlerResult, TaskContext, register
@@ -33,7 +32,7 @@ from worker.params import (
     round_to_frame_count,
 )
 from worker.paths import output_file
-from worker.video import VideoWriter, check_image, iter_frames, load_image, save_png, thumbnail_path
+from worker.video import VideoWriter, iter_frames, load_image, read_image, save_png, thumbnail_path
 
 DEFAULT_VIDEO_LENGTH = 81
 DEFAULT_OUTPUT_NAME = "video.mp4"
@@ -205,6 +204,8 @@ def publish_outputs(ctx: TaskContext, result_data: dict[str, Any], output: Path,
     """Publish the video and its thumbnail (worker.storage: uploaded with --storage-url), put their
     locations in result_data (and the upload's seconds in phase_seconds); returns output_location."""
     started = time.perf_counter()
+    if ctx.storage.uploads:
+        ctx.report_progress({"phase": "upload"})
     result_data.update(ctx.storage.publish(ctx.task.id, {"output": output, "thumbnail": thumbnail}))
     if ctx.storage.uploads:
         result_data["phase_seconds"]["upload"] = round(time.perf_counter() - started, 4)
@@ -334,6 +335,4 @@ def _frame_image(reader: ParamReader, field: str, width: int, height: int) -> np
 
 def _reference_image(path: Path, field: str) -> np.ndarray:
     """A reference image as uint8 [h, w, 3] at its own size (the engine fits it onto a white frame)."""
-    check_image(path, field)
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"), dtype=np.uint8)
+    return np.array(read_image(path, field), dtype=np.uint8)

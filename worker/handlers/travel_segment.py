@@ -126,7 +126,7 @@ def report_job_progress(ctx: TaskContext, plan: TravelPlan, *, phase: str, segme
         "expected_frames": plan.expected_frames,
     }
     try:
-        ctx.store.parent_progress(ctx.task.id, ctx.worker_id, progress)
+        ctx.store.parent_progress(ctx.claim, progress)
     except sa.exc.SQLAlchemyError as error:
         ctx.log.warning("orchestrator progress not written", error=str(error))
 

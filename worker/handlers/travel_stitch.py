@@ -45,6 +45,8 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     if stitched.frames != plan.expected_frames:
         raise RuntimeError(f"stitched {stitched.frames} frames; the plan expects {plan.expected_frames}")
     stitched_at = time.perf_counter()
+    if ctx.storage.uploads:
+        ctx.report_progress({"phase": "upload"})
     published = ctx.storage.publish(ctx.task.id, {"output": stitched.path, "thumbnail": stitched.thumbnail})
     own_phases = {"queue_wait": queue_wait_seconds(ctx), "stitch": round(stitched_at - started, 4)}
     if ctx.storage.uploads:
@@ -72,7 +74,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
         "phase_seconds": _job_phase_seconds(segments, own_phases, orchestrator),
         "total_seconds": _job_total_seconds(ctx.task, orchestrator, time.perf_counter() - started),
     }
-    if not ctx.store.complete_parked(ctx.task.id, ctx.worker_id, published["output"], job_result):
+    if not ctx.store.complete_parked(ctx.claim, published["output"], job_result):
         status = orchestrator.status if orchestrator is not None else "missing"
         ctx.log.warning("orchestrator not completed: it is no longer waiting", orchestrator_id=orchestrator_id,
                         orchestrator_status=status)

@@ -1,7 +1,9 @@
 -- Every query the worker runs against Postgres, by name. worker/db.py loads this file; each query
 -- starts at a `-- name: <query> --` header followed by a one-line description.
--- The database clock (now()) is the only clock. Writes after a claim are fenced on
--- `worker_id = :worker_id AND status = 'In Progress'`, so a worker that lost its lease changes nothing.
+-- The database clock (now()) is the only clock. Writes after a claim are fenced on the claim:
+-- `worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress'`. The attempt number is
+-- the claim's token, so a worker that lost its lease changes nothing, even when a process with the
+-- same worker_id holds the row's next claim.
 
 -- name: lock_schema_migrations --
 -- Serialises concurrent `migrate` runs (a fleet starting at once) until the transaction ends.
@@ -29,9 +31,10 @@ INSERT INTO schema_migrations (version, name) VALUES (:version, :name);
 
 -- name: insert_task --
 -- One new Queued row; the caller makes the id so that rows inserted together can depend on each other.
-INSERT INTO tasks (id, task_type, params, priority, dependant_on, parent_task_id, project_id, max_attempts)
+INSERT INTO tasks (id, task_type, params, priority, dependant_on, parent_task_id, project_id, max_attempts,
+                   resolved_model)
 VALUES (CAST(:id AS uuid), :task_type, CAST(:params AS jsonb), :priority, CAST(:dependant_on AS uuid[]),
-        CAST(:parent_task_id AS uuid), :project_id, :max_attempts);
+        CAST(:parent_task_id AS uuid), :project_id, :max_attempts, :resolved_model);
 
 -- name: get_task --
 -- One row by id.
@@ -63,7 +66,7 @@ SELECT status, count(*) AS n FROM tasks GROUP BY status;
 -- rows queued. The readiness conditions are written out in both on purpose: each subquery walks its
 -- own index (tasks_claimable_idx, tasks_claimable_model_idx), which one shared CTE of ready rows could not.
 WITH head AS (
-    SELECT t.id, t.priority, t.created_at, t.params ->> 'model' AS model
+    SELECT t.id, t.priority, t.created_at, coalesce(t.resolved_model, t.params ->> 'model') AS model
     FROM tasks t
     WHERE t.status = 'Queued'
       AND t.run_after <= now()
@@ -83,7 +86,7 @@ WITH head AS (
                   WHERE head.created_at > now() - make_interval(secs => :affinity_max_wait_seconds)
                     AND head.model IS DISTINCT FROM :loaded_model)
       AND t.priority = (SELECT priority FROM head)
-      AND t.params ->> 'model' = :loaded_model
+      AND coalesce(t.resolved_model, t.params ->> 'model') = :loaded_model
       AND t.status = 'Queued'
       AND t.run_after <= now()
       AND (CAST(:task_types AS text[]) IS NULL OR t.task_type = ANY (CAST(:task_types AS text[])))
@@ -108,8 +111,15 @@ RETURNING t.*;
 -- name: heartbeat --
 -- Extends the lease of a row this worker still holds.
 UPDATE tasks SET heartbeat_at = now()
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress'
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress'
 RETURNING id;
+
+-- name: live_claims_of_worker --
+-- Rows held under a worker id with a heartbeat younger than the lease: at start-up, a sign that
+-- another live process uses the same id.
+SELECT id, heartbeat_at FROM tasks
+WHERE worker_id = :worker_id AND status = 'In Progress'
+  AND heartbeat_at >= now() - make_interval(secs => :lease_seconds);
 
 -- name: task_status --
 -- Status alone, to tell a cancelled row from a lost lease.
@@ -118,71 +128,93 @@ SELECT status FROM tasks WHERE id = CAST(:id AS uuid);
 -- name: set_progress --
 -- Progress of a running row (fenced).
 UPDATE tasks SET progress = CAST(:progress AS jsonb)
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: complete --
--- Success (fenced): the artifact path and result data.
+-- Success (fenced): the artifact path and result data; progress reads 100 %.
 UPDATE tasks
 SET status = 'Complete', output_location = :output_location, result_data = CAST(:result_data AS jsonb),
-    error_message = NULL, generation_processed_at = now()
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+    error_message = NULL, generation_processed_at = now(), progress = coalesce(progress, '{}'::jsonb) || jsonb_build_object('phase', 'complete', 'percent', 100)
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: fail --
 -- Permanent failure (fenced), with an operator-readable message.
 UPDATE tasks
 SET status = 'Failed', error_message = :message, generation_processed_at = now()
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: retry_later --
 -- Transient failure (fenced): back to Queued, claimable again after the backoff delay.
 UPDATE tasks
 SET status = 'Queued', worker_id = NULL, heartbeat_at = NULL, error_message = :message,
     run_after = now() + make_interval(secs => :delay_seconds)
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: release --
 -- Shutdown (fenced): back to Queued at once, and the claim does not count as an attempt.
 UPDATE tasks
 SET status = 'Queued', worker_id = NULL, heartbeat_at = NULL, attempts = attempts - 1
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: lock_held_task --
 -- The row this worker holds, locked for a multi-statement change (fenced).
 SELECT * FROM tasks
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress'
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress'
 FOR UPDATE;
 
 -- name: child_keys --
--- An orchestrator's existing children and their child_key.
-SELECT id, params ->> 'child_key' AS child_key FROM tasks
+-- An orchestrator's existing children: child_key, status and dependencies.
+SELECT id, params ->> 'child_key' AS child_key, status, dependant_on FROM tasks
 WHERE parent_task_id = CAST(:parent_id AS uuid)
 ORDER BY created_at, params ->> 'child_key';
+
+-- name: requeue_ended_children --
+-- The retry of a job (its orchestrator re-queued after it ended): children that Failed or were
+-- Cancelled go back to the queue as new, with their attempts reset; Complete ones are kept.
+UPDATE tasks
+SET status = 'Queued', attempts = 0, worker_id = NULL, heartbeat_at = NULL, progress = NULL,
+    output_location = NULL, result_data = NULL, error_message = NULL, run_after = now(),
+    generation_started_at = NULL, generation_processed_at = NULL
+WHERE parent_task_id = CAST(:parent_id AS uuid) AND status IN ('Failed', 'Cancelled')
+RETURNING id;
+
+-- name: complete_from_child --
+-- The retry of a job whose children all completed: the orchestrator this worker holds (fenced)
+-- completes again at once, keeping its own output if it still has one, else taking its last child's.
+UPDATE tasks p
+SET status = 'Complete', output_location = coalesce(p.output_location, c.output_location),
+    result_data = coalesce(p.result_data, c.result_data), error_message = NULL,
+    progress = jsonb_build_object('phase', 'complete', 'percent', 100), generation_processed_at = now()
+FROM tasks c
+WHERE p.id = CAST(:id AS uuid) AND p.worker_id = :worker_id AND p.attempts = :attempt AND p.status = 'In Progress'
+  AND c.id = CAST(:child_id AS uuid) AND c.parent_task_id = p.id;
 
 -- name: park --
 -- An orchestrator waits for its children: In Progress without a worker or a lease, so no lease
 -- rescue touches it; a child's failure or the last child (travel_stitch) ends it.
 UPDATE tasks SET worker_id = NULL, heartbeat_at = NULL, progress = CAST(:progress AS jsonb)
-WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = CAST(:id AS uuid) AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: complete_parked --
 -- Success of a parked orchestrator, written by the child that finishes the job: fenced on that child
 -- (this worker holds it), and only a parked parent, never a row some worker holds.
 UPDATE tasks p
 SET status = 'Complete', output_location = :output_location, result_data = CAST(:result_data AS jsonb),
-    error_message = NULL, generation_processed_at = now()
+    error_message = NULL, generation_processed_at = now(),
+    progress = coalesce(p.progress, '{}'::jsonb) || jsonb_build_object('phase', 'complete', 'percent', 100)
 FROM tasks c
-WHERE c.id = CAST(:id AS uuid) AND c.worker_id = :worker_id AND c.status = 'In Progress'
+WHERE c.id = CAST(:id AS uuid) AND c.worker_id = :worker_id AND c.attempts = :attempt AND c.status = 'In Progress'
   AND p.id = c.parent_task_id
-  AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
+  AND p.is_parked;
 
 -- name: set_parent_progress --
 -- Progress of a parked orchestrator, written by a child this worker holds (fenced on the child);
 -- only a parked parent: never a row some worker holds.
 UPDATE tasks p SET progress = CAST(:progress AS jsonb)
 FROM tasks c
-WHERE c.id = CAST(:id AS uuid) AND c.worker_id = :worker_id AND c.status = 'In Progress'
+WHERE c.id = CAST(:id AS uuid) AND c.worker_id = :worker_id AND c.attempts = :attempt AND c.status = 'In Progress'
   AND p.id = c.parent_task_id
-  AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
+  AND p.is_parked;
 
 -- name: cancel --
 -- A backend's or operator's cancellation of a row that has not ended; the cascade reaches its
@@ -197,9 +229,9 @@ RETURNING id;
 -- A row some other program set 'In Progress' with only a worker_id (no heartbeat) is held since its
 -- last change: its lease runs from updated_at, so it cannot stay In Progress for good.
 WITH expired AS (
-    SELECT id FROM tasks
-    WHERE status = 'In Progress' AND (worker_id IS NOT NULL OR heartbeat_at IS NOT NULL)
-      AND coalesce(heartbeat_at, updated_at) < now() - make_interval(secs => :lease_seconds)
+    SELECT t.id FROM tasks t
+    WHERE t.status = 'In Progress' AND NOT t.is_parked
+      AND coalesce(t.heartbeat_at, t.updated_at) < now() - make_interval(secs => :lease_seconds)
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks t
@@ -246,7 +278,7 @@ WITH doomed AS (
            c.status AS child_status, c.error_message AS child_error
     FROM tasks p
     JOIN tasks c ON c.parent_task_id = p.id
-    WHERE p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL
+    WHERE p.is_parked
       AND c.status IN ('Failed', 'Cancelled')
     ORDER BY p.id, c.updated_at, c.id
 )
@@ -259,7 +291,7 @@ SET status = doomed.child_status,
     END,
     generation_processed_at = now()
 FROM doomed
-WHERE p.id = doomed.id AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL
+WHERE p.id = doomed.id AND p.is_parked
 RETURNING p.id;
 
 -- name: cancel_children_of_ended --
@@ -274,3 +306,69 @@ FROM tasks p
 WHERE c.parent_task_id = p.id AND p.status IN ('Failed', 'Cancelled')
   AND c.status IN ('Queued', 'In Progress')
 RETURNING c.id;
+
+-- name: queued_dependency_edges --
+-- Dependencies between Queued rows (task -> dependency), for finding cycles, which would wait forever.
+-- Only edges between waiting rows: linear in the queue, not in the history.
+SELECT t.id AS task_id, d.id AS dependency_id
+FROM tasks t
+CROSS JOIN unnest(t.dependant_on) AS dependency (id)
+JOIN tasks d ON d.id = dependency.id
+WHERE t.status = 'Queued' AND d.status = 'Queued';
+
+-- name: fail_queued --
+-- Ends a Queued row that can never run (a dependency cycle), with the reason.
+UPDATE tasks SET status = 'Failed', error_message = :message, generation_processed_at = now()
+WHERE id = CAST(:id AS uuid) AND status = 'Queued'
+RETURNING id;
+
+-- name: fail_orphaned_parked_parents --
+-- A parked orchestrator that no child can finish ends Failed: it has no child left Queued or In
+-- Progress (rows were deleted: the stitch, or every child), or a Queued child waits for a sibling
+-- that no longer exists. Parents with a Failed or Cancelled child are left to the cascade, which
+-- names that child.
+WITH orphaned AS (
+    SELECT p.id,
+           (SELECT format('child %s (%s) waits for %s, which no longer exists (deleted)', c.id, c.task_type,
+                          dependency.id)
+            FROM tasks c
+            CROSS JOIN unnest(c.dependant_on) AS dependency (id)
+            LEFT JOIN tasks d ON d.id = dependency.id
+            WHERE c.parent_task_id = p.id AND c.status = 'Queued' AND d.id IS NULL
+            ORDER BY c.created_at, c.id
+            LIMIT 1) AS missing_sibling,
+           (SELECT count(*) FROM tasks c WHERE c.parent_task_id = p.id) AS children,
+           EXISTS (SELECT 1 FROM tasks c WHERE c.parent_task_id = p.id
+                   AND c.status IN ('Queued', 'In Progress')) AS has_live_child
+    FROM tasks p
+    WHERE p.is_parked
+      AND NOT EXISTS (SELECT 1 FROM tasks c WHERE c.parent_task_id = p.id AND c.status IN ('Failed', 'Cancelled'))
+)
+UPDATE tasks p
+SET status = 'Failed',
+    error_message = CASE
+        WHEN orphaned.missing_sibling IS NOT NULL
+        THEN format('the job cannot finish: %s', orphaned.missing_sibling)
+        WHEN orphaned.children = 0
+        THEN 'the job cannot finish: it is parked but has no children (deleted?)'
+        ELSE format('the job cannot finish: no child is left to complete it (%s remain, all Complete; '
+                    'its last child, e.g. the travel_stitch, was deleted)', orphaned.children)
+    END,
+    generation_processed_at = now()
+FROM orphaned
+WHERE p.id = orphaned.id AND p.is_parked
+  AND (orphaned.missing_sibling IS NOT NULL OR NOT orphaned.has_live_child)
+RETURNING p.id;
+
+-- name: queued_models_to_resolve --
+-- Queued rows a backend inserted that name their model in a way the claim cannot compare (a preset,
+-- the headless model_name), for maintenance to resolve (worker/model_keys.py); a batch per pass.
+SELECT id, params FROM tasks
+WHERE status = 'Queued' AND resolved_model IS NULL
+  AND (params ? 'preset' OR params ? 'model_name' OR params ? 'orchestrator_details')
+LIMIT :limit;
+
+-- name: set_resolved_model --
+-- The model a Queued row will run, once resolved.
+UPDATE tasks SET resolved_model = :resolved_model
+WHERE id = CAST(:id AS uuid) AND resolved_model IS NULL;

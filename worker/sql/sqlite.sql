@@ -3,8 +3,8 @@
 -- one-line description. Every transaction starts with BEGIN IMMEDIATE (worker/db.py), so the write
 -- lock is taken up front and a claim is atomic across processes.
 -- The database clock is the only clock: strftime('%Y-%m-%d %H:%M:%f', 'now') is UTC with
--- milliseconds and sorts as time. Writes after a claim are fenced on
--- `worker_id = :worker_id AND status = 'In Progress'`.
+-- milliseconds and sorts as time. Writes after a claim are fenced on the claim:
+-- `worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress'`.
 
 -- name: lock_schema_migrations --
 -- BEGIN IMMEDIATE already holds the write lock; this only touches the database inside it.
@@ -32,8 +32,10 @@ INSERT INTO schema_migrations (version, name) VALUES (:version, :name);
 
 -- name: insert_task --
 -- One new Queued row; the caller makes the id so that rows inserted together can depend on each other.
-INSERT INTO tasks (id, task_type, params, priority, dependant_on, parent_task_id, project_id, max_attempts)
-VALUES (:id, :task_type, :params, :priority, :dependant_on, :parent_task_id, :project_id, :max_attempts);
+INSERT INTO tasks (id, task_type, params, priority, dependant_on, parent_task_id, project_id, max_attempts,
+                   resolved_model)
+VALUES (:id, :task_type, :params, :priority, :dependant_on, :parent_task_id, :project_id, :max_attempts,
+        :resolved_model);
 
 -- name: get_task --
 -- One row by id.
@@ -72,7 +74,7 @@ SET status = 'In Progress',
     generation_started_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
 WHERE id = (
     WITH head AS (
-        SELECT t.id, t.priority, t.created_at, json_extract(t.params, '$.model') AS model
+        SELECT t.id, t.priority, t.created_at, coalesce(t.resolved_model, json_extract(t.params, '$.model')) AS model
         FROM tasks t INDEXED BY tasks_claimable_idx
         WHERE t.status = 'Queued'
           AND t.run_after <= strftime('%Y-%m-%d %H:%M:%f', 'now')
@@ -93,7 +95,7 @@ WHERE id = (
                                                         printf('-%.3f seconds', :affinity_max_wait_seconds))
                          AND head.model IS NOT :loaded_model)
            AND t.priority = (SELECT priority FROM head)
-           AND json_extract(t.params, '$.model') = :loaded_model
+           AND coalesce(t.resolved_model, json_extract(t.params, '$.model')) = :loaded_model
            AND t.status = 'Queued'
            AND t.run_after <= strftime('%Y-%m-%d %H:%M:%f', 'now')
            AND (:task_types IS NULL OR t.task_type IN (SELECT value FROM json_each(:task_types)))
@@ -110,8 +112,15 @@ RETURNING *;
 -- name: heartbeat --
 -- Extends the lease of a row this worker still holds.
 UPDATE tasks SET heartbeat_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress'
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress'
 RETURNING id;
+
+-- name: live_claims_of_worker --
+-- Rows held under a worker id with a heartbeat younger than the lease: at start-up, a sign that
+-- another live process uses the same id.
+SELECT id, heartbeat_at FROM tasks
+WHERE worker_id = :worker_id AND status = 'In Progress'
+  AND heartbeat_at >= strftime('%Y-%m-%d %H:%M:%f', 'now', printf('-%.3f seconds', :lease_seconds));
 
 -- name: task_status --
 -- Status alone, to tell a cancelled row from a lost lease.
@@ -120,71 +129,95 @@ SELECT status FROM tasks WHERE id = :id;
 -- name: set_progress --
 -- Progress of a running row (fenced).
 UPDATE tasks SET progress = :progress
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: complete --
--- Success (fenced): the artifact path and result data.
+-- Success (fenced): the artifact path and result data; progress reads 100 %.
 UPDATE tasks
 SET status = 'Complete', output_location = :output_location, result_data = :result_data,
-    error_message = NULL, generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+    error_message = NULL, generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    progress = json_set(coalesce(progress, '{}'), '$.phase', 'complete', '$.percent', 100)
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: fail --
 -- Permanent failure (fenced), with an operator-readable message.
 UPDATE tasks
 SET status = 'Failed', error_message = :message,
     generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: retry_later --
 -- Transient failure (fenced): back to Queued, claimable again after the backoff delay.
 UPDATE tasks
 SET status = 'Queued', worker_id = NULL, heartbeat_at = NULL, error_message = :message,
     run_after = strftime('%Y-%m-%d %H:%M:%f', 'now', printf('+%.3f seconds', :delay_seconds))
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: release --
 -- Shutdown (fenced): back to Queued at once, and the claim does not count as an attempt.
 UPDATE tasks
 SET status = 'Queued', worker_id = NULL, heartbeat_at = NULL, attempts = attempts - 1
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: lock_held_task --
 -- The row this worker holds (fenced); BEGIN IMMEDIATE already locks the database.
 SELECT * FROM tasks
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: child_keys --
--- An orchestrator's existing children and their child_key.
-SELECT id, json_extract(params, '$.child_key') AS child_key FROM tasks
+-- An orchestrator's existing children: child_key, status and dependencies.
+SELECT id, json_extract(params, '$.child_key') AS child_key, status, dependant_on FROM tasks
 WHERE parent_task_id = :parent_id
 ORDER BY created_at, json_extract(params, '$.child_key');
+
+-- name: requeue_ended_children --
+-- The retry of a job (its orchestrator re-queued after it ended): children that Failed or were
+-- Cancelled go back to the queue as new, with their attempts reset; Complete ones are kept.
+UPDATE tasks
+SET status = 'Queued', attempts = 0, worker_id = NULL, heartbeat_at = NULL, progress = NULL,
+    output_location = NULL, result_data = NULL, error_message = NULL,
+    run_after = strftime('%Y-%m-%d %H:%M:%f', 'now'), generation_started_at = NULL, generation_processed_at = NULL
+WHERE parent_task_id = :parent_id AND status IN ('Failed', 'Cancelled')
+RETURNING id;
+
+-- name: complete_from_child --
+-- The retry of a job whose children all completed: the orchestrator this worker holds (fenced)
+-- completes again at once, keeping its own output if it still has one, else taking its last child's.
+UPDATE tasks AS p
+SET status = 'Complete', output_location = coalesce(p.output_location, c.output_location),
+    result_data = coalesce(p.result_data, c.result_data), error_message = NULL,
+    progress = json_object('phase', 'complete', 'percent', 100),
+    generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+FROM tasks AS c
+WHERE p.id = :id AND p.worker_id = :worker_id AND p.attempts = :attempt AND p.status = 'In Progress'
+  AND c.id = :child_id AND c.parent_task_id = p.id;
 
 -- name: park --
 -- An orchestrator waits for its children: In Progress without a worker or a lease, so no lease
 -- rescue touches it; a child's failure or the last child (travel_stitch) ends it.
 UPDATE tasks SET worker_id = NULL, heartbeat_at = NULL, progress = :progress
-WHERE id = :id AND worker_id = :worker_id AND status = 'In Progress';
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'In Progress';
 
 -- name: complete_parked --
 -- Success of a parked orchestrator, written by the child that finishes the job: fenced on that child
 -- (this worker holds it), and only a parked parent, never a row some worker holds.
 UPDATE tasks AS p
 SET status = 'Complete', output_location = :output_location, result_data = :result_data,
-    error_message = NULL, generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+    error_message = NULL, generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    progress = json_set(coalesce(p.progress, '{}'), '$.phase', 'complete', '$.percent', 100)
 FROM tasks AS c
-WHERE c.id = :id AND c.worker_id = :worker_id AND c.status = 'In Progress'
+WHERE c.id = :id AND c.worker_id = :worker_id AND c.attempts = :attempt AND c.status = 'In Progress'
   AND p.id = c.parent_task_id
-  AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
+  AND p.is_parked;
 
 -- name: set_parent_progress --
 -- Progress of a parked orchestrator, written by a child this worker holds (fenced on the child);
 -- only a parked parent: never a row some worker holds.
 UPDATE tasks AS p SET progress = :progress
 FROM tasks AS c
-WHERE c.id = :id AND c.worker_id = :worker_id AND c.status = 'In Progress'
+WHERE c.id = :id AND c.worker_id = :worker_id AND c.attempts = :attempt AND c.status = 'In Progress'
   AND p.id = c.parent_task_id
-  AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL;
+  AND p.is_parked;
 
 -- name: cancel --
 -- A backend's or operator's cancellation of a row that has not ended; the cascade reaches its
@@ -209,7 +242,7 @@ SET status = CASE WHEN attempts >= max_attempts THEN 'Failed' ELSE 'Queued' END,
                                    THEN strftime('%Y-%m-%d %H:%M:%f', 'now') END,
     worker_id = NULL,
     heartbeat_at = NULL
-WHERE status = 'In Progress' AND (worker_id IS NOT NULL OR heartbeat_at IS NOT NULL)
+WHERE status = 'In Progress' AND NOT is_parked
   AND coalesce(heartbeat_at, updated_at)
       < strftime('%Y-%m-%d %H:%M:%f', 'now', printf('-%.3f seconds', :lease_seconds))
 RETURNING id, status;
@@ -253,11 +286,11 @@ FROM (
            row_number() OVER (PARTITION BY parked.id ORDER BY c.updated_at, c.id) AS rank
     FROM tasks parked
     JOIN tasks c ON c.parent_task_id = parked.id
-    WHERE parked.status = 'In Progress' AND parked.worker_id IS NULL AND parked.heartbeat_at IS NULL
+    WHERE parked.is_parked
       AND c.status IN ('Failed', 'Cancelled')
 ) AS doomed
 WHERE p.id = doomed.id AND doomed.rank = 1
-  AND p.status = 'In Progress' AND p.worker_id IS NULL AND p.heartbeat_at IS NULL
+  AND p.is_parked
 RETURNING id;
 
 -- name: cancel_children_of_ended --
@@ -272,3 +305,71 @@ FROM tasks AS p
 WHERE c.parent_task_id = p.id AND p.status IN ('Failed', 'Cancelled')
   AND c.status IN ('Queued', 'In Progress')
 RETURNING id;
+
+-- name: queued_dependency_edges --
+-- Dependencies between Queued rows (task -> dependency), for finding cycles, which would wait forever.
+-- Only edges between waiting rows: linear in the queue, not in the history.
+SELECT t.id AS task_id, d.id AS dependency_id
+FROM tasks t
+JOIN json_each(t.dependant_on) AS dependency
+JOIN tasks d ON d.id = dependency.value
+WHERE t.status = 'Queued' AND d.status = 'Queued';
+
+-- name: fail_queued --
+-- Ends a Queued row that can never run (a dependency cycle), with the reason.
+UPDATE tasks SET status = 'Failed', error_message = :message,
+    generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND status = 'Queued'
+RETURNING id;
+
+-- name: fail_orphaned_parked_parents --
+-- A parked orchestrator that no child can finish ends Failed: it has no child left Queued or In
+-- Progress (rows were deleted: the stitch, or every child), or a Queued child waits for a sibling
+-- that no longer exists. Parents with a Failed or Cancelled child are left to the cascade, which
+-- names that child.
+UPDATE tasks AS p
+SET status = 'Failed',
+    error_message = CASE
+        WHEN orphaned.missing_sibling IS NOT NULL
+        THEN printf('the job cannot finish: %s', orphaned.missing_sibling)
+        WHEN orphaned.children = 0
+        THEN 'the job cannot finish: it is parked but has no children (deleted?)'
+        ELSE printf('the job cannot finish: no child is left to complete it (%d remain, all Complete; '
+                    || 'its last child, e.g. the travel_stitch, was deleted)', orphaned.children)
+    END,
+    generation_processed_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+FROM (
+    SELECT parked.id,
+           (SELECT printf('child %s (%s) waits for %s, which no longer exists (deleted)', c.id, c.task_type,
+                          dependency.value)
+            FROM tasks c
+            JOIN json_each(c.dependant_on) AS dependency
+            LEFT JOIN tasks d ON d.id = dependency.value
+            WHERE c.parent_task_id = parked.id AND c.status = 'Queued' AND d.id IS NULL
+            ORDER BY c.created_at, c.id
+            LIMIT 1) AS missing_sibling,
+           (SELECT count(*) FROM tasks c WHERE c.parent_task_id = parked.id) AS children,
+           EXISTS (SELECT 1 FROM tasks c WHERE c.parent_task_id = parked.id
+                   AND c.status IN ('Queued', 'In Progress')) AS has_live_child
+    FROM tasks parked
+    WHERE parked.is_parked
+      AND NOT EXISTS (SELECT 1 FROM tasks c WHERE c.parent_task_id = parked.id
+                      AND c.status IN ('Failed', 'Cancelled'))
+) AS orphaned
+WHERE p.id = orphaned.id AND p.is_parked
+  AND (orphaned.missing_sibling IS NOT NULL OR NOT orphaned.has_live_child)
+RETURNING id;
+
+-- name: queued_models_to_resolve --
+-- Queued rows a backend inserted that name their model in a way the claim cannot compare (a preset,
+-- the headless model_name), for maintenance to resolve (worker/model_keys.py); a batch per pass.
+SELECT id, params FROM tasks
+WHERE status = 'Queued' AND resolved_model IS NULL
+  AND (json_type(params, '$.preset') IS NOT NULL OR json_type(params, '$.model_name') IS NOT NULL
+       OR json_type(params, '$.orchestrator_details') IS NOT NULL)
+LIMIT :limit;
+
+-- name: set_resolved_model --
+-- The model a Queued row will run, once resolved.
+UPDATE tasks SET resolved_model = :resolved_model
+WHERE id = :id AND resolved_model IS NULL;

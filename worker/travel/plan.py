@@ -2,7 +2,7 @@
 
 Two param forms are accepted and normalised to one `TravelPlan`:
 
-* ours (DESIGN.md section 3): `images`, `prompts` | `prompt`, `negative_prompt`, `resolution`
+* ours (README: "A travel job from SQL"): `images`, `prompts` | `prompt`, `negative_prompt`, `resolution`
   "WxH", `fps`, `segment_frames` int | list (one per segment), `frame_overlap` int | list (one per
   transition, N-2 for N images), `seed`, `model` | `preset`, sampling and LoRA fields;
 * headless Wan2GP / Reigh: the same under `orchestrator_details`, named `input_image_paths_resolved`,
