@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from worker.errors import ValidationError
-from worker.store import TaskStatus, TaskStore
+from worker.store import Claim, TaskStatus, TaskStore
 from worker.travel.plan import TravelPlan, plan_travel
 from worker.video import probe
 from worker_harness import resources, run_until_idle, write_keyframes  # noqa: F401 (resources is a fixture)
@@ -69,7 +69,7 @@ def test_independent_i2v_segments_can_be_claimed_by_two_workers_at_once(pg_store
     second = store.claim("box-b", [SEGMENT], None)
     assert first is not None and second is not None
     assert {first.params["child_key"], second.params["child_key"]} == {"segment-0", "segment-1"}
-    assert store.release(first.id, "box-a") and store.release(second.id, "box-b")
+    assert store.release(Claim.of(first)) and store.release(Claim.of(second))
 
     run_until_idle(store, resources, tmp_path / "outputs")
 
@@ -95,7 +95,7 @@ def test_chained_segments_cannot_be_claimed_together(sqlite_store: TaskStore, re
     first = sqlite_store.claim("box-a", [SEGMENT], None)
     assert first is not None and first.params["child_key"] == "segment-0"
     assert sqlite_store.claim("box-b", [SEGMENT], None) is None
-    assert sqlite_store.release(first.id, "box-a")
+    assert sqlite_store.release(Claim.of(first))
     assert children_by_key(sqlite_store, orchestrator_id)["segment-1"].status == TaskStatus.QUEUED
 
 
