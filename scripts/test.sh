@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: make sure Postgres is up, install the project, run pytest.
+# The test command: make sure Postgres is up, install the project with its test extras, run pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
@@ -7,4 +7,5 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
 bash scripts/install.sh
+.venv/bin/pip install -q -e ".[dev]"
 exec .venv/bin/python -m pytest -q "$@"

@@ -18,10 +18,8 @@ from wan_engine.lora import (
     applied_loras,
     check_loras_fit,
     load_lora,
-    lora_file_stem,
     lora_multiplier_schedule,
     parse_lora_state_dict,
-    resolve_lora,
 )
 from wan_engine.nn.dit import TINY_DIT, WanDiT
 from wan_engine.phases import PhaseSettings, plan_steps
@@ -421,36 +419,6 @@ def test_set_step_outside_the_schedule_is_refused() -> None:
     lora = parse_lora_state_dict(comfy_state(low_rank_parts(model)), "l")
     with applied_loras(model, [lora], constant(1.0, steps=3)) as active, pytest.raises(IndexError):
         active.set_step(3)
-
-
-@pytest.fixture
-def loras_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    for stem in ("Wan21_CausVid_14B_T2V_lora_rank32_v2", "DetailEnhancerV1"):
-        save_file({"x.alpha": torch.tensor(1.0)}, str(folder / f"{stem}.safetensors"))
-    return folder
-
-
-def test_lora_names_resolve_by_file_stem_case_insensitively(loras_dir: Path) -> None:
-    assert resolve_lora("detailenhancerv1", loras_dir).name == "DetailEnhancerV1.safetensors"
-    assert resolve_lora("DetailEnhancerV1.safetensors", loras_dir).name == "DetailEnhancerV1.safetensors"
-
-
-def test_a_url_resolves_by_its_file_name(loras_dir: Path) -> None:
-    url = (
-        "https://huggingface.co/DeepBeepMeep/Wan2.1/resolve/main/loras_accelerators/"
-        "Wan21_CausVid_14B_T2V_lora_rank32_v2.safetensors"
-    )
-    assert lora_file_stem(url) == "Wan21_CausVid_14B_T2V_lora_rank32_v2"
-    assert resolve_lora(url, loras_dir).stem == "Wan21_CausVid_14B_T2V_lora_rank32_v2"
-
-
-def test_an_unknown_lora_name_lists_the_loras_present(loras_dir: Path) -> None:
-    with pytest.raises(InvalidRequest) as err:
-        resolve_lora("CausVid", loras_dir)
-    assert err.value.field == "lora_names"
-    assert "DetailEnhancerV1" in str(err.value) and "Wan21_CausVid_14B_T2V_lora_rank32_v2" in str(err.value)
 
 
 @pytest.mark.parametrize("layout", ["kohya", "peft"])

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import UMT5Config, UMT5EncoderModel, UMT5ForConditionalGeneration
+from transformers import UMT5EncoderModel, UMT5ForConditionalGeneration
 from transformers.models.umt5.modeling_umt5 import UMT5Attention
 
+from reference_configs import transformers_config
 from wan_engine.nn.t5 import (
     RELATIVE_MAX_DISTANCE,
     TINY_UMT5,
@@ -26,21 +27,6 @@ CONFIGS = {
 }
 SEQ_LEN = 160  # longer than RELATIVE_MAX_DISTANCE, so the saturated far buckets are exercised
 REAL_LENGTHS = (SEQ_LEN, 75, 3)  # one batch, three padding amounts
-
-
-def transformers_config(cfg: dict) -> UMT5Config:
-    return UMT5Config(
-        vocab_size=cfg["vocab"],
-        d_model=cfg["dim"],
-        d_kv=cfg["dim_attn"] // cfg["num_heads"],
-        d_ff=cfg["dim_ffn"],
-        num_heads=cfg["num_heads"],
-        num_layers=cfg["num_layers"],
-        relative_attention_num_buckets=cfg["num_buckets"],
-        relative_attention_max_distance=RELATIVE_MAX_DISTANCE,
-        feed_forward_proj="gated-gelu",
-        dropout_rate=0.0,
-    )
 
 
 def random_reference(cfg: dict, seed: int) -> UMT5EncoderModel:

@@ -38,10 +38,13 @@ import torch
 from torch import nn
 
 from wan_engine import pipeline
+from wan_engine.checkpoints import key_maps, verify_model_files
 from wan_engine.device_faults import as_device_fault
-from wan_engine.errors import DeviceFault, InvalidRequest, OutOfMemory
+from wan_engine.errors import DeviceFault, InvalidRequest, OutOfMemory, WeightsMissing
 from wan_engine.fp8 import check_precision, load_fp8_dit, meta_fp8_dit, quantize_dit
-from wan_engine.lora import LoraWeights, check_loras_fit, load_lora, lora_multiplier_schedule, resolve_lora
+from wan_engine.hub import DownloadError, fetch_needed
+from wan_engine.lora import LoraWeights, check_loras_fit, load_lora, lora_multiplier_schedule
+from wan_engine.loras import LORAS_FOLDER, lora_file, resolve_lora_name
 from wan_engine.memory import (
     OFFLOAD_POLICIES,
     Experts,
@@ -56,14 +59,20 @@ from wan_engine.nn.dit import WanDiT
 from wan_engine.nn.t5 import UMT5Encoder
 from wan_engine.nn.vae import WanVAE
 from wan_engine.phases import PhaseSettings, StepPlan, plan_steps
-from wan_engine.registry import DEFAULT_DEFINITIONS_DIR, ModelFiles, ModelRegistry, ModelSpec, resolve_parameters
+from wan_engine.registry import (
+    DEFAULT_DEFINITIONS_DIR,
+    ModelFiles,
+    ModelRegistry,
+    ModelSpec,
+    NeededFile,
+    resolve_parameters,
+)
 from wan_engine.request import PRECISIONS, GenerationRequest, GenerationResult
 from wan_engine.sampling import FlowSampler, make_sampler
 from wan_engine.swap import WORKING_MEMORY_BYTES, BlockStreamer, execution_order, plan_resident_blocks
 from wan_engine.tokenizer import T5Tokenizer
 from wan_engine.weights import apply_dtype_policy, load_model
 
-LORAS_FOLDER = "loras"
 LORA_CACHE_SIZE = 8  # parsed LoRA files kept between tasks (travel segments reuse theirs)
 COMPILE_CACHE_FOLDER = ".compile_cache"  # under models_dir unless compile_cache_dir is given
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -111,6 +120,10 @@ class Engine:
     precision, compile, gpu_memory_gb, compile_cache_dir: see the module docstring; compile_backend
     is torch.compile's (inductor; the CPU tests use aot_eager, which compiles in seconds). vae_dtype:
     default bf16 on CUDA (frames within 40 dB PSNR of fp32, tested), fp32 elsewhere.
+
+    download_missing: a model or LoRA file that is missing but has a hub source is downloaded
+    (wan_engine.hub) before the load, reported as progress phase "download"; a download that cannot
+    succeed (404, refused token) raises WeightsMissing, a transient failure DownloadError.
     """
 
     def __init__(
@@ -128,6 +141,7 @@ class Engine:
         gpu_memory_gb: float | None = None,
         compile_cache_dir: str | Path | None = None,
         compile_backend: str = "inductor",
+        download_missing: bool = False,
     ):
         if offload not in OFFLOAD_POLICIES:
             raise ValueError(f"offload must be one of {', '.join(OFFLOAD_POLICIES)}, got {offload!r}")
@@ -152,6 +166,7 @@ class Engine:
             torch.cuda.set_per_process_memory_fraction(min(1.0, self.gpu_memory_bytes / total), self.device)
         self.offload = offload
         self.keep_previous_in_ram = keep_previous_in_ram
+        self.download_missing = download_missing
         self.device_fault: DeviceFault | None = None
         self._loaded: LoadedModel | None = None
         self._previous: LoadedModel | None = None
@@ -168,7 +183,8 @@ class Engine:
         """Make `key` (a definition or preset) the resident model in `precision` (default: the
         engine's); returns False when it already was.
 
-        UnknownModel and WeightsMissing are raised before the current model is touched. The old
+        UnknownModel, WeightsMissing and LoadError for a file whose header does not fit the network
+        (wan_engine.checkpoints) are raised before the current model is touched. The old
         model's experts leave the device before the new ones arrive (parked in host memory with
         keep_previous_in_ram, else freed). If building the new model fails, its partial networks are
         dropped and no model is resident; a failure of the device raises DeviceFault.
@@ -178,7 +194,10 @@ class Engine:
         self._raise_if_unusable()
         if self._loaded is not None and (self._loaded.spec.key, self._loaded.precision) == (spec.key, precision):
             return False
+        if self.download_missing:
+            self._fetch(spec, self._missing_files(spec, []), lambda progress: None)
         files = self.registry.files_for(spec)
+        verify_model_files(spec, files)  # headers only: a bad file fails here, before the resident model goes
         with self._device_failures_as_faults():
             self._switch_to(spec, files, precision)
         return True
@@ -215,15 +234,18 @@ class Engine:
         engine compiles, placed for the device budget."""
         text_key = (files.text_encoder, files.tokenizer)
         text_encoder = shared.text_encoders.get(text_key)
+        maps = key_maps(spec)  # every published naming of each network -> the official names
         if text_encoder is None:
             encoder = load_model(
-                lambda: UMT5Encoder(**spec.text_encoder_config), [files.text_encoder], dtype=self.dtype
+                lambda: UMT5Encoder(**spec.text_encoder_config), [files.text_encoder], dtype=self.dtype,
+                key_map=maps.text_encoder,
             )
             tokenizer = T5Tokenizer(files.tokenizer, spec.text_len)
             text_encoder = pipeline.TextEncoder(tokenizer, HostResident(encoder, self.device))
         vae = shared.vaes.get(files.vae)
         if vae is None:
-            vae = load_model(lambda: WanVAE(**spec.vae_config), [files.vae], dtype=self.vae_dtype, device=self.device)
+            vae = load_model(lambda: WanVAE(**spec.vae_config), [files.vae], dtype=self.vae_dtype, device=self.device,
+                             key_map=maps.vae)  # fmt: skip
 
         resident_blocks, take_turns = self._placement(spec, precision, vae)
         load_device = "cpu" if take_turns else self.device
@@ -292,10 +314,11 @@ class Engine:
 
     def _load_dit(self, spec: ModelSpec, paths: Sequence[Path], precision: str, device: Any) -> WanDiT:
         """One DiT in `precision` on `device` (quantised on the engine's device in fp8 mode)."""
-        build = _dit_builder(spec)
+        build, key_map = _dit_builder(spec), key_maps(spec).dit
         if precision == "fp8":
-            return load_fp8_dit(build, paths, compute_dtype=self.dtype, device=device, quantize_on=self.device)
-        return load_model(build, paths, dtype=self.dtype, device=device)
+            return load_fp8_dit(build, paths, compute_dtype=self.dtype, device=device, quantize_on=self.device,
+                                key_map=key_map)  # fmt: skip
+        return load_model(build, paths, dtype=self.dtype, device=device, key_map=key_map)
 
     def _dit_bytes(self, build: Callable[[], WanDiT], precision: str) -> int:
         """Bytes one DiT takes in `precision` (counted on the meta device, nothing allocated)."""
@@ -337,6 +360,10 @@ class Engine:
         timer = pipeline.PhaseTimer(self.device, on_start=_phase_reporter(on_progress))
 
         spec, values, sources, plan, lora_files, lora_schedule, precision = self._validated(request)
+        missing = self._missing_files(spec, values["lora_names"]) if self.download_missing else []
+        if missing:
+            with timer.measure("download"):
+                self._fetch(spec, missing, on_progress)
         loras = [self._lora(path) for path in lora_files]
 
         def job() -> pipeline.Job:
@@ -399,7 +426,7 @@ class Engine:
         _check_inputs(request, spec)
         settings = PhaseSettings.from_values(values)
         plan = plan_steps(new_sampler(values).timesteps, settings, spec.is_dual_expert)
-        lora_files = [resolve_lora(name, self.models_dir / LORAS_FOLDER) for name in values["lora_names"]]
+        lora_files = [self._lora_file(name) for name in values["lora_names"]]
         lora_schedule = lora_multiplier_schedule(
             values["lora_multipliers"], len(lora_files), plan, settings.guidance_phases, settings.model_switch_phase
         )
@@ -458,6 +485,43 @@ class Engine:
             if fault.sticky:
                 self.device_fault = fault
             raise fault from error
+
+    def _lora_file(self, name: str) -> Path:
+        """The file a LoRA name resolves to; with download_missing, where a missing one that has a
+        source will be downloaded to."""
+        loras_dir = self.models_dir / LORAS_FOLDER
+        try:
+            return resolve_lora_name(name, loras_dir, self.registry.lora_aliases)
+        except InvalidRequest:
+            file = lora_file(name, loras_dir, self.registry.lora_aliases)
+            if not self.download_missing or file.source is None:
+                raise
+            return self.models_dir / file.name
+
+    def _missing_files(self, spec: ModelSpec, lora_names: Sequence[str]) -> list[NeededFile]:
+        """The LoRA files and, unless one of the model's layouts is complete, the files of its own
+        layout that are not in models_dir."""
+        try:
+            self.registry.files_for(spec)
+            needed = self.registry.needed_loras(lora_names)
+        except WeightsMissing:
+            needed = self.registry.needed_files(spec, lora_names=lora_names)
+        return [f for f in needed if f.present is None]
+
+    def _fetch(self, spec: ModelSpec, missing: Sequence[NeededFile], on_progress: ProgressCallback) -> None:
+        """Download `missing` (see download_missing in the class docstring)."""
+
+        def report(event: dict[str, Any]) -> None:
+            on_progress({"phase": "download", "file": event["file"], "status": event["status"],
+                         "files_done": event["index"], "files": event["files"], "bytes": event.get("bytes"),
+                         "percent": round(100.0 * event["index"] / event["files"], 1)})  # fmt: skip
+
+        try:
+            fetch_needed(missing, self.models_dir, on_file=report)
+        except DownloadError as error:
+            if error.permanent:
+                raise WeightsMissing(f"model {spec.key!r}: {error}") from error
+            raise
 
     def _lora(self, path: Path) -> LoraWeights:
         """A parsed LoRA file, cached by path and modification time."""

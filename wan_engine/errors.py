@@ -20,7 +20,12 @@ class UnknownModel(InvalidRequest):
 
 
 class WeightsMissing(EngineError):
-    """Weight files a model definition needs are not in models_dir (permanent until an operator acts)."""
+    """Weight files a model definition needs are not in models_dir (permanent until an operator acts).
+    `missing`: their names relative to models_dir."""
+
+    def __init__(self, message: str, missing: tuple[str, ...] | list[str] = ()):
+        super().__init__(message)
+        self.missing = tuple(missing)
 
 
 class LoadError(EngineError):

@@ -34,11 +34,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from wan_engine.errors import LoadError
 from wan_engine.request import PRECISIONS
+from wan_engine.tensor_files import COMFY_EXTRAS, SCALE_SUFFIX, open_checkpoints
 from wan_engine.weights import KeyMap, apply_dtype_policy
 
 FP8 = torch.float8_e4m3fn
@@ -46,8 +46,6 @@ FP8_MAX = torch.finfo(FP8).max  # 448
 # Where a block's fp8 linears sit (relative names); cross_attn.k / .v stay in the compute dtype.
 FP8_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.o", "ffn.0", "ffn.2")
 _BLOCK_LINEAR = re.compile(r"^(?:vace_)?blocks\.\d+\.(?:" + "|".join(re.escape(n) for n in FP8_LINEARS) + r")$")
-SCALE_SUFFIX = ".scale_weight"  # ComfyUI fp8_scaled: weight = fp8 tensor * scale_weight
-_COMFY_EXTRAS = re.compile(r"(^|\.)(scaled_fp8|scale_input)$")  # marker key; static input scales (unused)
 _SCALE_FLOOR = 1e-12  # an all-zero row or token gets this scale instead of 0 (no division by zero)
 
 
@@ -197,18 +195,17 @@ def load_fp8_dit(
 
     raw: dict[str, torch.Tensor] = {}
     scales: dict[str, torch.Tensor] = {}
-    for path in files:
-        with safe_open(str(path), framework="pt", device="cpu") as reader:
-            for file_key in reader.keys():
-                name = key_map(file_key) if key_map is not None else file_key
-                if name is None or _COMFY_EXTRAS.search(name):
-                    continue
-                if name.endswith(SCALE_SUFFIX):
-                    scales[name[: -len(SCALE_SUFFIX)] + ".weight"] = reader.get_tensor(file_key)
-                    continue
-                if name in raw:
-                    raise LoadError(f"{name} appears twice (again in {Path(path).name})")
-                raw[name] = reader.get_tensor(file_key)
+    with open_checkpoints(files, fold_fp8_scales=False) as tensors:  # safetensors, shard indexes, .pth
+        for stored in tensors:
+            name = key_map(stored.key) if key_map is not None else stored.key
+            if name is None or COMFY_EXTRAS.search(name):
+                continue
+            if name.endswith(SCALE_SUFFIX):
+                scales[name[: -len(SCALE_SUFFIX)] + ".weight"] = stored.read()
+                continue
+            if name in raw:
+                raise LoadError(f"{name} appears twice (again in {stored.file.name})")
+            raw[name] = stored.read()
 
     state: dict[str, torch.Tensor] = {}
     problems: list[str] = []

@@ -40,8 +40,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +52,6 @@ from wan_engine.errors import InvalidRequest
 from wan_engine.nn.dit import diffusers_to_official
 from wan_engine.phases import StepPlan, steps_per_phase
 
-LORA_SUFFIX = ".safetensors"
 
 # key suffix -> role; the longest matching suffix wins
 _ROLES = {
@@ -168,26 +166,6 @@ def _official_module_name(module: str) -> str:
     """Rename a diffusers module name with the DiT checkpoint key map (which works on tensor keys)."""
     renamed = diffusers_to_official(f"{module}.weight")
     return module if renamed is None else renamed[: -len(".weight")]
-
-
-def lora_file_stem(name: str) -> str:
-    """The file stem a LoRA name stands for: a URL or a path by its file name, with or without
-    the .safetensors extension."""
-    path = urlsplit(name).path if "://" in name else name
-    file = PurePosixPath(path.replace("\\", "/")).name
-    return file[: -len(LORA_SUFFIX)] if file.lower().endswith(LORA_SUFFIX) else file
-
-
-def resolve_lora(name: str, loras_dir: str | Path) -> Path:
-    """The file in `loras_dir` whose stem equals the name's stem, case-insensitively."""
-    loras_dir = Path(loras_dir)
-    present = sorted(loras_dir.glob(f"*{LORA_SUFFIX}")) if loras_dir.is_dir() else []
-    wanted = lora_file_stem(name).lower()
-    for path in present:
-        if path.stem.lower() == wanted:
-            return path
-    listing = ", ".join(p.stem for p in present) or "none"
-    raise InvalidRequest("lora_names", f"no LoRA {name!r} in {loras_dir} (present: {listing})")
 
 
 def lora_multiplier_schedule(

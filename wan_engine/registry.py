@@ -17,12 +17,22 @@ A definition file `defaults/<key>.json`:
   network configuration from ARCHITECTURES below.
 - `loras` / `loras_multipliers` (inside "model" as in Wan2GP, or at the top level) are the LoRAs
   the model runs with unless a request names its own.
+- `VAE_URLs` / `text_encoder_URLs` (optional, Wan2GP's names) replace the architecture's VAE /
+  umT5 file; the text encoder sits in `text_encoder_folder` (default `umt5-xxl`) beside its
+  `tokenizer.json`, which comes from the same hub folder.
+- `layouts` (optional): {name: {URLs, URLs2, modules, VAE_URLs, text_encoder_URLs, tokenizer_URLs}},
+  the same weights as other repos publish them (Wan-AI, diffusers, ComfyUI), or the key of a
+  definition whose layouts it reuses. A layout's files are stored as `<repo name>/<path>`; what it
+  does not give it inherits. The engine loads the first layout whose files are all present.
 - Every other top-level key is a sampling default of the model.
 
 A preset `defaults/presets/<name>.json` is `{"model": <definition key>, <sampling defaults>...}`:
 another name for a definition, whose defaults override the definition's.
 
-Files are looked up by file name (a URL by its last path component) in models_dir.
+Files are looked up by file name (a URL by its last path component) in models_dir. A file given as
+a Hugging Face resolve URL (`https://huggingface.co/<repo>/resolve/<revision>/<path>`) has that
+source, which `wan-worker models download` fetches; a plain name is a local file only. The VAE, the
+text encoder and the tokenizer default to the architecture's files and their sources.
 """
 from __future__ import annotations
 
@@ -34,10 +44,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wan_engine.errors import InvalidRequest, UnknownModel, WeightsMissing
+from wan_engine.hub import HubFile, is_index, parse_hub_url, shard_names
+from wan_engine.loras import DEFAULT_DEFINITIONS_DIR, LORA_ALIASES_FILE, LORAS_FOLDER, lora_file, read_lora_aliases
 from wan_engine.phases import HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT, SINGLE_EXPERT, PhaseSettings
 from wan_engine.sampling import make_sampler
+from wan_engine.tokenizer import TOKENIZER_FILE
 
-DEFAULT_DEFINITIONS_DIR = Path(__file__).resolve().parent.parent / "defaults"
 PRESETS_FOLDER = "presets"
 
 WAN21 = "wan2_1"
@@ -68,12 +80,17 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 REQUEST, DEFINITION, FAMILY = "request", "definition", "family"
 
+DEFAULT_LAYOUT = "wan2gp"
+# What a layout (an entry of "layouts" in a definition) may give in place of the definition's own files.
+LAYOUT_FIELDS = ("URLs", "URLs2", "modules", "VAE_URLs", "text_encoder_URLs", "tokenizer_URLs")
+
 
 @dataclass(frozen=True)
 class Architecture:
     """Network configurations of an architecture, as names of constants in wan_engine.nn.* (imported
     only when asked, so reading definitions never builds or imports a network), and the default
-    VAE / text-encoder files."""
+    VAE / text-encoder / tokenizer files, which `shared_files_url` (a resolve-URL prefix) holds
+    under those same paths."""
 
     dit: str
     vace_layers: str | None = None
@@ -84,11 +101,13 @@ class Architecture:
     vae_file: str = "Wan2.1_VAE.safetensors"
     text_encoder_file: str = "umt5-xxl/models_t5_umt5-xxl-enc-bf16.safetensors"
     tokenizer_folder: str = "umt5-xxl"
+    shared_files_url: str = "https://huggingface.co/DeepBeepMeep/Wan2.1/resolve/main/"  # Wan2GP's own copies
 
 
+TINY_MODELS_URL = "https://huggingface.co/wan-worker/tiny-models/resolve/main/"  # what wan_engine.testing writes
 _TINY_FILES = dict(
     vae="TINY_VAE", text_encoder="TINY_UMT5", vae_file="tiny_vae.safetensors",
-    text_encoder_file="tiny_umt5.safetensors", tokenizer_folder="tiny_umt5",
+    text_encoder_file="tiny_umt5.safetensors", tokenizer_folder="tiny_umt5", shared_files_url=TINY_MODELS_URL,
 )  # fmt: skip
 # Wan 2.2 I2V A14B: the official boundary 0.900 (image2video config) and Wan2GP's i2v_2_2 defaults.
 I2V_2_2_DEFAULTS = dict(
@@ -137,6 +156,12 @@ class ModelSpec:
     loras: tuple[str, ...] = ()
     lora_multipliers: tuple[str, ...] = ()
     preset: str | None = None  # the preset name this spec was asked for by, if any
+    layout: str = DEFAULT_LAYOUT  # which of the definition's checkpoint layouts these files are
+
+    @property
+    def tokenizer_file(self) -> str:
+        """The tokenizer file the text encoder needs, relative to models_dir."""
+        return f"{self.tokenizer_folder}/{TOKENIZER_FILE}" if self.tokenizer_folder else TOKENIZER_FILE
 
     @property
     def is_dual_expert(self) -> bool:
@@ -190,6 +215,48 @@ class ModelFiles:
     vae: Path
     text_encoder: Path
     tokenizer: Path  # a folder
+    layout: str = DEFAULT_LAYOUT
+
+
+@dataclass(frozen=True)
+class NeededFile:
+    """One file a model needs: its role, the alternative names it may have in models_dir (preferred
+    first), the source of the one a download fetches, and the alternative found, if any."""
+
+    role: str  # "dit", "dit high", "vace module low", "vae", "text encoder", "tokenizer", "lora"
+    names: FileChoice
+    source: HubFile | None
+    present: Path | None
+
+    @property
+    def download_name(self) -> str:
+        """The name a download writes: the first alternative with a source."""
+        return self.names[0]
+
+    def shards(self, models_dir: Path) -> list[NeededFile]:
+        """The shard files of a sharded checkpoint's index once the index is present (else none),
+        beside it in models_dir and in its hub folder."""
+        if self.present is None or not is_index(self.present):
+            return []
+        folder = self.present.parent.relative_to(models_dir).as_posix()
+        shards = []
+        for shard in shard_names(self.present):
+            name = shard if folder == "." else f"{folder}/{shard}"
+            path = models_dir / name
+            source = self.source.sibling(shard) if self.source else None
+            shards.append(NeededFile(f"{self.role} shard", (name,), source, path if path.is_file() else None))
+        return shards
+
+    def describe(self) -> str:
+        """One line for an operator: the name(s) and where the file comes from."""
+        names = " or ".join(self.names)
+        return f"{names} ({self.role}; from {self.source.url})" if self.source else f"{names} ({self.role}; no source)"
+
+
+def download_command(keys: Sequence[str], models_dir: Path, layout: str = DEFAULT_LAYOUT) -> str:
+    """The exact CLI call that fetches what `keys` need (in `layout`) into models_dir."""
+    chosen = "" if layout == DEFAULT_LAYOUT else f" --layout {layout}"
+    return f"wan-worker models download {' '.join(keys)}{chosen} --models-dir {models_dir}"
 
 
 class ModelRegistry:
@@ -203,8 +270,12 @@ class ModelRegistry:
         self.models_dir = Path(models_dir)
         self.defaults_dir = Path(defaults_dir)
         self._definitions = _read_json_folder(self.defaults_dir)
+        self.lora_aliases = read_lora_aliases(self.defaults_dir)
+        self._definitions.pop(Path(LORA_ALIASES_FILE).stem, None)
+        self.sources: dict[str, HubFile] = {}  # file name in models_dir -> where it comes from
         presets = _read_json_folder(self.defaults_dir / PRESETS_FOLDER)
-        self._specs = {key: self._build(key) for key in self._definitions}
+        self._layouts = {key: self._build_layouts(key) for key in self._definitions}
+        self._specs = {key: layouts[DEFAULT_LAYOUT] for key, layouts in self._layouts.items()}
         self._presets: dict[str, ModelSpec] = {}
         for name, preset in presets.items():
             target = preset.get("model")
@@ -226,30 +297,109 @@ class ModelRegistry:
             raise UnknownModel("model", f"unknown model {key!r}; known: {', '.join(self.known_keys)}")
         return spec
 
+    def layouts(self, spec: ModelSpec) -> dict[str, ModelSpec]:
+        """The checkpoint layouts `spec`'s definition offers, DEFAULT_LAYOUT first, each with `spec`'s
+        defaults and preset."""
+        return {name: replace(layout, defaults=spec.defaults, preset=spec.preset)
+                for name, layout in self._layouts[spec.key].items()}  # fmt: skip
+
+    def with_layout(self, spec: ModelSpec, layout: str) -> ModelSpec:
+        """`spec` in another of its definition's layouts; InvalidRequest names the ones it has."""
+        layouts = self.layouts(spec)
+        if layout not in layouts:
+            raise InvalidRequest("layout", f"model {spec.key!r} has no layout {layout!r}; it has {', '.join(layouts)}")
+        return layouts[layout]
+
     def files_for(self, spec: ModelSpec) -> ModelFiles:
-        """Locate every file of `spec` (the first alternative present); WeightsMissing lists the
-        expected names of those absent and the folder searched."""
-        missing: list[str] = []
+        """Locate every file of `spec` (the first alternative present), in its layout or, when that is
+        incomplete, in the first other layout of its definition that is complete. WeightsMissing lists
+        each file absent from `spec`'s layout once, with its source and the command that downloads it."""
+        layouts = self.layouts(spec)
+        for candidate in [spec, *(other for name, other in layouts.items() if name != spec.layout)]:
+            needed = self.needed_files(candidate, with_loras=False)
+            if all(f.present is not None for f in needed):
+                found = {f.names: f.present for f in needed}
+                return ModelFiles(
+                    experts={e.name: [found[e.base], *(found[m] for m in e.modules)] for e in candidate.experts},
+                    vae=found[candidate.vae_file],
+                    text_encoder=found[candidate.text_encoder_file],
+                    tokenizer=self.models_dir / candidate.tokenizer_folder,
+                    layout=candidate.layout,
+                )
+        missing = [f for f in self.needed_files(spec, with_loras=False) if f.present is None]
+        lines = "".join(f"\n  {f.describe()}" for f in missing)
+        command = download_command([spec.preset or spec.key], self.models_dir, spec.layout)
+        others = [name for name in layouts if name != spec.layout]
+        alternatives = f" (or another layout: --layout {' | '.join(others)})" if others else ""
+        raise WeightsMissing(
+            f"model {spec.key!r} needs files that are not in {self.models_dir}:{lines}\n"
+            f"download them with: {command}{alternatives}",
+            missing=[f.download_name for f in missing],
+        )
 
-        def locate(choice: FileChoice) -> Path:
-            for name in choice:
-                if (self.models_dir / name).is_file():
-                    return self.models_dir / name
-            missing.append(" or ".join(choice))
-            return self.models_dir / choice[0]
+    def needed_files(
+        self, spec: ModelSpec, *, with_loras: bool = True, lora_names: Sequence[str] | None = None
+    ) -> list[NeededFile]:
+        """Every file `spec` needs, each once (a module shared by both experts is one file), in load
+        order: DiT files per expert, VAE, text encoder, tokenizer, then the LoRAs (`lora_names`, else
+        the model's default LoRAs) when `with_loras`."""
+        roles: list[tuple[str, FileChoice]] = []
+        for expert in spec.experts:
+            suffix = "" if len(spec.experts) == 1 else f" {expert.name}"
+            roles.append((f"dit{suffix}", expert.base))
+            roles += [(f"vace module{suffix}", module) for module in expert.modules]
+        roles += [("vae", spec.vae_file), ("text encoder", spec.text_encoder_file),
+                  ("tokenizer", (spec.tokenizer_file,))]  # fmt: skip
+        needed: dict[FileChoice, NeededFile] = {}
+        for role, choice in roles:
+            if choice not in needed:
+                needed[choice] = self._needed(role, choice)
+                for shard in needed[choice].shards(self.models_dir):
+                    needed[shard.names] = shard
+        if with_loras:
+            for lora in self.needed_loras(spec.loras if lora_names is None else lora_names):
+                needed.setdefault(lora.names, lora)
+        return list(needed.values())
 
-        experts = {e.name: [locate(e.base), *(locate(m) for m in e.modules)] for e in spec.experts}
-        files = ModelFiles(experts, locate(spec.vae_file), locate(spec.text_encoder_file),
-                           self.models_dir / spec.tokenizer_folder)  # fmt: skip
-        if not files.tokenizer.is_dir():
-            missing.append(f"{spec.tokenizer_folder}/ (tokenizer folder)")
-        if missing:
-            raise WeightsMissing(
-                f"model {spec.key!r} needs files that are not in {self.models_dir}: {'; '.join(missing)}"
-            )
-        return files
+    def needed_loras(self, names: Sequence[str]) -> list[NeededFile]:
+        """The LoRA files `names` mean (wan_engine.loras), each once, with sources where known."""
+        loras_dir = self.models_dir / LORAS_FOLDER
+        needed: dict[str, NeededFile] = {}
+        for name in names:
+            file = lora_file(name, loras_dir, self.lora_aliases)
+            needed.setdefault(file.name, NeededFile("lora", (file.name,), file.source, file.present))
+        return list(needed.values())
 
-    def _build(self, key: str) -> ModelSpec:
+    def _needed(self, role: str, choice: FileChoice) -> NeededFile:
+        present = next((self.models_dir / n for n in choice if (self.models_dir / n).is_file()), None)
+        with_source = [n for n in choice if n in self.sources]
+        ordered = tuple(with_source[:1]) + tuple(n for n in choice if n not in with_source[:1])
+        source = self.sources.get(ordered[0])
+        return NeededFile(role, ordered, source, present)
+
+    def _build_layouts(self, key: str) -> dict[str, ModelSpec]:
+        """The definition's spec in its own files (DEFAULT_LAYOUT), then in each of its "layouts"."""
+        layouts = self._layout_table(key)
+        if not isinstance(layouts, dict) or DEFAULT_LAYOUT in layouts:
+            raise ValueError(f"definition {key}: \"layouts\" must be an object of named layouts (not {DEFAULT_LAYOUT!r})")
+        built = {DEFAULT_LAYOUT: self._build(key)}
+        for name, files in layouts.items():
+            unknown = sorted(set(files) - set(LAYOUT_FIELDS)) if isinstance(files, dict) else ["(not an object)"]
+            if unknown:
+                raise ValueError(f"definition {key}: layout {name}: unknown fields {unknown}; known: {LAYOUT_FIELDS}")
+            built[name] = self._build(key, name)
+        return built
+
+    def _layout_table(self, key: str) -> Any:
+        """The "layouts" of a definition; the key of another definition reuses that one's layouts."""
+        model = self._definitions[key].get("model")
+        layouts = model.get("layouts", {}) if isinstance(model, dict) else {}
+        return self._model_prop(layouts, "layouts", (key,)) if isinstance(layouts, str) else layouts
+
+    def _build(self, key: str, layout: str = DEFAULT_LAYOUT) -> ModelSpec:
+        """A spec of definition `key` in `layout`. The definition's own files are named as Wan2GP names
+        them (a URL by its file name); a layout's files keep their place in their hub repo,
+        `<repo name>/<path>`, so each published layout sits in models_dir as downloaded."""
         definition = self._definitions[key]
         model = definition.get("model")
         if not isinstance(model, dict):
@@ -259,51 +409,115 @@ class ModelRegistry:
             known = ", ".join(ARCHITECTURES)
             raise ValueError(f"definition {key}: unknown architecture {architecture!r}; known: {known}")
         arch = ARCHITECTURES[architecture]
-        modules = self._modules(key)
+        overrides = self._layout_table(key)[layout] if layout != DEFAULT_LAYOUT else {}
+        model = {**model, **overrides}
+
+        def published(prop: str) -> bool:  # files the layout gives keep their place in their repo
+            return prop in overrides
+
+        modules = self._module_pairs(key, model.get("modules", []), published("modules"))
         if "URLs2" in model:
             experts = (
-                ExpertSpec(HIGH_NOISE_EXPERT, self._files(key, "URLs"), tuple(m[0] for m in modules)),
-                ExpertSpec(LOW_NOISE_EXPERT, self._files(key, "URLs2"), tuple(m[1] for m in modules)),
+                ExpertSpec(HIGH_NOISE_EXPERT, self._files(key, model, "URLs", published("URLs")),
+                           tuple(m[0] for m in modules)),
+                ExpertSpec(LOW_NOISE_EXPERT, self._files(key, model, "URLs2", published("URLs2")),
+                           tuple(m[1] for m in modules)),
             )
         else:
-            experts = (ExpertSpec(SINGLE_EXPERT, self._files(key, "URLs"), tuple(m[0] for m in modules)),)
+            experts = (ExpertSpec(SINGLE_EXPERT, self._files(key, model, "URLs", published("URLs")),
+                                  tuple(m[0] for m in modules)),)  # fmt: skip
         loras = model.get("loras", definition.get("loras", []))
         multipliers = model.get("loras_multipliers", definition.get("loras_multipliers", []))
+        text_folder = model.get("text_encoder_folder", arch.tokenizer_folder)
+        vae_urls, text_urls = model.get("VAE_URLs"), model.get("text_encoder_URLs")
+        vae_file = (self._names(key, vae_urls, published("VAE_URLs")) if vae_urls
+                    else self._shared_file(key, arch, arch.vae_file))  # fmt: skip
+        if text_urls:
+            text_encoder_file = self._names(key, text_urls, published("text_encoder_URLs"), text_folder)
+            tokenizer = self._tokenizer(key, model, text_urls[0], text_encoder_file[0], published("tokenizer_URLs"))
+        else:
+            text_encoder_file = self._shared_file(key, arch, arch.text_encoder_file)
+            tokenizer = self._shared_file(key, arch, f"{arch.tokenizer_folder}/{TOKENIZER_FILE}")[0]
         return ModelSpec(
             key=key,
             name=model.get("name", key),
             family=WAN22 if model.get("group") == WAN22 else WAN21,
             architecture=architecture,
             experts=experts,
-            vae_file=_choice(model.get("VAE_URLs") or [arch.vae_file]),
-            text_encoder_file=_choice(model.get("text_encoder_URLs") or [arch.text_encoder_file]),
-            tokenizer_folder=model.get("text_encoder_folder", arch.tokenizer_folder),
+            vae_file=vae_file,
+            text_encoder_file=text_encoder_file,
+            tokenizer_folder=tokenizer.rpartition("/")[0],
             defaults={
                 **arch.defaults,
                 **{k: v for k, v in definition.items() if k not in ("model", "loras", "loras_multipliers")},
             },
             loras=tuple(loras),
             lora_multipliers=tuple(str(m) for m in multipliers),
+            layout=layout,
         )
 
-    def _files(self, key: str, prop: str, seen: tuple[str, ...] = ()) -> FileChoice:
-        """A URLs / URLs2 property, following references to other definitions."""
-        value = self._model_prop(key, prop, seen)
-        if isinstance(value, str):
-            return self._files(value, prop, (*seen, key))
-        return _choice(value)
+    def _tokenizer(self, key: str, model: Mapping[str, Any], text_url: str, text_name: str, published: bool) -> str:
+        """The tokenizer file's name: `tokenizer_URLs`, else beside the text encoder (in Wan2GP's
+        text_encoder_folder, and in the same hub folder)."""
+        if model.get("tokenizer_URLs"):
+            return self._names(key, model["tokenizer_URLs"], published)[0]
+        folder = text_name.rpartition("/")[0]
+        name = f"{folder}/{TOKENIZER_FILE}" if folder else TOKENIZER_FILE
+        source = parse_hub_url(text_url)
+        if source is not None:
+            self._add_source(key, name, source.sibling(TOKENIZER_FILE))
+        return name
 
-    def _modules(self, key: str, seen: tuple[str, ...] = ()) -> list[tuple[FileChoice, FileChoice]]:
-        """The module entries of a definition as (file for expert 1, file for expert 2) pairs."""
+    def _names(self, key: str, urls: str | Sequence[str], published: bool, folder: str = "") -> FileChoice:
+        """Alternatives for one file, recording the source of each URL. quanto variants only when
+        nothing else is offered (this engine does not load them)."""
+        named = []
+        for url in [urls] if isinstance(urls, str) else urls:
+            source = parse_hub_url(url)
+            name = f"{source.repo.rsplit('/', 1)[-1]}/{source.path}" if published and source else _local_name(url, folder)
+            if source is not None:
+                self._add_source(key, name, source)
+            named.append(name)
+        usable = [n for n in named if "quanto" not in n.lower()]
+        return tuple(usable or named)
+
+    def _shared_file(self, key: str, arch: Architecture, name: str) -> FileChoice:
+        """One of the architecture's shared files (VAE, text encoder, tokenizer), under its own name."""
+        source = parse_hub_url(arch.shared_files_url + name)
+        if source is not None:
+            self._add_source(key, name, source)
+        return (name,)
+
+    def _add_source(self, key: str, name: str, source: HubFile) -> None:
+        known = self.sources.setdefault(name, source)
+        if known != source:
+            raise ValueError(f"definition {key}: {name} comes from {source.url}, another definition says {known.url}")
+
+    def _files(self, key: str, model: Mapping[str, Any], prop: str, published: bool) -> FileChoice:
+        """A URLs / URLs2 property; the key of another definition names that definition's own files."""
+        value, seen = model.get(prop), (key,)
+        while isinstance(value, str):
+            key, value, seen = value, self._model_prop(value, prop, seen), (*seen, value)
+            published = False
+        if value is None:
+            raise ValueError(f"definition {seen[0]}: no {prop}")
+        return self._names(key, value, published)
+
+    def _module_pairs(self, key: str, entries: Sequence[Any], published: bool,
+                      seen: tuple[str, ...] = ()) -> list[tuple[FileChoice, FileChoice]]:
+        """Module entries as (file for expert 1, file for expert 2) pairs; a definition key names
+        that definition's own modules."""
         pairs = []
-        for entry in self._definitions[key]["model"].get("modules", []):
+        for entry in entries:
             if isinstance(entry, str):
-                self._model_prop(entry, "modules", (*seen, key))
-                pairs += self._modules(entry, (*seen, key))
+                referenced = self._model_prop(entry, "modules", (*seen, key))
+                pairs += self._module_pairs(entry, referenced, False, (*seen, key))
             elif isinstance(entry, dict):
-                pairs.append((_choice(entry["URLs"]), _choice(entry.get("URLs2", entry["URLs"]))))
+                high = self._names(key, entry["URLs"], published)
+                pairs.append((high, self._names(key, entry["URLs2"], published) if "URLs2" in entry else high))
             else:
-                pairs.append((_choice(entry), _choice(entry)))
+                names = self._names(key, entry, published)
+                pairs.append((names, names))
         return pairs
 
     def _model_prop(self, key: str, prop: str, seen: tuple[str, ...]) -> Any:
@@ -333,11 +547,11 @@ def _file_name(url_or_name: str) -> str:
     return urlsplit(url_or_name).path.rsplit("/", 1)[-1] if "://" in url_or_name else url_or_name
 
 
-def _choice(urls: str | Sequence[str]) -> FileChoice:
-    """Alternatives for one file; quantized (quanto) variants only when nothing else is offered."""
-    names = [_file_name(u) for u in ([urls] if isinstance(urls, str) else urls)]
-    usable = [n for n in names if "quanto" not in n.lower()]
-    return tuple(usable or names)
+def _local_name(url_or_name: str, folder: str = "") -> str:
+    """The name in models_dir: a URL's file name inside `folder`; a plain name as written."""
+    if "://" not in url_or_name:
+        return url_or_name
+    return f"{folder}/{_file_name(url_or_name)}" if folder else _file_name(url_or_name)
 
 
 def resolve_parameters(spec: ModelSpec, request: Any) -> tuple[dict[str, Any], dict[str, str]]:

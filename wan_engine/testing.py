@@ -6,7 +6,9 @@ are byte-for-byte reproducible. The scale of each tensor keeps activations O(1) 
 networks (weights ~ N(0, 1/fan_in), norm gains ~ 1, small biases) so that outputs depend visibly on
 every input: a degenerate model (all zeros, all saturated) would let pipeline bugs pass unnoticed.
 
-Files (names fixed by the model definitions in defaults/):
+Files (names fixed by the model definitions in defaults/; the folder is laid out as the hub repo
+`wan-worker/tiny-models` that the tiny definitions name as their source, so serving it as that repo
+runs the whole download path):
     tiny_t2v.safetensors                      Wan 2.1 DiT, no VACE keys
     tiny_vace_module.safetensors              its VACE blocks (vace_patch_embedding.*, vace_blocks.*)
     tiny_t2v_2_2_{high,low}.safetensors       the two Wan 2.2 experts
@@ -168,11 +170,20 @@ def write_tiny_models(folder: str | Path) -> Path:
     return folder
 
 
+def runnable_models(folder: str | Path) -> list[str]:
+    """The definition keys whose every file (LoRAs aside) is in `folder`: what `--models-dir folder` can run."""
+    from wan_engine.registry import ModelRegistry
+
+    registry = ModelRegistry(folder)
+    return [key for key in registry.known_keys
+            if all(f.present is not None for f in registry.needed_files(registry.get(key), with_loras=False))]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="models folder to write into (created if missing)")
     folder = write_tiny_models(parser.parse_args(argv).folder)
-    print(folder)
+    print(f"wrote the tiny models into {folder}; --models-dir {folder} runs: {', '.join(runnable_models(folder))}")
 
 
 if __name__ == "__main__":

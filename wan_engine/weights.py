@@ -1,8 +1,9 @@
-"""Load safetensors checkpoints into a network without building a random-initialised copy first.
+"""Load checkpoints into a network without building a random-initialised copy first.
 
-The network is constructed on the meta device (no memory, no init kernels), the files are read one
-tensor at a time, renamed through an optional key map, checked against the network's own names and
-shapes, cast and moved to the target device, and finally assigned in place of the meta tensors.
+The network is constructed on the meta device (no memory, no init kernels), the files (safetensors,
+a sharded checkpoint's index, a tensors-only .pth: wan_engine.tensor_files) are read one tensor at a
+time, renamed through an optional key map, checked against the network's own names and shapes, cast
+and moved to the target device, and finally assigned in place of the meta tensors.
 Host memory therefore stays near one copy of the checkpoint (less when the target is a GPU).
 
 Precision policy: floating-point parameters take the requested dtype, except those under a
@@ -20,11 +21,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from wan_engine.errors import LoadError
+from wan_engine.tensor_files import open_checkpoints
 
 KeyMap = Callable[[str], "str | None"]
 
@@ -57,25 +58,23 @@ def load_model(
     unexpected: list[str] = []
     duplicated: list[str] = []
     wrong_shape: list[str] = []
-    for path in files:
-        with safe_open(str(path), framework="pt", device="cpu") as reader:
-            for file_key in reader.keys():
-                name = key_map(file_key) if key_map is not None else file_key
-                if name is None:
-                    continue
-                if name not in expected:
-                    unexpected.append(_describe(file_key, name))
-                    continue
-                if name in loaded:
-                    duplicated.append(f"{name} (again in {Path(path).name})")
-                    continue
-                shape = tuple(reader.get_slice(file_key).get_shape())
-                want = tuple(expected[name].shape)
-                if shape != want:
-                    wrong_shape.append(f"{_describe(file_key, name)}: file {list(shape)}, network {list(want)}")
-                    continue
-                target = _target_dtype(name, expected[name], dtype, keep_fp32, name in buffer_names)
-                loaded[name] = reader.get_tensor(file_key).to(device).to(target)
+    with open_checkpoints(files) as tensors:
+        for stored in tensors:
+            name = key_map(stored.key) if key_map is not None else stored.key
+            if name is None:
+                continue
+            if name not in expected:
+                unexpected.append(_describe(stored.key, name))
+                continue
+            if name in loaded:
+                duplicated.append(f"{name} (again in {stored.file.name})")
+                continue
+            want = tuple(expected[name].shape)
+            if stored.shape != want:
+                wrong_shape.append(f"{_describe(stored.key, name)}: file {list(stored.shape)}, network {list(want)}")
+                continue
+            target = _target_dtype(name, expected[name], dtype, keep_fp32, name in buffer_names)
+            loaded[name] = stored.read().to(device).to(target)
 
     missing = [name for name in expected if name not in loaded]
     problems = [

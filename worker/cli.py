@@ -19,6 +19,7 @@ from sqlalchemy import exc as sa_exc
 
 from worker.config import ALL_SETTINGS, CONNECTION_SETTINGS, WorkerConfig, add_setting_arguments, load_config
 from worker.logging import configure_logging
+from worker.models_cli import add_models_arguments
 
 Command = Callable[[argparse.Namespace, WorkerConfig], int]
 PRELOAD_TIMEOUT_USEC = 30 * 60 * 1_000_000  # systemd start-up time granted to --preload-model
@@ -288,6 +289,8 @@ SUBCOMMANDS: list[Subcommand] = [
                "worker.stats:stats_command", add_stats_arguments),
     Subcommand("compare", "side-by-side video, contact sheet, PSNR/SSIM/flicker JSON of two or more videos",
                compare_command, add_compare_arguments, ("log_format", "log_level")),
+    Subcommand("models", "list, download (from the Hugging Face hub) and verify model weight files",
+               "worker.models_cli:models_command", add_models_arguments, ()),
     Subcommand("demo", "a whole travel job on the tiny model: SQLite, CPU, under two minutes",
                "worker.demo:demo_command", add_demo_arguments, ("device", "log_format", "log_level")),
 ]

@@ -96,6 +96,9 @@ class WorkerConfig:
     )
     notify_wakeups: bool = _setting(True, parse=_boolean, help="LISTEN for Postgres NOTIFY (else poll only)")
     preload_model: str | None = _setting(None, parse=_optional_str, help="model to load before the first claim")
+    download_missing: bool = _setting(
+        False, parse=_boolean, help="download a task's missing model and LoRA files from the hub before running it"
+    )
     metrics_port: int | None = _setting(None, parse=_optional_int, help="serve Prometheus metrics on this port")
     log_format: str = _setting("auto", help="json, console, or auto (console on a terminal, else json)")
     log_level: str = _setting("info", help="debug, info, warning or error")

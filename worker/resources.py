@@ -34,13 +34,15 @@ class WorkerResources:
     engine: Any | None = None
     metrics: Any | None = None  # worker.metrics.WorkerMetrics when the worker serves metrics
     generations_completed: int = 0  # proof the device works: the poller's device-fault count resets on it
+    download_missing: bool = False  # --download-missing: the engine fetches missing weights before a load
 
     @classmethod
     def from_config(cls, config: Any) -> WorkerResources:
         """The resources a worker with these settings (worker.config.WorkerConfig) starts with."""
         return cls(device=resolve_device(config.device), models_dir=config.models_dir, precision=config.precision,
                    compile=not config.no_compile, gpu_memory_gb=config.gpu_memory_gb,
-                   compile_cache_dir=config.cache_dir / "compile" if config.cache_dir is not None else None)  # fmt: skip
+                   compile_cache_dir=config.cache_dir / "compile" if config.cache_dir is not None else None,
+                   download_missing=config.download_missing)  # fmt: skip
 
     @property
     def loaded_model(self) -> str | None:
@@ -60,7 +62,7 @@ class WorkerResources:
             self.engine = Engine(
                 self.models_dir, device=self.device, dtype=dtype, precision=self.precision,
                 compile=self.compile and self.device != "cpu", gpu_memory_gb=self.gpu_memory_gb,
-                compile_cache_dir=self.compile_cache_dir,
+                compile_cache_dir=self.compile_cache_dir, download_missing=self.download_missing,
             )  # fmt: skip
         return self.engine
 
