@@ -152,3 +152,32 @@ def test_the_lightning_definitions_plan_two_steps_per_phase_and_switch_experts_f
     schedule = lora_multiplier_schedule(values["lora_multipliers"], len(values["lora_names"]), plan, 3, 2)
     assert schedule == schedules
     assert all(name.startswith("https://huggingface.co/") for name in values["lora_names"])
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "comfy_fp16"])
+def test_the_i2v_experts_load_from_the_diffusers_and_comfyui_layouts(tiny_models_dir: Path, tmp_path: Path, layout: str):
+    """Same key names as the T2V experts (only patch_embedding is wider), so the engine's key maps
+    read a diffusers `transformer/` file and a ComfyUI `model.diffusion_model.` fp16 file alike."""
+    from diffusers import WanTransformer3DModel
+    from safetensors.torch import load_file, save_file
+
+    from wan_engine import testing
+    from wan_engine.checkpoints import key_maps
+    from wan_engine.nn.dit import TINY_I2V_DIT, diffusers_config, diffusers_to_official
+    from wan_engine.weights import load_model
+
+    original = load_file(str(tiny_models_dir / "tiny_i2v_2_2_high.safetensors"))
+    if layout == "diffusers":
+        with torch.device("meta"):
+            names = list(WanTransformer3DModel(**diffusers_config(TINY_I2V_DIT)).state_dict())
+        stored = {name: original[diffusers_to_official(name)] for name in names}
+        assert stored.keys() != original.keys() and stored["patch_embedding.weight"].shape[1] == 36
+    else:
+        stored = {f"model.diffusion_model.{k}": v.half() if v.is_floating_point() else v for k, v in original.items()}
+    save_file(stored, str(tmp_path / "expert.safetensors"))
+    spec = ModelRegistry(tiny_models_dir).get(MODEL)
+    loaded = load_model(testing.tiny_i2v_dit, [tmp_path / "expert.safetensors"], dtype=torch.float32,
+                        key_map=key_maps(spec).dit).state_dict()  # fmt: skip
+    for key, tensor in original.items():
+        expected = tensor.half().float() if layout == "comfy_fp16" else tensor
+        assert torch.equal(loaded[key].float(), expected), key
