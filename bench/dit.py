@@ -195,16 +195,17 @@ def build_ours(network: Network, dtype: torch.dtype, device: torch.device) -> Wa
 
 
 def diffusers_sharing_weights(ours: WanDiT, network: Network, device: torch.device) -> torch.nn.Module:
-    """diffusers' WanVACETransformer3DModel whose parameters are our tensors (cast where its own
-    precision policy, _keep_in_fp32_modules, asks for fp32 and ours does not, or the reverse)."""
+    """diffusers' WanVACETransformer3DModel (WanTransformer3DModel for a network without VACE layers,
+    e.g. image-to-video) whose parameters are our tensors (cast where its own precision policy,
+    _keep_in_fp32_modules, asks for fp32 and ours does not, or the reverse)."""
     from accelerate import init_empty_weights
-    from diffusers import WanVACETransformer3DModel
+    from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 
+    cls = WanVACETransformer3DModel if network.vace_layers else WanTransformer3DModel
+    vace = dict(vace_layers=network.vace_layers, vace_in_channels=VACE_IN_DIM) if network.vace_layers else {}
     with init_empty_weights():  # parameters on meta; the RoPE buffers are built for real
-        reference = WanVACETransformer3DModel(
-            **diffusers_config(network.config), vace_layers=network.vace_layers, vace_in_channels=VACE_IN_DIM
-        )
-    keep_fp32 = set(WanVACETransformer3DModel._keep_in_fp32_modules)
+        reference = cls(**diffusers_config(network.config), **vace)
+    keep_fp32 = set(cls._keep_in_fp32_modules)
     ours_state = ours.state_dict()
     compute_dtype = ours.patch_embedding.weight.dtype
     shared = {}

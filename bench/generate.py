@@ -1,7 +1,9 @@
-"""Benchmark: a whole VACE generation, our pipeline vs diffusers' WanVACEPipeline, same weights, same device.
+"""Benchmark: a whole VACE or image-to-video generation, our pipeline vs diffusers' WanVACEPipeline /
+WanImageToVideoPipeline, same weights, same device.
 
     python bench/generate.py                               # tiny models on the CPU, fp32
-    python bench/generate.py --device cuda                 # 14B 2.2 (two experts), 14B and 1.3B VACE at 480p, bf16
+    python bench/generate.py --device cuda                 # 14B VACE 2.2, I2V A14B, 14B and 1.3B VACE at 480p, bf16
+    python bench/generate.py --device cuda --configs 14B_i2v_2_2   # I2V A14B, first + last frame, 480p 81 frames
     python bench/generate.py --device cuda --configs 1.3B_vace --frames 33
 
 Prints one JSON object per configuration as it finishes, then a summary object. Per pipeline:
@@ -12,7 +14,9 @@ Random weights are drawn on the device once and shared: diffusers' transformer, 
 views of our tensors (cast only where the two precision policies differ), so a 14B pair fits one
 GPU and no checkpoint is written. The workload is the fleet's: a control video whose first frames
 are kept (mask 0) and the rest generated, a fresh prompt per run (our prompt cache never hits), the
-same initial latents, UniPC, the VAE in float32 on both sides. Our text encoder lives in host
+same initial latents, UniPC, the VAE in float32 on both sides (image-to-video: a first and a last
+frame instead of the control video, CFG 3.5 and the I2V boundary 0.900, no CLIP image encoder).
+Our text encoder lives in host
 memory between prompts (the engine's policy), so our text_encode includes its trip to the device;
 diffusers keeps its text encoder on the device. Both pipelines are warmed up first (one denoising
 step at the full size, one small decode); then they take turns.
@@ -53,12 +57,14 @@ from wan_engine import pipeline, testing  # noqa: E402
 from wan_engine.memory import Experts, HostResident  # noqa: E402
 from wan_engine.nn.dit import (  # noqa: E402
     TINY_DIT,
+    TINY_I2V_DIT,
     TINY_VACE_LAYERS,
     VACE_1_3B_LAYERS,
     VACE_14B_LAYERS,
     WAN21_1_3B,
     WAN21_14B,
     WAN22_A14B_EXPERT,
+    WAN22_A14B_I2V_EXPERT,
 )
 from wan_engine.nn.t5 import RELATIVE_MAX_DISTANCE, TINY_UMT5, UMT5_XXL, UMT5Encoder, transformers_to_official  # noqa: E402
 from wan_engine.nn.vae import TINY_VAE, WAN21_VAE, WanVAE, diffusers_key_map  # noqa: E402
@@ -68,6 +74,7 @@ from wan_engine.tokenizer import TOKENIZER_FILE, write_tiny_tokenizer  # noqa: E
 
 MIB = 2**20
 BOUNDARY = 875  # Wan 2.2's switch_threshold: the high-noise expert runs while t >= 875
+I2V_BOUNDARY = 900  # the official Wan 2.2 I2V A14B boundary (0.900)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class Setup:
     frames: int
     guidance: float  # the same in every phase; 1.0 skips the unconditional pass
     shift: float
+    image_to_video: bool = False  # first + last frame conditioning instead of a VACE control video
+    boundary: int = BOUNDARY
 
 
 CONFIGS = {
@@ -89,8 +98,15 @@ CONFIGS = {
     "1.3B_vace": Setup(Network(WAN21_1_3B, VACE_1_3B_LAYERS), 1, WAN21_VAE, UMT5_XXL, 832, 480, 81, 5.0, 3.0),
     "14B_vace": Setup(Network(WAN21_14B, VACE_14B_LAYERS), 1, WAN21_VAE, UMT5_XXL, 832, 480, 81, 5.0, 3.0),
     "14B_vace_2_2": Setup(Network(WAN22_A14B_EXPERT, VACE_14B_LAYERS), 2, WAN21_VAE, UMT5_XXL, 832, 480, 81, 1.0, 2.0),
+    "tiny_i2v_2_2": Setup(Network(TINY_I2V_DIT, []), 2, TINY_VAE, TINY_UMT5, 64, 48, 9, 3.5, 5.0, True, I2V_BOUNDARY),
+    "14B_i2v_2_2": Setup(
+        Network(WAN22_A14B_I2V_EXPERT, []), 2, WAN21_VAE, UMT5_XXL, 832, 480, 81, 3.5, 5.0, True, I2V_BOUNDARY
+    ),
 }
-DEFAULT_CONFIGS = {"cpu": ["tiny_vace", "tiny_vace_2_2"], "cuda": ["14B_vace_2_2", "14B_vace", "1.3B_vace"]}
+DEFAULT_CONFIGS = {
+    "cpu": ["tiny_vace", "tiny_vace_2_2", "tiny_i2v_2_2"],
+    "cuda": ["14B_vace_2_2", "14B_i2v_2_2", "14B_vace", "1.3B_vace"],
+}
 
 
 def main() -> None:
@@ -139,7 +155,8 @@ def bench_config(
         text_encoder=pipeline.TextEncoder(_our_tokenizer(tokenizer_file, text_len), HostResident(ours_t5, device)),
         vae=ours_vae,
         experts=Experts(experts, device, take_turns=False),
-        vace=True,
+        vace=not setup.image_to_video,
+        image_to_video=setup.image_to_video,
     )
     reference = reference_pipeline(setup, references, reference_vae, reference_t5, tokenizer_file)
     inputs = Inputs(setup, frames, device)
@@ -177,6 +194,7 @@ def bench_config(
             "forwards_per_step": sum(calls.values()) / steps,
             **({"peak_mib": round(peaks[which] / MIB)} if device.type == "cuda" else {}),
         }
+    result["conditioning"] = "first + last frame" if setup.image_to_video else "VACE control video"
     result["speedup_total"] = round(result["diffusers"]["total"] / result["ours"]["total"], 3)
     result["speedup_denoise"] = round(result["diffusers"]["denoise"] / result["ours"]["denoise"], 3)
     return result
@@ -187,11 +205,13 @@ def bench_config(
 
 class Inputs:
     """The request both pipelines get: a control video whose first 5 frames are kept and the rest
-    generated, in each pipeline's own input format, and the initial latents."""
+    generated (image-to-video: its first and last frames), in each pipeline's own input format, and
+    the initial latents."""
 
     def __init__(self, setup: Setup, frames: int, device: torch.device):
         rng = np.random.default_rng(0)
         self.video = rng.integers(0, 256, (frames, setup.height, setup.width, 3), dtype=np.uint8)
+        self.first, self.last = self.video[0], self.video[-1]
         self.mask = np.full((frames, setup.height, setup.width), 255, dtype=np.uint8)
         self.mask[:5] = 0
         self.video_images = [PIL.Image.fromarray(f) for f in self.video]
@@ -209,12 +229,16 @@ def run_ours(networks: pipeline.Networks, setup: Setup, inputs: Inputs, prompt: 
     dual = setup.experts == 2
     settings = PhaseSettings(
         guidance_phases=2 if dual else 1, guidance_scale=setup.guidance, guidance2_scale=setup.guidance,
-        switch_threshold=BOUNDARY,
+        switch_threshold=setup.boundary,
     )  # fmt: skip
+    if setup.image_to_video:
+        conditioning = dict(image_start=inputs.first, image_end=inputs.last)
+    else:
+        conditioning = dict(controls=[pipeline.ControlStream(inputs.video, inputs.mask, 1.0)])
     job = pipeline.Job(
         prompt=prompt, negative_prompt="blurry, static", width=setup.width, height=setup.height,
         num_frames=inputs.frames, seed=0, sampler=sampler, plan=plan_steps(sampler.timesteps, settings, dual),
-        controls=[pipeline.ControlStream(inputs.video, inputs.mask, 1.0)],
+        **conditioning,
     )  # fmt: skip
     timer = pipeline.PhaseTimer(inputs.device)
     synchronize(inputs.device)
@@ -229,7 +253,7 @@ def run_ours(networks: pipeline.Networks, setup: Setup, inputs: Inputs, prompt: 
 
 
 def reference_pipeline(setup: Setup, transformers: dict, vae, text_encoder, tokenizer_file: Path):
-    from diffusers import UniPCMultistepScheduler, WanVACEPipeline
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanVACEPipeline
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast(
@@ -237,10 +261,11 @@ def reference_pipeline(setup: Setup, transformers: dict, vae, text_encoder, toke
     )
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=setup.shift)
     if setup.experts == 2:
-        models = dict(transformer=transformers["high"], transformer_2=transformers["low"], boundary_ratio=BOUNDARY / 1000)
+        models = dict(transformer=transformers["high"], transformer_2=transformers["low"], boundary_ratio=setup.boundary / 1000)
     else:
         models = dict(transformer=transformers["main"])
-    return WanVACEPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, **models)
+    cls = WanImageToVideoPipeline if setup.image_to_video else WanVACEPipeline  # I2V: no CLIP image encoder (2.2)
+    return cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, **models)
 
 
 def run_diffusers(reference, setup: Setup, inputs: Inputs, prompt: str, steps: int, text_len: int) -> dict[str, float]:
@@ -255,10 +280,14 @@ def run_diffusers(reference, setup: Setup, inputs: Inputs, prompt: str, steps: i
     for transformer in (reference.transformer, reference.transformer_2):
         if transformer is not None:
             hooks.append(transformer.register_forward_pre_hook(lambda *_: clock.first("denoise_start")))
+    if setup.image_to_video:
+        conditioning = dict(image=PIL.Image.fromarray(inputs.first), last_image=PIL.Image.fromarray(inputs.last))
+    else:
+        conditioning = dict(video=inputs.video_images, mask=inputs.mask_images)
     try:
         clock.first("start")
         reference(
-            video=inputs.video_images, mask=inputs.mask_images, prompt=prompt, negative_prompt="blurry, static",
+            **conditioning, prompt=prompt, negative_prompt="blurry, static",
             height=setup.height, width=setup.width, num_frames=inputs.frames, num_inference_steps=steps,
             guidance_scale=setup.guidance, latents=inputs.noise(setup), output_type="np", max_sequence_length=text_len,
             **({"guidance_scale_2": setup.guidance} if setup.experts == 2 else {}),
@@ -270,7 +299,7 @@ def run_diffusers(reference, setup: Setup, inputs: Inputs, prompt: str, steps: i
     t = clock.times
     return {
         "text_encode": clock.spans["text_encode"],
-        "vace_encode": t["denoise_start"] - clock.last_end["text_encode"],
+        "image_encode" if setup.image_to_video else "vace_encode": t["denoise_start"] - clock.last_end["text_encode"],
         "denoise": t["decode_start"] - t["denoise_start"],
         "decode": t["end"] - t["decode_start"],
         "total": t["end"] - t["start"],

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 
-from wan_engine.nn.dit import TINY_DIT, TINY_VACE_LAYERS, WanDiT, diffusers_config, diffusers_to_official
+from wan_engine.nn.dit import TINY_DIT, TINY_I2V_DIT, TINY_VACE_LAYERS, WanDiT, diffusers_config, diffusers_to_official
 from wan_engine.weights import load_model, save_state_dict
 
 TOLERANCE = 1e-4  # of the reference output's standard deviation
@@ -25,8 +25,11 @@ CONFIGS = {
         text_dim=24, freq_dim=64, cross_attn_norm=False,
     ),
     "time_patch_2": dict(TINY_DIT, dim=72, num_heads=6, num_layers=2, patch_size=(2, 2, 2)),
+    "i2v_36_channels": dict(TINY_I2V_DIT),  # Wan 2.2 I2V A14B input: noise + mask + conditioning latents
 }  # fmt: skip
-LATENT_SIZES = {"tiny": (3, 8, 8), "no_cross_attn_norm_odd_grid": (5, 6, 10), "time_patch_2": (4, 4, 6)}
+LATENT_SIZES = {
+    "tiny": (3, 8, 8), "no_cross_attn_norm_odd_grid": (5, 6, 10), "time_patch_2": (4, 4, 6), "i2v_36_channels": (3, 6, 10),
+}  # fmt: skip
 VACE_CONFIGS = {
     "tiny": (dict(TINY_DIT), TINY_VACE_LAYERS, 96),
     "three_hints": (dict(TINY_DIT, num_layers=5, dim=48, num_heads=3), [0, 1, 4], 20),

@@ -1,4 +1,4 @@
-"""The whole generation pipeline against diffusers' WanPipeline / WanVACEPipeline.
+"""The whole generation pipeline against diffusers' WanPipeline / WanVACEPipeline / WanImageToVideoPipeline.
 
 Same tiny random weights (ours from wan_engine.testing, copied into the diffusers models through
 the key maps), the same prompt embeddings and the same initial latents; UniPC on both sides. The
@@ -16,13 +16,14 @@ import torch
 from diffusers import (
     AutoencoderKLWan,
     UniPCMultistepScheduler,
+    WanImageToVideoPipeline,
     WanPipeline,
     WanTransformer3DModel,
     WanVACEPipeline,
     WanVACETransformer3DModel,
 )
 
-from wan_engine import testing
+from wan_engine import i2v, testing
 from wan_engine.memory import Experts
 from wan_engine.nn.dit import TINY_DIT, TINY_VACE_LAYERS, diffusers_to_official
 from wan_engine.nn.vae import TINY_VAE, diffusers_key_map
@@ -54,6 +55,8 @@ def models_dir(tiny_models_dir: Path) -> Path:
 
 
 def our_dit(models_dir: Path, *files: str) -> torch.nn.Module:
+    if any("i2v" in f for f in files):
+        return load_model(testing.tiny_i2v_dit, [models_dir / f for f in files], dtype=torch.float32)
     vace = any("vace" in f for f in files)
     return load_model(lambda: testing.tiny_dit(vace=vace), [models_dir / f for f in files], dtype=torch.float32)
 
@@ -65,7 +68,7 @@ def our_vae(models_dir: Path) -> torch.nn.Module:
 def diffusers_dit(ours: torch.nn.Module, vace: bool) -> torch.nn.Module:
     kwargs = dict(
         patch_size=TINY_DIT["patch_size"], num_attention_heads=TINY_DIT["num_heads"],
-        attention_head_dim=TINY_DIT["dim"] // TINY_DIT["num_heads"], in_channels=TINY_DIT["in_dim"],
+        attention_head_dim=TINY_DIT["dim"] // TINY_DIT["num_heads"], in_channels=ours.patch_embedding.in_channels,
         out_channels=TINY_DIT["out_dim"], text_dim=TINY_DIT["text_dim"], freq_dim=TINY_DIT["freq_dim"],
         ffn_dim=TINY_DIT["ffn_dim"], num_layers=TINY_DIT["num_layers"], cross_attn_norm=TINY_DIT["cross_attn_norm"],
         eps=TINY_DIT["eps"],
@@ -134,9 +137,9 @@ def run_reference(pipeline, **kwargs) -> tuple[torch.Tensor, np.ndarray]:
     return final["latents"], np.round(frames * 255).astype(np.uint8)
 
 
-def run_ours(experts: Experts, vae, job: Job, context, negative, noise, controls=()) -> tuple[torch.Tensor, np.ndarray]:
+def run_ours(experts: Experts, vae, job: Job, context, negative, noise, controls=(), condition=None) -> tuple[torch.Tensor, np.ndarray]:
     latents = denoise(
-        experts, noise, job, context, negative, list(controls),
+        experts, noise, job, context, negative, list(controls), condition=condition,
         on_step=lambda step: None, should_cancel=lambda: False, timer=PhaseTimer(CPU),
     )  # fmt: skip
     return latents, decode_frames(vae, latents[:, :, len(job.references) :])
@@ -250,4 +253,36 @@ def test_vace_with_video_mask_and_reference_matches_diffusers_wan_vace_pipeline(
     with torch.no_grad():
         controls = control_contexts(vae, job)
     ours = run_ours(Experts(dits, CPU, take_turns=False), vae, job, context, negative, noise, controls)
+    assert_pipelines_agree(ours, expected)
+
+
+@pytest.mark.parametrize("last_frame", [False, True], ids=["first_frame", "first_and_last_frame"])
+def test_wan22_image_to_video_matches_diffusers_wan_image_to_video_pipeline(models_dir: Path, last_frame: bool):
+    """Wan 2.2 I2V A14B: two experts switching at boundary 0.9 (the official I2V value), no CLIP
+    image encoder, conditioned on a first frame and optionally a last frame (`last_image`)."""
+    dits = {e: our_dit(models_dir, f"tiny_i2v_2_2_{e}.safetensors") for e in ("high", "low")}
+    vae = our_vae(models_dir)
+    embeddings = prompt_embeddings(models_dir, ["a boat drifts across a lake", "still"])
+    context, negative = embeddings[:1], embeddings[1:]
+    rng = np.random.default_rng(21)
+    first, last = (rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(2))
+    settings = PhaseSettings(guidance_phases=2, guidance_scale=3.5, guidance2_scale=2.0, switch_threshold=900)
+    job = make_job(5, settings, dual_expert=True, image_start=first, image_end=last if last_frame else None)
+    assert [s.expert for s in job.plan] == ["high"] * 2 + ["low"] * 3  # 999, 922 >= 900 > 817, 666, 428
+    noise = initial_noise(13, latent_shape(job, 0), CPU)
+
+    reference = WanImageToVideoPipeline(
+        tokenizer=None, text_encoder=None, vae=diffusers_vae(vae), scheduler=unipc(SHIFT),
+        transformer=diffusers_dit(dits["high"], vace=False), transformer_2=diffusers_dit(dits["low"], vace=False),
+        boundary_ratio=0.9,
+    )  # fmt: skip
+    expected = run_reference(
+        reference, image=PIL.Image.fromarray(first), prompt_embeds=context, negative_prompt_embeds=negative,
+        latents=noise.clone(), num_inference_steps=5, guidance_scale=3.5, guidance_scale_2=2.0,
+        **({"last_image": PIL.Image.fromarray(last)} if last_frame else {}),
+    )  # fmt: skip
+    with torch.no_grad():
+        condition = i2v.image_condition(vae, job.image_start, job.image_end, FRAMES)
+    assert condition.shape == (1, 20, *noise.shape[2:])
+    ours = run_ours(Experts(dits, CPU, take_turns=False), vae, job, context, negative, noise, condition=condition)
     assert_pipelines_agree(ours, expected)

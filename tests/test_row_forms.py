@@ -16,7 +16,7 @@ from PIL import Image
 from wan_engine.registry import ModelRegistry
 from wan_engine.schema import resolve, step_plan
 from worker.api import GenerationTask, InProcessGenerator, QueueClient, row_id
-from worker.dialects import NEEDS_I2V, flatten_generation_task, model_and_preset, phase_config_values, sampling
+from worker.dialects import flatten_generation_task, model_and_preset, phase_config_values, sampling
 from worker.errors import ValidationError
 from worker.params import ParamReader
 from worker.resources import WorkerResources
@@ -177,13 +177,13 @@ def test_reighs_per_pair_phase_configs_and_loras_reach_their_segments(images: li
     assert not {key for key in plan.ignored_params if "expanded" in key}
 
 
-@pytest.mark.parametrize("details,field", [({"model_type": "i2v"}, "orchestrator_details.model_type"),
-                                           ({"use_svi": True}, "orchestrator_details.use_svi")])
-def test_image_to_video_travel_fails_saying_it_needs_an_i2v_model(images: list[str], details: dict, field: str) -> None:
-    """Reigh's current travel rows are i2v (generateVideoService.ts: "VACE mode removed, always I2V now")."""
+def test_reighs_i2v_travel_runs_independent_segments_and_svi_is_refused(images: list[str]) -> None:
+    """Reigh's current travel rows are i2v (generateVideoService.ts: independent_segments: true,
+    chain_segments: false); the headless orchestrator never chains them, and SVI is not supported."""
+    assert plan_travel(reigh_orchestrator_row(images, model_type="i2v", chain_segments=True)).independent
     with pytest.raises(ValidationError) as error:
-        plan_travel(reigh_orchestrator_row(images, **details))
-    assert error.value.field == field and NEEDS_I2V in error.value.rule
+        plan_travel(reigh_orchestrator_row(images, use_svi=True))
+    assert error.value.field == "orchestrator_details.use_svi" and "SVI" in error.value.rule
 
 
 # ---- the seed's forms ------------------------------------------------------------------------------------
@@ -296,16 +296,6 @@ def test_the_orchestrator_checks_a_job_without_creating_the_engine(sqlite_store:
     assert resources.engine is None
     assert sqlite_store.get(good).status == TaskStatus.IN_PROGRESS and len(sqlite_store.children(good)) == 2
     assert sqlite_store.get(bad).error_message.startswith("ValidationError: lora_multipliers:")
-
-
-def test_an_image_to_video_model_fails_saying_it_needs_one(sqlite_store: TaskStore, seed_resources: WorkerResources,
-                                                          images: list[str], tmp_path: Path) -> None:
-    """banodoco/Reigh-Worker scripts/create_test_task.py names wan_2_2_i2v_lightning_baseline_2_2_2."""
-    row = reigh_orchestrator_row(images, model_name="wan_2_2_i2v_lightning_baseline_2_2_2", model_type=None)
-    task_id = sqlite_store.enqueue("travel_orchestrator", row)
-    run_until_idle(sqlite_store, seed_resources, tmp_path / "out")
-    message = sqlite_store.get(task_id).error_message
-    assert message.startswith("ValidationError: orchestrator_details.model_name (model): model ") and NEEDS_I2V in message
 
 
 def test_unknown_keys_are_reported_on_the_row_and_no_op_keys_are_not(

@@ -135,3 +135,15 @@ def test_crossfade_weights_ease_in_and_out(overlap: int) -> None:
     steps = np.diff(np.concatenate([[0.0], crossfade_weights(overlap), [1.0]]))
     middle = steps[len(steps) // 2]
     assert steps[0] < middle and steps[-1] < middle
+
+
+def test_a_shared_joining_frame_is_kept_once_from_the_outgoing_segment(tmp_path: Path) -> None:
+    # Image-to-video segments both hold their joining keyframe: the second's copy is dropped, no blend.
+    first = [20 + 8 * k for k in range(9)]
+    second = [150 + 8 * k for k in range(9)]
+    paths = [write_grays(tmp_path / "a.mp4", first), write_grays(tmp_path / "b.mp4", second)]
+    levels = mean_levels(stitch(paths, [0], tmp_path / "out.mp4", FPS, shared=[1]).path)
+    assert len(levels) == 9 + 9 - 1
+    assert np.abs(levels - (first + second[1:])).max() <= CODEC_TOLERANCE
+    with pytest.raises(ValueError):
+        stitch(paths, [0], tmp_path / "bad.mp4", FPS, shared=[1, 0])

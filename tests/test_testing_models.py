@@ -12,7 +12,7 @@ from wan_engine.lora import applied_loras, load_lora
 from wan_engine.registry import ModelRegistry
 from wan_engine.weights import load_model
 
-TINY_MODELS = ["tiny_t2v", "tiny_vace", "tiny_t2v_2_2", "tiny_vace_2_2"]
+TINY_MODELS = ["tiny_t2v", "tiny_vace", "tiny_t2v_2_2", "tiny_vace_2_2", "tiny_i2v_2_2"]
 
 
 def keys(path: Path) -> set[str]:

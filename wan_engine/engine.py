@@ -303,7 +303,7 @@ class Engine:
             placements = {name: BlockStreamer(net, self.device, resident_blocks) for name, net in networks.items()}
         experts = Experts(networks, self.device, take_turns=take_turns, placements=placements)
         experts.compiled = self.compile
-        return pipeline.Networks(text_encoder, vae, experts, vace=spec.is_vace)
+        return pipeline.Networks(text_encoder, vae, experts, vace=spec.is_vace, image_to_video=spec.is_image_to_video)
 
     def _prepared(self, network: WanDiT, precision: str) -> WanDiT:
         """`network` with the attention backend of `precision`, compiled when the engine compiles."""
@@ -378,6 +378,8 @@ class Engine:
                 plan=checked.plan,
                 controls=_control_streams(request),
                 references=list(request.image_refs),
+                image_start=request.image_start,
+                image_end=request.image_end,
                 loras=loras,
                 lora_schedule=checked.lora_schedule,
             )
@@ -581,8 +583,33 @@ def _check_inputs(request: GenerationRequest, spec: ModelSpec) -> None:
         if not isinstance(weight, (int, float)) or not np.isfinite(weight):
             raise InvalidRequest(name, f"must be a finite number, got {weight!r}")
     for index, image in enumerate(request.image_refs):
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        if not _is_rgb_image(image):
             raise InvalidRequest(f"image_refs[{index}]", "must be a uint8 [H, W, 3] image")
+    _check_frame_images(request, spec)
+
+
+def _is_rgb_image(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 3 and value.shape[2] == 3
+
+
+def _check_frame_images(request: GenerationRequest, spec: ModelSpec) -> None:
+    """image_start / image_end: only for an image-to-video model, which needs at least one, each a
+    uint8 image of exactly the requested size."""
+    images = {"image_start": request.image_start, "image_end": request.image_end}
+    given = [name for name, image in images.items() if image is not None]
+    if given and not spec.is_image_to_video:
+        raise InvalidRequest(
+            given[0], f"model {spec.key!r} is not an image-to-video model (use an i2v model, e.g. i2v_2_2)"
+        )
+    if spec.is_image_to_video and not given:
+        raise InvalidRequest("image_start", f"model {spec.key!r} is image-to-video: give image_start and/or image_end")
+    for name in given:
+        image = images[name]
+        if not _is_rgb_image(image):
+            raise InvalidRequest(name, "must be a uint8 [H, W, 3] image")
+        if image.shape[:2] != (request.height, request.width):
+            got, wanted = f"{image.shape[1]}x{image.shape[0]}", f"{request.width}x{request.height}"
+            raise InvalidRequest(name, f"is {got}, the requested resolution is {wanted}")
 
 
 def _check_array(name: str, value: Any, shape: tuple[int, ...]) -> None:

@@ -2,7 +2,8 @@
 
     prompt -> umT5 context (the negative one only when some phase uses CFG)
            -> seeded initial noise
-           -> VACE conditioning (control videos, masks, reference images)
+           -> VACE conditioning (control videos, masks, reference images), or
+              image-to-video conditioning (first / last frame: mask + latents, wan_engine.i2v)
            -> denoising over the phase plan (expert, guidance and LoRA multipliers per step)
            -> VAE decode (reference frames trimmed) -> frames [F, H, W, 3] uint8
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wan_engine import vace
+from wan_engine import i2v, vace
 from wan_engine.errors import GenerationCancelled
 from wan_engine.lora import LoraWeights, applied_loras
 from wan_engine.memory import Experts, HostResident
@@ -60,6 +61,8 @@ class Job:
     plan: list[StepPlan]
     controls: list[ControlStream] = field(default_factory=list)  # empty for text-to-video
     references: list[np.ndarray] = field(default_factory=list)  # uint8 [h,w,3] each, VACE only
+    image_start: np.ndarray | None = None  # uint8 [H,W,3], image-to-video only
+    image_end: np.ndarray | None = None  # uint8 [H,W,3], image-to-video only
     loras: list[LoraWeights] = field(default_factory=list)
     lora_schedule: list[list[float]] = field(default_factory=list)  # [lora][step] multipliers
 
@@ -102,6 +105,7 @@ class Networks:
     vae: nn.Module  # on the device
     experts: Experts  # "main", or "high" and "low"
     vace: bool  # the DiT carries VACE blocks
+    image_to_video: bool = False  # the DiT reads the I2V conditioning channels
 
 
 class PhaseTimer:
@@ -149,6 +153,10 @@ def generate(
     with timer.measure("vace_encode"):
         controls = control_contexts(networks.vae, job) if networks.vace else []
     num_references = len(job.references) if networks.vace else 0
+    condition = None
+    if networks.image_to_video:
+        with timer.measure("image_encode"):
+            condition = i2v.image_condition(networks.vae, job.image_start, job.image_end, job.num_frames)
 
     noise = initial_noise(job.seed, latent_shape(job, num_references), device)
     latents = denoise(
@@ -158,6 +166,7 @@ def generate(
         context,
         negative,
         controls,
+        condition=condition,
         on_step=on_step,
         should_cancel=should_cancel,
         timer=timer,
@@ -207,6 +216,7 @@ def denoise(
     negative: torch.Tensor | None,
     controls: Sequence[tuple[torch.Tensor, float]],
     *,
+    condition: torch.Tensor | None = None,
     on_step: StepCallback,
     should_cancel: Callable[[], bool],
     timer: PhaseTimer,
@@ -217,6 +227,9 @@ def denoise(
     installs the LoRAs on it for the run's duration. Every step first checks `should_cancel`
     (raising GenerationCancelled), then predicts the flow, with a second, unconditional pass only
     when the step's guidance differs from 1, and reports itself through `on_step`.
+
+    condition: the image-to-video channels [1, 20, T, h, w] (wan_engine.i2v), concatenated after
+    the latents at every call, or None.
     """
     vace_context = [c for c, _ in controls] or None
     vace_scale = [s for _, s in controls] or 1.0
@@ -234,9 +247,10 @@ def denoise(
                     if job.loras:
                         loras.set_step(step.step)
                     t = torch.full((1,), step.timestep, device=latents.device)
-                    flow = network(latents, t, context, vace_context, vace_scale)
+                    inputs = latents if condition is None else torch.cat([latents, condition], dim=1)
+                    flow = network(inputs, t, context, vace_context, vace_scale)
                     if step.needs_unconditional:
-                        unconditional = network(latents, t, negative, vace_context, vace_scale)
+                        unconditional = network(inputs, t, negative, vace_context, vace_scale)
                         flow = classifier_free_guidance(flow, unconditional, step.guidance)
                     latents = job.sampler.step(flow, latents)
                 on_step(step)

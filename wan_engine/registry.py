@@ -66,6 +66,8 @@ class Architecture:
 
     dit: str
     vace_layers: str | None = None
+    image_to_video: bool = False  # the DiT takes first / last frame conditioning (wan_engine.i2v)
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # sampling defaults under each definition's own
     vae: str = "WAN21_VAE"
     text_encoder: str = "UMT5_XXL"
     vae_file: str = "Wan2.1_VAE.safetensors"
@@ -79,6 +81,10 @@ _TINY_FILES = dict(
     vae="TINY_VAE", text_encoder="TINY_UMT5", vae_file="tiny_vae.safetensors",
     text_encoder_file="tiny_umt5.safetensors", tokenizer_folder="tiny_umt5", shared_files_url=TINY_MODELS_URL,
 )  # fmt: skip
+# Wan 2.2 I2V A14B: the official boundary 0.900 (image2video config) and Wan2GP's i2v_2_2 defaults.
+I2V_2_2_DEFAULTS = dict(
+    guidance_phases=2, switch_threshold=900.0, guidance_scale=3.5, guidance2_scale=3.5, flow_shift=5.0
+)  # fmt: skip
 ARCHITECTURES: dict[str, Architecture] = {
     "t2v_1.3B": Architecture("WAN21_1_3B"),
     "t2v": Architecture("WAN21_14B"),
@@ -86,10 +92,12 @@ ARCHITECTURES: dict[str, Architecture] = {
     "vace_14B": Architecture("WAN21_14B", "VACE_14B_LAYERS"),
     "t2v_2_2": Architecture("WAN22_A14B_EXPERT"),
     "vace_14B_2_2": Architecture("WAN22_A14B_EXPERT", "VACE_14B_LAYERS"),
+    "i2v_2_2": Architecture("WAN22_A14B_I2V_EXPERT", image_to_video=True, defaults=I2V_2_2_DEFAULTS),
     "tiny_t2v": Architecture("TINY_DIT", **_TINY_FILES),
     "tiny_vace": Architecture("TINY_DIT", "TINY_VACE_LAYERS", **_TINY_FILES),
     "tiny_t2v_2_2": Architecture("TINY_DIT", **_TINY_FILES),
     "tiny_vace_2_2": Architecture("TINY_DIT", "TINY_VACE_LAYERS", **_TINY_FILES),
+    "tiny_i2v_2_2": Architecture("TINY_I2V_DIT", image_to_video=True, defaults=I2V_2_2_DEFAULTS, **_TINY_FILES),
 }
 
 FileChoice = tuple[str, ...]  # alternative file names (relative to models_dir), preferred first
@@ -135,6 +143,11 @@ class ModelSpec:
     @property
     def is_vace(self) -> bool:
         return ARCHITECTURES[self.architecture].vace_layers is not None
+
+    @property
+    def is_image_to_video(self) -> bool:
+        """The model generates from a first and/or last frame (image_start / image_end)."""
+        return ARCHITECTURES[self.architecture].image_to_video
 
     @property
     def dit_config(self) -> dict[str, Any]:
@@ -407,7 +420,10 @@ class ModelRegistry:
             vae_file=vae_file,
             text_encoder_file=text_encoder_file,
             tokenizer_folder=tokenizer.rpartition("/")[0],
-            defaults={k: v for k, v in definition.items() if k not in ("model", "loras", "loras_multipliers")},
+            defaults={
+                **arch.defaults,
+                **{k: v for k, v in definition.items() if k not in ("model", "loras", "loras_multipliers")},
+            },
             loras=tuple(loras),
             lora_multipliers=tuple(str(m) for m in multipliers),
             layout=layout,

@@ -17,6 +17,8 @@ class GenerationRequest:
     Video inputs are arrays already read from disk:
     video_guide uint8 [F,H,W,3]; video_mask uint8 [F,H,W] with 255 = generate, 0 = keep;
     image_refs: list of uint8 [H,W,3].
+    image_start / image_end: uint8 [height, width, 3], the first / last frame of an image-to-video
+    model's video (at least one of them for such a model; no other model takes them).
     """
 
     model: str
@@ -43,6 +45,8 @@ class GenerationRequest:
     control_net_weight: float = 1.0
     control_net_weight2: float = 1.0
     image_refs: list[np.ndarray] = field(default_factory=list)
+    image_start: np.ndarray | None = None
+    image_end: np.ndarray | None = None
     lora_names: list[str] | None = None
     lora_multipliers: list[str] | None = None
     precision: str | None = None  # one of PRECISIONS; None: the engine's setting

@@ -123,6 +123,8 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     _f("video_guide2", PATH, "second control video", forms=frozenset({GENERATE})),
     _f("video_mask2", PATH, "mask of the second control video", forms=frozenset({GENERATE})),
     _f("image_refs", PATHS, "reference images", forms=frozenset({GENERATE})),
+    _f("image_start", PATH, "first frame of an image-to-video model's video", forms=frozenset({GENERATE})),
+    _f("image_end", PATH, "last frame of an image-to-video model's video", forms=frozenset({GENERATE})),
     _f("control_net_weight", FLOAT, "strength of the control video", minimum=0.0, maximum=10.0, default=1.0,
        forms=frozenset({GENERATE})),
     _f("control_net_weight2", FLOAT, "strength of the second control video", minimum=0.0, maximum=10.0,

@@ -13,6 +13,7 @@ runs the whole download path):
     tiny_vace_module.safetensors              its VACE blocks (vace_patch_embedding.*, vace_blocks.*)
     tiny_t2v_2_2_{high,low}.safetensors       the two Wan 2.2 experts
     tiny_vace_2_2_module_{high,low}.safetensors
+    tiny_i2v_2_2_{high,low}.safetensors       the two Wan 2.2 image-to-video experts (input 36 channels)
     tiny_vae.safetensors, tiny_umt5.safetensors, tiny_umt5/tokenizer.json
     loras/tiny_kohya.safetensors              kohya layout (lora_unet_ prefix, lora_down/lora_up/alpha)
     loras/tiny_peft.safetensors               PEFT layout (diffusion_model. prefix, lora_A/lora_B)
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wan_engine.nn.dit import TINY_DIT, TINY_VACE_LAYERS, VACE_IN_DIM, WanDiT
+from wan_engine.nn.dit import TINY_DIT, TINY_I2V_DIT, TINY_VACE_LAYERS, VACE_IN_DIM, WanDiT
 from wan_engine.nn.t5 import TINY_UMT5, UMT5Encoder
 from wan_engine.nn.vae import TINY_VAE, WanVAE
 from wan_engine.tokenizer import write_tiny_tokenizer
@@ -48,6 +49,11 @@ def tiny_dit(vace: bool = False) -> WanDiT:
     if vace:
         return WanDiT(**TINY_DIT, vace_layers=TINY_VACE_LAYERS, vace_in_dim=VACE_IN_DIM)
     return WanDiT(**TINY_DIT)
+
+
+def tiny_i2v_dit() -> WanDiT:
+    """The tiny image-to-video DiT (36 input channels)."""
+    return WanDiT(**TINY_I2V_DIT)
 
 
 def tiny_vae() -> WanVAE:
@@ -143,7 +149,7 @@ def write_tiny_models(folder: str | Path) -> Path:
     (folder / "loras").mkdir(parents=True, exist_ok=True)
 
     with torch.device("meta"):  # shapes only: nothing allocated, no init kernels
-        vace_dit, vae, text_encoder = tiny_dit(vace=True), tiny_vae(), tiny_text_encoder()
+        vace_dit, i2v_dit, vae, text_encoder = tiny_dit(vace=True), tiny_i2v_dit(), tiny_vae(), tiny_text_encoder()
     base, vace = split_vace(random_state(vace_dit, _seed("tiny_t2v")))
     _write(base, folder / "tiny_t2v.safetensors")
     _write(vace, folder / "tiny_vace_module.safetensors")
@@ -151,6 +157,8 @@ def write_tiny_models(folder: str | Path) -> Path:
         base, vace = split_vace(random_state(vace_dit, _seed(f"tiny_t2v_2_2_{expert}")))
         _write(base, folder / f"tiny_t2v_2_2_{expert}.safetensors")
         _write(vace, folder / f"tiny_vace_2_2_module_{expert}.safetensors")
+        name = f"tiny_i2v_2_2_{expert}"
+        _write(random_state(i2v_dit, _seed(name)), folder / f"{name}.safetensors")
 
     _write(random_state(vae, _seed("tiny_vae")), folder / "tiny_vae.safetensors")
     _write(random_state(text_encoder, _seed("tiny_umt5")), folder / "tiny_umt5.safetensors")

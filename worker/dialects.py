@@ -56,14 +56,6 @@ NEUTRAL_VALUES: dict[str, Any] = {
     "adjust_brightness_subsequent_starting_frames": 0, "cfg_star_switch": 0, "cfg_zero_step": -1,
 }  # fmt: skip
 
-NEEDS_I2V = "needs an image-to-video model, which this worker does not have yet"
-
-
-def needs_image_to_video(field: str, what: str) -> ValidationError:
-    """The one error for the forms that need image-to-video (i2v travel, SVI, ...)."""
-    return ValidationError(field, f"{what} {NEEDS_I2V}")
-
-
 def flatten_generation_task(params: Mapping[str, Any]) -> dict[str, Any]:
     """The seed's GenerationTask row `{"model", "prompt", "parameters": {...}}` as one flat mapping;
     a key given both inside and outside `parameters` with different values fails naming both."""

@@ -1,4 +1,9 @@
-"""The Wan video diffusion transformer (Wan 2.1 / 2.2 text-to-video) with the VACE control branch.
+"""The Wan video diffusion transformer (Wan 2.1 / 2.2 text-to-video and Wan 2.2 A14B image-to-video)
+with the VACE control branch.
+
+The Wan 2.2 A14B image-to-video experts are this same network with a wider input (I2V_IN_DIM): the
+noisy latents concatenated with the conditioning latents (wan_engine/i2v.py); they have no CLIP
+image branch (Wan 2.1 I2V had one).
 
 Parameter names are those of the official checkpoints (`blocks.N.self_attn.q.weight`, ...), so the
 files users have load without conversion; `diffusers_to_official` renames the diffusers layout.
@@ -34,6 +39,8 @@ WAN22_A14B_EXPERT = dict(WAN21_14B)  # each of the two Wan 2.2 A14B experts has 
 VACE_1_3B_LAYERS = list(range(0, 30, 2))
 VACE_14B_LAYERS = list(range(0, 40, 5))
 VACE_IN_DIM = 96  # 16 inactive + 16 reactive latent channels + 64 mask channels (8x8 pixels per latent)
+I2V_IN_DIM = 36  # 16 noisy latent channels + 4 temporal mask channels + 16 conditioning latent channels
+WAN22_A14B_I2V_EXPERT = dict(WAN22_A14B_EXPERT, in_dim=I2V_IN_DIM)
 
 RECOMPILE_LIMIT = 64  # graphs per block kind torch.compile may keep (its default, 8, is too few here)
 
@@ -42,6 +49,7 @@ TINY_DIT = dict(
     text_dim=32, patch_size=(1, 2, 2), qk_norm=True, cross_attn_norm=True, eps=1e-6,
 )  # fmt: skip
 TINY_VACE_LAYERS = [0, 2]
+TINY_I2V_DIT = dict(TINY_DIT, in_dim=I2V_IN_DIM)
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [L, head_dim // 2] fp32
 

@@ -32,7 +32,6 @@ from worker.dialects import (
     flatten_generation_task,
     ignored_params,
     model_and_preset,
-    needs_image_to_video,
     sampling,
 )
 from worker.errors import ValidationError
@@ -40,7 +39,7 @@ from worker.handlers import HandlerResult, TaskContext, register
 from worker.params import REQUIRED, ParamReader, parse_resolution, round_to_frame_count
 from worker.paths import output_file
 from worker.resources import WorkerResources
-from worker.video import VideoWriter, iter_frames, read_image, save_png, thumbnail_path
+from worker.video import VideoWriter, iter_frames, load_image, read_image, save_png, thumbnail_path
 
 DEFAULT_OUTPUT_NAME = "video.mp4"
 DEFAULT_IMAGE_NAME = "image.png"
@@ -79,8 +78,6 @@ def resolve_model(resources: WorkerResources, reader: ParamReader, default: str)
     try:
         return registry.get(key)
     except UnknownModel as error:
-        if "i2v" in key.lower():  # e.g. headless Wan2GP's wan_2_2_i2v_lightning_baseline_2_2_2
-            raise needs_image_to_video(reader.label(name), f"model {echo(key)}") from None
         raise ValidationError(reader.label(name), error.rule) from None
 
 
@@ -272,6 +269,8 @@ def read_generation(params: Mapping[str, Any], *, resources: WorkerResources, li
         control_net_weight2=reader.field("control_net_weight2"),
         image_refs=[_reference_image(path, f"image_refs[{i}]")
                     for i, path in enumerate(reader.input_files("image_refs", []))],
+        image_start=_frame_image(reader, "image_start", width, height),
+        image_end=_frame_image(reader, "image_end", width, height),
     )
     length_source = reader.source("video_length") if not one_frame else IMAGE_TASK
     if video_length != asked_length:
@@ -352,6 +351,13 @@ def _mask_video(reader: ParamReader, field: str, length: int, width: int, height
     if frames is None:
         return None
     return np.where(frames.mean(axis=-1) > 127.5, 255, 0).astype(np.uint8)
+
+
+def _frame_image(reader: ParamReader, field: str, width: int, height: int) -> np.ndarray | None:
+    """The first / last frame of an image-to-video generation, fitted to the resolution like every
+    keyframe (video.load_image); the engine refuses it for a model that is not image-to-video."""
+    path = reader.input_file(field, None)
+    return None if path is None else load_image(path, width, height, field=field)
 
 
 def _reference_image(path: Path, field: str) -> np.ndarray:

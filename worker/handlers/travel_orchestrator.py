@@ -1,8 +1,10 @@
 """`travel_orchestrator`: validate a travel job and expand it into its children, in one transaction.
 
 For N keyframes: N-1 `travel_segment` rows (chained segments each depend on the previous one, whose
-last frames open them; independent ones depend on nothing) and one `travel_stitch` depending on
-every segment. The orchestrator then stays 'In Progress', parked, until the stitch completes it (or
+last frames open them; independent ones depend on nothing, so several workers can claim them at
+once) and one `travel_stitch` depending on every segment. The model is a VACE model (the segments
+follow guide videos) or an image-to-video model (each segment is conditioned on its start and end
+frames). The orchestrator then stays 'In Progress', parked, until the stitch completes it (or
 a child's failure or cancellation ends it). Children carry `child_key` ("segment-<i>", "stitch"),
 so a re-run orchestrator (a crash, a lost lease) finds its children and inserts nothing. The plan
 is stored once, on the stitch row; each segment row carries only its own segment and the job's
@@ -18,6 +20,7 @@ parked row's progress and in the job's result_data as `ignored_params`, and logg
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from worker.errors import ValidationError
@@ -60,9 +63,11 @@ def stored_segment_job(params: dict[str, Any]) -> SegmentJob:
 def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
     plan, reader = read_travel(ctx.task.params, ctx.config.limits)
     spec = resolve_model(ctx.resources, reader, DEFAULT_MODEL)
-    if not spec.is_vace:
+    if not (spec.is_vace or spec.is_image_to_video):
         raise ValidationError(reader.label("preset" if plan.preset else "model"),
-                              f"{spec.key!r} is not a VACE model; travel needs one (e.g. {DEFAULT_MODEL})")
+                              f"{spec.key!r} is neither a VACE nor an image-to-video model; travel needs one "
+                              f"(e.g. {DEFAULT_MODEL} or i2v_2_2)")
+    plan = replace(plan, image_to_video=spec.is_image_to_video)
     prompts = {name: max((getattr(segment, name) for segment in plan.segments), key=len)
                for name in ("prompt", "negative_prompt")}  # the longest of each, for the length limit
     checked: set[str] = set()

@@ -1,5 +1,11 @@
-"""`travel_segment`: one VACE generation from a keyframe (or the previous segment's last frames) to
-the next keyframe; `individual_travel_segment`: one segment of a travel job re-made on its own.
+"""`travel_segment`: one VACE or image-to-video generation from a keyframe (or the previous segment's
+last frames) to the next keyframe; `individual_travel_segment`: one segment of a travel job re-made
+on its own.
+
+Image-to-video: the segment is conditioned on its start frame (image_start) and the next keyframe
+(image_end). Chained, the start frame is the previous segment's frame where their overlap begins
+(its last frame without overlap), so the overlapping frames run side by side for the cross-fade;
+independent segments start on their own keyframe and read no predecessor.
 
 The guide opens with the previous segment's last `overlap` frames (read from its output_location;
 dependant_on guarantees it is Complete) or, for the first segment and independent ones, the start
@@ -39,6 +45,7 @@ from worker.handlers.generate import (
     install_lora_urls,
     publish_outputs,
     report_ignored,
+    resolve_model,
     run_generation,
     write_video,
 )
@@ -48,7 +55,7 @@ from worker.params import ParamReader, local_path, round_to_frame_count
 from worker.paths import output_file
 from worker.store import CHILD_KEY_PARAM, Task
 from worker.travel.guide import segment_guide
-from worker.travel.plan import HEADLESS_KEY, SegmentJob, read_travel
+from worker.travel.plan import DEFAULT_MODEL, HEADLESS_KEY, SegmentJob, read_travel
 from worker.video import check_image, load_image, read_last_frames
 
 INDIVIDUAL_TASK = "individual_travel_segment"
@@ -83,21 +90,38 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     end = None
     if segment.end_image is not None:
         end = _keyframe(segment.end_image, job, f"images[{index + 1}]")
-    # With an overlap the previous segment's last frames open the guide, so the start image is not decoded.
-    start = tail = None
-    head = 0 if job.independent else segment.overlap  # frames of what came before that open the guide
-    if head and segment.previous_video is not None:
-        tail = _last_frames(local_path(segment.previous_video, "continue_from_video"), head, "continue_from_video")
-    elif head:
+    continues = not job.independent and (index > 0 or segment.previous_video is not None)
+
+    def preceding(count: int) -> np.ndarray:
+        """The last `count` frames of what this segment continues: the video its journey continues,
+        or the previous segment's output."""
+        if segment.previous_video is not None:
+            video = local_path(segment.previous_video, "continue_from_video")
+            return _last_frames(video, count, "continue_from_video")
         if previous_id is None:
-            raise ValidationError("previous_segment_task_id", f"segment {index} overlaps its previous segment, "
+            raise ValidationError("previous_segment_task_id", f"segment {index} continues its previous segment, "
                                                               "and the row names none (no dependency)")
-        tail = _previous_tail(ctx, previous_id, head)
-    elif segment.previous_video is not None:  # a continued journey without overlap opens on the video's last frame
-        start = _last_frames(local_path(segment.previous_video, "continue_from_video"), 1, "continue_from_video")[-1]
-    else:
-        start = _keyframe(segment.start_image, job, f"images[{index}]")
-    guide = segment_guide(segment.frames, head, start, end, tail)
+        return _previous_tail(ctx, previous_id, count)
+
+    if job.image_to_video:  # conditioned on its first and last frames
+        if continues:  # the frame where the overlap with what came before begins (its last frame without one)
+            start = preceding(max(segment.overlap, 1))[0]
+        else:
+            start = _keyframe(segment.start_image, job, f"images[{index}]")
+        conditioning = {"image_start": start, "image_end": end}
+        kept_frames = [0, segment.frames - 1] if end is not None else [0]
+    else:  # VACE: a guide video; with an overlap, what came before opens it, so the start image is not decoded
+        head = segment.overlap if continues else 0
+        start = tail = None
+        if head:
+            tail = preceding(head)
+        elif segment.previous_video is not None:  # a continued journey without overlap opens on the video's end
+            start = preceding(1)[-1]
+        else:
+            start = _keyframe(segment.start_image, job, f"images[{index}]")
+        guide = segment_guide(segment.frames, head, start, end, tail)
+        conditioning = {"video_guide": guide.guide, "video_mask": guide.mask}
+        kept_frames = guide.kept_frames
 
     request = GenerationRequest(
         model=job.preset or job.model,
@@ -107,8 +131,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
         height=job.height,
         video_length=segment.frames,
         seed=segment.seed,
-        video_guide=guide.guide,
-        video_mask=guide.mask,
+        **conditioning,
         **job.sampling,
     )
     ctx.raise_if_cancelled()
@@ -137,7 +160,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
         thumbnail=thumbnail,
     )
     result_data.update(segment_index=index, orchestrator_task_id=params.get("orchestrator_task_id"),
-                       kept_frames=guide.kept_frames, ignored_params=ignored)
+                       kept_frames=kept_frames, ignored_params=ignored)
     return HandlerResult(output_location=publish_outputs(ctx, result_data, output, thumbnail), result_data=result_data)
 
 
@@ -174,7 +197,8 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
     if not 0 <= segment.overlap < segment.frames:
         raise ValidationError("frame_overlap_from_previous", f"{segment.overlap} frames do not fit a "
                                                              f"{segment.frames}-frame segment")
-    job = replace(SegmentJob.of(plan, index), segment=segment)
+    spec = resolve_model(ctx.resources, details, DEFAULT_MODEL)
+    job = replace(SegmentJob.of(plan, index), segment=segment, image_to_video=spec.is_image_to_video)
     if len(readers) > 1:  # individual_segment_params may carry the segment's own phase config and LoRAs
         own_params = readers[-1]
         own_params.used.update(("phase_config", "segment_loras"))

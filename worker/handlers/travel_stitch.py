@@ -43,7 +43,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     continued = [local_path(plan.continue_from, "continue_from_video")] if plan.continue_from else []
     videos = [segment_video(segment, f"segment_task_ids[{i}]") for i, segment in enumerate(segments)]
     stitched = stitch([*continued, *videos], plan.overlaps,
-                      output_file(ctx.output_dir, OUTPUT_NAME), plan.fps)
+                      output_file(ctx.output_dir, OUTPUT_NAME), plan.fps, plan.shared_frames)
     if stitched.frames != plan.expected_frames:
         raise RuntimeError(f"stitched {stitched.frames} frames; the plan expects {plan.expected_frames}")
     stitched_at = time.perf_counter()

@@ -46,13 +46,7 @@ from typing import Any
 from wan_engine.errors import echo
 from wan_engine.schema import DEFAULT_LIMITS, MAX_SEED, RANDOM_SEED, RESOLUTION_MULTIPLE, TRAVEL, Limits
 from wan_engine.schema import split_resolution as _split_resolution
-from worker.dialects import (
-    compose_prompt,
-    ignored_params,
-    needs_image_to_video,
-    sampling,
-    segment_overrides,
-)
+from worker.dialects import compose_prompt, ignored_params, sampling, segment_overrides
 from worker.errors import ValidationError
 from worker.params import ParamReader, local_path, parse_resolution, round_to_frame_count, to_int, validation_errors
 from worker.video import check_image, probe
@@ -128,6 +122,7 @@ class TravelPlan:
     continue_from: str | None = None  # a video this journey continues (stitched first)
     continue_frames: int = 0
     segment_sampling: tuple[dict[str, Any], ...] = ()  # per segment, what it sets over `sampling`
+    image_to_video: bool = False  # an i2v model (the orchestrator sets it): segments take start and end frames
 
     @property
     def resolution(self) -> str:
@@ -139,6 +134,12 @@ class TravelPlan:
         segments), one per join: what `stitch` takes."""
         return [segment.overlap for segment in (self.segments if self.continue_from else self.segments[1:])]
 
+    @property
+    def shared_frames(self) -> list[int]:
+        """Frames the stitch keeps once per join: 1 where an image-to-video segment opens on exactly
+        the frame its predecessor ended on (no overlap), else 0."""
+        return [int(self.image_to_video and overlap == 0) for overlap in self.overlaps]
+
     def sampling_of(self, index: int) -> dict[str, Any]:
         """The sampling fields of segment `index`: the job's, with the segment's own overrides."""
         own = self.segment_sampling[index] if self.segment_sampling else {}
@@ -146,8 +147,9 @@ class TravelPlan:
 
     @property
     def expected_frames(self) -> int:
-        """Length of the stitched video: the continued video's frames + sum(frames) - sum(overlaps)."""
-        return self.continue_frames + sum(segment.new_frames for segment in self.segments)
+        """Length of the stitched video: the continued video's frames + sum(frames) - sum(overlaps)
+        - sum(shared_frames)."""
+        return self.continue_frames + sum(segment.new_frames for segment in self.segments) - sum(self.shared_frames)
 
     def to_params(self) -> dict[str, Any]:
         """JSON-ready dict; `expected_frames` is written for operators reading the row."""
@@ -167,6 +169,7 @@ class TravelPlan:
             "continue_from": self.continue_from,
             "continue_frames": self.continue_frames,
             "segment_sampling": [dict(overrides) for overrides in self.segment_sampling],
+            "image_to_video": self.image_to_video,
             "expected_frames": self.expected_frames,
         }
 
@@ -191,6 +194,7 @@ class TravelPlan:
             continue_from=params["continue_from"],
             continue_frames=params["continue_frames"],
             segment_sampling=tuple(dict(overrides) for overrides in params["segment_sampling"]),
+            image_to_video=params["image_to_video"],
         )
         if params.get("expected_frames", plan.expected_frames) != plan.expected_frames:
             raise ValidationError("expected_frames", "does not match the stored segments")
@@ -212,6 +216,7 @@ class SegmentJob:
     segment_count: int
     expected_frames: int
     independent: bool = False  # the segment opens on its own keyframe, not on the previous output
+    image_to_video: bool = False  # conditioned on start and end frames instead of a guide video
 
     def to_params(self) -> dict[str, Any]:
         return {**asdict(self), "segment": asdict(self.segment)}
@@ -223,7 +228,8 @@ class SegmentJob:
     @classmethod
     def of(cls, plan: TravelPlan, index: int) -> SegmentJob:
         return cls(plan.segments[index], plan.model, plan.preset, plan.width, plan.height, plan.fps,
-                   plan.sampling_of(index), len(plan.segments), plan.expected_frames, plan.independent)
+                   plan.sampling_of(index), len(plan.segments), plan.expected_frames, plan.independent,
+                   plan.image_to_video)
 
 
 def is_headless_form(params: Mapping[str, Any]) -> bool:
@@ -277,7 +283,7 @@ class _Planner:
         return self.reader.label(name)
 
     def plan(self) -> TravelPlan:
-        self._check_travel_mode()
+        image_to_video_mode = self._travel_mode()
         images = self._images()
         width, height = self._resolution()
         continued = self._continued_video(width, height)
@@ -286,7 +292,7 @@ class _Planner:
         starts = [continued[0], *images] if continued else images
         count = len(images) if continued else max(1, len(images) - 1)
         self._check_declared_count(count)
-        chained = not self._independent() or continued is not None
+        chained = not self._independent(image_to_video_mode) or continued is not None
         prompts = self._prompts(count)
         negative_prompts = self._negative_prompts(count)
         asked = self._segment_frames(count)
@@ -362,25 +368,28 @@ class _Planner:
 
     # ---- what kind of journey ----
 
-    def _check_travel_mode(self) -> None:
-        """VACE travel only: image-to-video travel (Reigh's `model_type: "i2v"`, SVI) needs an i2v model."""
+    def _travel_mode(self) -> bool:
+        """True for Reigh's `model_type: "i2v"` (image-to-video travel), False for "vace"; SVI
+        end-frame chaining (`use_svi`) is refused."""
         mode = self.reader.text("model_type", "vace")
-        if mode != "vace":
-            raise needs_image_to_video(self.reader.prefix + "model_type", f"travel with model_type {echo(mode)}")
+        if mode not in ("vace", "i2v"):
+            raise ValidationError(self.reader.prefix + "model_type", f"must be \"vace\" or \"i2v\", got {echo(mode)}")
         if self.reader.flag("use_svi", False):
-            raise needs_image_to_video(self.reader.prefix + "use_svi", "SVI travel")
+            raise ValidationError(self.reader.prefix + "use_svi", "SVI end-frame chaining is not supported")
+        return mode == "i2v"
 
-    def _independent(self) -> bool:
+    def _independent(self, image_to_video_mode: bool) -> bool:
         """Segments are independent (each opens on its own keyframe) when `chain_segments` is false
-        or, without it, `independent_segments` is true; the two may not contradict each other."""
+        or, without it, `independent_segments` is true; the two may not contradict each other. The
+        headless orchestrator never chains `model_type: "i2v"` segments, so neither does this."""
         chain = self.reader.flag("chain_segments", True) if self.reader.has("chain_segments") else None
         independent = (self.reader.flag("independent_segments", False)
                        if self.reader.has("independent_segments") else None)
-        if chain is not None and independent is not None and chain == independent:
-            raise ValidationError(self.reader.prefix + "independent_segments",
-                                  f"is {str(independent).lower()} but chain_segments is {str(chain).lower()}")
-        if self.independent:
+        if self.independent or image_to_video_mode:
             return True
+        if chain is not None and independent is not None and chain == independent:
+            raise ValidationError(self.reader.prefix + "chain_segments",
+                                  f"is {str(chain).lower()}, which contradicts independent_segments")
         return not chain if chain is not None else bool(independent)
 
     def _check_declared_count(self, count: int) -> None:

@@ -6,6 +6,9 @@ concatenated: frame k of the overlap is `(1 - w[k]) * tail_i[k] + w[k] * head_{i
 weights rising from near 0 to near 1, so neither segment's version appears twice and the hand-over
 has no visible cut. The result has sum(frames) - sum(overlaps) frames.
 
+Segments that share their joining frame exactly (image-to-video segments both conditioned on the
+same frame: `shared[i]` = 1) are concatenated instead, that frame kept once (the outgoing one).
+
 Streaming: each segment is decoded frame by frame and written straight to the encoder, holding back
 only the frames that the next segment will blend with (at most `overlap` frames), so memory does not
 grow with the number of segments.
@@ -57,8 +60,10 @@ def stitch(
     overlaps: Sequence[int],
     output_path: str | os.PathLike[str],
     fps: float,
+    shared: Sequence[int] | None = None,
 ) -> StitchResult:
-    """Stitch K segment videos; overlaps[i] frames are shared by segments i and i+1 (K-1 entries).
+    """Stitch K segment videos; overlaps[i] frames are shared by segments i and i+1 (K-1 entries),
+    cross-faded; shared[i] leading frames of segment i+1 repeat segment i's end and are dropped.
 
     Writes output_path (H.264 mp4, see video.VideoWriter) and its thumbnail. Raises ValueError when
     the segments differ in size or one is too short for the overlaps at its two ends; the output
@@ -70,9 +75,12 @@ def stitch(
         raise ValueError(f"{len(segment_paths)} segments need {len(segment_paths) - 1} overlaps, got {len(overlaps)}")
     if any(overlap < 0 for overlap in overlaps):
         raise ValueError(f"overlaps must be >= 0, got {list(overlaps)}")
+    shared = list(shared) if shared is not None else [0] * len(overlaps)
+    if len(shared) != len(overlaps) or any(count < 0 for count in shared):
+        raise ValueError(f"shared needs {len(overlaps)} counts >= 0, got {shared}")
 
     output_path = Path(output_path)
-    frames = stitched_frames(segment_paths, overlaps)
+    frames = stitched_frames(segment_paths, overlaps, shared)
     first_frame = next(frames, None)
     if first_frame is None:
         raise ValueError(f"{segment_paths[0]}: no frames")
@@ -88,7 +96,7 @@ def stitch(
 
 
 def stitched_frames(
-    segment_paths: Sequence[str | os.PathLike[str]], overlaps: Sequence[int]
+    segment_paths: Sequence[str | os.PathLike[str]], overlaps: Sequence[int], shared: Sequence[int] | None = None
 ) -> Iterator[np.ndarray]:
     """The stitched video frame by frame, uint8 [H, W, 3]; holds at most one overlap of frames.
 
@@ -100,15 +108,18 @@ def stitched_frames(
     for index, path in enumerate(segment_paths):
         head = overlaps[index - 1] if index > 0 else 0
         tail = overlaps[index] if index < len(overlaps) else 0
+        skip = shared[index - 1] if index > 0 and shared is not None else 0
         weights = crossfade_weights(head)
         pending: deque[np.ndarray] = deque()
         count = 0
-        for frame in iter_frames(path):
+        for position, frame in enumerate(iter_frames(path)):
             size = size or frame.shape
             if frame.shape != size:
                 raise ValueError(
                     f"{path}: frames are {frame.shape[1]}x{frame.shape[0]}, the first segment's {size[1]}x{size[0]}"
                 )
+            if position < skip:
+                continue
             if count < head:
                 frame = blend(held[count], frame, weights[count])
             pending.append(frame)
