@@ -156,7 +156,7 @@ def test_independent_segments_open_on_their_own_keyframes_and_the_rule_is_record
     assert plan.frame_rule == HEADLESS_RULE + INDEPENDENT_RULE and plan.expected_frames == 9 + 9 - 4
     with pytest.raises(ValidationError) as error:
         plan_travel(reigh_orchestrator_row(images, chain_segments=True))
-    assert error.value.field == "orchestrator_details.independent_segments"
+    assert error.value.field == "orchestrator_details.chain_segments"
 
 
 def test_reighs_per_pair_phase_configs_and_loras_reach_their_segments(images: list[str]) -> None:
