@@ -13,10 +13,11 @@ import torch
 from wan_engine.engine import Engine, new_sampler
 from wan_engine.errors import InvalidRequest
 from wan_engine.i2v import conditioning_mask, conditioning_video, image_condition
-from wan_engine.lora import lora_multiplier_schedule
+from wan_engine.multipliers import lora_multiplier_schedule
 from wan_engine.phases import PhaseSettings, plan_steps
-from wan_engine.registry import ModelRegistry, resolve_parameters
+from wan_engine.registry import ModelRegistry
 from wan_engine.request import GenerationRequest
+from wan_engine.schema import resolve as resolve_parameters
 
 WIDTH, HEIGHT, FRAMES = 32, 32, 9
 MODEL = "tiny_i2v_2_2"
