@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from worker.handlers.generate import write_video
+from worker.generation import write_video
 from worker.inputs import InputFetcher
 from worker.storage import OutputStorage
 

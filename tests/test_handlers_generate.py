@@ -11,7 +11,7 @@ from conftest import wait_for
 from fault_injection import faults
 from worker.errors import ValidationError
 from worker.dialects import sampling
-from worker.handlers.generate import DEFAULT_MODELS
+from worker.generation import DEFAULT_MODELS
 from worker.params import ParamReader
 from worker.store import TaskStatus, TaskStore
 from worker.video import VideoWriter, probe, read_video

@@ -34,7 +34,7 @@ from wan_engine.loras import LORAS_FOLDER
 from wan_engine.schema import DEFAULT_LIMITS, Limits
 from worker.config import WorkerConfig
 from worker.db import connect, parse_uuid
-from worker.handlers.generate import DEFAULT_MODELS, read_generation, write_video
+from worker.generation import DEFAULT_MODELS, read_generation, write_video
 from worker.inputs import fetcher_for
 from worker.resources import WorkerResources, resolve_device
 from worker.store import Task, TaskStatus, TaskStore

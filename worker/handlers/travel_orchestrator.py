@@ -21,42 +21,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import Any
 
 from worker.errors import ValidationError
+from worker.generation import check_request, install_lora_urls, report_ignored, resolve_model
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.handlers.generate import check_request, install_lora_urls, report_ignored, resolve_model
 from worker.store import NewTask
-from worker.travel.plan import DEFAULT_MODEL, SegmentJob, TravelPlan, read_travel
+from worker.travel.plan import DEFAULT_MODEL, SegmentJob, read_travel
+from worker.travel_children import SEGMENT_JOB_PARAM
 
 SEGMENT_TASK = "travel_segment"
 STITCH_TASK = "travel_stitch"
 STITCH_KEY = "stitch"
-SEGMENT_JOB_PARAM = "job"
 TRAVEL_FIELDS = {"video_length": "segment_frames", "prompt": "prompts", "negative_prompt": "negative_prompts"}
 
 
 def segment_key(index: int) -> str:
     return f"segment-{index}"
-
-
-def stored_plan(params: dict[str, Any]) -> TravelPlan:
-    """The plan a stitch row carries in params['plan'], as its orchestrator wrote it; anything else (a
-    row written by hand) fails the child for good instead of being retried."""
-    try:
-        return TravelPlan.from_params(params["plan"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValidationError(
-            "plan", f"not a plan written by travel_orchestrator ({type(error).__name__}: {error})") from None
-
-
-def stored_segment_job(params: dict[str, Any]) -> SegmentJob:
-    """The segment job a segment row carries in params['job'], as its orchestrator wrote it."""
-    try:
-        return SegmentJob.from_params(params[SEGMENT_JOB_PARAM])
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValidationError(SEGMENT_JOB_PARAM,
-                              f"not a segment written by travel_orchestrator ({type(error).__name__}: {error})") from None
 
 
 @register("travel_orchestrator")

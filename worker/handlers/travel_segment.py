@@ -34,12 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 
 from worker.dialects import ignored_params, segment_overrides
 from worker.errors import ValidationError
-from worker.handlers import HandlerResult, TaskContext, register
-from worker.handlers.generate import (
+from worker.generation import (
     check_request,
     generation_result_data,
     install_lora_urls,
@@ -49,13 +47,12 @@ from worker.handlers.generate import (
     run_generation,
     write_video,
 )
-from worker.handlers.travel_orchestrator import SEGMENT_JOB_PARAM, stored_segment_job
-from worker.inputs import fetch_input, is_url
+from worker.handlers import HandlerResult, TaskContext, register
 from worker.params import ParamReader, local_path, round_to_frame_count
 from worker.paths import output_file
-from worker.store import CHILD_KEY_PARAM, Task
 from worker.travel.guide import segment_guide
 from worker.travel.plan import DEFAULT_MODEL, HEADLESS_KEY, SegmentJob, read_travel
+from worker.travel_children import SEGMENT_JOB_PARAM, report_job_progress, segment_video, stored_segment_job
 from worker.video import check_image, load_image, read_last_frames
 
 INDIVIDUAL_TASK = "individual_travel_segment"
@@ -219,43 +216,9 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
     return ignored, job, previous
 
 
-def report_job_progress(ctx: TaskContext, segment_count: int, expected_frames: int, *, phase: str,
-                        segments_done: int) -> None:
-    """Show the job's progress on the parked orchestrator, the row a backend watches: `segments_done`
-    of the job's segments, `current` the child writing it, `percent` the share of the job's children
-    (the segments and the stitch) finished. A database error is logged, never raised."""
-    progress = {
-        "phase": phase,
-        "segments_done": segments_done,
-        "segments": segment_count,
-        "percent": round(100.0 * segments_done / (segment_count + 1), 1),
-        "current": ctx.task.params.get(CHILD_KEY_PARAM),
-        "expected_frames": expected_frames,
-    }
-    try:
-        ctx.store.parent_progress(ctx.claim, progress)
-    except sa.exc.SQLAlchemyError as error:
-        ctx.log.warning("orchestrator progress not written", error=str(error))
-
-
 def _keyframe(value: str, job: SegmentJob, field: str) -> np.ndarray:
     """A keyframe (a path or a URL fetched on this box) fitted to the job's resolution."""
     return load_image(local_path(value, field), job.width, job.height, field=field)
-
-
-def segment_video(task: Task, field: str) -> Path:
-    """The local file of a finished segment's video: its own path, or the copy fetched (once per box)
-    from its object URL, so consecutive segments and the stitch may run on different boxes. An object
-    not (yet) there is transient, so the task is retried before it fails naming the URL."""
-    location = (task.result_data or {}).get("output_object_url") or task.output_location
-    if not location:
-        raise ValidationError(field, f"segment {task.id} has no output")
-    if is_url(location):
-        return fetch_input(location, field, missing_is_transient=True)
-    path = Path(location)
-    if not path.is_file():
-        raise ValidationError(field, f"the output of segment {task.id} is gone: {location}")
-    return path
 
 
 def _previous_tail(ctx: TaskContext, previous_id: str, overlap: int) -> np.ndarray:

@@ -13,15 +13,14 @@ import time
 from typing import Any
 
 from worker.errors import ValidationError
+from worker.generation import queue_wait_seconds
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.handlers.generate import queue_wait_seconds
-from worker.handlers.travel_orchestrator import stored_plan
-from worker.handlers.travel_segment import report_job_progress, segment_video
 from worker.params import ParamReader, local_path
 from worker.paths import output_file
 from worker.store import Task, TaskStatus
 from worker.travel.plan import TravelPlan
 from worker.travel.stitch import stitch
+from worker.travel_children import report_job_progress, segment_video, stored_plan
 
 OUTPUT_NAME = "travel.mp4"
 
