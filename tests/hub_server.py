@@ -151,6 +151,8 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             start = _range_start(self.headers.get("Range"))
             code = 206 if start else 200
             part = content[start:]
+            # Recorded before answering, so a client that has its answer always finds it in `requests`.
+            hub._record(Request(method, repo, revision, path, self.headers.get("Range"), code))
             self.send_response(code)
             self.send_header("X-Repo-Commit", COMMIT)
             self.send_header("ETag", f'"{hashlib.sha256(content).hexdigest()}"')
@@ -159,7 +161,6 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             if start:
                 self.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")
             self.end_headers()
-            hub._record(Request(method, repo, revision, path, self.headers.get("Range"), code))
             if not body:
                 return
             if truncate:  # half the body, then (after holding it open `stall` seconds) the connection drops
@@ -173,6 +174,7 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
 
         def _error(self, method: str, repo: str, revision: str, path: str, status: int, code: str) -> None:
             message = f"{status} for {repo}/{path}".encode()
+            hub._record(Request(method, repo, revision, path, self.headers.get("Range"), status))
             self.send_response(status)
             if code == "EntryNotFound":  # the repo and revision exist: the hub names the commit
                 self.send_header("X-Repo-Commit", COMMIT)
@@ -182,7 +184,6 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if method == "GET":
                 self.wfile.write(message)
-            hub._record(Request(method, repo, revision, path, self.headers.get("Range"), status))
 
     return Handler
 
