@@ -284,9 +284,9 @@ class Engine:
         """(blocks of each DiT that stay on the device, or None when all do; whether the experts take
         turns) for `spec` in `precision` under the offload policy and the device budget; `held_bytes`:
         what the experts already occupy on the device (Engine.install)."""
-        build = _dit_builder(spec)
-        resident_blocks = self._resident_blocks(build, precision, tensor_bytes([vae]))
-        expert_bytes = len(spec.experts) * self._dit_bytes(build, precision)
+        meta = _meta_dit(_dit_builder(spec), precision, self.dtype)  # built once, nothing allocated
+        resident_blocks = self._resident_blocks(meta, tensor_bytes([vae]))
+        expert_bytes = len(spec.experts) * tensor_bytes([meta])
         take_turns = resident_blocks is not None or (
             spec.is_dual_expert
             and experts_must_take_turns(self.offload, expert_bytes, self.device, self.gpu_memory_bytes, held_bytes)
@@ -318,19 +318,15 @@ class Engine:
                                 key_map=key_map)  # fmt: skip
         return load_model(build, paths, dtype=self.dtype, device=device, key_map=key_map)
 
-    def _dit_bytes(self, build: Callable[[], WanDiT], precision: str) -> int:
-        """Bytes one DiT takes in `precision` (counted on the meta device, nothing allocated)."""
-        return tensor_bytes([_meta_dit(build, precision, self.dtype)])
-
-    def _resident_blocks(self, build: Callable[[], WanDiT], precision: str, vae_bytes: int) -> int | None:
-        """How many blocks of each DiT stay on the device under the budget, or None when the whole
-        network fits (no streaming). Without a budget (a CPU engine without gpu_memory_gb), None."""
+    def _resident_blocks(self, meta: WanDiT, vae_bytes: int) -> int | None:
+        """How many blocks of each DiT (`meta`: one as its precision holds it, on the meta device)
+        stay on the device under the budget, or None when the whole network fits (no streaming).
+        Without a budget (a CPU engine without gpu_memory_gb), None."""
         budget = self.gpu_memory_bytes
         if budget is None and self.device.type == "cuda":
             budget = torch.cuda.get_device_properties(self.device).total_memory
         if budget is None:
             return None
-        meta = _meta_dit(build, precision, self.dtype)
         sizes = [tensor_bytes([block]) for block in execution_order(meta)]
         fixed = tensor_bytes([meta]) - sum(sizes) + vae_bytes
         try:
