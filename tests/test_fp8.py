@@ -258,3 +258,19 @@ def test_the_engine_in_fp8_mode_runs_a_model_whose_base_file_is_fp8_scaled(tiny_
     assert torch.equal(network.blocks[2].ffn[2].weight.view(torch.uint8), comfy["blocks.2.ffn.2.weight"].view(torch.uint8))
     exact = Engine(folders["expanded"], device="cpu", dtype=torch.float32).generate(replace(request, precision="bf16")).frames
     assert SEGMENT_PSNR_BAR_DB <= psnr_db(fast, exact) < float("inf")
+
+
+def test_bf16_mode_reads_a_per_row_scaled_fp8_weight_row_by_row(tmp_path: Path) -> None:
+    """open_checkpoints folds a scale_weight with one scale per output row onto the rows (as fp8 mode
+    takes it), not along the columns, even for a square weight where both would broadcast."""
+    from safetensors.torch import save_file
+
+    from wan_engine.tensor_files import open_checkpoints
+
+    weight = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).to(torch.float8_e4m3fn)
+    scale = torch.tensor([2.0, 10.0])
+    save_file({"layer.weight": weight, "layer.scale_weight": scale}, str(tmp_path / "w.safetensors"))
+    with open_checkpoints([tmp_path / "w.safetensors"]) as tensors:
+        read = {t.key: t.read() for t in tensors}
+    assert list(read) == ["layer.weight"]
+    assert torch.equal(read["layer.weight"], torch.tensor([[2.0, 4.0], [30.0, 40.0]]))

@@ -38,7 +38,7 @@ from torch import nn
 
 from wan_engine.errors import LoadError
 from wan_engine.request import PRECISIONS
-from wan_engine.tensor_files import COMFY_EXTRAS, SCALE_SUFFIX, open_checkpoints
+from wan_engine.tensor_files import COMFY_EXTRAS, SCALE_SUFFIX, dequantize_scaled, open_checkpoints
 from wan_engine.weights import KeyMap, apply_dtype_policy
 
 FP8 = torch.float8_e4m3fn
@@ -61,14 +61,6 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.float()
     scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(_SCALE_FLOOR) / FP8_MAX
     return (x / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8), scale
-
-
-def dequantize_scaled(weight: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """A stored fp8 tensor times its scale (a scalar, or one per output row), in `dtype`."""
-    value = weight.float()
-    if scale is not None:
-        value = value * (scale.float().reshape(-1, *[1] * (weight.ndim - 1)) if scale.numel() > 1 else scale.float())
-    return value.to(dtype)
 
 
 class Fp8Linear(nn.Linear):

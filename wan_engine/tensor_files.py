@@ -7,9 +7,10 @@
   mmap=True)`: tensors only, never unpickled code, and no tensor read until asked for.
 
 ComfyUI's fp8 files are read as published: a weight stored in float8 with a `<module>.scale_weight`
-("fp8_scaled") reads as weight * scale in float32, to be cast to the compute dtype by the loader; the
-`scaled_fp8` marker and `<module>.scale_input` are dropped. Plain fp8 weights (`fp8_e4m3fn`) are just
-cast. Keeping fp8 on the device is not this module's business.
+("fp8_scaled": one scale per tensor, or per output row) reads as weight * scale in float32
+(`dequantize_scaled`, the rule fp8 mode uses too), to be cast to the compute dtype by the loader;
+the `scaled_fp8` marker and `<module>.scale_input` are dropped. Plain fp8 weights (`fp8_e4m3fn`) are
+just cast. Keeping fp8 on the device is not this module's business.
 """
 from __future__ import annotations
 
@@ -43,6 +44,14 @@ class StoredTensor:
     dtype: str  # safetensors name: F32, BF16, F8_E4M3, I64, ...
     file: Path
     read: Callable[[], torch.Tensor]
+
+
+def dequantize_scaled(weight: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """A stored fp8 tensor times its scale (a scalar, or one per output row), in `dtype`."""
+    value = weight.float()
+    if scale is not None:
+        value = value * (scale.float().reshape(-1, *[1] * (weight.ndim - 1)) if scale.numel() > 1 else scale.float())
+    return value.to(dtype)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -99,6 +108,6 @@ def _fold_fp8_scales(tensors: list[StoredTensor]) -> list[StoredTensor]:
         module, _, leaf = tensor.key.rpartition(".")
         scale = scales.get(module) if leaf == "weight" else None
         if scale is not None:
-            tensor = replace(tensor, read=lambda w=tensor.read, s=scale.read: w().to(torch.float32) * s().to(torch.float32))
+            tensor = replace(tensor, read=lambda w=tensor.read, s=scale.read: dequantize_scaled(w(), s(), torch.float32))
         folded.append(tensor)
     return folded
