@@ -17,6 +17,7 @@ from worker.s3 import parse_s3_url
 
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # the max_image_pixels default (worker.video starts with it)
 
 
 def default_worker_id() -> str:
@@ -93,7 +94,7 @@ class WorkerConfig:
         2, parse=int, help="output-storage errors in a row (read-only, full) after which the worker exits with 74"
     )
     max_image_pixels: int = _setting(
-        40_000_000, parse=int, help="input images with more pixels (width x height, from the header) are refused"
+        DEFAULT_MAX_IMAGE_PIXELS, parse=int, help="input images with more pixels (width x height, from the header) are refused"
     )
     notify_wakeups: bool = _setting(True, parse=_boolean, help="LISTEN for Postgres NOTIFY (else poll only)")
     preload_model: str | None = _setting(None, parse=_optional_str, help="model to load before the first claim")

@@ -111,9 +111,9 @@ def run_generation(ctx: TaskContext, request: Any, progress_fields: Mapping[str,
 
     Every denoising step's progress goes to the row (throttled by ctx) with an ETA and
     `progress_fields` added; cancelling the row stops the engine at the next step
-    (GenerationCancelled: the row keeps no output).
+    (GenerationCancelled: the row keeps no output). LoRAs named by URL must already be installed
+    (install_lora_urls), as reading the row does before its check.
     """
-    install_lora_urls(ctx, request.lora_names)
     result = ctx.resources.generate(request, on_progress=_progress_with_eta(ctx, progress_fields or {}),
                                     should_cancel=ctx.cancelled)
     timings = dict(result.timings)

@@ -24,7 +24,7 @@ class Heartbeat:
         *,
         on_stop: Callable[[HeartbeatState], None],
         on_interval: Callable[[], None],
-        on_failure: Callable[[], None] = lambda: None,
+        on_failure: Callable[[], None],
         log: structlog.typing.FilteringBoundLogger,
     ):
         self.store, self.claim = store, claim

@@ -32,15 +32,14 @@ class Maintenance:
         self.lease_seconds = lease_seconds
         self.interval_seconds = interval_seconds
         self.log = log
-        self.grace_seconds = lease_seconds
         self._rescue_after = time.monotonic()  # a fresh worker rescues at once: it saw no outage
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="maintenance", daemon=True)
 
     def database_failed(self) -> None:
         """Any database error this worker saw (claim, heartbeat, maintenance): rescue waits a grace
-        period after it."""
-        self._rescue_after = time.monotonic() + self.grace_seconds
+        period (one lease) after it."""
+        self._rescue_after = time.monotonic() + self.lease_seconds
 
     def run_once(self) -> None:
         try:

@@ -28,6 +28,7 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from worker.config import DEFAULT_MAX_IMAGE_PIXELS
 from worker.errors import StorageError, ValidationError
 from worker.params import path_kind
 from worker.paths import create_new_file, replace_file, storage_problem, writing_new_file
@@ -298,7 +299,6 @@ def _encoding_error(path: Path, reason: str) -> Exception:
 
 # The most pixels an input image may have (width x height, read from its header before decoding): a
 # small PNG can claim 100000 x 100000. The worker sets it from its max_image_pixels setting.
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 _max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
 Image.MAX_IMAGE_PIXELS = None  # PIL's own bomb check (a warning, then an error at twice its limit) gives way to this one
 

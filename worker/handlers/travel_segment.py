@@ -76,6 +76,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
         job, previous_id = stored_segment_job(params), reader.text("previous_segment_task_id", None)
         reader.used |= {SEGMENT_JOB_PARAM, "segment_index", "model", "preset"}
         ignored = ignored_params(reader)
+        install_lora_urls(ctx, job.sampling.get("lora_names"))  # the orchestrator may have run on another box
     elif HEADLESS_KEY in params:
         ignored, job, previous_id = _headless_segment(ctx, params)
     else:
