@@ -44,16 +44,19 @@ NO_OP_KEYS = frozenset({
     "current_run_base_output_dir", "segment_image_download_dir", "debug", "debug_mode_enabled",
     "skip_cleanup_enabled", "dimension_source", "generation_mode", "advanced_mode", "motion_mode",
     "amount_of_motion", "selected_phase_preset_id", "is_first_segment", "is_last_segment", "child_order",
-    "is_single_item", "frame_overlap_with_next",
+    "is_single_item", "frame_overlap_with_next", "final_stitched_output_path", "poll_interval_from_orchestrator",
+    "poll_timeout_from_orchestrator", "seed_for_upscale",
 })  # fmt: skip
 # Switches that change nothing while off; when on they ask for a feature this worker does not have.
 OFF_SWITCHES = frozenset({"enhance_prompt", "show_input_images", "regenerate_anchors", "use_svi"})
-# Headless adjustments at the value that leaves the video as it is (the defaults Reigh and the headless
-# orchestrator send); any other value asks for an effect this worker does not apply.
-NEUTRAL_VALUES: dict[str, Any] = {
-    "after_first_post_generation_saturation": 1, "after_first_post_generation_brightness": 0,
-    "subsequent_starting_strength_adjustment": 0, "desaturate_subsequent_starting_frames": 0,
-    "adjust_brightness_subsequent_starting_frames": 0, "cfg_star_switch": 0, "cfg_zero_step": -1,
+# Headless adjustments at the values that leave the video as it is (the defaults Reigh and the headless
+# orchestrator send; the headless stitch upscales only by a factor > 1); any other value asks for an
+# effect this worker does not apply.
+NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
+    "after_first_post_generation_saturation": (1,), "after_first_post_generation_brightness": (0,),
+    "subsequent_starting_strength_adjustment": (0,), "desaturate_subsequent_starting_frames": (0,),
+    "adjust_brightness_subsequent_starting_frames": (0,), "cfg_star_switch": (0,), "cfg_zero_step": (-1,),
+    "upscale_factor": (0, 1),
 }  # fmt: skip
 
 def flatten_generation_task(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,7 +238,7 @@ def ignored_params(reader: ParamReader, overridden: Mapping[str, str] | None = N
     for key in reader.unread():
         value = reader.params[key]
         if (key in NO_OP_KEYS or (key in OFF_SWITCHES and not value) or value in (None, "", [], {})
-                or (key in NEUTRAL_VALUES and value == NEUTRAL_VALUES[key])):
+                or (key in NEUTRAL_VALUES and value in NEUTRAL_VALUES[key])):
             continue  # a no-op, a switch left off, a neutral adjustment, or a key that asks for nothing
         reason = "a switch this worker does not honour" if key in OFF_SWITCHES else "not a parameter this worker uses"
         ignored[reader.prefix + key] = reason

@@ -181,6 +181,12 @@ class TaskStore:
             return []
         return [self._task(row) for row in self.db.run("children", {"parent_id": canonical}).rows]
 
+    def run_segments(self, run_id: str, orchestrator_ref: str) -> list[Task]:
+        """The Complete travel_segment rows the headless orchestrator `orchestrator_ref` wrote for its
+        run `run_id`, newest first."""
+        rows = self.db.run("run_segments", {"run_id": run_id, "orchestrator_ref": orchestrator_ref}).rows
+        return [self._task(row) for row in rows]
+
     def recent(self, limit: int = 20) -> list[Task]:
         """The newest rows first."""
         return [self._task(row) for row in self.db.run("recent_tasks", {"limit": limit}).rows]

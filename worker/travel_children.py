@@ -16,19 +16,51 @@ from worker.errors import ValidationError
 from worker.handlers import TaskContext
 from worker.inputs import fetch_input, is_url
 from worker.store import CHILD_KEY_PARAM, Task
-from worker.travel.plan import SegmentJob, TravelPlan
+from worker.params import ParamReader
+from worker.travel.plan import HEADLESS_KEY, SegmentJob, TravelPlan
 
 SEGMENT_JOB_PARAM = "job"
+PLAN_PARAM = "plan"
+# The headless orchestrator's older name of orchestrator_details on its child rows.
+LEGACY_HEADLESS_KEY = "full_orchestrator_payload"
+HEADLESS_REF = "orchestrator_task_id_ref"
+
+
+def is_headless_child(params: dict[str, Any]) -> bool:
+    """A child row the headless orchestrator wrote: it carries the orchestrator's payload, or names
+    the orchestrator row that does."""
+    return any(key in params for key in (HEADLESS_KEY, LEGACY_HEADLESS_KEY, HEADLESS_REF))
+
+
+def headless_payload(ctx: TaskContext, reader: ParamReader) -> dict[str, Any]:
+    """The travel payload a headless child row works from: its own copy (`orchestrator_details`, or
+    the older `full_orchestrator_payload`) or, where it carries none, the `orchestrator_details` of
+    the orchestrator row it names (as the headless segment handler falls back to)."""
+    for key in (HEADLESS_KEY, LEGACY_HEADLESS_KEY):
+        if reader.has(key):
+            reader.used.add(key)
+            payload = reader.params[key]
+            if not isinstance(payload, dict):
+                raise ValidationError(key, "must be an object (the headless orchestrator's payload)")
+            return payload
+    ref = reader.text(HEADLESS_REF)
+    orchestrator = ctx.store.get(ref)
+    payload = (orchestrator.params or {}).get(HEADLESS_KEY) if orchestrator is not None else None
+    if not isinstance(payload, dict):
+        state = "names no row" if orchestrator is None else f"names a row without {HEADLESS_KEY}"
+        raise ValidationError(HEADLESS_REF, f"{state} ({ref}); a child row without {HEADLESS_KEY} reads its "
+                                            "orchestrator's")
+    return payload
 
 
 def stored_plan(params: dict[str, Any]) -> TravelPlan:
     """The plan a stitch row carries in params['plan'], as its orchestrator wrote it; anything else (a
     row written by hand) fails the child for good instead of being retried."""
     try:
-        return TravelPlan.from_params(params["plan"])
+        return TravelPlan.from_params(params[PLAN_PARAM])
     except (KeyError, TypeError, ValueError) as error:
         raise ValidationError(
-            "plan", f"not a plan written by travel_orchestrator ({type(error).__name__}: {error})") from None
+            PLAN_PARAM, f"not a plan written by travel_orchestrator ({type(error).__name__}: {error})") from None
 
 
 def stored_segment_job(params: dict[str, Any]) -> SegmentJob:

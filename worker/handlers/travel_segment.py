@@ -19,7 +19,8 @@ Three row forms:
 * ours, written by travel_orchestrator: `job` (the segment and the job's shared settings) and
   `previous_segment_task_id`;
 * written by the headless Wan2GP / Reigh orchestrator: `orchestrator_details` (the whole travel
-  payload) and `segment_index`, with the segment's own `base_prompt`, `negative_prompt`,
+  payload; or its older name `full_orchestrator_payload`, or none and the orchestrator row named by
+  `orchestrator_task_id_ref` holds it) and `segment_index`, with the segment's own `base_prompt`, `negative_prompt`,
   `segment_frames_target`, `frame_overlap_from_previous` and `seed_to_use`, which win over the
   payload's; the previous segment is the row's dependency;
 * `individual_travel_segment` (Reigh): `orchestrator_details` and `segment_index` (default 0), and
@@ -52,7 +53,15 @@ from worker.params import ParamReader, local_path, round_to_frame_count
 from worker.paths import output_file
 from worker.travel.guide import segment_guide
 from worker.travel.plan import DEFAULT_MODEL, HEADLESS_KEY, SegmentJob, read_travel
-from worker.travel_children import SEGMENT_JOB_PARAM, report_job_progress, segment_video, stored_segment_job
+from worker.travel_children import (
+    HEADLESS_REF,
+    SEGMENT_JOB_PARAM,
+    headless_payload,
+    is_headless_child,
+    report_job_progress,
+    segment_video,
+    stored_segment_job,
+)
 from worker.video import check_image, load_image, read_last_frames
 
 INDIVIDUAL_TASK = "individual_travel_segment"
@@ -77,11 +86,11 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
         reader.used |= {SEGMENT_JOB_PARAM, "segment_index", "model", "preset"}
         ignored = ignored_params(reader)
         install_lora_urls(ctx, job.sampling.get("lora_names"))  # the orchestrator may have run on another box
-    elif HEADLESS_KEY in params:
+    elif is_headless_child(params):
         ignored, job, previous_id = _headless_segment(ctx, params)
     else:
         raise ValidationError(SEGMENT_JOB_PARAM, f"required: a segment written by travel_orchestrator, or the "
-                                                 f"headless form ({HEADLESS_KEY} + segment_index)")
+                                                 f"headless form ({HEADLESS_KEY} or {HEADLESS_REF}, + segment_index)")
     report_ignored(ctx.log, ignored)
     segment, index = job.segment, job.segment.index
 
@@ -167,9 +176,9 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
     the headless orchestrator or an `individual_travel_segment` row: the job is planned from the
     payload like an orchestrator would, then the segment's own values win."""
     individual = ctx.task.task_type == INDIVIDUAL_TASK
-    plan, details = read_travel({HEADLESS_KEY: params[HEADLESS_KEY]}, ctx.config.limits, independent=individual)
     reader = ParamReader(params)
-    reader.used.add(HEADLESS_KEY)
+    plan, details = read_travel({HEADLESS_KEY: headless_payload(ctx, reader)}, ctx.config.limits,
+                                independent=individual)
     index = reader.integer("segment_index", 0 if individual else None, minimum=0, maximum=len(plan.segments) - 1)
     if index is None:
         raise ValidationError("segment_index", "is required")

@@ -1,49 +1,82 @@
 """`travel_stitch`: the last child of a travel job. Cross-fades the segment videos into one mp4
-(worker/travel/stitch.py), writes it with a thumbnail to its own folder and row, and completes the
-parked orchestrator with the same video and a summary of the whole job. When it starts, the
-orchestrator's progress moves to the "stitch" phase.
+(worker/travel/stitch.py), writes it with a thumbnail to its own folder and row and, for a job of
+travel_orchestrator's, completes the parked orchestrator with the same video and a summary of the
+whole job. When it starts, the orchestrator's progress moves to the "stitch" phase.
 
-The orchestrator is completed before this row (whose completion the poller writes after the handler
-returns), so a backend that watches only the orchestrator sees it end. If this worker dies in
-between, the stitch runs again, rewrites the same file and finds the orchestrator already Complete.
+Two row forms:
+* ours, written by travel_orchestrator: the `plan`, `segment_task_ids` and `orchestrator_task_id`.
+  The orchestrator is completed before this row (whose completion the poller writes after the handler
+  returns), so a backend that watches only the orchestrator sees it end. If this worker dies in
+  between, the stitch runs again, rewrites the same file and finds the orchestrator already Complete.
+* written by the headless Wan2GP / Reigh orchestrator: its payload (`orchestrator_details`, see
+  headless_payload), `orchestrator_run_id` and `orchestrator_task_id_ref`. Its segments name the run in
+  their params, not in parent_task_id (store.run_segments; the newest finished row of each index);
+  the overlaps are the row's `frame_overlap_settings_expanded` (what the segments were made with),
+  else the plan's. The headless orchestrator completes itself from this row, so it is not touched.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from worker.dialects import ignored_params
 from worker.errors import ValidationError
-from worker.generation import queue_wait_seconds
+from worker.generation import queue_wait_seconds, report_ignored
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.params import ParamReader, local_path
+from worker.params import ParamReader, local_path, to_int
 from worker.paths import output_file
 from worker.store import Task, TaskStatus
-from worker.travel.plan import TravelPlan
+from worker.travel.plan import HEADLESS_KEY, TravelPlan, read_travel
 from worker.travel.stitch import stitch
-from worker.travel_children import report_job_progress, segment_video, stored_plan
+from worker.travel_children import (
+    HEADLESS_REF,
+    PLAN_PARAM,
+    headless_payload,
+    is_headless_child,
+    report_job_progress,
+    segment_video,
+    stored_plan,
+)
 
 OUTPUT_NAME = "travel.mp4"
+RUN_ID = "orchestrator_run_id"
+STITCH_OVERLAPS = "frame_overlap_settings_expanded"
+
+
+@dataclass(frozen=True)
+class _StitchJob:
+    """What one stitch row asks for, whichever form wrote it."""
+
+    plan: TravelPlan
+    segments: list[Task]
+    overlaps: list[int]  # one per join of the stitch (the continued video, if any, then the segments)
+    parked_orchestrator: str | None  # ours: the orchestrator this stitch completes
+    own_result: dict[str, Any]  # what the form adds to result_data
+    segments_field: str  # the key that named the segments, for errors
 
 
 @register("travel_stitch")
 def travel_stitch(ctx: TaskContext) -> HandlerResult:
     started = time.perf_counter()
-    params = ctx.task.params
-    reader = ParamReader(params)
-    plan = stored_plan(params)
-    orchestrator_id = reader.text("orchestrator_task_id")
-    segments = [_finished_segment(ctx, task_id) for task_id in reader.texts("segment_task_ids")]
-    if len(segments) != len(plan.segments):
-        raise ValidationError("segment_task_ids", f"names {len(segments)} segments; the plan has {len(plan.segments)}")
+    if PLAN_PARAM in ctx.task.params or not is_headless_child(ctx.task.params):
+        job = _our_stitch(ctx)
+    else:
+        job = _headless_stitch(ctx)
+    plan, segments = job.plan, job.segments
 
     ctx.raise_if_cancelled()
     ctx.report_progress({"phase": "stitch", "segments": len(segments), "expected_frames": plan.expected_frames})
     report_job_progress(ctx, len(plan.segments), plan.expected_frames, phase="stitch", segments_done=len(segments))
     continued = [local_path(plan.continue_from, "continue_from_video")] if plan.continue_from else []
-    videos = [segment_video(segment, f"segment_task_ids[{i}]") for i, segment in enumerate(segments)]
-    stitched = stitch([*continued, *videos], plan.overlaps,
-                      output_file(ctx.output_dir, OUTPUT_NAME), plan.fps, plan.shared_frames)
-    if stitched.frames != plan.expected_frames:
+    videos = [segment_video(segment, f"{job.segments_field}[{i}]") for i, segment in enumerate(segments)]
+    shared = [int(plan.image_to_video and overlap == 0) for overlap in job.overlaps]
+    try:
+        stitched = stitch([*continued, *videos], job.overlaps, output_file(ctx.output_dir, OUTPUT_NAME), plan.fps,
+                          shared)
+    except ValueError as error:  # segments of different sizes, or too short for their overlaps
+        raise ValidationError(job.segments_field, str(error)) from None
+    if job.parked_orchestrator is not None and stitched.frames != plan.expected_frames:
         raise RuntimeError(f"stitched {stitched.frames} frames; the plan expects {plan.expected_frames}")
     stitched_at = time.perf_counter()
     if ctx.storage.uploads:
@@ -53,7 +86,8 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     if ctx.storage.uploads:
         own_phases["upload"] = round(time.perf_counter() - stitched_at, 4)
 
-    first = segments[0].result_data or {}
+    first = _result(segments[0])
+    heads = job.overlaps if plan.continue_from else [0, *job.overlaps]
     summary = {
         "model": first.get("model"),
         "preset": first.get("preset"),
@@ -66,14 +100,17 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
         **published,
         "roundings": plan.to_params()["roundings"],
         "frame_rule": plan.frame_rule,
-        "ignored_params": plan.ignored_params,
         "parameters": first.get("parameters", {}),
         "parameter_sources": _job_parameter_sources(first.get("parameter_sources", {}), plan),
-        "segments": [_segment_summary(task, segment.overlap) for task, segment in zip(segments, plan.segments)],
+        "segments": [_segment_summary(task, overlap) for task, overlap in zip(segments, heads)],
+        **job.own_result,
     }
+    if job.parked_orchestrator is None:
+        return HandlerResult(output_location=published["output"],
+                             result_data={**summary, "phase_seconds": own_phases})
 
     ctx.raise_if_cancelled()
-    orchestrator = ctx.store.get(orchestrator_id)
+    orchestrator = ctx.store.get(job.parked_orchestrator)
     job_result = {
         **summary,
         "phase_seconds": _job_phase_seconds(segments, own_phases, orchestrator),
@@ -81,11 +118,78 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     }
     if not ctx.store.complete_parked(ctx.claim, published["output"], job_result):
         status = orchestrator.status if orchestrator is not None else "missing"
-        ctx.log.warning("orchestrator not completed: it is no longer waiting", orchestrator_id=orchestrator_id,
-                        orchestrator_status=status)
+        ctx.log.warning("orchestrator not completed: it is no longer waiting",
+                        orchestrator_id=job.parked_orchestrator, orchestrator_status=status)
+    return HandlerResult(output_location=published["output"], result_data={**summary, "phase_seconds": own_phases})
 
-    stitch_result = {**summary, "phase_seconds": own_phases}
-    return HandlerResult(output_location=published["output"], result_data=stitch_result)
+
+def _our_stitch(ctx: TaskContext) -> _StitchJob:
+    """A stitch row travel_orchestrator wrote: its stored plan and the segment rows it names."""
+    params = ctx.task.params
+    if PLAN_PARAM not in params:
+        raise ValidationError(PLAN_PARAM, f"required: a stitch written by travel_orchestrator, or the headless form "
+                                          f"({HEADLESS_KEY}, {RUN_ID}, {HEADLESS_REF})")
+    reader = ParamReader(params)
+    plan = stored_plan(params)
+    segments = [_finished_segment(ctx, task_id) for task_id in reader.texts("segment_task_ids")]
+    if len(segments) != len(plan.segments):
+        raise ValidationError("segment_task_ids", f"names {len(segments)} segments; the plan has {len(plan.segments)}")
+    return _StitchJob(plan, segments, plan.overlaps, reader.text("orchestrator_task_id"),
+                      {"ignored_params": plan.ignored_params}, "segment_task_ids")
+
+
+def _headless_stitch(ctx: TaskContext) -> _StitchJob:
+    """A stitch row the headless orchestrator wrote: the plan of its payload, the run's finished
+    segments, and the overlaps it made them with."""
+    params = ctx.task.params
+    reader = ParamReader(params)
+    payload = headless_payload(ctx, reader)
+    plan, _ = read_travel({HEADLESS_KEY: payload}, ctx.config.limits)
+    run_id, ref = reader.text(RUN_ID), reader.text(HEADLESS_REF)
+    count = reader.integer("num_total_segments_generated", len(plan.segments), minimum=1)
+    if count != len(plan.segments):
+        raise ValidationError("num_total_segments_generated",
+                              f"says {count} segments; the payload in {HEADLESS_KEY} plans {len(plan.segments)}")
+    overlaps, overlap_source = _headless_overlaps(reader, plan.overlaps, len(plan.overlaps))
+    newest: dict[Any, Task] = {}
+    for task in ctx.store.run_segments(str(run_id), str(ref)):
+        newest.setdefault(task.params.get("segment_index"), task)
+    missing = [index for index in range(count) if index not in newest]
+    if missing:
+        raise ValidationError(RUN_ID, f"run {run_id!r} of orchestrator {ref} has no finished travel_segment row "
+                                      f"for segment_index {missing} (of {count})")
+    # Keys the headless orchestrator copies from its payload onto the stitch row: honoured through it.
+    honoured = {"fps_final_video": plan.fps, "parsed_resolution_wh": payload.get("parsed_resolution_wh"),
+                "initial_continued_video_path": payload.get("continue_from_video_resolved_path")}
+    for key, value in honoured.items():
+        if reader.has(key) and params[key] == value:
+            reader.used.add(key)
+    ignored = {**plan.ignored_params, **ignored_params(reader)}
+    report_ignored(ctx.log, ignored)
+    return _StitchJob(plan, [newest[index] for index in range(count)], overlaps, None, {
+        "ignored_params": ignored, "orchestrator_task_id": ref, RUN_ID: run_id, "overlap_source": overlap_source},
+        RUN_ID)
+
+
+def _headless_overlaps(reader: ParamReader, planned: list[int], joins: int) -> tuple[list[int], str]:
+    """(overlap of each join, where it came from): the stitch row's list (what the headless orchestrator
+    gave its segments, as many as there are joins: it may list one per segment), else the plan's."""
+    if not reader.has(STITCH_OVERLAPS):
+        return planned, "plan"
+    values = reader.params[STITCH_OVERLAPS]
+    if not isinstance(values, list) or len(values) < joins:
+        raise ValidationError(STITCH_OVERLAPS, f"must list at least {joins} overlaps (one per join), got "
+                                               f"{values!r}")
+    reader.used.add(STITCH_OVERLAPS)
+    overlaps = [to_int(value, f"{STITCH_OVERLAPS}[{i}]") for i, value in enumerate(values[:joins])]
+    if any(overlap < 0 for overlap in overlaps):
+        raise ValidationError(STITCH_OVERLAPS, f"overlaps must be >= 0, got {overlaps}")
+    return overlaps, STITCH_OVERLAPS
+
+
+def _result(task: Task) -> dict[str, Any]:
+    """A segment's result_data; {} where it holds none (or a row of another worker holds something else)."""
+    return task.result_data if isinstance(task.result_data, dict) else {}
 
 
 def _job_parameter_sources(segment_sources: dict[str, str], plan: TravelPlan) -> dict[str, str]:
@@ -110,7 +214,7 @@ def _finished_segment(ctx: TaskContext, task_id: str) -> Task:
 
 
 def _segment_summary(task: Task, overlap: int) -> dict[str, Any]:
-    result = task.result_data or {}
+    result = _result(task)
     return {
         "task_id": task.id,
         "output_location": task.output_location,
@@ -125,7 +229,9 @@ def _job_phase_seconds(segments: list[Task], stitch_phases: dict[str, float], or
     """The job's seconds per phase: each phase summed over the segments and the stitch, and the
     orchestrator's own queue wait (the children's waits are mostly each other's run time)."""
     totals: dict[str, float] = {}
-    for phases in [(task.result_data or {}).get("phase_seconds", {}) for task in segments] + [stitch_phases]:
+    for phases in [_result(task).get("phase_seconds", {}) for task in segments] + [stitch_phases]:
+        if not isinstance(phases, dict):
+            continue
         for phase, seconds in phases.items():
             if phase != "queue_wait" and isinstance(seconds, (int, float)):
                 totals[phase] = totals.get(phase, 0.0) + seconds

@@ -47,6 +47,17 @@ SELECT * FROM tasks
 WHERE parent_task_id = :parent_id
 ORDER BY created_at, json_extract(params, '$.child_key');
 
+-- name: run_segments --
+-- The finished segments of a travel run the headless orchestrator wrote: it names the run in each
+-- segment's params (orchestrator_run_id, orchestrator_task_id_ref), not in parent_task_id. Newest
+-- first, so where a segment was made twice the caller keeps the newest.
+SELECT * FROM tasks
+WHERE task_type = 'travel_segment'
+  AND CAST(json_extract(params, '$.orchestrator_run_id') AS TEXT) = :run_id
+  AND CAST(json_extract(params, '$.orchestrator_task_id_ref') AS TEXT) = :orchestrator_ref
+  AND status = 'Complete'
+ORDER BY generation_processed_at IS NULL, generation_processed_at DESC, updated_at DESC;
+
 -- name: recent_tasks --
 -- The newest rows, for `wan-worker status`.
 SELECT * FROM tasks ORDER BY created_at DESC, id LIMIT :limit;
