@@ -254,3 +254,31 @@ def test_a_lora_named_by_url_is_fetched_into_the_loras_folder_and_applied(sqlite
     failed = sqlite_store.get(taken)
     assert failed.status == TaskStatus.FAILED
     assert "lora_names[0]: " in failed.error_message and "exists with other content" in failed.error_message
+
+
+def test_a_travel_jobs_lora_url_is_fetched_by_the_box_that_renders_its_segments(
+        sqlite_store: TaskStore, resources, tmp_path: Path, file_server) -> None:
+    """Box A plans the job (and fetches the LoRA to check it); box B, with a models folder of its own,
+    renders the segments from their stored jobs, so it must fetch the LoRA itself."""
+    folders = {}
+    for name in ("a", "b"):
+        folders[name] = tmp_path / name / "models"
+        shutil.copytree(resources.models_dir, folders[name], copy_function=os.link)
+    lora = (folders["a"] / "loras" / "tiny_kohya.safetensors").read_bytes()
+    url = file_server.serve("/loras/travel_style.safetensors", lora)
+    keyframes = write_keyframes(tmp_path / "keys", 3)
+    job = sqlite_store.enqueue("travel_orchestrator", {**travel(keyframes), "lora_names": [url],
+                                                       "lora_multipliers": ["0.8"]})
+    box_resources = {name: WorkerResources(device="cpu", models_dir=folder) for name, folder in folders.items()}
+    box(sqlite_store, box_resources["a"], tmp_path / "a", "box-a", task_types=("travel_orchestrator",)).run(
+        exit_when_idle=True)
+    assert not (folders["b"] / "loras" / "travel_style.safetensors").exists()
+    box(sqlite_store, box_resources["b"], tmp_path / "b", "box-b").run(exit_when_idle=True)
+
+    orchestrator = sqlite_store.get(job)
+    assert orchestrator.status == TaskStatus.COMPLETE, orchestrator.error_message
+    assert (folders["b"] / "loras" / "travel_style.safetensors").read_bytes() == lora
+    segments = [child for child in sqlite_store.children(job) if child.task_type == "travel_segment"]
+    assert {child.worker_id for child in segments} == {"box-b"}
+    assert [child.result_data["parameters"]["lora_names"] for child in segments] == [[url], [url]]
+    assert file_server.hits["/loras/travel_style.safetensors"] == 2  # once per box
