@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import FAST_WORKER_FLAGS, wait_for
 from fleet_servers import (  # noqa: F401 (fixtures)
@@ -282,3 +283,17 @@ def test_a_travel_jobs_lora_url_is_fetched_by_the_box_that_renders_its_segments(
     assert {child.worker_id for child in segments} == {"box-b"}
     assert [child.result_data["parameters"]["lora_names"] for child in segments] == [[url], [url]]
     assert file_server.hits["/loras/travel_style.safetensors"] == 2  # once per box
+
+
+def test_an_image_task_uploads_its_png_as_its_own_thumbnail_and_times_the_upload(
+        sqlite_store: TaskStore, resources, tmp_path: Path, bucket: str) -> None:
+    task_id = sqlite_store.enqueue("wan_2_2_t2i", {"model": "tiny_t2v_2_2", "prompt": "a lighthouse",
+                                                   "resolution": "32x32", "steps": 2, "seed": 5})
+    box(sqlite_store, resources, tmp_path, "box", storage_url=f"s3://{bucket}/images").run(exit_when_idle=True)
+    task = sqlite_store.get(task_id)
+    assert task.status == TaskStatus.COMPLETE, task.error_message
+    assert task.output_location.startswith(f"s3://{bucket}/images/{task_id}/") and task.output_location.endswith(".png")
+    assert task.result_data["thumbnail"] == task.result_data["output_object_url"] == task.output_location
+    assert task.result_data["phase_seconds"]["upload"] > 0
+    image = download(bucket, task.output_location, tmp_path / "image.png")
+    assert Image.open(image).size == (32, 32)

@@ -164,16 +164,25 @@ def write_video(frames: np.ndarray, path: Path, fps: int) -> tuple[Path, float]:
     return thumbnail, time.perf_counter() - started
 
 
-def publish_outputs(ctx: TaskContext, result_data: dict[str, Any], output: Path, thumbnail: Path) -> str:
-    """Publish the video and its thumbnail (worker.storage: uploaded with --storage-url), put their
-    locations in result_data (and the upload's seconds in phase_seconds); returns output_location."""
+def publish(ctx: TaskContext, files: Mapping[str, Path]) -> tuple[dict[str, str], dict[str, float]]:
+    """Publish a task's files (worker.storage: uploaded with --storage-url, the progress saying so);
+    returns their locations and, when they were uploaded, {"upload": seconds} for phase_seconds."""
     started = time.perf_counter()
     if ctx.storage.uploads:
         ctx.report_progress({"phase": "upload"})
-    result_data.update(ctx.storage.publish(ctx.task.id, {"output": output, "thumbnail": thumbnail}))
-    if ctx.storage.uploads:
-        result_data["phase_seconds"]["upload"] = round(time.perf_counter() - started, 4)
-    return result_data["output"]
+    published = ctx.storage.publish(ctx.task.id, dict(files))
+    return published, ({"upload": round(time.perf_counter() - started, 4)} if ctx.storage.uploads else {})
+
+
+def publish_outputs(ctx: TaskContext, result_data: dict[str, Any], output: Path, thumbnail: Path | None = None) -> str:
+    """Publish a generation's output and its thumbnail (an image is its own), put their locations in
+    result_data and the upload's seconds in its phase_seconds; returns output_location."""
+    published, upload = publish(ctx, {"output": output, **({"thumbnail": thumbnail} if thumbnail else {})})
+    result_data.update(published)
+    if thumbnail is None:
+        result_data["thumbnail"] = published["output"]
+    result_data["phase_seconds"].update(upload)
+    return published["output"]
 
 
 def generation_result_data(generation: Generation, *, preset: str | None, worker_parameters: Mapping[str, tuple[Any, str]],

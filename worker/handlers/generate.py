@@ -56,6 +56,4 @@ def generate_image(ctx: TaskContext) -> HandlerResult:
     result_data = generation_result_data(generation, preset=row.preset, worker_parameters=row.worker_parameters,
                                          fps=row.fps, output=output, thumbnail=output)
     row.row_result_data(result_data)
-    published = ctx.storage.publish(ctx.task.id, {"output": output})
-    result_data.update(published, thumbnail=published["output"])
-    return HandlerResult(output_location=published["output"], result_data=result_data)
+    return HandlerResult(output_location=publish_outputs(ctx, result_data, output), result_data=result_data)

@@ -22,7 +22,7 @@ from typing import Any
 
 from worker.dialects import ignored_params
 from worker.errors import ValidationError
-from worker.generation import queue_wait_seconds, report_ignored
+from worker.generation import publish, queue_wait_seconds, report_ignored
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.params import ParamReader, local_path, to_int
 from worker.paths import output_file
@@ -78,13 +78,9 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
         raise ValidationError(job.segments_field, str(error)) from None
     if job.parked_orchestrator is not None and stitched.frames != plan.expected_frames:
         raise RuntimeError(f"stitched {stitched.frames} frames; the plan expects {plan.expected_frames}")
-    stitched_at = time.perf_counter()
-    if ctx.storage.uploads:
-        ctx.report_progress({"phase": "upload"})
-    published = ctx.storage.publish(ctx.task.id, {"output": stitched.path, "thumbnail": stitched.thumbnail})
-    own_phases = {"queue_wait": queue_wait_seconds(ctx), "stitch": round(stitched_at - started, 4)}
-    if ctx.storage.uploads:
-        own_phases["upload"] = round(time.perf_counter() - stitched_at, 4)
+    own_phases = {"queue_wait": queue_wait_seconds(ctx), "stitch": round(time.perf_counter() - started, 4)}
+    published, upload = publish(ctx, {"output": stitched.path, "thumbnail": stitched.thumbnail})
+    own_phases.update(upload)
 
     first = _result(segments[0])
     heads = job.overlaps if plan.continue_from else [0, *job.overlaps]
