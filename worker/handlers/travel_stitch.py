@@ -146,10 +146,11 @@ def _headless_stitch(ctx: TaskContext) -> _StitchJob:
     if count != len(plan.segments):
         raise ValidationError("num_total_segments_generated",
                               f"says {count} segments; the payload in {HEADLESS_KEY} plans {len(plan.segments)}")
-    overlaps, overlap_source = _headless_overlaps(reader, plan.overlaps, len(plan.overlaps))
+    overlaps, overlap_source = _headless_overlaps(reader, plan.overlaps)
     newest: dict[Any, Task] = {}
     for task in ctx.store.run_segments(str(run_id), str(ref)):
-        newest.setdefault(task.params.get("segment_index"), task)
+        index = task.params.get("segment_index")
+        newest.setdefault(int(index) if isinstance(index, str) and index.isdigit() else index, task)
     missing = [index for index in range(count) if index not in newest]
     if missing:
         raise ValidationError(RUN_ID, f"run {run_id!r} of orchestrator {ref} has no finished travel_segment row "
@@ -167,9 +168,10 @@ def _headless_stitch(ctx: TaskContext) -> _StitchJob:
         RUN_ID)
 
 
-def _headless_overlaps(reader: ParamReader, planned: list[int], joins: int) -> tuple[list[int], str]:
+def _headless_overlaps(reader: ParamReader, planned: list[int]) -> tuple[list[int], str]:
     """(overlap of each join, where it came from): the stitch row's list (what the headless orchestrator
     gave its segments, as many as there are joins: it may list one per segment), else the plan's."""
+    joins = len(planned)
     if not reader.has(STITCH_OVERLAPS):
         return planned, "plan"
     values = reader.params[STITCH_OVERLAPS]
