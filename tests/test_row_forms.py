@@ -144,9 +144,8 @@ def test_reighs_orchestrator_payload_plans_with_the_headless_rules(images: list[
     assert plan.expected_frames == 18 and plan.frame_rule == HEADLESS_RULE
     assert (plan.width, plan.height, plan.sampling["num_inference_steps"]) == (32, 32, 2)
     assert [s.seed for s in plan.segments] == [11111, 11112]
-    assert plan.ignored_params == {  # brightness 0 is Reigh's neutral default; saturation 1.3 is an effect
-        "orchestrator_details.after_first_post_generation_saturation": "not a parameter this worker uses",
-    }
+    assert plan.ignored_params == {}
+    assert (plan.colour.saturation, plan.colour.brightness) == (1.3, 0)  # applied after the first segment
 
 
 def test_independent_segments_open_on_their_own_keyframes_and_the_rule_is_recorded(images: list[str]) -> None:
@@ -358,7 +357,7 @@ def test_headless_written_segments_and_individual_segments_run(sqlite_store: Tas
     assert segment.status == alone.status == TaskStatus.COMPLETE, (segment.error_message, alone.error_message)
     assert (segment.result_data["frames"], segment.result_data["seed"]) == (9, 11111)
     assert (alone.result_data["frames"], alone.result_data["seed"]) == (5, 42)
-    assert "orchestrator_details.after_first_post_generation_saturation" in segment.result_data["ignored_params"]
+    assert segment.result_data["colour_adjustments"]["saturation"] == 1.3
     assert "is_first_segment" not in segment.result_data["ignored_params"]
 
 

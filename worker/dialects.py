@@ -49,15 +49,10 @@ NO_OP_KEYS = frozenset({
 })  # fmt: skip
 # Switches that change nothing while off; when on they ask for a feature this worker does not have.
 OFF_SWITCHES = frozenset({"enhance_prompt", "show_input_images", "regenerate_anchors", "use_svi"})
-# Headless adjustments at the values that leave the video as it is (the defaults Reigh and the headless
+# Headless settings at the values that leave the video as it is (the defaults Reigh and the headless
 # orchestrator send; the headless stitch upscales only by a factor > 1); any other value asks for an
 # effect this worker does not apply.
-NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
-    "after_first_post_generation_saturation": (1,), "after_first_post_generation_brightness": (0,),
-    "subsequent_starting_strength_adjustment": (0,), "desaturate_subsequent_starting_frames": (0,),
-    "adjust_brightness_subsequent_starting_frames": (0,), "cfg_star_switch": (0,), "cfg_zero_step": (-1,),
-    "upscale_factor": (0, 1),
-}  # fmt: skip
+NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {"cfg_star_switch": (0,), "cfg_zero_step": (-1,), "upscale_factor": (0, 1)}
 
 def flatten_generation_task(params: Mapping[str, Any]) -> dict[str, Any]:
     """The seed's GenerationTask row `{"model", "prompt", "parameters": {...}}` as one flat mapping;

@@ -51,6 +51,7 @@ from worker.generation import (
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.params import ParamReader, local_path, round_to_frame_count
 from worker.paths import output_file
+from worker.travel.colour import ColourAdjustments, read_colour
 from worker.travel.guide import segment_guide
 from worker.travel.plan import DEFAULT_MODEL, HEADLESS_KEY, SegmentJob, read_travel
 from worker.travel_children import (
@@ -121,7 +122,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
         head = segment.overlap if continues else 0
         start = tail = None
         if head:
-            tail = preceding(head)
+            tail = job.colour.guide_head(preceding(head))
         elif segment.previous_video is not None:  # a continued journey without overlap opens on the video's end
             start = preceding(1)[-1]
         else:
@@ -145,6 +146,8 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     generation = run_generation(ctx, request, {"segment": index, "segments": job.segment_count})
     if len(generation.frames) != segment.frames:
         raise RuntimeError(f"the engine returned {len(generation.frames)} frames for a {segment.frames}-frame segment")
+    if index > 0 or segment.previous_video is not None:  # Reigh's adjustments of the segments after the first
+        generation.frames = job.colour.after_first(generation.frames)
     output = output_file(ctx.output_dir, f"segment-{index}.mp4")
     ctx.report_progress({"phase": "video_encode", "segment": index, "segments": job.segment_count})
     thumbnail, encode_seconds = write_video(generation.frames, output, job.fps)
@@ -168,6 +171,8 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     )
     result_data.update(segment_index=index, orchestrator_task_id=params.get("orchestrator_task_id"),
                        kept_frames=kept_frames, ignored_params=ignored)
+    if job.colour != ColourAdjustments():
+        result_data["colour_adjustments"] = job.colour.to_params()
     return HandlerResult(output_location=publish_outputs(ctx, result_data, output, thumbnail), result_data=result_data)
 
 
@@ -205,7 +210,8 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
         raise ValidationError("frame_overlap_from_previous", f"{segment.overlap} frames do not fit a "
                                                              f"{segment.frames}-frame segment")
     spec = resolve_model(ctx.resources, details, DEFAULT_MODEL)
-    job = replace(SegmentJob.of(plan, index), segment=segment, image_to_video=spec.is_image_to_video)
+    job = replace(SegmentJob.of(plan, index), segment=segment, image_to_video=spec.is_image_to_video,
+                  colour=read_colour(reader, plan.colour))  # the row's own copies of the adjustments win
     if len(readers) > 1:  # individual_segment_params may carry the segment's own phase config and LoRAs
         own_params = readers[-1]
         own_params.used.update(("phase_config", "segment_loras"))

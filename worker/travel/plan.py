@@ -49,6 +49,7 @@ from wan_engine.schema import split_resolution as _split_resolution
 from worker.dialects import compose_prompt, ignored_params, sampling, segment_overrides
 from worker.errors import ValidationError
 from worker.params import ParamReader, local_path, parse_resolution, round_to_frame_count, to_int, validation_errors
+from worker.travel.colour import ColourAdjustments, read_colour
 from worker.video import check_image, probe
 
 DEFAULT_MODEL = "vace_14B_cocktail_2_2"  # the seed's default travel model, the Wan 2.2 VACE 14B cocktail
@@ -123,6 +124,7 @@ class TravelPlan:
     continue_frames: int = 0
     segment_sampling: tuple[dict[str, Any], ...] = ()  # per segment, what it sets over `sampling`
     image_to_video: bool = False  # an i2v model (the orchestrator sets it): segments take start and end frames
+    colour: ColourAdjustments = ColourAdjustments()  # Reigh's colour adjustments (worker/travel/colour.py)
 
     @property
     def resolution(self) -> str:
@@ -170,6 +172,7 @@ class TravelPlan:
             "continue_frames": self.continue_frames,
             "segment_sampling": [dict(overrides) for overrides in self.segment_sampling],
             "image_to_video": self.image_to_video,
+            "colour": self.colour.to_params(),
             "expected_frames": self.expected_frames,
         }
 
@@ -195,6 +198,7 @@ class TravelPlan:
             continue_frames=params["continue_frames"],
             segment_sampling=tuple(dict(overrides) for overrides in params["segment_sampling"]),
             image_to_video=params["image_to_video"],
+            colour=ColourAdjustments.from_params(params.get("colour")),  # absent from plans stored before it
         )
         if params.get("expected_frames", plan.expected_frames) != plan.expected_frames:
             raise ValidationError("expected_frames", "does not match the stored segments")
@@ -217,19 +221,21 @@ class SegmentJob:
     expected_frames: int
     independent: bool = False  # the segment opens on its own keyframe, not on the previous output
     image_to_video: bool = False  # conditioned on start and end frames instead of a guide video
+    colour: ColourAdjustments = ColourAdjustments()
 
     def to_params(self) -> dict[str, Any]:
         return {**asdict(self), "segment": asdict(self.segment)}
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> SegmentJob:
-        return cls(**{**params, "segment": SegmentPlan(**params["segment"]), "sampling": dict(params["sampling"])})
+        return cls(**{**params, "segment": SegmentPlan(**params["segment"]), "sampling": dict(params["sampling"]),
+                      "colour": ColourAdjustments.from_params(params.get("colour"))})
 
     @classmethod
     def of(cls, plan: TravelPlan, index: int) -> SegmentJob:
         return cls(plan.segments[index], plan.model, plan.preset, plan.width, plan.height, plan.fps,
                    plan.sampling_of(index), len(plan.segments), plan.expected_frames, plan.independent,
-                   plan.image_to_video)
+                   plan.image_to_video, plan.colour)
 
 
 def is_headless_form(params: Mapping[str, Any]) -> bool:
@@ -333,6 +339,7 @@ class _Planner:
             continue_from=continued[0] if continued else None,
             continue_frames=continued[1] if continued else 0,
             segment_sampling=self._segment_sampling(count),
+            colour=read_colour(self.reader),
         )
 
     def _segment_sampling(self, count: int) -> tuple[dict[str, Any], ...]:
