@@ -63,6 +63,11 @@ NO_OP_KEYS = frozenset({
     # show_input_images, whose banner the headless segment handler always switches off
     # (source/task_handlers/tasks/task_registry.py: travel_chain_details "show_input_images": False).
     "motion_settings_expanded", "turbo_mode", "continue_from_video_resolved_path_for_guide", "show_input_images",
+    # Headless polling and app-reader bookkeeping the April 2026 orchestrator copies onto its segments
+    # (travel/orchestrator.py _build_minimal_orchestrator_details); the upscaler's name matters only
+    # with an upscale_factor above 1, which is reported itself.
+    "poll_interval", "poll_timeout", "poll_timeout_upscale", "original_task_args", "clip_list", "num_joins",
+    "upscale_model_name",
 })  # fmt: skip
 # Switches that change nothing while off; when on they ask for a feature this worker does not have.
 OFF_SWITCHES = frozenset({"enhance_prompt", "regenerate_anchors", "use_svi"})
@@ -249,12 +254,34 @@ def with_additional_loras(values: Mapping[str, Any], additional: Any, field: str
     return {"lora_names": names, "lora_multipliers": multipliers}
 
 
-def check_travel_guidance(reader: ParamReader) -> None:
-    """`travel_guidance` (reigh-worker source/core/params/travel_guidance.py): kind "none" (also when
-    left out) asks for nothing. Every other kind (vace with a raw / flow / depth / canny structure
-    video, uni3c, ltx_control, ltx_hybrid) steers the frames by a guidance video this worker cannot
-    make, so the row fails naming the kind instead of making a different video."""
-    reader.used.add(TRAVEL_GUIDANCE)
+def _structure_guidance_has_video(value: Any) -> bool:
+    """A headless StructureGuidanceConfig has guidance when it lists videos or a guidance video URL."""
+    return isinstance(value, Mapping) and bool(value.get("videos") or value.get("guidance_video_url"))
+
+
+# The older ways of asking for a guidance video (reigh-worker core/params/structure_guidance.py and its
+# legacy aliases), each -> whether a value of it asks for one.
+STRUCTURE_GUIDANCE_KEYS = {
+    "structure_guidance": _structure_guidance_has_video,
+    "structure_videos": bool,
+    "structure_video_path": bool,
+    "uni3c_guide_video": bool,
+    "use_uni3c": lambda value: value is True or str(value).lower() == "true",
+}
+
+
+def check_guidance(reader: ParamReader) -> None:
+    """Refuse a row that asks for a guidance video. `travel_guidance` (reigh-worker
+    core/params/travel_guidance.py): kind "none" (also when left out) asks for nothing; every other
+    kind (vace with a raw / flow / depth / canny structure video, uni3c, ltx_control, ltx_hybrid)
+    steers the frames by a video this worker cannot make. The same goes for the older
+    structure-guidance keys when they name a video. Failing names the key, instead of making a
+    different video."""
+    reader.used.update((TRAVEL_GUIDANCE, *STRUCTURE_GUIDANCE_KEYS))
+    for key, asks_for_video in STRUCTURE_GUIDANCE_KEYS.items():
+        if reader.has(key) and asks_for_video(reader.params[key]):
+            raise ValidationError(reader.prefix + key, "structure guidance (a guidance video steering every frame) "
+                                                       "is not supported")
     if not reader.has(TRAVEL_GUIDANCE):
         return
     guidance = reader.params[TRAVEL_GUIDANCE]

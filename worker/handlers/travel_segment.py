@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from wan_engine.errors import echo
-from worker.dialects import check_model_family, check_travel_guidance, ignored_params, segment_overrides
+from worker.dialects import check_guidance, check_model_family, ignored_params, segment_overrides
 from worker.errors import ValidationError
 from worker.generation import (
     check_request,
@@ -224,7 +224,7 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
     if index is None:
         raise ValidationError("segment_index", "is required")
     for source in readers:  # the segment's own guidance, family and continuation, checked like the payload's
-        check_travel_guidance(source)
+        check_guidance(source)
         check_model_family(source)
         strategy = continuation_strategy(source) or continuation_strategy(details)
         if individual and index > 0 and strategy not in (None, NO_CONTINUATION):

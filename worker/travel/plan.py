@@ -50,8 +50,8 @@ from wan_engine.errors import echo
 from wan_engine.schema import DEFAULT_LIMITS, MAX_SEED, RANDOM_SEED, RESOLUTION_MULTIPLE, TRAVEL, Limits
 from wan_engine.schema import split_resolution as _split_resolution
 from worker.dialects import (
+    check_guidance,
     check_model_family,
-    check_travel_guidance,
     compose_prompt,
     ignored_params,
     sampling,
@@ -433,7 +433,7 @@ class _Planner:
             raise ValidationError(self.reader.prefix + "model_type", f"must be \"vace\" or \"i2v\", got {echo(mode)}")
         if self.reader.flag("use_svi", False):
             raise ValidationError(self.reader.prefix + "use_svi", "SVI end-frame chaining is not supported")
-        check_travel_guidance(self.reader)
+        check_guidance(self.reader)
         check_model_family(self.reader)
         self.continuation = continuation_strategy(self.reader)
         if self.continuation == GUIDE_OVERLAP and mode == "i2v":
