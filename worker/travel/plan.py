@@ -455,9 +455,9 @@ class _Planner:
             return True
         if self.continuation is not None:
             chained = self.continuation == GUIDE_OVERLAP
-            for key, says_chained in (("chain_segments", chain), ("independent_segments", None if independent is None
-                                                                   else not independent)):
-                if says_chained is not None and says_chained != chained:
+            for key, says_independent in (("chain_segments", None if chain is None else not chain),
+                                          ("independent_segments", independent)):
+                if says_independent is not None and says_independent == chained:
                     raise ValidationError(self.reader.prefix + key, f"contradicts {CONTINUATION}.strategy "
                                                                     f"{echo(self.continuation)}")
             return not chained
