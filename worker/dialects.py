@@ -32,6 +32,9 @@ from worker.params import ParamReader, to_float, to_int, validation_errors
 GENERATION_TASK_PARAMETERS = "parameters"
 PHASE_CONFIG = "phase_config"
 ADDITIONAL_LORAS = "additional_loras"
+PATH_LORAS = "loras"  # [{"path", "strength"}]: the app's list form of additional_loras
+TRAVEL_GUIDANCE = "travel_guidance"
+MODEL_FAMILY = "model_family"
 PRECISION = "precision"  # a run setting the request carries with its sampling fields
 TEXT_BEFORE, TEXT_AFTER = "text_before_prompts", "text_after_prompts"
 
@@ -46,9 +49,28 @@ NO_OP_KEYS = frozenset({
     "amount_of_motion", "selected_phase_preset_id", "is_first_segment", "is_last_segment", "child_order",
     "is_single_item", "frame_overlap_with_next", "final_stitched_output_path", "poll_interval_from_orchestrator",
     "poll_timeout_from_orchestrator", "seed_for_upscale",
+    # The April 2026 app's bookkeeping (reigh-app create-task/resolvers: shared/taskContracts.ts
+    # composeTaskFamilyPayload, shared/lineage.ts, individualTravelSegment.ts, imageGeneration.ts).
+    "contract_version", "task_family", "orchestration_contract", "task_view_contract", "family_contract",
+    "input_image_generation_ids", "image_variant_ids", "based_on", "create_as_generation", "thumbnail_url",
+    "source_variant_id", "is_primary", "timeline_placement", "placement_intent", "add_in_position",
+    "child_generation_id", "make_primary_variant", "pair_shot_generation_id", "start_image_generation_id",
+    "end_image_generation_id", "start_image_variant_id", "end_image_variant_id",
+    "random_seed",  # the app already drew the seed it sends
+    # Carried by the app and the April 2026 headless worker (reigh-worker) but never read by its
+    # generation: the UI's per-pair motion settings, turbo mode (the app expresses it as the task
+    # type wan_2_2_i2v), the segment's copy of continue_from_video_resolved_path, and
+    # show_input_images, whose banner the headless segment handler always switches off
+    # (source/task_handlers/tasks/task_registry.py: travel_chain_details "show_input_images": False).
+    "motion_settings_expanded", "turbo_mode", "continue_from_video_resolved_path_for_guide", "show_input_images",
+    # Headless polling and app-reader bookkeeping the April 2026 orchestrator copies onto its segments
+    # (travel/orchestrator.py _build_minimal_orchestrator_details); the upscaler's name matters only
+    # with an upscale_factor above 1, which is reported itself.
+    "poll_interval", "poll_timeout", "poll_timeout_upscale", "original_task_args", "clip_list", "num_joins",
+    "upscale_model_name",
 })  # fmt: skip
 # Switches that change nothing while off; when on they ask for a feature this worker does not have.
-OFF_SWITCHES = frozenset({"enhance_prompt", "show_input_images", "regenerate_anchors", "use_svi"})
+OFF_SWITCHES = frozenset({"enhance_prompt", "regenerate_anchors", "use_svi"})
 # Headless settings at the values that leave the video as it is (the defaults Reigh and the headless
 # orchestrator send; the headless stitch upscales only by a factor > 1); any other value asks for an
 # effect this worker does not apply.
@@ -106,9 +128,12 @@ def sampling(reader: ParamReader, overridden: dict[str, str]) -> dict[str, Any]:
             if name in values and values[name] != from_phases[name]:
                 overridden[reader.schema.keys[name]] = f"replaced by {PHASE_CONFIG}"
         values.update(from_phases)
-    reader.used.add(ADDITIONAL_LORAS)
+    reader.used.update((ADDITIONAL_LORAS, PATH_LORAS))
     if reader.has(ADDITIONAL_LORAS):
         values.update(with_additional_loras(values, reader.params[ADDITIONAL_LORAS], reader.prefix + ADDITIONAL_LORAS))
+    if reader.has(PATH_LORAS):  # the app's list form of additional_loras
+        listed = dict(path_loras(reader.params[PATH_LORAS], reader.prefix + PATH_LORAS))
+        values.update(with_additional_loras(values, listed, reader.prefix + PATH_LORAS))
     names, multipliers = values.get("lora_names"), values.get("lora_multipliers", [])
     if names is not None and len(multipliers) > len(names):
         raise ValidationError(reader.label("lora_multipliers"),
@@ -184,15 +209,21 @@ def segment_overrides(phase_config: Any, segment_loras: Any, phase_field: str, l
     if phase_config is not None:
         values.update(phase_config_values(phase_config, phase_field))
     if segment_loras is not None:
-        where = loras_field
-        if not isinstance(segment_loras, list) or not all(isinstance(lora, Mapping) for lora in segment_loras):
-            raise ValidationError(where, "must be a list of {\"path\", \"strength\"}")
-        chosen = [lora for lora in segment_loras if lora.get("path")]
-        if not all(isinstance(lora["path"], str) for lora in chosen):
-            raise ValidationError(where, "each LoRA's path must be a string")
-        values["lora_names"] = [lora["path"] for lora in chosen]
-        values["lora_multipliers"] = parse_multipliers([lora.get("strength", 1.0) for lora in chosen], where)
+        chosen = path_loras(segment_loras, loras_field)
+        values["lora_names"] = [path for path, _ in chosen]
+        values["lora_multipliers"] = parse_multipliers([strength for _, strength in chosen], loras_field)
     return values
+
+
+def path_loras(loras: Any, field: str) -> list[tuple[str, Any]]:
+    """(path, strength) of each LoRA of Reigh's list form [{"path", "strength"}] (strength 1 when
+    left out); entries without a path are skipped, as the headless LoRA parser does."""
+    if not isinstance(loras, list) or not all(isinstance(lora, Mapping) for lora in loras):
+        raise ValidationError(field, "must be a list of {\"path\", \"strength\"}")
+    chosen = [lora for lora in loras if lora.get("path")]
+    if not all(isinstance(lora["path"], str) for lora in chosen):
+        raise ValidationError(field, "each LoRA's path must be a string")
+    return [(lora["path"], lora.get("strength", 1.0)) for lora in chosen]
 
 
 def with_additional_loras(values: Mapping[str, Any], additional: Any, field: str) -> dict[str, list[str]]:
@@ -216,6 +247,55 @@ def with_additional_loras(values: Mapping[str, Any], additional: Any, field: str
         multipliers.append(text)
         stems.append(stem)
     return {"lora_names": names, "lora_multipliers": multipliers}
+
+
+def _structure_guidance_has_video(value: Any) -> bool:
+    """A headless StructureGuidanceConfig has guidance when it lists videos or a guidance video URL."""
+    return isinstance(value, Mapping) and bool(value.get("videos") or value.get("guidance_video_url"))
+
+
+# The older ways of asking for a guidance video (reigh-worker core/params/structure_guidance.py and its
+# legacy aliases), each -> whether a value of it asks for one.
+STRUCTURE_GUIDANCE_KEYS = {
+    "structure_guidance": _structure_guidance_has_video,
+    "structure_videos": bool,
+    "structure_video_path": bool,
+    "uni3c_guide_video": bool,
+    "use_uni3c": lambda value: value is True or str(value).lower() == "true",
+}
+
+
+def check_guidance(reader: ParamReader) -> None:
+    """Refuse a row that asks for a guidance video. `travel_guidance` (reigh-worker
+    core/params/travel_guidance.py): kind "none" (also when left out) asks for nothing; every other
+    kind (vace with a raw / flow / depth / canny structure video, uni3c, ltx_control, ltx_hybrid)
+    steers the frames by a video this worker cannot make. The same goes for the older
+    structure-guidance keys when they name a video. Failing names the key, instead of making a
+    different video."""
+    reader.used.update((TRAVEL_GUIDANCE, *STRUCTURE_GUIDANCE_KEYS))
+    for key, asks_for_video in STRUCTURE_GUIDANCE_KEYS.items():
+        if reader.has(key) and asks_for_video(reader.params[key]):
+            raise ValidationError(reader.prefix + key, "structure guidance (a guidance video steering every frame) "
+                                                       "is not supported")
+    if not reader.has(TRAVEL_GUIDANCE):
+        return
+    guidance = reader.params[TRAVEL_GUIDANCE]
+    field = reader.prefix + TRAVEL_GUIDANCE
+    if not isinstance(guidance, Mapping):
+        raise ValidationError(field, "must be an object {\"kind\", ...}")
+    kind = guidance.get("kind") or "none"
+    if kind != "none":
+        mode = f" (mode {echo(guidance['mode'])})" if guidance.get("mode") else ""
+        raise ValidationError(f"{field}.kind", f"{echo(kind)}{mode} is not supported: it guides every frame by a "
+                                               "structure or control video this worker cannot make; only \"none\" is")
+
+
+def check_model_family(reader: ParamReader) -> None:
+    """`model_family` as the headless worker reads it: "wan" (or anything it does not know, which it
+    infers from the model name) changes nothing here; "ltx" asks for LTX-2, which this worker lacks."""
+    family = reader.text(MODEL_FAMILY, None)
+    if family == "ltx":
+        raise ValidationError(reader.prefix + MODEL_FAMILY, "\"ltx\" (LTX-2) is not supported; this worker runs Wan models")
 
 
 def compose_prompt(prompt: str, reader: ParamReader) -> str:

@@ -16,6 +16,14 @@ images, counts, frames, overlaps, resolution, limits), the model or preset again
 (no load), and the sampling fields with the LoRA names and multiplier strings, as the engine will
 check them (wan_engine.schema.validate). Keys of the row that change nothing are reported on the
 parked row's progress and in the job's result_data as `ignored_params`, and logged.
+
+`wan_2_2_i2v` is the task type the Reigh app inserts instead of `travel_orchestrator` in turbo mode,
+with the same `orchestrator_details` payload (reigh-app supabase/functions/create-task/resolvers/
+travelBetweenImages.ts: `isTurboMode ? "wan_2_2_i2v" : "travel_orchestrator"`); the app treats it as
+an orchestrator that spawns segments and whose output is the journey's video (src/features/tasks/
+components/TasksPane/components/TaskItemActions.tsx, supabase/functions/complete_task/params.ts).
+The April 2026 headless worker registers no handler for it (source/task_handlers/tasks/task_types.py),
+so such a row is run here as the travel job it describes, on the model its payload names.
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ from worker.store import NewTask
 from worker.travel.plan import DEFAULT_MODEL, SegmentJob, read_travel
 from worker.travel_children import SEGMENT_JOB_PARAM
 
+TURBO_TRAVEL_TASK = "wan_2_2_i2v"  # the app's task type for a travel job in turbo mode
 SEGMENT_TASK = "travel_segment"
 STITCH_TASK = "travel_stitch"
 STITCH_KEY = "stitch"
@@ -39,7 +48,7 @@ def segment_key(index: int) -> str:
     return f"segment-{index}"
 
 
-@register("travel_orchestrator")
+@register("travel_orchestrator", TURBO_TRAVEL_TASK)
 def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
     plan, reader = read_travel(ctx.task.params, ctx.config.limits)
     spec = resolve_model(ctx.resources, reader, DEFAULT_MODEL)

@@ -24,9 +24,16 @@ Three row forms:
   `segment_frames_target`, `frame_overlap_from_previous` and `seed_to_use`, which win over the
   payload's; the previous segment is the row's dependency;
 * `individual_travel_segment` (Reigh): `orchestrator_details` and `segment_index` (default 0), and
-  `individual_segment_params` (`base_prompt`, `negative_prompt`, `num_frames`, `seed_to_use`,
-  `start_image_url`, `end_image_url`), which win; the segment is planned as an independent one,
-  opening on its own start image.
+  `individual_segment_params` (`base_prompt`, `enhanced_prompt`, `negative_prompt`, `num_frames`,
+  `seed_to_use`, `input_image_paths_resolved` [start, end], `start_image_url`, `end_image_url`), which
+  win; the segment is planned as an independent one, opening on its own start image. The app's
+  payload holds only the pair, so a `segment_index` past its segments is the pair's place in the
+  timeline; re-making a segment after the first with a continuation is refused (its predecessor's
+  video is found through the app's generation lineage, which this worker does not have).
+
+The April 2026 headless orchestrator also writes the canonical `num_frames` and `seed` next to
+`segment_frames_target` and `seed_to_use` (the canonical ones win), `model_family`, and the segment's
+`travel_guidance` (kind "none" is a no-op; any guidance video is refused naming the field).
 """
 from __future__ import annotations
 
@@ -36,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.dialects import ignored_params, segment_overrides
+from wan_engine.errors import echo
+from worker.dialects import check_guidance, check_model_family, ignored_params, segment_overrides
 from worker.errors import ValidationError
 from worker.generation import (
     check_request,
@@ -53,7 +61,15 @@ from worker.params import ParamReader, local_path, round_to_frame_count
 from worker.paths import output_file
 from worker.travel.colour import ColourAdjustments, read_colour
 from worker.travel.guide import segment_guide
-from worker.travel.plan import DEFAULT_MODEL, HEADLESS_KEY, SegmentJob, read_travel
+from worker.travel.plan import (
+    CONTINUATION,
+    DEFAULT_MODEL,
+    HEADLESS_KEY,
+    NO_CONTINUATION,
+    SegmentJob,
+    continuation_strategy,
+    read_travel,
+)
 from worker.travel_children import (
     HEADLESS_REF,
     SEGMENT_JOB_PARAM,
@@ -68,12 +84,17 @@ from worker.video import check_image, load_image, read_last_frames
 INDIVIDUAL_TASK = "individual_travel_segment"
 INDIVIDUAL_PARAMS = "individual_segment_params"
 # Segment-level keys of a headless segment row (and of its individual_segment_params, which win) ->
-# the SegmentPlan field they set.
-_HEADLESS_SEGMENT_KEYS = {"base_prompt": "prompt", "negative_prompt": "negative_prompt",
+# the SegmentPlan field they set; of two keys for one field the later wins, as the headless segment
+# handler prefers enhanced_prompt, num_frames and seed (reigh-worker tasks/task_registry.py
+# _resolve_generation_inputs, _build_generation_params).
+_HEADLESS_SEGMENT_KEYS = {"base_prompt": "prompt", "enhanced_prompt": "prompt", "negative_prompt": "negative_prompt",
                           "segment_frames_target": "frames", "num_frames": "frames",
-                          "frame_overlap_from_previous": "overlap", "seed_to_use": "seed",
+                          "frame_overlap_from_previous": "overlap", "seed_to_use": "seed", "seed": "seed",
                           "start_image_url": "start_image", "end_image_url": "end_image"}
 _TEXT_KEYS = ("prompt", "negative_prompt", "start_image", "end_image")
+# An individual segment's [start, end] images, which its start_image_url / end_image_url override
+# (reigh-worker tasks/task_registry.py _resolve_image_references).
+PAIR_IMAGES = "input_image_paths_resolved"
 
 
 @register("travel_segment", INDIVIDUAL_TASK)
@@ -182,24 +203,47 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
     payload like an orchestrator would, then the segment's own values win."""
     individual = ctx.task.task_type == INDIVIDUAL_TASK
     reader = ParamReader(params)
-    plan, details = read_travel({HEADLESS_KEY: headless_payload(ctx, reader)}, ctx.config.limits,
-                                independent=individual)
-    index = reader.integer("segment_index", 0 if individual else None, minimum=0, maximum=len(plan.segments) - 1)
-    if index is None:
-        raise ValidationError("segment_index", "is required")
-    segment = plan.segments[index]
-    own: dict[str, Any] = {}
+    payload = headless_payload(ctx, reader)
     readers = [reader]
     if reader.has(INDIVIDUAL_PARAMS):
         reader.used.add(INDIVIDUAL_PARAMS)
         readers.append(ParamReader(params[INDIVIDUAL_PARAMS], prefix=f"{INDIVIDUAL_PARAMS}."))
+    own: dict[str, Any] = {}
     for source in readers:  # individual_segment_params last: they win
+        pair = source.texts(PAIR_IMAGES, None) if individual else None
+        if pair is not None and len(pair) >= 2:  # a re-made segment's own pair; its *_image_url win
+            own["start_image"], own["end_image"] = pair[:2]
         for key, name in _HEADLESS_SEGMENT_KEYS.items():
             if name == "overlap" and individual:
                 continue
             value = (source.text if name in _TEXT_KEYS else source.integer)(key, None)
             if value is not None and value != "":
                 own[name] = value
+    # An individual segment's payload carries no prompts of its own (individualTravelSegment.ts): the
+    # segment's prompt stands in for them while the payload is planned.
+    plan, details = read_travel({HEADLESS_KEY: payload}, ctx.config.limits, independent=individual,
+                                segment_prompt=own.get("prompt"))
+    count = len(plan.segments)
+    index = reader.integer("segment_index", 0 if individual else None, minimum=0,
+                           maximum=None if individual else count - 1)
+    if index is None:
+        raise ValidationError("segment_index", "is required")
+    for source in readers:  # the segment's own guidance, family and continuation, checked like the payload's
+        check_guidance(source)
+        check_model_family(source)
+        strategy = continuation_strategy(source) or continuation_strategy(details)
+        if individual and index > 0 and strategy not in (None, NO_CONTINUATION):
+            raise ValidationError(source.prefix + CONTINUATION,
+                                  f"re-making segment {index} alone with {echo(strategy)} needs its predecessor's "
+                                  "video, which an individual_travel_segment row does not name; send it without "
+                                  "a continuation (independent) or re-run the travel job")
+    planned = index
+    if individual and index >= count:  # the app's re-make carries only its own pair, at its place in the timeline
+        if "start_image" not in own:
+            raise ValidationError("segment_index", f"is {index}, but the payload plans {count} segment(s) and the "
+                                                   "row names no images of its own (start_image_url)")
+        planned = 0
+    segment = replace(plan.segments[planned], index=index)
     for name in ("start_image", "end_image"):
         if name in own:
             check_image(local_path(own[name], name), name)
@@ -210,7 +254,7 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
         raise ValidationError("frame_overlap_from_previous", f"{segment.overlap} frames do not fit a "
                                                              f"{segment.frames}-frame segment")
     spec = resolve_model(ctx.resources, details, DEFAULT_MODEL)
-    job = replace(SegmentJob.of(plan, index), segment=segment, image_to_video=spec.is_image_to_video,
+    job = replace(SegmentJob.of(plan, planned), segment=segment, image_to_video=spec.is_image_to_video,
                   colour=read_colour(reader, plan.colour))  # the row's own copies of the adjustments win
     if len(readers) > 1:  # individual_segment_params may carry the segment's own phase config and LoRAs
         own_params = readers[-1]

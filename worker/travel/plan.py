@@ -17,9 +17,9 @@ Frame rules (the one used is recorded in the plan as `frame_rule`):
 
 * ours: segment i has `segment_frames[i]` frames (4n+1, rounded down) and shares `overlap[i]` frames
   (even, rounded down) with segment i-1; an overlap that does not fit is an error;
-* headless (current Reigh-Worker orchestrator): `segment_frames_expanded[i]` is rounded down to 4n+1;
+* headless (current reigh-worker orchestrator): `segment_frames_expanded[i]` is rounded down to 4n+1;
   each overlap is made even and capped at the shorter of its two segments; a chained segment after
-  the first generates its frames plus the overlap (rounded down to 4n+1), so the stitched length is
+  the first generates its frames plus the overlap (rounded up to 4n+1), so the stitched length is
   about sum(segment_frames_expanded). `frame_overlap_expanded` may carry one entry per segment (the
   last has no following segment and is dropped), and sizes are snapped down to multiples of 16.
 
@@ -27,7 +27,10 @@ Either way the stitched video has sum(frames) - sum(overlaps) frames, every roun
 and seeds are `seed + i`, so any segment can be re-run alone and give the same video.
 
 Independent segments (`chain_segments: false` or `independent_segments: true`) each open on their
-own start image and wait for no other segment; the stitch cross-fades their overlaps all the same. One
+own start image and wait for no other segment; the stitch cross-fades their overlaps all the same.
+The app's `continuation_config` decides instead when given: strategy "guide_overlap_masked" chains,
+"none" does not; the SVI and LTX strategies, `travel_guidance` other than kind "none" and
+`model_family: "ltx"` are refused naming the field. One
 keyframe makes one segment that starts on it and ends where the model takes it. A journey that
 continues a video (`continue_from_video`, headless `continue_from_video_resolved_path`) has a segment
 per image: the first opens on the video's last `frame_overlap[0]` frames, and the stitch starts
@@ -46,7 +49,14 @@ from typing import Any
 from wan_engine.errors import echo
 from wan_engine.schema import DEFAULT_LIMITS, MAX_SEED, RANDOM_SEED, RESOLUTION_MULTIPLE, TRAVEL, Limits
 from wan_engine.schema import split_resolution as _split_resolution
-from worker.dialects import compose_prompt, ignored_params, sampling, segment_overrides
+from worker.dialects import (
+    check_guidance,
+    check_model_family,
+    compose_prompt,
+    ignored_params,
+    sampling,
+    segment_overrides,
+)
 from worker.errors import ValidationError
 from worker.params import ParamReader, local_path, parse_resolution, round_to_frame_count, to_int, validation_errors
 from worker.travel.colour import ColourAdjustments, read_colour
@@ -59,10 +69,19 @@ MAX_SEGMENT_FRAMES = 1000  # ~60 s at 16 fps per segment; far past what Wan keep
 HEADLESS_KEY = "orchestrator_details"
 OURS_RULE = "ours: each segment_frames entry is a segment's whole length, overlap included"
 HEADLESS_RULE = ("headless: segment_frames_expanded rounded down to 4n+1; overlaps even and capped at the shorter "
-                 "neighbour; a chained segment after the first generates its frames + the overlap (4n+1)")
+                 "neighbour; a chained segment after the first generates its frames + the overlap, rounded up to 4n+1")
 INDEPENDENT_RULE = ("; independent segments: each opens on its own keyframe (nothing is generated on top of "
                     "the overlap), the stitch cross-fades the overlaps")
 ENHANCED_PROMPTS = "enhanced_prompts_expanded"
+CONTINUATION = "continuation_config"
+# continuation_config strategies (reigh-worker source/core/params/generation_policy.py): "none" leaves
+# segments independent; "guide_overlap_masked" is our chained VACE overlap (each segment's guide opens
+# on its predecessor's last frames, masked as kept); the others need what this worker does not have.
+NO_CONTINUATION, GUIDE_OVERLAP = "none", "guide_overlap_masked"
+UNSUPPORTED_CONTINUATIONS = {
+    "svi_latent_chaining": "SVI latent chaining (Wan image-to-video SVI LoRAs and latent tails) is not supported",
+    "prefix_video_source": "prefix-video continuation is LTX-2's, and LTX models are not supported",
+}
 PER_SEGMENT_PHASE_CONFIGS, PER_SEGMENT_LORAS = "phase_configs_expanded", "loras_per_segment_expanded"
 
 
@@ -252,7 +271,12 @@ def travel_reader(params: Mapping[str, Any]) -> tuple[ParamReader, ParamReader |
     details = params[HEADLESS_KEY]
     if not isinstance(details, Mapping):
         raise ValidationError(HEADLESS_KEY, "must be an object")
-    return ParamReader(details, TRAVEL, prefix=f"{HEADLESS_KEY}."), top
+    reader = ParamReader(details, TRAVEL, prefix=f"{HEADLESS_KEY}.")
+    # The app nests a copy of the payload in itself (composeTaskFamilyPayload, reigh-app
+    # shared/taskContracts.ts), which the headless orchestrator then rewrites only in the outer one: the
+    # outer one is what is read.
+    reader.used.add(HEADLESS_KEY)
+    return reader, top
 
 
 def plan_travel(params: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> TravelPlan:
@@ -260,13 +284,15 @@ def plan_travel(params: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> T
     return read_travel(params, limits)[0]
 
 
-def read_travel(params: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS, *,
-                independent: bool = False) -> tuple[TravelPlan, ParamReader]:
+def read_travel(params: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS, *, independent: bool = False,
+                segment_prompt: str | None = None) -> tuple[TravelPlan, ParamReader]:
     """plan_travel, with the reader of the travel fields, whose labels name fields as the row wrote
     them. `independent` plans every segment to open on its own keyframe whatever the params say
-    (one segment re-made alone)."""
+    (one segment re-made alone); `segment_prompt`, the prompt a segment row gives itself, stands in
+    for a segment the params give no prompt."""
     reader, top = travel_reader(params)
-    plan = _Planner(reader, headless=top is not None, limits=limits, independent=independent).plan()
+    plan = _Planner(reader, headless=top is not None, limits=limits, independent=independent,
+                    segment_prompt=segment_prompt).plan()
     ignored = ignored_params(reader, plan.ignored_params)
     if top is not None:
         ignored.update(ignored_params(top))
@@ -274,16 +300,46 @@ def read_travel(params: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS, *,
     return replace(plan, ignored_params=ignored, given_as=given_as), reader
 
 
+def continuation_strategy(reader: ParamReader) -> str | None:
+    """The strategy of the row's `continuation_config` ({"strategy", "overlap_frames"}; strategy "none"
+    when left out, as the headless GenerationPolicy reads it), None without one. `overlap_frames` is
+    read but changes nothing for guide_overlap_masked: the headless worker takes each join's overlap
+    from frame_overlap_expanded. Strategies this worker cannot do fail naming the field."""
+    reader.used.add(CONTINUATION)
+    if not reader.has(CONTINUATION):
+        return None
+    config, field = reader.params[CONTINUATION], reader.prefix + CONTINUATION
+    if not isinstance(config, Mapping):
+        raise ValidationError(field, "must be an object {\"strategy\", \"overlap_frames\"}")
+    strategy = config.get("strategy") or NO_CONTINUATION
+    if strategy in UNSUPPORTED_CONTINUATIONS:
+        raise ValidationError(f"{field}.strategy", f"{echo(strategy)}: {UNSUPPORTED_CONTINUATIONS[strategy]}")
+    if strategy not in (NO_CONTINUATION, GUIDE_OVERLAP):
+        raise ValidationError(f"{field}.strategy", f"must be {NO_CONTINUATION!r} or {GUIDE_OVERLAP!r}, got {echo(strategy)}")
+    if config.get("overlap_frames") is not None:
+        to_int(config["overlap_frames"], f"{field}.overlap_frames")
+    return strategy
+
+
+def round_up_to_frame_count(frames: int) -> int:
+    """The smallest 4n+1 count >= frames (the headless orchestrator's rule for a chained segment's
+    frames plus its overlap: reigh-worker travel/orchestrator.py _quantize_frames_up)."""
+    return 1 if frames <= 1 else (frames + 2) // 4 * 4 + 1
+
+
 class _Planner:
     """Builds a plan from a reader of either form (see the module docstring for the frame rules)."""
 
-    def __init__(self, reader: ParamReader, *, headless: bool, limits: Limits, independent: bool = False):
+    def __init__(self, reader: ParamReader, *, headless: bool, limits: Limits, independent: bool = False,
+                 segment_prompt: str | None = None):
         self.reader = reader
+        self.segment_prompt = segment_prompt
         self.headless = headless
         self.independent = independent
         self.limits = limits
         self.roundings: list[Rounding] = []
         self.overridden: dict[str, str] = {}
+        self.continuation: str | None = None  # the row's continuation_config strategy, if it has one
 
     def label(self, name: str) -> str:
         return self.reader.label(name)
@@ -377,22 +433,42 @@ class _Planner:
 
     def _travel_mode(self) -> bool:
         """True for Reigh's `model_type: "i2v"` (image-to-video travel), False for "vace"; SVI
-        end-frame chaining (`use_svi`) is refused."""
+        end-frame chaining (`use_svi`), a continuation, guidance or model family this worker cannot do
+        are refused."""
         mode = self.reader.text("model_type", "vace")
         if mode not in ("vace", "i2v"):
             raise ValidationError(self.reader.prefix + "model_type", f"must be \"vace\" or \"i2v\", got {echo(mode)}")
         if self.reader.flag("use_svi", False):
             raise ValidationError(self.reader.prefix + "use_svi", "SVI end-frame chaining is not supported")
+        check_guidance(self.reader)
+        check_model_family(self.reader)
+        self.continuation = continuation_strategy(self.reader)
+        if self.continuation == GUIDE_OVERLAP and mode == "i2v":
+            raise ValidationError(f"{self.reader.prefix}{CONTINUATION}.strategy",
+                                  f"{GUIDE_OVERLAP} chains VACE segments through their guide videos; model_type is "
+                                  "\"i2v\", whose segments this worker never chains that way")
         return mode == "i2v"
 
     def _independent(self, image_to_video_mode: bool) -> bool:
         """Segments are independent (each opens on its own keyframe) when `chain_segments` is false
-        or, without it, `independent_segments` is true; the two may not contradict each other. The
-        headless orchestrator never chains `model_type: "i2v"` segments, so neither does this."""
+        or, without it, `independent_segments` is true; the two may not contradict each other. A
+        `continuation_config` decides instead (its strategy "none": independent, guide_overlap_masked:
+        chained), and neither flag may contradict it. The headless orchestrator never chains
+        `model_type: "i2v"` segments without a continuation, so neither does this."""
         chain = self.reader.flag("chain_segments", True) if self.reader.has("chain_segments") else None
         independent = (self.reader.flag("independent_segments", False)
                        if self.reader.has("independent_segments") else None)
-        if self.independent or image_to_video_mode:
+        if self.independent:
+            return True
+        if self.continuation is not None:
+            chained = self.continuation == GUIDE_OVERLAP
+            for key, says_independent in (("chain_segments", None if chain is None else not chain),
+                                          ("independent_segments", independent)):
+                if says_independent is not None and says_independent == chained:
+                    raise ValidationError(self.reader.prefix + key, f"contradicts {CONTINUATION}.strategy "
+                                                                    f"{echo(self.continuation)}")
+            return not chained
+        if image_to_video_mode:
             return True
         if chain is not None and independent is not None and chain == independent:
             raise ValidationError(self.reader.prefix + "chain_segments",
@@ -446,7 +522,7 @@ class _Planner:
         fallback = self.reader.field("prompt", "")
         prompts = []
         for i in range(count):
-            chosen = next((p for p in (enhanced[i], listed[i], fallback) if p and p.strip()), None)
+            chosen = next((p for p in (enhanced[i], listed[i], fallback, self.segment_prompt) if p and p.strip()), None)
             if chosen is None:
                 raise ValidationError(self.label("prompts"),
                                       f"required: segment {i} has no prompt ('prompts', one per segment, or 'prompt')")
@@ -539,7 +615,7 @@ class _Planner:
 
     def _generated_frames(self, frames: list[int], overlaps: list[int], first_join: int,
                           chained: bool) -> list[int]:
-        """Frames each segment generates: its frames (ours), or its frames + its overlap rounded down
+        """Frames each segment generates: its frames (ours), or its frames + its overlap rounded up
         to 4n+1 (headless chained segments after the first). `first_join`: the index of the first
         segment's overlap in the frame_overlap list (0 when it continues a video, else 1)."""
         if not self.headless:
@@ -547,8 +623,7 @@ class _Planner:
         generated = []
         for i, (count, overlap) in enumerate(zip(frames, overlaps)):
             with_context = overlap and i > 0 and chained
-            label = f"{self.reader.key('segment_frames')}[{i}]"
-            total = round_to_frame_count(count + overlap, label) if with_context else count
+            total = round_up_to_frame_count(count + overlap) if with_context else count
             if total < overlap + 1:
                 raise ValidationError(f"{self.reader.key('frame_overlap')}[{i + first_join - 1}]",
                                       f"{overlap} frames leave segment {i} no frame of its own")
