@@ -255,7 +255,9 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
                                                              f"{segment.frames}-frame segment")
     spec = resolve_model(ctx.resources, details, DEFAULT_MODEL)
     job = replace(SegmentJob.of(plan, planned), segment=segment, image_to_video=spec.is_image_to_video,
-                  colour=read_colour(reader, plan.colour))  # the row's own copies of the adjustments win
+                  colour=plan.colour)
+    for source in readers:  # the row's own copies of the adjustments win, individual_segment_params last
+        job = replace(job, colour=read_colour(source, job.colour))
     if len(readers) > 1:  # individual_segment_params may carry the segment's own phase config and LoRAs
         own_params = readers[-1]
         own_params.used.update(("phase_config", "segment_loras"))
