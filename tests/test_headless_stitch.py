@@ -1,4 +1,5 @@
-"""Child rows of a travel job that the headless Wan2GP / Reigh orchestrator wrote (banodoco/Reigh-Worker
+"""Stitch rows the Reigh app writes (a crossfade join of clips), and child rows of a travel job that the
+headless Wan2GP / Reigh orchestrator wrote (banodoco/Reigh-Worker
 source/task_handlers/travel/orchestrator.py: segment_payload and stitch_payload), run by this worker,
 so a fleet that mixes headless workers and ours finishes the job whichever box claims which row.
 
@@ -7,6 +8,7 @@ orchestrator_task_id_ref), not in parent_task_id; its stitch finds the run's fin
 those (Reigh-Worker source/core/db/task_dependencies.py: get_completed_segment_outputs_for_stitch)."""
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ import pytest
 
 from worker.resources import WorkerResources
 from worker.store import Claim, TaskStatus, TaskStore
-from worker.video import VideoWriter, probe, read_video
+from fleet_servers import file_server  # noqa: F401 (fixture)
+from worker.video import VideoWriter, probe, read_video, run_ffmpeg
 from worker_harness import resources, run_until_idle, write_keyframes  # noqa: F401 (fixture)
 
 RUN_ID = "20261201112233445"
@@ -197,3 +200,69 @@ def test_a_stitch_whose_run_misses_a_segment_names_it(sqlite_store: TaskStore, r
     assert task.error_message.endswith(f"orchestrator_run_id: run {RUN_ID!r} of orchestrator {orchestrator_id} has no "
                                   "finished travel_segment row for segment_index [1] (of 2)")
     assert sqlite_store.get(stitch_id).status == TaskStatus.CANCELLED
+
+
+# ---- the Reigh app's crossfade join -------------------------------------------------------------------------
+
+def clip(path: Path, frames: int, shade: int) -> Path:
+    with VideoWriter(path, 16, 32, 32) as writer:
+        writer.write(np.full((frames, 32, 32, 3), shade, np.uint8))
+    return path
+
+
+def join_row(clips: list[str], overlaps: list[int], **changes: Any) -> dict[str, Any]:
+    """A travel_stitch row as banodoco/reigh-app writes a crossfade join
+    (supabase/functions/create-task/resolvers/crossfadeJoin.ts, frontend-created join)."""
+    payload = {"run_id": "20261201120000000", "shot_id": "shot-1", "parent_generation_id": "gen-1", "clip_urls": clips,
+               "frame_overlap_settings_expanded": overlaps, "tool_type": "join-clips"}
+    row = {"shot_id": "shot-1", "parent_generation_id": "gen-1", "clip_urls": clips,
+           "frame_overlap_settings_expanded": overlaps, "full_orchestrator_payload": payload,
+           "orchestration_contract": {"contract_version": 3, "task_family": "join_clips", "run_id": payload["run_id"],
+                                      "parent_generation_id": "gen-1", "shot_id": "shot-1",
+                                      "generation_routing": "variant_parent"},
+           "tool_type": "join-clips"}
+    row.update(changes)
+    return row
+
+
+def test_the_apps_crossfade_join_stitches_its_clips_under_its_audio(
+        sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path, file_server) -> None:
+    served = [file_server.serve(f"/clips/{i}.mp4", clip(tmp_path / f"{i}.mp4", 9, shade).read_bytes())
+              for i, shade in enumerate((40, 200))]
+    local = str(clip(tmp_path / "third.mp4", 7, 120))
+    sound = tmp_path / "sound.wav"
+    run_ffmpeg(["-f", "lavfi", "-i", "sine=frequency=440:duration=5", str(sound)], check=True)
+    audio = file_server.serve("/audio/sound.wav", sound.read_bytes())
+    task_id = sqlite_store.enqueue("travel_stitch", join_row([*served, local], [2, 3], audio_url=audio))
+    run_until_idle(sqlite_store, resources, tmp_path / "out", task_types=("travel_stitch",))
+
+    task = sqlite_store.get(task_id)
+    assert task.status == TaskStatus.COMPLETE, task.error_message
+    video = read_video(task.output_location).astype(int)
+    assert len(video) == task.result_data["frames"] == 9 + 9 + 7 - 2 - 3
+    assert abs(video[0].mean() - 40) < 4 and abs(video[9].mean() - 200) < 4 and abs(video[-1].mean() - 120) < 4
+    header = run_ffmpeg(["-i", task.output_location])
+    minutes, seconds = re.search(r"Duration: 00:(\d\d):(\d\d\.\d\d)", header).groups()
+    assert "Audio: aac" in header, header
+    assert abs(60 * int(minutes) + float(seconds) - 21 / 16) < 0.1, header  # the 5 s sound cut at the video's end
+    assert task.result_data["fps"] == 16 and task.result_data["overlaps"] == [2, 3]
+    assert task.result_data["ignored_params"] == {}
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"clip_urls": ["/one.mp4"]}, "clip_urls: must name at least two clips to join, got 1"),
+    ({"frame_overlap_settings_expanded": [0]}, "frame_overlap_settings_expanded: overlaps must be >= 1, got [0]"),
+    ({"frame_overlap_settings_expanded": [2, 2]}, "frame_overlap_settings_expanded: must list exactly 1 overlaps"),
+    ({"clip_urls": ["/nowhere/a.mp4", "/nowhere/b.mp4"]}, "clip_urls[0]: not a readable video"),
+    ({"audio_url": "NOT_AUDIO"}, "audio_url: not a readable audio file"),
+])  # fmt: skip
+def test_a_bad_crossfade_join_fails_naming_its_field(sqlite_store: TaskStore, resources: WorkerResources,
+                                                     tmp_path: Path, changes: dict[str, Any], message: str) -> None:
+    clips = [str(clip(tmp_path / f"{i}.mp4", 9, 100)) for i in range(2)]
+    if changes.get("audio_url") == "NOT_AUDIO":
+        (tmp_path / "not_audio.wav").write_text("not audio")
+        changes = {"audio_url": str(tmp_path / "not_audio.wav")}
+    task_id = sqlite_store.enqueue("travel_stitch", join_row(clips, [2], **changes))
+    run_until_idle(sqlite_store, resources, tmp_path / "out", task_types=("travel_stitch",))
+    task = sqlite_store.get(task_id)
+    assert task.status == TaskStatus.FAILED and message in task.error_message, task.error_message

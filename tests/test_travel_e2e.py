@@ -86,7 +86,10 @@ def test_result_data_reports_segments_timings_and_resolved_parameters(sqlite_sto
     assert segment["phase_seconds"]["queue_wait"] >= 0
 
 
-def test_the_headless_wan2gp_form_runs_the_same_job(sqlite_store: TaskStore, resources, tmp_path: Path) -> None:
+def test_the_headless_wan2gp_form_runs_the_same_job_by_the_headless_frame_rule(sqlite_store: TaskStore, resources,
+                                                                              tmp_path: Path) -> None:
+    """The chained second segment generates its 9 frames + the 2 it shares, rounded up to 13 (4n+1) as the
+    headless orchestrator does (banodoco/reigh-worker travel/orchestrator.py, _quantize_frames_up)."""
     images = write_keyframes(tmp_path / "keys", 3)
     orchestrator_id = sqlite_store.enqueue("travel_orchestrator", headless(images))
 
@@ -95,7 +98,7 @@ def test_the_headless_wan2gp_form_runs_the_same_job(sqlite_store: TaskStore, res
     orchestrator = sqlite_store.get(orchestrator_id)
     assert orchestrator.status == TaskStatus.COMPLETE, orchestrator.error_message
     info = probe(orchestrator.output_location)
-    assert (info.frames, info.width, info.height, info.fps) == (16, 64, 48, 8)
+    assert (info.frames, info.width, info.height, info.fps) == (9 + 13 - 2, 64, 48, 8)
     assert sorted(children_by_key(sqlite_store, orchestrator_id)) == ["segment-0", "segment-1", "stitch"]
 
 

@@ -1,9 +1,9 @@
-"""`travel_stitch`: the last child of a travel job. Cross-fades the segment videos into one mp4
-(worker/travel/stitch.py), writes it with a thumbnail to its own folder and row and, for a job of
-travel_orchestrator's, completes the parked orchestrator with the same video and a summary of the
-whole job. When it starts, the orchestrator's progress moves to the "stitch" phase.
+"""`travel_stitch`: cross-fades videos into one mp4 (worker/travel/stitch.py), written with a
+thumbnail to its own folder and row. As the last child of a travel job of travel_orchestrator's, it
+also completes the parked orchestrator with the same video and a summary of the whole job; when it
+starts, the orchestrator's progress moves to the "stitch" phase.
 
-Two row forms:
+Three row forms:
 * ours, written by travel_orchestrator: the `plan`, `segment_task_ids` and `orchestrator_task_id`.
   The orchestrator is completed before this row (whose completion the poller writes after the handler
   returns), so a backend that watches only the orchestrator sees it end. If this worker dies in
@@ -13,11 +13,16 @@ Two row forms:
   their params, not in parent_task_id (store.run_segments; the newest finished row of each index);
   the overlaps are the row's `frame_overlap_settings_expanded` (what the segments were made with),
   else the plan's. The headless orchestrator completes itself from this row, so it is not touched.
+* a crossfade join the Reigh app writes (reigh-app create-task/resolvers/crossfadeJoin.ts): the
+  `clip_urls` to join (paths or URLs, at least two), `frame_overlap_settings_expanded` (one positive
+  overlap per join), optionally `fps` (else the first clip's) and an `audio_url` laid under the result.
 """
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from worker.dialects import ignored_params
@@ -38,100 +43,93 @@ from worker.travel_children import (
     segment_video,
     stored_plan,
 )
+from worker.video import FFmpegError, mux_audio, probe
 
 OUTPUT_NAME = "travel.mp4"
 RUN_ID = "orchestrator_run_id"
 STITCH_OVERLAPS = "frame_overlap_settings_expanded"
+CLIPS = "clip_urls"
+AUDIO = "audio_url"
 
 
 @dataclass(frozen=True)
 class _StitchJob:
     """What one stitch row asks for, whichever form wrote it."""
 
-    plan: TravelPlan
-    segments: list[Task]
-    overlaps: list[int]  # one per join of the stitch (the continued video, if any, then the segments)
-    parked_orchestrator: str | None  # ours: the orchestrator this stitch completes
-    own_result: dict[str, Any]  # what the form adds to result_data
-    segments_field: str  # the key that named the segments, for errors
+    videos: list[Path]  # local files, in order (a continued video first)
+    overlaps: list[int]  # one per join
+    shared: list[int]  # frames kept once per join (image-to-video segments sharing their joining frame)
+    fps: float
+    field: str  # the key that named the videos, for errors
+    summary: dict[str, Any]  # what the form puts in result_data besides the video's own facts
+    segments: list[Task] = field(default_factory=list)  # the segment rows, when the videos are theirs
+    plan: TravelPlan | None = None  # ours: the stored plan, whose length the result must have
+    parked_orchestrator: str | None = None  # ours: the orchestrator this stitch completes
+    audio: Path | None = None  # a sound track laid under the result
 
 
 @register("travel_stitch")
 def travel_stitch(ctx: TaskContext) -> HandlerResult:
     started = time.perf_counter()
-    if PLAN_PARAM in ctx.task.params or not is_headless_child(ctx.task.params):
+    params = ctx.task.params
+    if CLIPS in params:
+        job = _clip_join(ctx)
+    elif PLAN_PARAM in params or not is_headless_child(params):
         job = _our_stitch(ctx)
     else:
         job = _headless_stitch(ctx)
-    plan, segments = job.plan, job.segments
 
     ctx.raise_if_cancelled()
-    ctx.report_progress({"phase": "stitch", "segments": len(segments), "expected_frames": plan.expected_frames})
-    report_job_progress(ctx, len(plan.segments), plan.expected_frames, phase="stitch", segments_done=len(segments))
-    continued = [local_path(plan.continue_from, "continue_from_video")] if plan.continue_from else []
-    videos = [segment_video(segment, f"{job.segments_field}[{i}]") for i, segment in enumerate(segments)]
-    shared = [int(plan.image_to_video and overlap == 0) for overlap in job.overlaps]
+    expected = job.plan.expected_frames if job.plan else None
+    ctx.report_progress({"phase": "stitch", "segments": len(job.videos), "expected_frames": expected})
+    if job.plan is not None:
+        report_job_progress(ctx, len(job.plan.segments), job.plan.expected_frames, phase="stitch",
+                            segments_done=len(job.segments))
+    output = output_file(ctx.output_dir, OUTPUT_NAME)
     try:
-        stitched = stitch([*continued, *videos], job.overlaps, output_file(ctx.output_dir, OUTPUT_NAME), plan.fps,
-                          shared)
-    except ValueError as error:  # segments of different sizes, or too short for their overlaps
-        raise ValidationError(job.segments_field, str(error)) from None
-    if job.parked_orchestrator is not None and stitched.frames != plan.expected_frames:
-        raise RuntimeError(f"stitched {stitched.frames} frames; the plan expects {plan.expected_frames}")
+        stitched = stitch(job.videos, job.overlaps, output, job.fps, job.shared)
+    except ValueError as error:  # videos of different sizes, or too short for their overlaps
+        raise ValidationError(job.field, str(error)) from None
+    if expected is not None and stitched.frames != expected:
+        raise RuntimeError(f"stitched {stitched.frames} frames; the plan expects {expected}")
+    if job.audio is not None:
+        _lay_audio(output, job.audio)
     own_phases = {"queue_wait": queue_wait_seconds(ctx), "stitch": round(time.perf_counter() - started, 4)}
     published, upload = publish(ctx, {"output": stitched.path, "thumbnail": stitched.thumbnail})
     own_phases.update(upload)
-
-    first = _result(segments[0])
-    heads = job.overlaps if plan.continue_from else [0, *job.overlaps]
-    summary = {
-        "model": first.get("model"),
-        "preset": first.get("preset"),
-        "seed": plan.seed,
-        "frames": stitched.frames,
-        "fps": plan.fps,
-        "width": stitched.width,
-        "height": stitched.height,
-        "resolution": plan.resolution,
-        **published,
-        "roundings": plan.to_params()["roundings"],
-        "frame_rule": plan.frame_rule,
-        "parameters": first.get("parameters", {}),
-        "parameter_sources": _job_parameter_sources(first.get("parameter_sources", {}), plan),
-        "segments": [_segment_summary(task, overlap) for task, overlap in zip(segments, heads)],
-        **job.own_result,
-    }
+    summary = {"frames": stitched.frames, "fps": job.fps, "width": stitched.width, "height": stitched.height,
+               **published, **job.summary}
+    result_data = {**summary, "phase_seconds": own_phases}
     if job.parked_orchestrator is None:
-        return HandlerResult(output_location=published["output"],
-                             result_data={**summary, "phase_seconds": own_phases})
+        return HandlerResult(output_location=published["output"], result_data=result_data)
 
     ctx.raise_if_cancelled()
     orchestrator = ctx.store.get(job.parked_orchestrator)
     job_result = {
         **summary,
-        "phase_seconds": _job_phase_seconds(segments, own_phases, orchestrator),
+        "phase_seconds": _job_phase_seconds(job.segments, own_phases, orchestrator),
         "total_seconds": _job_total_seconds(ctx.task, orchestrator, time.perf_counter() - started),
     }
     if not ctx.store.complete_parked(ctx.claim, published["output"], job_result):
         status = orchestrator.status if orchestrator is not None else "missing"
         ctx.log.warning("orchestrator not completed: it is no longer waiting",
                         orchestrator_id=job.parked_orchestrator, orchestrator_status=status)
-    return HandlerResult(output_location=published["output"], result_data={**summary, "phase_seconds": own_phases})
+    return HandlerResult(output_location=published["output"], result_data=result_data)
 
 
 def _our_stitch(ctx: TaskContext) -> _StitchJob:
     """A stitch row travel_orchestrator wrote: its stored plan and the segment rows it names."""
     params = ctx.task.params
     if PLAN_PARAM not in params:
-        raise ValidationError(PLAN_PARAM, f"required: a stitch written by travel_orchestrator, or the headless form "
-                                          f"({HEADLESS_KEY}, {RUN_ID}, {HEADLESS_REF})")
+        raise ValidationError(PLAN_PARAM, f"required: a stitch written by travel_orchestrator, the headless form "
+                                          f"({HEADLESS_KEY}, {RUN_ID}, {HEADLESS_REF}) or a join of {CLIPS}")
     reader = ParamReader(params)
     plan = stored_plan(params)
     segments = [_finished_segment(ctx, task_id) for task_id in reader.texts("segment_task_ids")]
     if len(segments) != len(plan.segments):
         raise ValidationError("segment_task_ids", f"names {len(segments)} segments; the plan has {len(plan.segments)}")
-    return _StitchJob(plan, segments, plan.overlaps, reader.text("orchestrator_task_id"),
-                      {"ignored_params": plan.ignored_params}, "segment_task_ids")
+    return _plan_stitch(plan, segments, plan.overlaps, "segment_task_ids", {"ignored_params": plan.ignored_params},
+                        parked_orchestrator=reader.text("orchestrator_task_id"))
 
 
 def _headless_stitch(ctx: TaskContext) -> _StitchJob:
@@ -163,26 +161,89 @@ def _headless_stitch(ctx: TaskContext) -> _StitchJob:
             reader.used.add(key)
     ignored = {**plan.ignored_params, **ignored_params(reader)}
     report_ignored(ctx.log, ignored)
-    return _StitchJob(plan, [newest[index] for index in range(count)], overlaps, None, {
-        "ignored_params": ignored, "orchestrator_task_id": ref, RUN_ID: run_id, "overlap_source": overlap_source},
-        RUN_ID)
+    own = {"ignored_params": ignored, "orchestrator_task_id": ref, RUN_ID: run_id, "overlap_source": overlap_source}
+    return _plan_stitch(plan, [newest[index] for index in range(count)], overlaps, RUN_ID, own)
+
+
+def _plan_stitch(plan: TravelPlan, segments: list[Task], overlaps: list[int], field_name: str,
+                 own: dict[str, Any], parked_orchestrator: str | None = None) -> _StitchJob:
+    """The stitch of a travel plan's segment rows (with the video the journey continues first), and the
+    job's summary: the first segment's model and parameters, each segment's facts."""
+    continued = [local_path(plan.continue_from, "continue_from_video")] if plan.continue_from else []
+    videos = [segment_video(segment, f"{field_name}[{i}]") for i, segment in enumerate(segments)]
+    first = _result(segments[0])
+    heads = overlaps if plan.continue_from else [0, *overlaps]
+    summary = {
+        "model": first.get("model"),
+        "preset": first.get("preset"),
+        "seed": plan.seed,
+        "resolution": plan.resolution,
+        "roundings": plan.to_params()["roundings"],
+        "frame_rule": plan.frame_rule,
+        "parameters": first.get("parameters", {}),
+        "parameter_sources": _job_parameter_sources(first.get("parameter_sources", {}), plan),
+        "segments": [_segment_summary(task, overlap) for task, overlap in zip(segments, heads)],
+        **own,
+    }
+    shared = [int(plan.image_to_video and overlap == 0) for overlap in overlaps]
+    return _StitchJob([*continued, *videos], overlaps, shared, plan.fps, field_name, summary, segments,
+                      plan if parked_orchestrator else None, parked_orchestrator)
+
+
+def _clip_join(ctx: TaskContext) -> _StitchJob:
+    """A crossfade join of given clips (the Reigh app's join form)."""
+    reader = ParamReader(ctx.task.params)
+    clips = reader.texts(CLIPS)
+    if len(clips) < 2:
+        raise ValidationError(CLIPS, f"must name at least two clips to join, got {len(clips)}")
+    overlaps = _listed_overlaps(reader, len(clips) - 1, minimum=1)
+    videos = [local_path(clip, f"{CLIPS}[{i}]") for i, clip in enumerate(clips)]
+    try:
+        first = probe(videos[0])
+    except (OSError, FFmpegError) as error:
+        raise ValidationError(f"{CLIPS}[0]", f"not a readable video: {error}") from None
+    fps = reader.number("fps", first.fps, minimum=1, maximum=240)
+    audio = reader.text(AUDIO, None)
+    reader.used.add("full_orchestrator_payload")  # the app's copy of these same keys, for its own readers
+    ignored = ignored_params(reader)
+    report_ignored(ctx.log, ignored)
+    summary = {CLIPS: clips, "overlaps": overlaps, AUDIO: audio, "ignored_params": ignored}
+    return _StitchJob(videos, overlaps, [0] * len(overlaps), fps, CLIPS, summary,
+                      audio=local_path(audio, AUDIO) if audio else None)
+
+
+def _lay_audio(video: Path, audio: Path) -> None:
+    """Replace `video` by itself with `audio` as its sound (cut at the video's end)."""
+    with_audio = video.with_name(f"{video.stem}.audio{video.suffix}")
+    try:
+        mux_audio(video, audio, with_audio)
+    except FFmpegError as error:
+        with_audio.unlink(missing_ok=True)
+        raise ValidationError(AUDIO, f"not a readable audio file: {error}") from None
+    os.replace(with_audio, video)
 
 
 def _headless_overlaps(reader: ParamReader, planned: list[int]) -> tuple[list[int], str]:
     """(overlap of each join, where it came from): the stitch row's list (what the headless orchestrator
     gave its segments, as many as there are joins: it may list one per segment), else the plan's."""
-    joins = len(planned)
     if not reader.has(STITCH_OVERLAPS):
         return planned, "plan"
-    values = reader.params[STITCH_OVERLAPS]
-    if not isinstance(values, list) or len(values) < joins:
-        raise ValidationError(STITCH_OVERLAPS, f"must list at least {joins} overlaps (one per join), got "
-                                               f"{values!r}")
+    return _listed_overlaps(reader, len(planned), minimum=0, extra_allowed=True), STITCH_OVERLAPS
+
+
+def _listed_overlaps(reader: ParamReader, joins: int, *, minimum: int, extra_allowed: bool = False) -> list[int]:
+    """The row's frame_overlap_settings_expanded: one overlap >= minimum per join (a longer list, where
+    allowed, is cut to the joins)."""
+    values = reader.params.get(STITCH_OVERLAPS)
     reader.used.add(STITCH_OVERLAPS)
+    fits = isinstance(values, list) and (len(values) >= joins if extra_allowed else len(values) == joins)
+    if not fits:
+        wanted = f"at least {joins}" if extra_allowed else f"exactly {joins}"
+        raise ValidationError(STITCH_OVERLAPS, f"must list {wanted} overlaps (one per join), got {values!r}")
     overlaps = [to_int(value, f"{STITCH_OVERLAPS}[{i}]") for i, value in enumerate(values[:joins])]
-    if any(overlap < 0 for overlap in overlaps):
-        raise ValidationError(STITCH_OVERLAPS, f"overlaps must be >= 0, got {overlaps}")
-    return overlaps, STITCH_OVERLAPS
+    if any(overlap < minimum for overlap in overlaps):
+        raise ValidationError(STITCH_OVERLAPS, f"overlaps must be >= {minimum}, got {overlaps}")
+    return overlaps
 
 
 def _result(task: Task) -> dict[str, Any]:
