@@ -234,7 +234,7 @@ def test_the_apps_crossfade_join_stitches_its_clips_under_its_audio(
     run_ffmpeg(["-f", "lavfi", "-i", "sine=frequency=440:duration=5", str(sound)], check=True)
     audio = file_server.serve("/audio/sound.wav", sound.read_bytes())
     task_id = sqlite_store.enqueue("travel_stitch", join_row([*served, local], [2, 3], audio_url=audio))
-    run_until_idle(sqlite_store, resources, tmp_path / "out", task_types=("travel_stitch",))
+    run_until_idle(sqlite_store, resources, tmp_path / "out", task_types=("travel_stitch",), cache_dir=tmp_path / "cache")
 
     task = sqlite_store.get(task_id)
     assert task.status == TaskStatus.COMPLETE, task.error_message
