@@ -123,7 +123,9 @@ def test_worker_processes_complete_every_task_each_claimed_exactly_once(
     store: TaskStore = request.getfixturevalue(f"{'pg' if dialect == 'postgres' else 'sqlite'}_store")
     ids = store.enqueue_many([NewTask("health_check", {}) for _ in range(task_count)])
     workers = [start_worker(store_url(store), "--exit-when-idle", *FAST_WORKER_FLAGS) for _ in range(worker_count)]
-    assert [w.wait(timeout=180) for w in workers] == [0] * worker_count
+    codes = [w.wait(timeout=180) for w in workers]
+    assert codes == [0] * worker_count, {i: (tmp_path / f"test-worker-{i}.log").read_text()[-3000:]
+                                         for i, code in enumerate(codes) if code}
 
     tasks = [store.get(task_id) for task_id in ids]
     assert {t.status for t in tasks} == {"Complete"}
