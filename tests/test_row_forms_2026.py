@@ -323,6 +323,7 @@ def test_the_apps_individual_segment_runs_and_a_chained_remake_is_refused(
         assert done.result_data["ignored_params"] == {}
         assert done.result_data["parameters"]["num_inference_steps"] == sum(PHASE_CONFIG["steps_per_phase"])
     assert (task.result_data["frames"], task.result_data["seed"], task.result_data["segment_index"]) == (9, 789, 0)
+    assert task.result_data["parameters"]["prompt"] == "a slow walk through tall grass"  # enhanced_prompt wins
     # segment 1 of the timeline, from the only pair its payload holds
     assert (second.result_data["frames"], second.result_data["segment_index"]) == (5, 1)
     assert Path(second.output_location).name == "segment-1.mp4"

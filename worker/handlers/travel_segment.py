@@ -185,6 +185,8 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
             "seed": (segment.seed, "plan (seed + segment index)"),
             "fps": (job.fps, "plan"),
             "overlap": (segment.overlap, "plan"),
+            "prompt": (segment.prompt, "plan (the segment's prompt after its fallbacks)"),
+            "negative_prompt": (segment.negative_prompt, "plan"),
         },
         fps=job.fps,
         output=output,
