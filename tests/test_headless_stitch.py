@@ -113,9 +113,9 @@ def test_a_headless_runs_segments_and_stitch_all_run_here(store: TaskStore, reso
         for task, overlap in zip(made, [0, 4])]
     assert stitch.result_data["overlap_source"] == "frame_overlap_settings_expanded"
     assert stitch.result_data["orchestrator_run_id"] == RUN_ID
-    # Sharpening the cross-fade is the headless stitch's own effect; the rest of the row is bookkeeping
-    # (paths on the headless box, its polling) or neutral (no upscale).
-    assert stitch.result_data["ignored_params"] == {"crossfade_sharp_amt": "not a parameter this worker uses"}
+    # The rest of the row is bookkeeping (paths on the headless box, its polling) or neutral (no upscale).
+    assert stitch.result_data["ignored_params"] == {}
+    assert stitch.result_data["crossfade"] == {"curve": "cosine", "sharpen": 0.3}  # the headless stitch's seams
     # The other run's stitch found its own segment, not this run's.
     assert store.get(other_run[1]).result_data["segments"][0]["task_id"] == other_run[0][0]
 
@@ -246,6 +246,7 @@ def test_the_apps_crossfade_join_stitches_its_clips_under_its_audio(
     assert "Audio: aac" in header, header
     assert abs(60 * int(minutes) + float(seconds) - 21 / 16) < 0.1, header  # the 5 s sound cut at the video's end
     assert task.result_data["fps"] == 16 and task.result_data["overlaps"] == [2, 3]
+    assert task.result_data["crossfade"] == {"curve": "cosine", "sharpen": 0.3}
     assert task.result_data["ignored_params"] == {}
 
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from worker.travel.stitch import crossfade_weights, stitch
+from worker.travel.stitch import Crossfade, crossfade_weights, stitch
 from worker.video import VideoWriter, probe, read_video, thumbnail_path
 
 W, H, FPS = 64, 48, 16
@@ -147,3 +147,42 @@ def test_a_shared_joining_frame_is_kept_once_from_the_outgoing_segment(tmp_path:
     assert np.abs(levels - (first + second[1:])).max() <= CODEC_TOLERANCE
     with pytest.raises(ValueError):
         stitch(paths, [0], tmp_path / "bad.mp4", FPS, shared=[1, 0])
+
+
+# ---- the headless stitch's fade, against the OpenCV code it runs (banodoco/reigh-worker crossfade.py) --------
+
+def headless_fade(outgoing: np.ndarray, incoming: np.ndarray, overlap: int, sharpen: float) -> list[np.ndarray]:
+    """cross_fade_overlap_frames(..., "linear_sharp", sharpen) as the headless worker computes it."""
+    import cv2
+
+    frames = []
+    for k in range(overlap):
+        t = (1 - np.cos((k + 1) / overlap * np.pi)) / 2
+        a, b = outgoing[k].astype(np.float32), incoming[k].astype(np.float32)
+        base = cv2.addWeighted(a, 1.0 - t, b, t, 0)
+        if sharpen > 0:
+            blur = cv2.GaussianBlur(base, (0, 0), 3)
+            base = cv2.addWeighted(base, 1.0 + sharpen * t, blur, -sharpen * t, 0)
+        frames.append(np.clip(base, 0, 255).astype(np.uint8))
+    return frames
+
+
+@pytest.mark.parametrize("sharpen", [0.0, 0.3, 1.0])
+def test_the_headless_crossfade_matches_opencvs(sharpen: float) -> None:
+    rng = np.random.default_rng(3)
+    outgoing, incoming = (rng.integers(0, 256, (5, 40, 56, 3), dtype=np.uint8) for _ in range(2))
+    fade = Crossfade(sharpen=sharpen)
+    ours = [fade.blend(outgoing[k], incoming[k], w) for k, w in enumerate(fade.weights(5))]
+    for mine, theirs in zip(ours, headless_fade(outgoing, incoming, 5, sharpen)):
+        assert np.abs(mine.astype(int) - theirs).max() <= 1  # float rounding at the truncation only
+    assert np.array_equal(ours[-1], incoming[-1]) or sharpen > 0  # the last overlap frame is the incoming one
+
+
+def test_a_headless_stitch_keeps_the_frame_count_and_ends_the_fade_on_the_incoming_segment(tmp_path: Path) -> None:
+    a = write_grays(tmp_path / "a.mp4", [30] * 9)
+    b = write_grays(tmp_path / "b.mp4", [220] * 9)
+    result = stitch([a, b], [4], tmp_path / "out.mp4", FPS, crossfade=Crossfade(sharpen=0.3))
+    levels = mean_levels(result.path)
+    assert result.frames == len(levels) == 14
+    weights = (1 - np.cos(np.arange(1, 5) / 4 * np.pi)) / 2  # flat frames: the sharpening changes nothing
+    assert np.abs(levels[5:9] - (30 + 190 * weights)).max() <= CODEC_TOLERANCE

@@ -53,6 +53,7 @@ def test_three_images_become_two_chained_segments_and_one_video_of_the_planned_s
     info = probe(orchestrator.output_location)
     assert (info.frames, info.width, info.height, info.fps) == (plan.expected_frames, plan.width, plan.height, plan.fps)
     assert plan.expected_frames == 16 and orchestrator.result_data["frames"] == 16
+    assert orchestrator.result_data["crossfade"] == {"curve": "smoothstep"}
     assert Path(orchestrator.result_data["thumbnail"]).is_file()
     assert Path(orchestrator.output_location).is_relative_to((tmp_path / "outputs").resolve())
     children = children_by_key(store, orchestrator_id)
@@ -99,6 +100,7 @@ def test_the_headless_wan2gp_form_runs_the_same_job_by_the_headless_frame_rule(s
     assert orchestrator.status == TaskStatus.COMPLETE, orchestrator.error_message
     info = probe(orchestrator.output_location)
     assert (info.frames, info.width, info.height, info.fps) == (9 + 13 - 2, 64, 48, 8)
+    assert orchestrator.result_data["crossfade"] == {"curve": "cosine", "sharpen": 0.3}  # the headless stitch's
     assert sorted(children_by_key(sqlite_store, orchestrator_id)) == ["segment-0", "segment-1", "stitch"]
 
 

@@ -168,7 +168,7 @@ def test_both_param_forms_normalise_to_the_same_plan(
     images: list[str], layout: tuple[list[int], list[int]], seed: int, fps: int
 ) -> None:
     """Same segments from both forms (overlaps in multiples of 4 keep headless totals 4n+1); only the
-    recorded frame rule differs."""
+    recorded frame rule and the stitch's fade (the headless one, sharpened by 0.3) differ."""
     frames, overlaps = layout
     frames = [(n - 1) // 4 * 4 + 1 for n in frames]
     overlaps = [o // 4 * 4 for o in overlaps]
@@ -186,8 +186,10 @@ def test_both_param_forms_normalise_to_the_same_plan(
         lora_multipliers=["1.0;0"],
     )
     ours_plan, headless_plan = plan_travel(params), plan_travel(headless(params))
-    assert replace(headless_plan, frame_rule=ours_plan.frame_rule, given_as=ours_plan.given_as) == ours_plan
+    assert replace(headless_plan, frame_rule=ours_plan.frame_rule, given_as=ours_plan.given_as,
+                   crossfade_sharpen=None) == ours_plan
     assert headless_plan.frame_rule.startswith("headless") and ours_plan.frame_rule.startswith("ours")
+    assert (headless_plan.crossfade_sharpen, ours_plan.crossfade_sharpen) == (0.3, None)
 
 
 def test_headless_overlap_lists_with_one_entry_per_segment_drop_the_last(images: list[str]) -> None:

@@ -16,6 +16,10 @@ Three row forms:
 * a crossfade join the Reigh app writes (reigh-app create-task/resolvers/crossfadeJoin.ts): the
   `clip_urls` to join (paths or URLs, at least two), `frame_overlap_settings_expanded` (one positive
   overlap per join), optionally `fps` (else the first clip's) and an `audio_url` laid under the result.
+
+A headless job's stitch and a crossfade join blend their overlaps as the headless stitch does (a cosine
+fade, sharpened by `crossfade_sharp_amt`, default 0.3: travel/stitch.py Crossfade); ours keep the
+smoothstep fade unless their row gives `crossfade_sharp_amt`.
 """
 from __future__ import annotations
 
@@ -32,8 +36,8 @@ from worker.handlers import HandlerResult, TaskContext, register
 from worker.params import ParamReader, local_path, to_int
 from worker.paths import output_file
 from worker.store import Task, TaskStatus
-from worker.travel.plan import HEADLESS_KEY, TravelPlan, read_travel
-from worker.travel.stitch import stitch
+from worker.travel.plan import HEADLESS_KEY, TravelPlan, read_crossfade_sharpen, read_travel
+from worker.travel.stitch import HEADLESS_SHARPEN, Crossfade, stitch
 from worker.travel_children import (
     HEADLESS_REF,
     PLAN_PARAM,
@@ -66,6 +70,7 @@ class _StitchJob:
     plan: TravelPlan | None = None  # ours: the stored plan, whose length the result must have
     parked_orchestrator: str | None = None  # ours: the orchestrator this stitch completes
     audio: Path | None = None  # a sound track laid under the result
+    crossfade: Crossfade = Crossfade()
 
 
 @register("travel_stitch")
@@ -87,7 +92,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
                             segments_done=len(job.segments))
     output = output_file(ctx.output_dir, OUTPUT_NAME)
     try:
-        stitched = stitch(job.videos, job.overlaps, output, job.fps, job.shared)
+        stitched = stitch(job.videos, job.overlaps, output, job.fps, job.shared, job.crossfade)
     except ValueError as error:  # videos of different sizes, or too short for their overlaps
         raise ValidationError(job.field, str(error)) from None
     if expected is not None and stitched.frames != expected:
@@ -98,7 +103,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     published, upload = publish(ctx, {"output": stitched.path, "thumbnail": stitched.thumbnail})
     own_phases.update(upload)
     summary = {"frames": stitched.frames, "fps": job.fps, "width": stitched.width, "height": stitched.height,
-               **published, **job.summary}
+               **published, "crossfade": job.crossfade.describe(), **job.summary}
     result_data = {**summary, "phase_seconds": own_phases}
     if job.parked_orchestrator is None:
         return HandlerResult(output_location=published["output"], result_data=result_data)
@@ -129,7 +134,7 @@ def _our_stitch(ctx: TaskContext) -> _StitchJob:
     if len(segments) != len(plan.segments):
         raise ValidationError("segment_task_ids", f"names {len(segments)} segments; the plan has {len(plan.segments)}")
     return _plan_stitch(plan, segments, plan.overlaps, "segment_task_ids", {"ignored_params": plan.ignored_params},
-                        parked_orchestrator=reader.text("orchestrator_task_id"))
+                        Crossfade(plan.crossfade_sharpen), parked_orchestrator=reader.text("orchestrator_task_id"))
 
 
 def _headless_stitch(ctx: TaskContext) -> _StitchJob:
@@ -145,6 +150,7 @@ def _headless_stitch(ctx: TaskContext) -> _StitchJob:
         raise ValidationError("num_total_segments_generated",
                               f"says {count} segments; the payload in {HEADLESS_KEY} plans {len(plan.segments)}")
     overlaps, overlap_source = _headless_overlaps(reader, plan.overlaps)
+    crossfade = Crossfade(read_crossfade_sharpen(reader, plan.crossfade_sharpen))  # the row's copy of the payload's
     newest: dict[Any, Task] = {}
     for task in ctx.store.run_segments(str(run_id), str(ref)):
         index = task.params.get("segment_index")
@@ -162,11 +168,11 @@ def _headless_stitch(ctx: TaskContext) -> _StitchJob:
     ignored = {**plan.ignored_params, **ignored_params(reader)}
     report_ignored(ctx.log, ignored)
     own = {"ignored_params": ignored, "orchestrator_task_id": ref, RUN_ID: run_id, "overlap_source": overlap_source}
-    return _plan_stitch(plan, [newest[index] for index in range(count)], overlaps, RUN_ID, own)
+    return _plan_stitch(plan, [newest[index] for index in range(count)], overlaps, RUN_ID, own, crossfade)
 
 
 def _plan_stitch(plan: TravelPlan, segments: list[Task], overlaps: list[int], field_name: str,
-                 own: dict[str, Any], parked_orchestrator: str | None = None) -> _StitchJob:
+                 own: dict[str, Any], crossfade: Crossfade, parked_orchestrator: str | None = None) -> _StitchJob:
     """The stitch of a travel plan's segment rows (with the video the journey continues first), and the
     job's summary: the first segment's model and parameters, each segment's facts."""
     continued = [local_path(plan.continue_from, "continue_from_video")] if plan.continue_from else []
@@ -187,7 +193,7 @@ def _plan_stitch(plan: TravelPlan, segments: list[Task], overlaps: list[int], fi
     }
     shared = [int(plan.image_to_video and overlap == 0) for overlap in overlaps]
     return _StitchJob([*continued, *videos], overlaps, shared, plan.fps, field_name, summary, segments,
-                      plan if parked_orchestrator else None, parked_orchestrator)
+                      plan if parked_orchestrator else None, parked_orchestrator, crossfade=crossfade)
 
 
 def _clip_join(ctx: TaskContext) -> _StitchJob:
@@ -204,12 +210,13 @@ def _clip_join(ctx: TaskContext) -> _StitchJob:
         raise ValidationError(f"{CLIPS}[0]", f"not a readable video: {error}") from None
     fps = reader.number("fps", first.fps, minimum=1, maximum=240)
     audio = reader.text(AUDIO, None)
+    crossfade = Crossfade(read_crossfade_sharpen(reader, HEADLESS_SHARPEN))  # the headless stitch's default
     reader.used.add("full_orchestrator_payload")  # the app's copy of these same keys, for its own readers
     ignored = ignored_params(reader)
     report_ignored(ctx.log, ignored)
     summary = {CLIPS: clips, "overlaps": overlaps, AUDIO: audio, "ignored_params": ignored}
     return _StitchJob(videos, overlaps, [0] * len(overlaps), fps, CLIPS, summary,
-                      audio=local_path(audio, AUDIO) if audio else None)
+                      audio=local_path(audio, AUDIO) if audio else None, crossfade=crossfade)
 
 
 def _lay_audio(video: Path, audio: Path) -> None:

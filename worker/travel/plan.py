@@ -60,6 +60,7 @@ from worker.dialects import (
 from worker.errors import ValidationError
 from worker.params import ParamReader, local_path, parse_resolution, round_to_frame_count, to_int, validation_errors
 from worker.travel.colour import ColourAdjustments, read_colour
+from worker.travel.stitch import HEADLESS_SHARPEN
 from worker.video import check_image, probe
 
 DEFAULT_MODEL = "vace_14B_cocktail_2_2"  # the seed's default travel model, the Wan 2.2 VACE 14B cocktail
@@ -74,6 +75,7 @@ INDEPENDENT_RULE = ("; independent segments: each opens on its own keyframe (not
                     "the overlap), the stitch cross-fades the overlaps")
 ENHANCED_PROMPTS = "enhanced_prompts_expanded"
 CONTINUATION = "continuation_config"
+CROSSFADE_SHARPEN = "crossfade_sharp_amt"
 # continuation_config strategies (reigh-worker source/core/params/generation_policy.py): "none" leaves
 # segments independent; "guide_overlap_masked" is our chained VACE overlap (each segment's guide opens
 # on its predecessor's last frames, masked as kept); the others need what this worker does not have.
@@ -144,6 +146,7 @@ class TravelPlan:
     segment_sampling: tuple[dict[str, Any], ...] = ()  # per segment, what it sets over `sampling`
     image_to_video: bool = False  # an i2v model (the orchestrator sets it): segments take start and end frames
     colour: ColourAdjustments = ColourAdjustments()  # Reigh's colour adjustments (worker/travel/colour.py)
+    crossfade_sharpen: float | None = None  # the headless stitch's fade and sharpening (travel/stitch.py), or ours
 
     @property
     def resolution(self) -> str:
@@ -192,6 +195,7 @@ class TravelPlan:
             "segment_sampling": [dict(overrides) for overrides in self.segment_sampling],
             "image_to_video": self.image_to_video,
             "colour": self.colour.to_params(),
+            "crossfade_sharpen": self.crossfade_sharpen,
             "expected_frames": self.expected_frames,
         }
 
@@ -218,6 +222,7 @@ class TravelPlan:
             segment_sampling=tuple(dict(overrides) for overrides in params["segment_sampling"]),
             image_to_video=params["image_to_video"],
             colour=ColourAdjustments.from_params(params.get("colour")),  # absent from plans stored before it
+            crossfade_sharpen=params.get("crossfade_sharpen"),
         )
         if params.get("expected_frames", plan.expected_frames) != plan.expected_frames:
             raise ValidationError("expected_frames", "does not match the stored segments")
@@ -298,6 +303,12 @@ def read_travel(params: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS, *, i
         ignored.update(ignored_params(top))
     given_as = {name: reader.key(name) for name in reader.schema.keys}
     return replace(plan, ignored_params=ignored, given_as=given_as), reader
+
+
+def read_crossfade_sharpen(reader: ParamReader, default: float | None) -> float | None:
+    """The headless `crossfade_sharp_amt` (the unsharp amount of its cross-fade, 0..5) where the row
+    gives one, else `default` (the headless stitch's 0.3 for a headless job, None, ours, otherwise)."""
+    return reader.number(CROSSFADE_SHARPEN, default, minimum=0.0, maximum=5.0)
 
 
 def continuation_strategy(reader: ParamReader) -> str | None:
@@ -396,6 +407,7 @@ class _Planner:
             continue_frames=continued[1] if continued else 0,
             segment_sampling=self._segment_sampling(count),
             colour=read_colour(self.reader),
+            crossfade_sharpen=read_crossfade_sharpen(self.reader, HEADLESS_SHARPEN if self.headless else None),
         )
 
     def _segment_sampling(self, count: int) -> tuple[dict[str, Any], ...]:

@@ -6,6 +6,9 @@ concatenated: frame k of the overlap is `(1 - w[k]) * tail_i[k] + w[k] * head_{i
 weights rising from near 0 to near 1, so neither segment's version appears twice and the hand-over
 has no visible cut. The result has sum(frames) - sum(overlaps) frames.
 
+A travel job in the headless Wan2GP / Reigh form is stitched as the headless stitch does it instead
+(Crossfade with `sharpen`: a cosine fade, then an unsharp mask).
+
 Segments that share their joining frame exactly (image-to-video segments both conditioned on the
 same frame: `shared[i]` = 1) are concatenated instead, that frame kept once (the outgoing one).
 
@@ -20,8 +23,11 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from worker.video import VideoWriter, iter_frames, save_png, thumbnail_path
 
@@ -55,12 +61,65 @@ def blend(outgoing: np.ndarray, incoming: np.ndarray, weight: float) -> np.ndarr
     return np.rint(mixed).astype(np.uint8)
 
 
+HEADLESS_SHARPEN = 0.3  # the headless stitch's crossfade_sharp_amt when a row gives none
+_SHARPEN_SIGMA = 3.0  # the headless stitch blurs with a Gaussian of this sigma before unsharp-masking
+
+
+@dataclass(frozen=True)
+class Crossfade:
+    """How the frames two segments share are blended.
+
+    `sharpen` None is ours: smoothstep weights strictly inside (0, 1), a plain mix. A number is the
+    headless Wan2GP / Reigh stitch's "linear_sharp" fade (banodoco/reigh-worker media/video/
+    crossfade.py), so a headless job stitched here has the same seams: weight w_k = (1 - cos(pi t)) / 2
+    at t = (k + 1) / overlap (its last overlap frame is the incoming one), the mix m, then an unsharp
+    mask m (1 + a w) - blur(m) a w with a = `sharpen` and blur a Gaussian of sigma 3 (OpenCV's 25 taps,
+    mirrored edges), truncated to uint8."""
+
+    sharpen: float | None = None
+
+    def weights(self, overlap: int) -> np.ndarray:
+        if self.sharpen is None:
+            return crossfade_weights(overlap)
+        return (1.0 - np.cos(np.pi * np.arange(1, overlap + 1, dtype=np.float64) / overlap)) / 2.0
+
+    def blend(self, outgoing: np.ndarray, incoming: np.ndarray, weight: float) -> np.ndarray:
+        if self.sharpen is None:
+            return blend(outgoing, incoming, weight)
+        mixed = outgoing.astype(np.float32) * np.float32(1.0 - weight) + incoming.astype(np.float32) * np.float32(weight)
+        amount = np.float32(self.sharpen * weight)
+        if self.sharpen > 0:
+            mixed = mixed * (1 + amount) - gaussian_blur(mixed, _SHARPEN_SIGMA) * amount
+        return np.clip(mixed, 0, 255).astype(np.uint8)
+
+    def describe(self) -> dict[str, Any]:
+        """What result_data says of it."""
+        if self.sharpen is None:
+            return {"curve": "smoothstep"}
+        return {"curve": "cosine", "sharpen": self.sharpen}
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """float32 [H, W, C] blurred by a Gaussian of `sigma`: OpenCV's kernel for float images (2 round(4
+    sigma) + 1 taps) applied along both axes, edges mirrored without repeating the edge pixel."""
+    radius = int(round(4 * sigma))
+    taps = np.exp(-((np.arange(-radius, radius + 1, dtype=np.float64)) ** 2) / (2 * sigma * sigma))
+    kernel = torch.from_numpy((taps / taps.sum()).astype(np.float32))
+    channels = image.shape[2]
+    planes = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+    planes = F.pad(planes, (radius, radius, radius, radius), mode="reflect")
+    planes = F.conv2d(planes, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    planes = F.conv2d(planes, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return planes[0].numpy().transpose(1, 2, 0)
+
+
 def stitch(
     segment_paths: Sequence[str | os.PathLike[str]],
     overlaps: Sequence[int],
     output_path: str | os.PathLike[str],
     fps: float,
     shared: Sequence[int] | None = None,
+    crossfade: Crossfade = Crossfade(),
 ) -> StitchResult:
     """Stitch K segment videos; overlaps[i] frames are shared by segments i and i+1 (K-1 entries),
     cross-faded; shared[i] leading frames of segment i+1 repeat segment i's end and are dropped.
@@ -80,7 +139,7 @@ def stitch(
         raise ValueError(f"shared needs {len(overlaps)} counts >= 0, got {shared}")
 
     output_path = Path(output_path)
-    frames = stitched_frames(segment_paths, overlaps, shared)
+    frames = stitched_frames(segment_paths, overlaps, shared, crossfade)
     first_frame = next(frames, None)
     if first_frame is None:
         raise ValueError(f"{segment_paths[0]}: no frames")
@@ -96,7 +155,8 @@ def stitch(
 
 
 def stitched_frames(
-    segment_paths: Sequence[str | os.PathLike[str]], overlaps: Sequence[int], shared: Sequence[int] | None = None
+    segment_paths: Sequence[str | os.PathLike[str]], overlaps: Sequence[int], shared: Sequence[int] | None = None,
+    crossfade: Crossfade = Crossfade(),
 ) -> Iterator[np.ndarray]:
     """The stitched video frame by frame, uint8 [H, W, 3]; holds at most one overlap of frames.
 
@@ -109,7 +169,7 @@ def stitched_frames(
         head = overlaps[index - 1] if index > 0 else 0
         tail = overlaps[index] if index < len(overlaps) else 0
         skip = shared[index - 1] if index > 0 and shared is not None else 0
-        weights = crossfade_weights(head)
+        weights = crossfade.weights(head)
         pending: deque[np.ndarray] = deque()
         count = 0
         for position, frame in enumerate(iter_frames(path)):
@@ -121,7 +181,7 @@ def stitched_frames(
             if position < skip:
                 continue
             if count < head:
-                frame = blend(held[count], frame, weights[count])
+                frame = crossfade.blend(held[count], frame, weights[count])
             pending.append(frame)
             if len(pending) > tail:
                 yield pending.popleft()
