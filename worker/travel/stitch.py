@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from worker.video import VideoWriter, iter_frames, save_png, thumbnail_path
 
@@ -101,7 +99,11 @@ class Crossfade:
 
 def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     """float32 [H, W, C] blurred by a Gaussian of `sigma`: OpenCV's kernel for float images (2 round(4
-    sigma) + 1 taps) applied along both axes, edges mirrored without repeating the edge pixel."""
+    sigma) + 1 taps) applied along both axes, edges mirrored without repeating the edge pixel. torch is
+    imported here, not with the module: the orchestrator plans (and imports this) without torch."""
+    import torch
+    import torch.nn.functional as F
+
     radius = int(round(4 * sigma))
     taps = np.exp(-((np.arange(-radius, radius + 1, dtype=np.float64)) ** 2) / (2 * sigma * sigma))
     kernel = torch.from_numpy((taps / taps.sum()).astype(np.float32))
