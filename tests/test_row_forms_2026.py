@@ -4,6 +4,8 @@ a known no-op, reported in ignored_params, or refused naming the field and the r
 names the source it follows; values are realistic, sizes tiny (32x32, 9 frames, 2 steps)."""
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from worker.resources import WorkerResources
 from worker.store import TaskStatus, TaskStore
 from worker.travel.plan import read_travel
 from worker.video import probe
+from fleet_servers import file_server  # noqa: F401 (fixture)
 from worker_harness import resources, run_until_idle, write_keyframes  # noqa: F401 (fixture)
 
 APP = "banodoco/reigh-app supabase/functions/create-task/resolvers"
@@ -392,3 +395,26 @@ def test_the_older_structure_guidance_keys_naming_a_video_are_refused(images: li
         read_travel(travel_row(images, **{key: value}))
     assert error.value.field == f"orchestrator_details.{key}" and "not supported" in error.value.rule
     assert ignored_of(travel_row(images, structure_videos=[], structure_guidance=None, use_uni3c=False)) == {}
+
+
+def test_an_individual_segments_phase_config_loras_apply_and_their_row_copy_is_not_reported(
+        sqlite_store: TaskStore, resources: WorkerResources, images: list[str], tmp_path: Path, file_server) -> None:
+    """individualTravelSegment.ts copies the phase config's LoRAs onto the row as lora_multipliers
+    [{url, multiplier}] next to lora_names []; the phase config is what gives the segment its LoRAs
+    (reigh-worker task_registry.py reads phase_config, not that copy)."""
+    models = tmp_path / "models"
+    shutil.copytree(resources.models_dir, models, copy_function=os.link)  # LoRAs get installed here
+    url = file_server.serve("/loras/lightning_high.safetensors",
+                            (models / "loras" / "tiny_kohya.safetensors").read_bytes())
+    config = {**PHASE_CONFIG, "phases": [{"phase": 1, "guidance_scale": 1, "loras": [{"url": url, "multiplier": "1.0"}]},
+                                         {"phase": 2, "guidance_scale": 1, "loras": []}]}
+    row = individual_row(images, 0, phase_config=config)
+    row["lora_multipliers"] = [{"url": url, "multiplier": 1}]
+    task_id = sqlite_store.enqueue("individual_travel_segment", row)
+    run_until_idle(sqlite_store, WorkerResources(device="cpu", models_dir=models), tmp_path / "out",
+                   cache_dir=tmp_path / "cache")
+    task = sqlite_store.get(task_id)
+    assert task.status == TaskStatus.COMPLETE, task.error_message
+    assert task.result_data["parameters"]["lora_names"] == [url]
+    assert task.result_data["parameters"]["lora_multipliers"] == ["1.0;0"]
+    assert task.result_data["ignored_params"] == {"lora_multipliers": "replaced by phase_config"}

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from wan_engine.errors import echo
-from worker.dialects import check_guidance, check_model_family, ignored_params, segment_overrides
+from worker.dialects import PHASE_CONFIG, check_guidance, check_model_family, ignored_params, segment_overrides
 from worker.errors import ValidationError
 from worker.generation import (
     check_request,
@@ -92,6 +92,7 @@ _HEADLESS_SEGMENT_KEYS = {"base_prompt": "prompt", "enhanced_prompt": "prompt", 
                           "frame_overlap_from_previous": "overlap", "seed_to_use": "seed", "seed": "seed",
                           "start_image_url": "start_image", "end_image_url": "end_image"}
 _TEXT_KEYS = ("prompt", "negative_prompt", "start_image", "end_image")
+LORA_KEYS = ("lora_names", "lora_multipliers")
 # An individual segment's [start, end] images, which its start_image_url / end_image_url override
 # (reigh-worker tasks/task_registry.py _resolve_image_references).
 PAIR_IMAGES = "input_image_paths_resolved"
@@ -275,7 +276,14 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
     for key in list(reader.unread()):
         if key in details.params and details.params[key] == params[key]:
             reader.used.add(key)
-    ignored = {**plan.ignored_params, **{k: v for r in readers for k, v in ignored_params(r).items()}}
+    # The app copies a phase config's LoRAs onto the row as lora_multipliers [{url, multiplier}]
+    # (individualTravelSegment.ts); the phase config itself is what gives the segment its LoRAs.
+    replaced = {}
+    if details.has(PHASE_CONFIG) or any(source.has(PHASE_CONFIG) for source in readers[1:]):
+        replaced = {key: f"replaced by {PHASE_CONFIG}" for key in LORA_KEYS
+                    if key in reader.unread() and params[key] not in (None, [], "")}
+        reader.used.update(replaced)
+    ignored = {**plan.ignored_params, **replaced, **{k: v for r in readers for k, v in ignored_params(r).items()}}
     previous = ctx.task.dependant_on[0] if ctx.task.dependant_on and not individual else None
     return ignored, job, previous
 
