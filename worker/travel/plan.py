@@ -370,6 +370,7 @@ class _Planner:
         negative_prompts = self._negative_prompts(count)
         asked = self._segment_frames(count)
         overlaps = self._overlaps([continued[1], *asked]) if continued else [0, *self._overlaps(asked)]
+        self._note_continuation_overlap(overlaps[1:] if not continued else overlaps)
         frames = self._generated_frames(asked, overlaps, first_join=0 if continued else 1, chained=chained)
         seed = self._seed(count)
         segments = tuple(
@@ -440,6 +441,15 @@ class _Planner:
         if (info.width, info.height) != (width, height):
             raise ValidationError(name, f"is {info.width}x{info.height}; the journey's resolution is {width}x{height}")
         return value, info.frames
+
+    def _note_continuation_overlap(self, joins: list[int]) -> None:
+        """continuation_config.overlap_frames is not what the joins use (the headless worker reads each
+        join's overlap from frame_overlap_expanded too): reported when it differs from them."""
+        config = self.reader.params.get(CONTINUATION)
+        given = config.get("overlap_frames") if isinstance(config, Mapping) else None
+        if given is not None and any(overlap != to_int(given, CONTINUATION) for overlap in joins):
+            self.overridden[f"{CONTINUATION}.overlap_frames"] = (
+                f"the joins overlap by {joins} frames, from frame_overlap_expanded (as the headless worker reads them)")
 
     # ---- what kind of journey ----
 
