@@ -38,13 +38,17 @@ DEFAULT_OUTPUT_NAME = "video.mp4"
 DEFAULT_IMAGE_NAME = "image.png"
 
 # The model each task type runs when the row names neither `model` nor `preset` (registry keys).
+# The generation task types and the model each runs when its row names none: the headless worker's
+# (banodoco/reigh-worker tasks/task_types.py TASK_TYPE_TO_MODEL), except generate_video, which takes a
+# control video here and so defaults to the Wan 2.2 VACE model (the headless worker's default is t2v).
 DEFAULT_MODELS = {
     "generate_video": "vace_14B_cocktail_2_2",
     "t2v": "t2v",
     "t2v_22": "t2v_2_2",
-    "vace": "vace_14B",
+    "vace": "vace_14B_cocktail_2_2",
     "vace_21": "vace_14B",
     "vace_22": "vace_14B_cocktail_2_2",
+    "i2v_22": "i2v_2_2",
 }
 IMAGE_TASK = "wan_2_2_t2i"  # one frame of a Wan 2.2 text-to-video model, written as PNG
 
