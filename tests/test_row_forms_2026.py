@@ -305,11 +305,16 @@ def test_the_turbo_task_type_runs_the_travel_job_it_carries(sqlite_store: TaskSt
     row = travel_row(images[:2], model_name="tiny_i2v_2_2", model_type="i2v", independent_segments=True,
                      continuation_config=None)
     job = sqlite_store.enqueue("wan_2_2_i2v", row)
+    plain = sqlite_store.enqueue("wan_2_2_i2v", {"prompt": "a boat", "image_start": images[0]})
     run_until_idle(sqlite_store, resources, tmp_path / "out")
     task = sqlite_store.get(job)
     assert task.status == TaskStatus.COMPLETE, task.error_message
     assert task.result_data["ignored_params"] == {}
     assert task.result_data["model"] == "tiny_i2v_2_2" and probe(task.output_location).frames == 9
+    # A row that is not a travel job is pointed at the task type for one generation.
+    assert sqlite_store.get(plain).error_message == (
+        "ValidationError: orchestrator_details: required: a wan_2_2_i2v row is the Reigh app's travel job in "
+        "turbo mode; for one image-to-video generation use task type i2v_22")
 
 
 def test_the_apps_individual_segment_runs_and_a_chained_remake_is_refused(

@@ -34,7 +34,7 @@ from worker.errors import ValidationError
 from worker.generation import check_request, install_lora_urls, report_ignored, resolve_model
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.store import NewTask
-from worker.travel.plan import DEFAULT_MODEL, SegmentJob, read_travel
+from worker.travel.plan import DEFAULT_MODEL, HEADLESS_KEY, SegmentJob, read_travel
 from worker.travel_children import SEGMENT_JOB_PARAM
 
 TURBO_TRAVEL_TASK = "wan_2_2_i2v"  # the app's task type for a travel job in turbo mode
@@ -50,6 +50,9 @@ def segment_key(index: int) -> str:
 
 @register("travel_orchestrator", TURBO_TRAVEL_TASK)
 def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
+    if ctx.task.task_type == TURBO_TRAVEL_TASK and HEADLESS_KEY not in ctx.task.params:
+        raise ValidationError(HEADLESS_KEY, f"required: a {TURBO_TRAVEL_TASK} row is the Reigh app's travel job in "
+                                            "turbo mode; for one image-to-video generation use task type i2v_22")
     plan, reader = read_travel(ctx.task.params, ctx.config.limits)
     spec = resolve_model(ctx.resources, reader, DEFAULT_MODEL)
     if not (spec.is_vace or spec.is_image_to_video):
