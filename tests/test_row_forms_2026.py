@@ -4,7 +4,9 @@ a known no-op, reported in ignored_params, or refused naming the field and the r
 names the source it follows; values are realistic, sizes tiny (32x32, 9 frames, 2 steps)."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from worker.dialects import expand_lora_objects
 from worker.errors import ValidationError
 from worker.resources import WorkerResources
 from worker.store import TaskStatus, TaskStore
@@ -406,11 +409,12 @@ def test_the_older_structure_guidance_keys_naming_a_video_are_refused(images: li
     assert ignored_of(travel_row(images, structure_videos=[], structure_guidance=None, use_uni3c=False)) == {}
 
 
-def test_an_individual_segments_phase_config_loras_apply_and_their_row_copy_is_not_reported(
+def test_an_individual_segments_phase_config_loras_apply_over_a_row_copy_that_disagrees(
         sqlite_store: TaskStore, resources: WorkerResources, images: list[str], tmp_path: Path, file_server) -> None:
     """individualTravelSegment.ts copies the phase config's LoRAs onto the row as lora_multipliers
     [{url, multiplier}] next to lora_names []; the phase config is what gives the segment its LoRAs
-    (reigh-worker task_registry.py reads phase_config, not that copy)."""
+    (reigh-worker task_registry.py reads phase_config, not that copy), so a copy that says otherwise
+    is reported as replaced (a faithful copy is not: the production row below)."""
     models = tmp_path / "models"
     shutil.copytree(resources.models_dir, models, copy_function=os.link)  # LoRAs get installed here
     url = file_server.serve("/loras/lightning_high.safetensors",
@@ -418,7 +422,7 @@ def test_an_individual_segments_phase_config_loras_apply_and_their_row_copy_is_n
     config = {**PHASE_CONFIG, "phases": [{"phase": 1, "guidance_scale": 1, "loras": [{"url": url, "multiplier": "1.0"}]},
                                          {"phase": 2, "guidance_scale": 1, "loras": []}]}
     row = individual_row(images, 0, phase_config=config)
-    row["lora_multipliers"] = [{"url": url, "multiplier": 1}]
+    row["lora_multipliers"] = [{"url": url, "multiplier": 0.5}]  # the phase config says 1.0
     task_id = sqlite_store.enqueue("individual_travel_segment", row)
     run_until_idle(sqlite_store, WorkerResources(device="cpu", models_dir=models), tmp_path / "out",
                    cache_dir=tmp_path / "cache")
@@ -427,3 +431,51 @@ def test_an_individual_segments_phase_config_loras_apply_and_their_row_copy_is_n
     assert task.result_data["parameters"]["lora_names"] == [url]
     assert task.result_data["parameters"]["lora_multipliers"] == ["1.0;0"]
     assert task.result_data["ignored_params"] == {"lora_multipliers": "replaced by phase_config"}
+
+
+def test_a_production_individual_segment_row_runs_with_every_key_honoured(
+        sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path, file_server) -> None:
+    """A row of the production database, as banodoco/reigh-worker keeps it for its worker matrix
+    (scripts/worker_matrix_db_snapshots.json, individual_travel_segment_wan22_i2v: task f12df812...,
+    2026-03-06, kept here as tests/payloads/...): a Wan 2.2 i2v Lightning re-make with an empty prompt,
+    num_frames 50, a 3 + 3 phase config with the Lightning LoRAs and the app's object-form copy of them
+    in lora_multipliers. Only the model (the tiny i2v one), the size, the images and the LoRAs' host
+    (a local server) are swapped."""
+    models = tmp_path / "models"
+    shutil.copytree(resources.models_dir, models, copy_function=os.link)  # LoRAs get installed here
+    snapshot = json.loads((Path(__file__).parent / "payloads" /
+                           "reigh_worker_individual_travel_segment_wan22_i2v.json").read_text())
+    keys = write_keyframes(tmp_path / "keys", 2, size=(40, 36))
+    text = (json.dumps(snapshot["params"]).replace("__FIXTURE_PATH__:wan22_start_image", keys[0])
+            .replace("__FIXTURE_PATH__:wan22_end_image", keys[1])
+            .replace("wan_2_2_i2v_lightning_baseline_2_2_2", "tiny_i2v_2_2").replace("576x768", "32x48"))
+    lora = (models / "loras" / "tiny_kohya.safetensors").read_bytes()
+    served = []
+    for path in sorted(set(re.findall(r"https://huggingface\.co(/[^\"]+\.safetensors)", text))):
+        served.append(file_server.serve(path, lora))
+        text = text.replace(f"https://huggingface.co{path}", served[-1])
+    task_id = sqlite_store.enqueue(snapshot["task_type"], json.loads(text))
+    run_until_idle(sqlite_store, WorkerResources(device="cpu", models_dir=models), tmp_path / "out",
+                   cache_dir=tmp_path / "cache")
+
+    task = sqlite_store.get(task_id)
+    assert task.status == TaskStatus.COMPLETE, task.error_message
+    assert task.result_data["ignored_params"] == {}
+    parameters = task.result_data["parameters"]
+    assert (task.result_data["frames"], task.result_data["seed"]) == (49, 2028555833)  # 50 -> 4n+1; seed_to_use
+    assert (parameters["prompt"], parameters["num_inference_steps"], parameters["model_switch_phase"]) == ("", 6, 1)
+    assert parameters["lora_names"] == served and len(served) == 2  # high noise, then low noise
+    assert parameters["lora_multipliers"] == ["1.2;0", "0;1.0"]  # each LoRA on its own expert's phase
+
+
+def test_the_object_form_of_lora_multipliers_reads_as_names_and_multipliers() -> None:
+    """Without a phase config the app's [{url, multiplier}] entries are the LoRAs themselves; lora_names
+    that disagree with them, or an entry without a URL, fail naming the field."""
+    objects = [{"url": "https://host/a.safetensors", "multiplier": 0.7}, {"url": "b", "multiplier": "1;0"}]
+    assert expand_lora_objects({"lora_multipliers": objects, "lora_names": []}) == {
+        "lora_names": ["https://host/a.safetensors", "b"], "lora_multipliers": ["0.7", "1;0"]}
+    assert expand_lora_objects({"lora_multipliers": ["1.0"]}) == {"lora_multipliers": ["1.0"]}
+    with pytest.raises(ValidationError, match=r"^orchestrator_details\.lora_multipliers: names LoRAs"):
+        expand_lora_objects({"lora_multipliers": objects, "lora_names": ["c"]}, "orchestrator_details.")
+    with pytest.raises(ValidationError, match=r"^lora_multipliers: each .* needs its LoRA's URL"):
+        expand_lora_objects({"lora_multipliers": [{"multiplier": 1}]})

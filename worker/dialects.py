@@ -68,6 +68,8 @@ NO_OP_KEYS = frozenset({
     # with an upscale_factor above 1, which is reported itself.
     "poll_interval", "poll_timeout", "poll_timeout_upscale", "original_task_args", "clip_list", "num_joins",
     "upscale_model_name",
+    # Wan2GP's distilled-guidance setting for Hunyuan; its Wan models (and so these) have none.
+    "embedded_guidance_scale",
 })  # fmt: skip
 # Switches that change nothing while off; when on they ask for a feature this worker does not have.
 OFF_SWITCHES = frozenset({"enhance_prompt", "regenerate_anchors", "use_svi"})
@@ -91,6 +93,55 @@ def flatten_generation_task(params: Mapping[str, Any]) -> dict[str, Any]:
                                   f"conflicts with top-level {key}: {echo(value)} != {echo(flat[key])}")
         flat[key] = value
     return flat
+
+
+def expand_lora_objects(params: Mapping[str, Any], prefix: str = "") -> Mapping[str, Any]:
+    """`params` with the Reigh app's object form of `lora_multipliers`, [{"url", "multiplier"}] (its
+    individual segments copy their phase config's LoRAs so: reigh-app individualTravelSegment.ts), read
+    as lora_names (the URLs) and lora_multipliers. With `lora_names` also given (not empty), both must
+    name the same files. Rows without that form come back as they are; `prefix` is where the params
+    sit in the row, for errors."""
+    objects = lora_objects(params.get("lora_multipliers"))
+    if objects is None:
+        return params
+    if copies_phase_loras(objects, params.get(PHASE_CONFIG)):  # the phase config says it all
+        return {key: value for key, value in params.items() if key != "lora_multipliers"}
+    field = f"{prefix}lora_multipliers"
+    urls = [item.get("url") for item in objects]
+    if not all(isinstance(url, str) and url.strip() for url in urls):
+        raise ValidationError(field, "each {\"url\", \"multiplier\"} entry needs its LoRA's URL or name")
+    names = params.get("lora_names")
+    if names and list(names) != urls:
+        raise ValidationError(field, f"names LoRAs {urls}, but lora_names names {echo(names)}: give one, or two that agree")
+    multipliers = parse_multipliers([item.get("multiplier", 1.0) for item in objects], field)
+    return {**params, "lora_names": urls, "lora_multipliers": multipliers}
+
+
+def lora_objects(value: Any) -> list[Mapping[str, Any]] | None:
+    """`value` when it is the app's [{"url", "multiplier"}] form of lora_multipliers, else None."""
+    if isinstance(value, list) and value and all(isinstance(item, Mapping) for item in value):
+        return value
+    return None
+
+
+def copies_phase_loras(objects: list[Mapping[str, Any]], phase_config: Any) -> bool:
+    """Whether each {"url", "multiplier"} is a LoRA of `phase_config` at the multiplier one of its
+    phases gives it (the app's copy of the phase config's LoRAs, which asks for nothing more)."""
+    if not isinstance(phase_config, Mapping) or not isinstance(phase_config.get("phases"), list):
+        return False
+    given: dict[str, set[float]] = {}
+    for phase in phase_config["phases"]:
+        for lora in (phase.get("loras") or []) if isinstance(phase, Mapping) else []:
+            if isinstance(lora, Mapping) and isinstance(lora.get("url"), str):
+                given.setdefault(lora["url"], set()).add(_number(lora.get("multiplier", 1.0)))
+    return all(_number(item.get("multiplier", 1.0)) in given.get(item.get("url"), ()) for item in objects)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def model_and_preset(reader: ParamReader, registry: Any) -> tuple[str | None, str | None]:

@@ -22,6 +22,7 @@ from wan_engine.loras import LORAS_FOLDER
 from wan_engine.schema import FIELDS, RANDOM_SEED, Limits, Reading, validate
 from worker.dialects import (
     compose_prompt,
+    expand_lora_objects,
     flatten_generation_task,
     ignored_params,
     model_and_preset,
@@ -249,7 +250,7 @@ def read_generation(params: Mapping[str, Any], *, resources: WorkerResources, li
     `install_loras(names)` puts LoRAs named by URL into the loras folder before the check."""
     from wan_engine.request import GenerationRequest
 
-    reader = ParamReader(flatten_generation_task(params))
+    reader = ParamReader(expand_lora_objects(flatten_generation_task(params)))
     spec = resolve_model(resources, reader, default_model)
     width, height = parse_resolution(reader.field("resolution"), reader.label("resolution"))
     asked_length = 1 if one_frame else reader.field("video_length")

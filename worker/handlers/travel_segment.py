@@ -44,7 +44,15 @@ from typing import Any
 import numpy as np
 
 from wan_engine.errors import echo
-from worker.dialects import PHASE_CONFIG, check_guidance, check_model_family, ignored_params, segment_overrides
+from worker.dialects import (
+    PHASE_CONFIG,
+    check_guidance,
+    check_model_family,
+    copies_phase_loras,
+    ignored_params,
+    lora_objects,
+    segment_overrides,
+)
 from worker.errors import ValidationError
 from worker.generation import (
     check_request,
@@ -92,7 +100,6 @@ _HEADLESS_SEGMENT_KEYS = {"base_prompt": "prompt", "enhanced_prompt": "prompt", 
                           "frame_overlap_from_previous": "overlap", "seed_to_use": "seed", "seed": "seed",
                           "start_image_url": "start_image", "end_image_url": "end_image"}
 _TEXT_KEYS = ("prompt", "negative_prompt", "start_image", "end_image")
-LORA_KEYS = ("lora_names", "lora_multipliers")
 # An individual segment's [start, end] images, which its start_image_url / end_image_url override
 # (reigh-worker tasks/task_registry.py _resolve_image_references).
 PAIR_IMAGES = "input_image_paths_resolved"
@@ -277,12 +284,15 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
         if key in details.params and details.params[key] == params[key]:
             reader.used.add(key)
     # The app copies a phase config's LoRAs onto the row as lora_multipliers [{url, multiplier}]
-    # (individualTravelSegment.ts); the phase config itself is what gives the segment its LoRAs.
+    # (individualTravelSegment.ts); the phase config in effect is what gives the segment its LoRAs.
     replaced = {}
-    if details.has(PHASE_CONFIG) or any(source.has(PHASE_CONFIG) for source in readers[1:]):
-        replaced = {key: f"replaced by {PHASE_CONFIG}" for key in LORA_KEYS
-                    if key in reader.unread() and params[key] not in (None, [], "")}
-        reader.used.update(replaced)
+    phase_config = next((source.params[PHASE_CONFIG] for source in (*readers[1:], details) if source.has(PHASE_CONFIG)),
+                        None)
+    objects = lora_objects(params.get("lora_multipliers"))
+    if phase_config is not None and objects is not None and "lora_multipliers" in reader.unread():
+        reader.used.add("lora_multipliers")
+        if not copies_phase_loras(objects, phase_config):
+            replaced["lora_multipliers"] = f"replaced by {PHASE_CONFIG}"
     ignored = {**plan.ignored_params, **replaced, **{k: v for r in readers for k, v in ignored_params(r).items()}}
     previous = ctx.task.dependant_on[0] if ctx.task.dependant_on and not individual else None
     return ignored, job, previous

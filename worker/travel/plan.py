@@ -53,6 +53,7 @@ from worker.dialects import (
     check_guidance,
     check_model_family,
     compose_prompt,
+    expand_lora_objects,
     ignored_params,
     sampling,
     segment_overrides,
@@ -270,13 +271,13 @@ def travel_reader(params: Mapping[str, Any]) -> tuple[ParamReader, ParamReader |
     """(reader of the travel fields, reader of the row's top level when they sit under
     orchestrator_details, else None)."""
     if not is_headless_form(params):
-        return ParamReader(params, TRAVEL), None
+        return ParamReader(expand_lora_objects(params), TRAVEL), None
     top = ParamReader(params, TRAVEL)
     top.used.add(HEADLESS_KEY)
     details = params[HEADLESS_KEY]
     if not isinstance(details, Mapping):
         raise ValidationError(HEADLESS_KEY, "must be an object")
-    reader = ParamReader(details, TRAVEL, prefix=f"{HEADLESS_KEY}.")
+    reader = ParamReader(expand_lora_objects(details, f"{HEADLESS_KEY}."), TRAVEL, prefix=f"{HEADLESS_KEY}.")
     # The app nests a copy of the payload in itself (composeTaskFamilyPayload, reigh-app
     # shared/taskContracts.ts), which the headless orchestrator then rewrites only in the outer one: the
     # outer one is what is read.
@@ -538,13 +539,16 @@ class _Planner:
 
     def _prompts(self, count: int) -> list[str]:
         """Per segment: the enhanced prompt when there is one, else the segment's prompt, else
-        `prompt` / `base_prompt` (the prompt of every segment), wrapped in text_before/after_prompts."""
+        `prompt` / `base_prompt` (the prompt of every segment), wrapped in text_before/after_prompts.
+        Ours requires one; the headless form may leave a segment without (its orchestrator then runs
+        the segment on an empty prompt, as image-to-video jobs from the Reigh app often do)."""
         listed = self._per_segment("prompts", count, default=[""])
         enhanced = self._per_segment_key(ENHANCED_PROMPTS, count)
         fallback = self.reader.field("prompt", "")
         prompts = []
         for i in range(count):
-            chosen = next((p for p in (enhanced[i], listed[i], fallback, self.segment_prompt) if p and p.strip()), None)
+            chosen = next((p for p in (enhanced[i], listed[i], fallback, self.segment_prompt) if p and p.strip()),
+                          "" if self.headless else None)
             if chosen is None:
                 raise ValidationError(self.label("prompts"),
                                       f"required: segment {i} has no prompt ('prompts', one per segment, or 'prompt')")
