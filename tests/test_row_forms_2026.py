@@ -423,6 +423,7 @@ def test_an_individual_segments_phase_config_loras_apply_over_a_row_copy_that_di
                                          {"phase": 2, "guidance_scale": 1, "loras": []}]}
     row = individual_row(images, 0, phase_config=config)
     row["lora_multipliers"] = [{"url": url, "multiplier": 0.5}]  # the phase config says 1.0
+    row["lora_names"] = [url]  # as reigh-worker's create_test_task.py uni3c_baseline writes them
     task_id = sqlite_store.enqueue("individual_travel_segment", row)
     run_until_idle(sqlite_store, WorkerResources(device="cpu", models_dir=models), tmp_path / "out",
                    cache_dir=tmp_path / "cache")
@@ -430,7 +431,8 @@ def test_an_individual_segments_phase_config_loras_apply_over_a_row_copy_that_di
     assert task.status == TaskStatus.COMPLETE, task.error_message
     assert task.result_data["parameters"]["lora_names"] == [url]
     assert task.result_data["parameters"]["lora_multipliers"] == ["1.0;0"]
-    assert task.result_data["ignored_params"] == {"lora_multipliers": "replaced by phase_config"}
+    assert task.result_data["ignored_params"] == {"lora_names": "replaced by phase_config",
+                                                  "lora_multipliers": "replaced by phase_config"}
 
 
 def test_a_production_individual_segment_row_runs_with_every_key_honoured(

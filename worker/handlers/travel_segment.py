@@ -283,16 +283,18 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
     for key in list(reader.unread()):
         if key in details.params and details.params[key] == params[key]:
             reader.used.add(key)
-    # The app copies a phase config's LoRAs onto the row as lora_multipliers [{url, multiplier}]
-    # (individualTravelSegment.ts); the phase config in effect is what gives the segment its LoRAs.
+    # With a phase config in effect it alone gives the segment its LoRAs (reigh-worker task_registry.py);
+    # the row's own lora_names / lora_multipliers are replaced, and the app's [{url, multiplier}] copy
+    # of the phase config's LoRAs (individualTravelSegment.ts) asks for nothing.
     replaced = {}
     phase_config = next((source.params[PHASE_CONFIG] for source in (*readers[1:], details) if source.has(PHASE_CONFIG)),
                         None)
-    objects = lora_objects(params.get("lora_multipliers"))
-    if phase_config is not None and objects is not None and "lora_multipliers" in reader.unread():
-        reader.used.add("lora_multipliers")
-        if not copies_phase_loras(objects, phase_config):
-            replaced["lora_multipliers"] = f"replaced by {PHASE_CONFIG}"
+    for key in ("lora_names", "lora_multipliers") if phase_config is not None else ():
+        if key in reader.unread() and params[key] not in (None, "", []):
+            reader.used.add(key)
+            objects = lora_objects(params[key]) if key == "lora_multipliers" else None
+            if objects is None or not copies_phase_loras(objects, phase_config):
+                replaced[key] = f"replaced by {PHASE_CONFIG}"
     ignored = {**plan.ignored_params, **replaced, **{k: v for r in readers for k, v in ignored_params(r).items()}}
     previous = ctx.task.dependant_on[0] if ctx.task.dependant_on and not individual else None
     return ignored, job, previous
