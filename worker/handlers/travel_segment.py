@@ -279,25 +279,32 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
     check_request(ctx.resources, ctx.config.limits,
                   {**job.sampling, "model": model, "prompt": segment.prompt, "width": job.width,
                    "height": job.height, "video_length": segment.frames}, details.schema, details.prefix)
-    # The payload keys the headless orchestrator copies onto each segment row are honoured through it.
-    for key in list(reader.unread()):
+    ignored = {**plan.ignored_params, **_unhonoured_row_keys(readers, details)}
+    previous = ctx.task.dependant_on[0] if ctx.task.dependant_on and not individual else None
+    return ignored, job, previous
+
+
+def _unhonoured_row_keys(readers: list[ParamReader], details: ParamReader) -> dict[str, str]:
+    """ignored_params of a headless segment row (readers: the row, then its individual_segment_params)
+    whose payload `details` was planned: the payload keys the headless orchestrator copies onto each
+    segment row are honoured through it; with a phase config in effect it alone gives the segment its
+    LoRAs (reigh-worker task_registry.py), so the row's own lora_names / lora_multipliers are replaced,
+    except the app's [{url, multiplier}] copy of the phase config's LoRAs (individualTravelSegment.ts),
+    which asks for nothing."""
+    row, params = readers[0], readers[0].params
+    for key in list(row.unread()):
         if key in details.params and details.params[key] == params[key]:
-            reader.used.add(key)
-    # With a phase config in effect it alone gives the segment its LoRAs (reigh-worker task_registry.py);
-    # the row's own lora_names / lora_multipliers are replaced, and the app's [{url, multiplier}] copy
-    # of the phase config's LoRAs (individualTravelSegment.ts) asks for nothing.
-    replaced = {}
+            row.used.add(key)
+    replaced: dict[str, str] = {}
     phase_config = next((source.params[PHASE_CONFIG] for source in (*readers[1:], details) if source.has(PHASE_CONFIG)),
                         None)
     for key in ("lora_names", "lora_multipliers") if phase_config is not None else ():
-        if key in reader.unread() and params[key] not in (None, "", []):
-            reader.used.add(key)
+        if key in row.unread() and params[key] not in (None, "", []):
+            row.used.add(key)
             objects = lora_objects(params[key]) if key == "lora_multipliers" else None
             if objects is None or not copies_phase_loras(objects, phase_config):
                 replaced[key] = f"replaced by {PHASE_CONFIG}"
-    ignored = {**plan.ignored_params, **replaced, **{k: v for r in readers for k, v in ignored_params(r).items()}}
-    previous = ctx.task.dependant_on[0] if ctx.task.dependant_on and not individual else None
-    return ignored, job, previous
+    return {**replaced, **{key: reason for source in readers for key, reason in ignored_params(source).items()}}
 
 
 def _keyframe(value: str, job: SegmentJob, field: str) -> np.ndarray:
