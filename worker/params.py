@@ -217,6 +217,12 @@ def round_to_frame_count(frames: int, field: str) -> int:
     return (frames - 1) // 4 * 4 + 1
 
 
+def round_up_to_frame_count(frames: int) -> int:
+    """The smallest 4n+1 count >= frames (the headless orchestrator's rule for a chained segment's
+    frames plus its overlap: reigh-worker travel/orchestrator.py _quantize_frames_up)."""
+    return 1 if frames <= 1 else (frames + 2) // 4 * 4 + 1
+
+
 def local_path(value: Any, field: str) -> Path:
     """Where a path field's file is on this box: the path as given (not checked, and `~` not expanded:
     the worker's home is not the backend's), or for an http(s):// or s3:// URL the local copy its

@@ -71,8 +71,9 @@ def run_ffmpeg(args: list[str], check: bool = False) -> str:
     return _ffmpeg(args, check).stderr
 
 
-def _ffmpeg(args: list[str], check: bool) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *args], capture_output=True, text=True)
+def _ffmpeg(args: list[str], check: bool, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *args], capture_output=True, text=True,
+                          pass_fds=pass_fds)
     if check and proc.returncode != 0:
         raise FFmpegError(f"ffmpeg {' '.join(args)} failed: {proc.stderr[-_STDERR_TAIL_CHARS:].strip()}")
     return proc
@@ -370,23 +371,19 @@ def load_image(path: str | os.PathLike[str], width: int, height: int, field: str
     return np.asarray(fitted, dtype=np.uint8)
 
 
-def mux_audio(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
-    """`video` with `audio` as its sound, written to the new file `output`: the video stream copied, the
-    audio encoded to AAC and cut at the video's end (a shorter one leaves the rest silent). Raises
-    FFmpegError naming ffmpeg's complaint when either input cannot be read."""
-    info = probe(video)
+def mux_audio(video: str | os.PathLike[str], audio: str | os.PathLike[str], output: str | os.PathLike[str],
+              seconds: float) -> Path:
+    """`video` (`seconds` long) with `audio` as its sound, written to the new file `output`: the video
+    stream copied, the audio encoded to AAC and cut at the video's end (a shorter one leaves the rest
+    silent). Raises FFmpegError with ffmpeg's complaint when either input cannot be read."""
     output = Path(output)
     descriptor = create_new_file(output)  # written through its descriptor, like VideoWriter's partial file
     try:
-        command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(video),
-                   "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac",
-                   "-t", f"{info.frames / info.fps:.6f}", "-movflags", "+faststart", "-f", "mp4",
-                   f"/proc/self/fd/{descriptor}"]
-        proc = subprocess.run(command, capture_output=True, text=True, pass_fds=(descriptor,))
+        _ffmpeg(["-loglevel", "error", "-y", "-i", str(video), "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0",
+                 "-c:v", "copy", "-c:a", "aac", "-t", f"{seconds:.6f}", "-movflags", "+faststart", "-f", "mp4",
+                 f"/proc/self/fd/{descriptor}"], check=True, pass_fds=(descriptor,))
     finally:
         os.close(descriptor)
-    if proc.returncode != 0:
-        raise FFmpegError(f"{audio}: {proc.stderr[-_STDERR_TAIL_CHARS:].strip()}")
     return output
 
 

@@ -238,10 +238,11 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
                            maximum=None if individual else count - 1)
     if index is None:
         raise ValidationError("segment_index", "is required")
+    payload_strategy = continuation_strategy(details)
     for source in readers:  # the segment's own guidance, family and continuation, checked like the payload's
         check_guidance(source)
         check_model_family(source)
-        strategy = continuation_strategy(source) or continuation_strategy(details)
+        strategy = continuation_strategy(source) or payload_strategy
         if individual and index > 0 and strategy not in (None, NO_CONTINUATION):
             raise ValidationError(source.prefix + CONTINUATION,
                                   f"re-making segment {index} alone with {echo(strategy)} needs its predecessor's "

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     if expected is not None and stitched.frames != expected:
         raise RuntimeError(f"stitched {stitched.frames} frames; the plan expects {expected}")
     if job.audio is not None:
-        _lay_audio(output, job.audio)
+        _lay_audio(output, job.audio, stitched.frames / job.fps)
     own_phases = {"queue_wait": queue_wait_seconds(ctx), "stitch": round(time.perf_counter() - started, 4)}
     published, upload = publish(ctx, {"output": stitched.path, "thumbnail": stitched.thumbnail})
     own_phases.update(upload)
@@ -133,8 +133,9 @@ def _our_stitch(ctx: TaskContext) -> _StitchJob:
     segments = [_finished_segment(ctx, task_id) for task_id in reader.texts("segment_task_ids")]
     if len(segments) != len(plan.segments):
         raise ValidationError("segment_task_ids", f"names {len(segments)} segments; the plan has {len(plan.segments)}")
-    return _plan_stitch(plan, segments, plan.overlaps, "segment_task_ids", {"ignored_params": plan.ignored_params},
-                        Crossfade(plan.crossfade_sharpen), parked_orchestrator=reader.text("orchestrator_task_id"))
+    job = _plan_stitch(plan, segments, plan.overlaps, "segment_task_ids", {"ignored_params": plan.ignored_params},
+                       Crossfade(plan.crossfade_sharpen))
+    return replace(job, plan=plan, parked_orchestrator=reader.text("orchestrator_task_id"))
 
 
 def _headless_stitch(ctx: TaskContext) -> _StitchJob:
@@ -172,7 +173,7 @@ def _headless_stitch(ctx: TaskContext) -> _StitchJob:
 
 
 def _plan_stitch(plan: TravelPlan, segments: list[Task], overlaps: list[int], field_name: str,
-                 own: dict[str, Any], crossfade: Crossfade, parked_orchestrator: str | None = None) -> _StitchJob:
+                 own: dict[str, Any], crossfade: Crossfade) -> _StitchJob:
     """The stitch of a travel plan's segment rows (with the video the journey continues first), and the
     job's summary: the first segment's model and parameters, each segment's facts."""
     continued = [local_path(plan.continue_from, "continue_from_video")] if plan.continue_from else []
@@ -191,9 +192,8 @@ def _plan_stitch(plan: TravelPlan, segments: list[Task], overlaps: list[int], fi
         "segments": [_segment_summary(task, overlap) for task, overlap in zip(segments, heads)],
         **own,
     }
-    shared = [int(plan.image_to_video and overlap == 0) for overlap in overlaps]
-    return _StitchJob([*continued, *videos], overlaps, shared, plan.fps, field_name, summary, segments,
-                      plan if parked_orchestrator else None, parked_orchestrator, crossfade=crossfade)
+    return _StitchJob([*continued, *videos], overlaps, plan.shared_frames_of(overlaps), plan.fps, field_name,
+                      summary, segments, crossfade=crossfade)
 
 
 def _clip_join(ctx: TaskContext) -> _StitchJob:
@@ -219,11 +219,11 @@ def _clip_join(ctx: TaskContext) -> _StitchJob:
                       audio=local_path(audio, AUDIO) if audio else None, crossfade=crossfade)
 
 
-def _lay_audio(video: Path, audio: Path) -> None:
-    """Replace `video` by itself with `audio` as its sound (cut at the video's end)."""
+def _lay_audio(video: Path, audio: Path, seconds: float) -> None:
+    """Replace `video` (`seconds` long) by itself with `audio` as its sound, cut at the video's end."""
     with_audio = video.with_name(f"{video.stem}.audio{video.suffix}")
     try:
-        mux_audio(video, audio, with_audio)
+        mux_audio(video, audio, with_audio, seconds)
     except FFmpegError as error:
         with_audio.unlink(missing_ok=True)
         raise ValidationError(AUDIO, f"not a readable audio file: {error}") from None

@@ -59,7 +59,15 @@ from worker.dialects import (
     segment_overrides,
 )
 from worker.errors import ValidationError
-from worker.params import ParamReader, local_path, parse_resolution, round_to_frame_count, to_int, validation_errors
+from worker.params import (
+    ParamReader,
+    local_path,
+    parse_resolution,
+    round_to_frame_count,
+    round_up_to_frame_count,
+    to_int,
+    validation_errors,
+)
 from worker.travel.colour import ColourAdjustments, read_colour
 from worker.travel.stitch import HEADLESS_SHARPEN
 from worker.video import check_image, probe
@@ -161,9 +169,13 @@ class TravelPlan:
 
     @property
     def shared_frames(self) -> list[int]:
-        """Frames the stitch keeps once per join: 1 where an image-to-video segment opens on exactly
-        the frame its predecessor ended on (no overlap), else 0."""
-        return [int(self.image_to_video and overlap == 0) for overlap in self.overlaps]
+        """Frames the stitch keeps once per join of the plan's overlaps (shared_frames_of)."""
+        return self.shared_frames_of(self.overlaps)
+
+    def shared_frames_of(self, overlaps: list[int]) -> list[int]:
+        """Frames the stitch keeps once per join with these overlaps: 1 where an image-to-video segment
+        opens on exactly the frame its predecessor ended on (no overlap), else 0."""
+        return [int(self.image_to_video and overlap == 0) for overlap in overlaps]
 
     def sampling_of(self, index: int) -> dict[str, Any]:
         """The sampling fields of segment `index`: the job's, with the segment's own overrides."""
@@ -331,12 +343,6 @@ def continuation_strategy(reader: ParamReader) -> str | None:
     if config.get("overlap_frames") is not None:
         to_int(config["overlap_frames"], f"{field}.overlap_frames")
     return strategy
-
-
-def round_up_to_frame_count(frames: int) -> int:
-    """The smallest 4n+1 count >= frames (the headless orchestrator's rule for a chained segment's
-    frames plus its overlap: reigh-worker travel/orchestrator.py _quantize_frames_up)."""
-    return 1 if frames <= 1 else (frames + 2) // 4 * 4 + 1
 
 
 class _Planner:
