@@ -28,7 +28,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,7 +190,7 @@ class Engine:
         spec = self.registry.get(key)
         precision = check_precision(precision or self.precision)
         self._raise_if_unusable()
-        if self._loaded is not None and (self._loaded.spec.key, self._loaded.precision) == (spec.key, precision):
+        if self._is_resident(spec.key, precision):
             return False
         if self.download_missing:
             self._fetch(spec, self._missing_files(spec, []), lambda progress: None)
@@ -381,7 +381,8 @@ class Engine:
             )
 
         with self._device_failures_as_faults():
-            with timer.measure("load"):
+            # a resident model costs no load phase (none reported, 0 s), only the fault check in load()
+            with nullcontext() if self._is_resident(checked.spec.key, precision) else timer.measure("load"):
                 self.load(request.model, precision)
             assert self._loaded is not None
             networks = self._loaded.networks
@@ -454,6 +455,10 @@ class Engine:
                 )
             networks.experts.take_turns()
         raise AssertionError("unreachable")
+
+    def _is_resident(self, key: str, precision: str) -> bool:
+        """Whether definition `key` is the resident model in `precision`."""
+        return self._loaded is not None and (self._loaded.spec.key, self._loaded.precision) == (key, precision)
 
     def _raise_if_unusable(self) -> None:
         if self.device_fault is not None:
