@@ -204,9 +204,9 @@ def test_a_stitch_whose_run_misses_a_segment_names_it(sqlite_store: TaskStore, r
 
 # ---- the Reigh app's crossfade join -------------------------------------------------------------------------
 
-def clip(path: Path, frames: int, shade: int) -> Path:
-    with VideoWriter(path, 16, 32, 32) as writer:
-        writer.write(np.full((frames, 32, 32, 3), shade, np.uint8))
+def clip(path: Path, frames: int, shade: int, width: int = 32, height: int = 32) -> Path:
+    with VideoWriter(path, 16, width, height) as writer:
+        writer.write(np.full((frames, height, width, 3), shade, np.uint8))
     return path
 
 
@@ -250,8 +250,24 @@ def test_the_apps_crossfade_join_stitches_its_clips_under_its_audio(
     assert task.result_data["ignored_params"] == {}
 
 
+def test_clips_of_other_sizes_are_stretched_to_the_first_ones(sqlite_store: TaskStore, resources: WorkerResources,
+                                                               tmp_path: Path) -> None:
+    """As the headless stitch does (every frame resized to the first clip's size); result_data names them."""
+    clips = [str(clip(tmp_path / "a.mp4", 9, 40)), str(clip(tmp_path / "b.mp4", 9, 200, 64, 16)),
+             str(clip(tmp_path / "c.mp4", 9, 120, 32, 32))]
+    task_id = sqlite_store.enqueue("travel_stitch", join_row(clips, [2, 2]))
+    run_until_idle(sqlite_store, resources, tmp_path / "out", task_types=("travel_stitch",))
+    task = sqlite_store.get(task_id)
+    assert task.status == TaskStatus.COMPLETE, task.error_message
+    video = read_video(task.output_location).astype(int)
+    assert video.shape == (9 * 3 - 4, 32, 32, 3)
+    assert (task.result_data["width"], task.result_data["height"], task.result_data["scaled_videos"]) == (32, 32, [1])
+    assert abs(video[10].mean() - 200) < 4 and abs(video[-1].mean() - 120) < 4
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"clip_urls": ["/one.mp4"]}, "clip_urls: must name at least two clips to join, got 1"),
+    ({"clip_urls": ["FIRST", "NOT_VIDEO"]}, "clip_urls[1]: not a readable video"),
     ({"frame_overlap_settings_expanded": [0]}, "frame_overlap_settings_expanded: overlaps must be >= 1, got [0]"),
     ({"frame_overlap_settings_expanded": [2, 2]}, "frame_overlap_settings_expanded: must list exactly 1 overlaps"),
     ({"clip_urls": ["/nowhere/a.mp4", "/nowhere/b.mp4"]}, "clip_urls[0]: not a readable video"),
@@ -260,6 +276,9 @@ def test_the_apps_crossfade_join_stitches_its_clips_under_its_audio(
 def test_a_bad_crossfade_join_fails_naming_its_field(sqlite_store: TaskStore, resources: WorkerResources,
                                                      tmp_path: Path, changes: dict[str, Any], message: str) -> None:
     clips = [str(clip(tmp_path / f"{i}.mp4", 9, 100)) for i in range(2)]
+    if changes.get("clip_urls") == ["FIRST", "NOT_VIDEO"]:
+        (tmp_path / "not_video.mp4").write_text("not a video")
+        changes = {"clip_urls": [clips[0], str(tmp_path / "not_video.mp4")]}
     if changes.get("audio_url") == "NOT_AUDIO":
         (tmp_path / "not_audio.wav").write_text("not audio")
         changes = {"audio_url": str(tmp_path / "not_audio.wav")}

@@ -395,14 +395,18 @@ def test_json_of_a_plan_stays_linear_in_the_keyframes(images: list[str]) -> None
     assert max(sizes) < 2 * min(sizes) and max(sizes) * 20 < len(json.dumps(plan.to_params()))
 
 
+@pytest.mark.parametrize(("width", "height"), [(32, 32), (48, 24)])
 def test_a_headless_journey_continues_a_video_and_the_stitch_starts_with_it(
-        sqlite_store: TaskStore, seed_resources: WorkerResources, images: list[str], tmp_path: Path) -> None:
+        sqlite_store: TaskStore, seed_resources: WorkerResources, images: list[str], tmp_path: Path,
+        width: int, height: int) -> None:
     """`continue_from_video_resolved_path` as the headless orchestrator reads it (Reigh-Worker
     travel/orchestrator.py: the first segment takes frame_overlap_expanded[0] frames of the video;
-    travel/stitch.py prepends the video): one keyframe, one segment from the video's end to it."""
+    travel/stitch.py prepends the video): one keyframe, one segment from the video's end to it.
+    A video of another size than the job's guides the segment scaled to the job's size, and the
+    stitch, like the headless one, gives the result the continued video's size."""
     earlier = tmp_path / "earlier.mp4"
-    frames = np.stack([np.full((32, 32, 3), 20 * i, np.uint8) for i in range(9)])
-    with VideoWriter(earlier, 16, 32, 32) as writer:
+    frames = np.stack([np.full((height, width, 3), 20 * i, np.uint8) for i in range(9)])
+    with VideoWriter(earlier, 16, width, height) as writer:
         writer.write(frames)
     row = reigh_orchestrator_row(images[:1], continue_from_video_resolved_path=str(earlier), chain_segments=True,
                                  independent_segments=False, base_prompts_expanded=["onwards"],
@@ -414,6 +418,8 @@ def test_a_headless_journey_continues_a_video_and_the_stitch_starts_with_it(
     task = sqlite_store.get(task_id)
     assert task.status == TaskStatus.COMPLETE, task.error_message
     assert task.result_data["frames"] == probe(task.output_location).frames == 9 + 9 - 4
+    assert (task.result_data["width"], task.result_data["height"]) == (width, height)
+    assert task.result_data.get("scaled_videos", []) == ([] if (width, height) == (32, 32) else [1])
     head = read_video(task.output_location)[:5].astype(int)
     assert np.abs(head - frames[:5].astype(int)).mean() < 4  # the continued video, re-encoded
 

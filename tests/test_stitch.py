@@ -101,17 +101,32 @@ def test_the_thumbnail_is_the_first_frame_beside_the_video(tmp_path: Path) -> No
     assert np.abs(thumbnail.astype(int) - 90).max() <= CODEC_TOLERANCE
 
 
-def test_segments_of_different_sizes_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
-    paths = [write_grays(tmp_path / "a.mp4", [50] * 5), write_grays(tmp_path / "b.mp4", [50] * 5, width=W + 16)]
-    with pytest.raises(ValueError, match="first segment"):
-        stitch(paths, [2], tmp_path / "out.mp4", FPS)
-    assert not (tmp_path / "out.mp4").exists() and not thumbnail_path(tmp_path / "out.mp4").exists()
+def test_a_segment_of_another_size_is_stretched_to_the_first_ones(tmp_path: Path) -> None:
+    """The second segment is wider, bright on its left half and dark on its right: scaled to the first
+    segment's width, both halves keep their place and level, and the cross-fade is unchanged."""
+    a = write_grays(tmp_path / "a.mp4", [50] * 5)
+    wide = W + 32
+    with VideoWriter(tmp_path / "b.mp4", FPS, wide, H) as writer:
+        frame = np.full((H, wide, 3), 30, np.uint8)
+        frame[:, : wide // 2] = 200
+        writer.write(np.stack([frame] * 6))
+    result = stitch([a, tmp_path / "b.mp4"], [2], tmp_path / "out.mp4", FPS)
+    assert (result.width, result.height, result.frames, result.scaled) == (W, H, 5 + 6 - 2, (1,))
+    video = read_video(result.path).astype(int)
+    assert video.shape == (9, H, W, 3)
+    assert np.abs(video[-1, :, : W // 2 - 2] - 200).max() <= CODEC_TOLERANCE
+    assert np.abs(video[-1, :, W // 2 + 2 :] - 30).max() <= CODEC_TOLERANCE
+    weights = crossfade_weights(2)
+    left = video[3:5, :, : W // 2 - 2].reshape(2, -1).mean(axis=1)
+    assert np.abs(left - (50 + (200 - 50) * weights)).max() <= CODEC_TOLERANCE
+    assert stitch([a, a], [2], tmp_path / "same.mp4", FPS).scaled == ()
 
 
-def test_a_segment_shorter_than_its_overlaps_is_refused(tmp_path: Path) -> None:
+def test_a_segment_shorter_than_its_overlaps_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
     paths = [write_grays(tmp_path / f"s{i}.mp4", [50] * n) for i, n in enumerate([9, 5, 9])]
     with pytest.raises(ValueError, match="cannot hold the overlaps"):
         stitch(paths, [4, 2], tmp_path / "out.mp4", FPS)
+    assert not (tmp_path / "out.mp4").exists() and not thumbnail_path(tmp_path / "out.mp4").exists()
 
 
 def test_the_overlap_count_must_match_the_segments(tmp_path: Path) -> None:

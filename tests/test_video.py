@@ -88,6 +88,22 @@ def test_read_last_frames_returns_the_tail_of_the_video(tmp_path: Path) -> None:
     assert np.array_equal(read_last_frames(path, 50), decoded)
 
 
+def test_frames_read_at_another_size_are_area_averages_of_the_stored_ones(tmp_path: Path) -> None:
+    """Columns 40, 200, 200, 40, ...: halving each side averages every pair to 120 (a filter that
+    picks pixels gives 40 or 200); another aspect ratio is stretched, not cropped."""
+    columns = np.array([40, 200, 200, 40] * (WIDTH // 4), np.uint8)
+    frames = np.stack([np.broadcast_to(columns[None, :, None], (HEIGHT, WIDTH, 3))] * 3)
+    path = write(tmp_path / "stripes.mp4", frames)
+    halved = np.stack(list(iter_frames(path, (WIDTH // 2, HEIGHT // 2))))
+    assert halved.shape == (3, HEIGHT // 2, WIDTH // 2, 3)
+    assert np.abs(halved.astype(int) - 120).max() <= CODEC_TOLERANCE
+    assert np.array_equal(read_last_frames(path, 2, (WIDTH // 2, HEIGHT // 2)), halved[-2:])
+    stretched = read_last_frames(path, 1, (WIDTH, HEIGHT * 2))[0]
+    assert stretched.shape == (HEIGHT * 2, WIDTH, 3)
+    assert np.abs(stretched.astype(int) - frames[0, :1].astype(int)).max() <= CODEC_TOLERANCE  # every row as stored
+    assert np.array_equal(np.stack(list(iter_frames(path, (WIDTH, HEIGHT)))), read_video(path))  # its own size: as stored
+
+
 def test_non_integer_frame_rates_survive_the_round_trip(tmp_path: Path) -> None:
     info = probe(write(tmp_path / "ntsc.mp4", moving_frames(4), fps=29.97))
     assert info.fps == pytest.approx(29.97, abs=0.01) and info.frames == 4

@@ -131,17 +131,29 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     return VideoInfo(frames=frames, width=width, height=height, fps=fps)
 
 
-def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
-    """Decode a video one frame at a time, each uint8 [H, W, 3] (read-only); memory holds one frame.
-
-    Frames come out exactly as stored (`-fps_mode passthrough`: none duplicated or dropped to fit a
-    rate). Closing the generator early kills ffmpeg.
-    """
+def frame_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(width, height) of a video's frames as stored, from its header alone."""
     path = _existing(path)
     width, height, _ = _parse_video_header(path, run_ffmpeg(["-i", str(path)]))
+    return width, height
+
+
+def iter_frames(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """Decode a video one frame at a time, each uint8 [H, W, 3] (read-only); memory holds one frame.
+
+    Frames come out as stored (`-fps_mode passthrough`: none duplicated or dropped to fit a rate),
+    or, with `size` (width, height) other than the stored one, scaled to it by pixel-area averaging
+    (the aspect ratio is not kept: how the headless worker fits clips of another size).
+    Closing the generator early kills ffmpeg.
+    """
+    path = _existing(path)
+    width, height = frame_size(path)
+    scale: dict[str, str] = {}
+    if size is not None and size != (width, height):
+        (width, height), scale = size, {"vf": f"scale={size[0]}:{size[1]}:flags=area"}
     args = (
         ffmpeg.input(str(path), noautorotate=None)  # frames as stored, matching the header's size
-        .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", map="0:v:0")
+        .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", map="0:v:0", **scale)
         .global_args("-hide_banner", "-nostdin", "-loglevel", "error")
         .compile(cmd=ffmpeg_exe())
     )
@@ -174,14 +186,15 @@ def read_video(path: str | os.PathLike[str]) -> np.ndarray:
     return np.stack(frames)
 
 
-def read_last_frames(path: str | os.PathLike[str], count: int) -> np.ndarray:
-    """The last `count` frames of a video (fewer if it is shorter): uint8 [<=count, H, W, 3].
+def read_last_frames(path: str | os.PathLike[str], count: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The last `count` frames of a video (fewer if it is shorter): uint8 [<=count, H, W, 3], scaled
+    to `size` (width, height) where given (see iter_frames).
 
     Streams the whole file but holds only `count` frames: how a segment picks up its predecessor's tail.
     """
     if count <= 0:
         raise ValueError(f"count must be positive, got {count}")
-    tail = deque(iter_frames(path), maxlen=count)
+    tail = deque(iter_frames(path, size), maxlen=count)
     if not tail:
         raise FFmpegError(f"{path}: the video has no frames")
     return np.stack(tail)

@@ -87,7 +87,7 @@ from worker.travel_children import (
     segment_video,
     stored_segment_job,
 )
-from worker.video import check_image, load_image, read_last_frames
+from worker.video import FFmpegError, check_image, load_image, read_last_frames
 
 INDIVIDUAL_TASK = "individual_travel_segment"
 INDIVIDUAL_PARAMS = "individual_segment_params"
@@ -134,11 +134,11 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
         or the previous segment's output."""
         if segment.previous_video is not None:
             video = local_path(segment.previous_video, "continue_from_video")
-            return _last_frames(video, count, "continue_from_video")
+            return _last_frames(video, count, "continue_from_video", (job.width, job.height))
         if previous_id is None:
             raise ValidationError("previous_segment_task_id", f"segment {index} continues its previous segment, "
                                                               "and the row names none (no dependency)")
-        return _previous_tail(ctx, previous_id, count)
+        return _previous_tail(ctx, previous_id, count, (job.width, job.height))
 
     if job.image_to_video:  # conditioned on its first and last frames
         if continues:  # the frame where the overlap with what came before begins (its last frame without one)
@@ -313,22 +313,25 @@ def _keyframe(value: str, job: SegmentJob, field: str) -> np.ndarray:
     return load_image(local_path(value, field), job.width, job.height, field=field)
 
 
-def _previous_tail(ctx: TaskContext, previous_id: str, overlap: int) -> np.ndarray:
-    """The last `overlap` frames of the previous segment's video, uint8 [overlap, H, W, 3] (streamed:
-    only those frames are kept)."""
+def _previous_tail(ctx: TaskContext, previous_id: str, overlap: int, size: tuple[int, int]) -> np.ndarray:
+    """The last `overlap` frames of the previous segment's video at `size`, uint8 [overlap, H, W, 3]
+    (streamed: only those frames are kept)."""
     previous = ctx.store.get(previous_id)
     if previous is None or not previous.output_location:
         raise ValidationError("previous_segment_task_id", f"segment {previous_id} has no output to continue from")
-    return _last_frames(segment_video(previous, "previous_segment_task_id"), overlap, "previous_segment_task_id")
+    return _last_frames(segment_video(previous, "previous_segment_task_id"), overlap, "previous_segment_task_id", size)
 
 
-def _last_frames(location: str | Path, overlap: int, field: str) -> np.ndarray:
+def _last_frames(location: str | Path, overlap: int, field: str, size: tuple[int, int]) -> np.ndarray:
     """The last `overlap` frames of the local video at `location` (a previous segment's output, or the
-    video a journey continues), uint8 [overlap, H, W, 3]."""
+    video a journey continues), uint8 [overlap, H, W, 3], scaled to `size` (width, height) where that
+    video has another (as the headless guide builder does)."""
     try:
-        frames = read_last_frames(location, overlap)
+        frames = read_last_frames(location, overlap, size)
     except FileNotFoundError:
         raise ValidationError(field, f"the video to continue from is gone: {location}") from None
+    except FFmpegError as error:
+        raise ValidationError(field, f"not a readable video: {error}") from None
     if len(frames) < overlap:
         raise ValidationError(field, f"{location} has {len(frames)} frames, fewer than the overlap {overlap}")
     return frames

@@ -93,7 +93,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     output = output_file(ctx.output_dir, OUTPUT_NAME)
     try:
         stitched = stitch(job.videos, job.overlaps, output, job.fps, job.shared, job.crossfade)
-    except ValueError as error:  # videos of different sizes, or too short for their overlaps
+    except ValueError as error:  # a video too short for its overlaps, or an odd frame size
         raise ValidationError(job.field, str(error)) from None
     if expected is not None and stitched.frames != expected:
         raise RuntimeError(f"stitched {stitched.frames} frames; the plan expects {expected}")
@@ -104,6 +104,8 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     own_phases.update(upload)
     summary = {"frames": stitched.frames, "fps": job.fps, "width": stitched.width, "height": stitched.height,
                **published, "crossfade": job.crossfade.describe(), **job.summary}
+    if stitched.scaled:  # positions in the stitched order (a continued video first), scaled to the first's size
+        summary["scaled_videos"] = list(stitched.scaled)
     result_data = {**summary, "phase_seconds": own_phases}
     if job.parked_orchestrator is None:
         return HandlerResult(output_location=published["output"], result_data=result_data)
@@ -204,11 +206,13 @@ def _clip_join(ctx: TaskContext) -> _StitchJob:
         raise ValidationError(CLIPS, f"must name at least two clips to join, got {len(clips)}")
     overlaps = _listed_overlaps(reader, len(clips) - 1, minimum=1)
     videos = [local_path(clip, f"{CLIPS}[{i}]") for i, clip in enumerate(clips)]
-    try:
-        first = probe(videos[0])
-    except (OSError, FFmpegError) as error:
-        raise ValidationError(f"{CLIPS}[0]", f"not a readable video: {error}") from None
-    fps = reader.number("fps", first.fps, minimum=1, maximum=240)
+    infos = []
+    for i, video in enumerate(videos):
+        try:
+            infos.append(probe(video))
+        except (OSError, FFmpegError) as error:
+            raise ValidationError(f"{CLIPS}[{i}]", f"not a readable video: {error}") from None
+    fps = reader.number("fps", infos[0].fps, minimum=1, maximum=240)
     audio = reader.text(AUDIO, None)
     crossfade = Crossfade(read_crossfade_sharpen(reader, HEADLESS_SHARPEN))  # the headless stitch's default
     reader.used.add("full_orchestrator_payload")  # the app's copy of these same keys, for its own readers

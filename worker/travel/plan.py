@@ -366,7 +366,7 @@ class _Planner:
         image_to_video_mode = self._travel_mode()
         images = self._images()
         width, height = self._resolution()
-        continued = self._continued_video(width, height)
+        continued = self._continued_video()
         # A continued journey has a segment per image (the first travels from the video's end to
         # images[0]); otherwise N images make N-1 segments (one image: one segment opening on it).
         starts = [continued[0], *images] if continued else images
@@ -433,9 +433,11 @@ class _Planner:
         return tuple(segment_overrides(configs[i], loras[i], f"{prefix}{PER_SEGMENT_PHASE_CONFIGS}[{i}]",
                                        f"{prefix}{PER_SEGMENT_LORAS}[{i}]") for i in range(count))
 
-    def _continued_video(self, width: int, height: int) -> tuple[str, int] | None:
-        """(path or URL as given, frames) of the video the journey continues, which must have the
-        job's resolution (a URL is fetched on this box to look at it; segments fetch it where they run)."""
+    def _continued_video(self) -> tuple[str, int] | None:
+        """(path or URL as given, frames) of the video the journey continues (a URL is fetched on this
+        box to look at it; segments fetch it where they run). Any frame size: as in the headless
+        worker, the first segment reads its frames scaled to the job's resolution, and the stitched
+        video takes the continued video's size."""
         value = self.reader.field("continue_from_video", None)
         if value is None:
             return None
@@ -445,8 +447,6 @@ class _Planner:
             info = probe(path)
         except (OSError, RuntimeError) as error:
             raise ValidationError(name, f"not a readable video: {echo(value)} ({error})") from None
-        if (info.width, info.height) != (width, height):
-            raise ValidationError(name, f"is {info.width}x{info.height}; the journey's resolution is {width}x{height}")
         return value, info.frames
 
     def _note_continuation_overlap(self, joins: list[int]) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.video import VideoWriter, iter_frames, save_png, thumbnail_path
+from worker.video import VideoWriter, frame_size, iter_frames, save_png, thumbnail_path
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class StitchResult:
     width: int
     height: int
     fps: float
+    scaled: tuple[int, ...] = ()  # the videos (by position) whose frames were scaled to the first one's size
 
 
 def crossfade_weights(overlap: int) -> np.ndarray:
@@ -126,9 +127,12 @@ def stitch(
     """Stitch K segment videos; overlaps[i] frames are shared by segments i and i+1 (K-1 entries),
     cross-faded; shared[i] leading frames of segment i+1 repeat segment i's end and are dropped.
 
-    Writes output_path (H.264 mp4, see video.VideoWriter) and its thumbnail. Raises ValueError when
-    the segments differ in size or one is too short for the overlaps at its two ends; the output
-    path is then left untouched.
+    The result has the first video's frame size; a video of another size is scaled to it (stretched
+    by area averaging, as the headless stitch does: a video a journey continues may differ from the
+    generated segments, and so may the clips of a join).
+
+    Writes output_path (H.264 mp4, see video.VideoWriter) and its thumbnail. Raises ValueError when a
+    segment is too short for the overlaps at its two ends; the output path is then left untouched.
     """
     if not segment_paths:
         raise ValueError("nothing to stitch: no segments")
@@ -141,45 +145,42 @@ def stitch(
         raise ValueError(f"shared needs {len(overlaps)} counts >= 0, got {shared}")
 
     output_path = Path(output_path)
-    frames = stitched_frames(segment_paths, overlaps, shared, crossfade)
+    sizes = [frame_size(path) for path in segment_paths]
+    frames = stitched_frames(segment_paths, overlaps, shared, crossfade, sizes[0])
     first_frame = next(frames, None)
     if first_frame is None:
         raise ValueError(f"{segment_paths[0]}: no frames")
-    height, width, _ = first_frame.shape
+    width, height = sizes[0]
     with VideoWriter(output_path, fps, width, height) as writer:
         writer.write(first_frame)
         for frame in frames:
             writer.write(frame)
     thumbnail = save_png(first_frame, thumbnail_path(output_path))
     return StitchResult(
-        path=output_path, thumbnail=thumbnail, frames=writer.frames_written, width=width, height=height, fps=fps
+        path=output_path, thumbnail=thumbnail, frames=writer.frames_written, width=width, height=height, fps=fps,
+        scaled=tuple(index for index, size in enumerate(sizes) if size != sizes[0]),
     )
 
 
 def stitched_frames(
-    segment_paths: Sequence[str | os.PathLike[str]], overlaps: Sequence[int], shared: Sequence[int] | None = None,
-    crossfade: Crossfade = Crossfade(),
+    segment_paths: Sequence[str | os.PathLike[str]], overlaps: Sequence[int], shared: Sequence[int],
+    crossfade: Crossfade, size: tuple[int, int],
 ) -> Iterator[np.ndarray]:
-    """The stitched video frame by frame, uint8 [H, W, 3]; holds at most one overlap of frames.
+    """The stitched video frame by frame, uint8 [H, W, 3], every frame at `size` (width, height);
+    holds at most one overlap of frames.
 
     Each segment's frames are yielded as they are decoded, except its last `overlaps[i]`, which wait
     to be blended with the head of the next segment.
     """
-    size: tuple[int, ...] | None = None
     held: list[np.ndarray] = []  # the previous segment's last frames, waiting to be blended
     for index, path in enumerate(segment_paths):
         head = overlaps[index - 1] if index > 0 else 0
         tail = overlaps[index] if index < len(overlaps) else 0
-        skip = shared[index - 1] if index > 0 and shared is not None else 0
+        skip = shared[index - 1] if index > 0 else 0
         weights = crossfade.weights(head)
         pending: deque[np.ndarray] = deque()
         count = 0
-        for position, frame in enumerate(iter_frames(path)):
-            size = size or frame.shape
-            if frame.shape != size:
-                raise ValueError(
-                    f"{path}: frames are {frame.shape[1]}x{frame.shape[0]}, the first segment's {size[1]}x{size[0]}"
-                )
+        for position, frame in enumerate(iter_frames(path, size)):
             if position < skip:
                 continue
             if count < head:
