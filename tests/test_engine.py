@@ -3,6 +3,7 @@ guidance-1 forward counts, cancellation, out-of-memory recovery, LoRA isolation,
 from __future__ import annotations
 
 import gc
+import json
 import shutil
 import weakref
 from collections.abc import Callable, Iterator
@@ -13,8 +14,10 @@ import pytest
 import torch
 
 from fault_injection import faults
+from safetensors.torch import load_file, save_file
 from wan_engine.engine import Engine
 from wan_engine.errors import GenerationCancelled, InvalidRequest, LoadError, OutOfMemory, WeightsMissing
+from wan_engine.loras import DEFAULT_DEFINITIONS_DIR
 from wan_engine.request import GenerationRequest
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -137,6 +140,32 @@ def test_a_checkpoint_that_does_not_fit_fails_from_its_header_and_keeps_the_resi
     assert str(models / "tiny_vace_module.safetensors") in str(raised.value)
     assert engine.loaded_model == "tiny_t2v"
     assert engine.generate(request("tiny_t2v")).frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
+
+
+def test_a_vace_2_2_model_whose_expert_files_hold_their_vace_blocks_runs_as_the_module_form(
+    tiny_models_dir: Path, tmp_path: Path
+):
+    """Wan2.2-VACE-Fun (vace_fun_14B_2_2) ships each expert as one file with its VACE blocks inside,
+    where the cocktail adds a VACE module to each expert: the same weights in either form give the
+    same frames."""
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, models)
+    for expert in ("high", "low"):
+        merged = {**load_file(models / f"tiny_t2v_2_2_{expert}.safetensors"),
+                  **load_file(models / f"tiny_vace_2_2_module_{expert}.safetensors")}
+        save_file(merged, models / f"tiny_vace_fun_2_2_{expert}.safetensors")
+    defaults = tmp_path / "defaults"
+    shutil.copytree(DEFAULT_DEFINITIONS_DIR, defaults)
+    (defaults / "tiny_vace_fun_2_2.json").write_text(json.dumps({
+        "model": {"name": "tiny Fun VACE", "architecture": "tiny_vace_2_2", "group": "wan2_2",
+                  "URLs": ["tiny_vace_fun_2_2_high.safetensors"], "URLs2": ["tiny_vace_fun_2_2_low.safetensors"]},
+        "guidance_phases": 2, "num_inference_steps": 4, "switch_threshold": 875,
+    }))
+    engine = make_engine(models, defaults_dir=defaults)
+    guide = np.full((FRAMES, HEIGHT, WIDTH, 3), 90, np.uint8)
+    fun = engine.generate(request("tiny_vace_fun_2_2", seed=5, video_guide=guide)).frames
+    modules = engine.generate(request("tiny_vace_2_2", seed=5, video_guide=guide)).frames
+    assert np.array_equal(fun, modules)
 
 
 # ---- generation -----------------------------------------------------------------------------------------

@@ -78,6 +78,20 @@ def test_a_module_pair_gives_each_expert_its_own_module(registry: ModelRegistry)
     assert (low.name, low.modules) == ("low", (("tiny_vace_2_2_module_low.safetensors",),))
 
 
+def test_vace_fun_experts_carry_their_own_vace_blocks_and_the_lightning_baselines_reuse_them(
+        registry: ModelRegistry) -> None:
+    """Wan2GP's vace_fun_14B_2_2 and the headless VACE baselines (reigh-worker Wan2GP/defaults, April 2026)."""
+    fun = registry.get("vace_fun_14B_2_2")
+    assert fun.is_vace and fun.is_dual_expert and [e.modules for e in fun.experts] == [(), ()]
+    assert base_files(fun) == [("Wan2_2_Fun_VACE_A14B_HIGH_mbf16.safetensors",), ("Wan2_2_Fun_VACE_A14B_LOW_mbf16.safetensors",)]
+    assert fun.dit_config == registry.get("vace_14B_cocktail_2_2").dit_config
+    for key, phases, switch in (("wan_2_2_vace_lightning_baseline_2_2_2", 3, 2), ("wan_2_2_vace_lightning_baseline_3_3", 2, 1)):
+        spec = registry.get(key)
+        assert base_files(spec) == base_files(fun) and spec.loras == ()
+        assert (spec.defaults["guidance_phases"], spec.defaults["model_switch_phase"], spec.defaults["num_inference_steps"]) == (
+            phases, switch, 6)
+
+
 def test_group_wan2_2_and_urls2_make_a_dual_expert_wan22_model(registry: ModelRegistry) -> None:
     for key in ("t2v_2_2", "vace_14B_cocktail_2_2", "tiny_vace_2_2"):
         spec = registry.get(key)
