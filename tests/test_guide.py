@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worker.travel.guide import MASK_GENERATE, MASK_KEEP, NEUTRAL_GRAY, segment_guide
+from worker.travel.guide import MASK_GENERATE, MASK_KEEP, NEUTRAL_GRAY, gap_guide, segment_guide
 
 H, W = 16, 24
 
@@ -102,3 +102,18 @@ def test_previous_frames_of_another_size_are_refused() -> None:
     other_size = np.zeros((4, H, W + 8, 3), np.uint8)
     with pytest.raises(ValueError, match="previous segment frames"):
         segment_guide(frames=9, overlap=2, start_image=START, end_image=END, previous_tail=other_size)
+
+
+def test_a_gap_guide_keeps_the_frames_on_each_side_and_generates_gray_between() -> None:
+    before = np.stack([np.full((4, 6, 3), 10 * k, np.uint8) for k in range(1, 4)])
+    after = np.stack([np.full((4, 6, 3), 200 + k, np.uint8) for k in range(2)])
+    built = gap_guide(before, 4, after)
+    assert built.guide.shape == (9, 4, 6, 3) and built.mask.shape == (9, 4, 6)
+    assert np.array_equal(built.guide[:3], before) and np.array_equal(built.guide[7:], after)
+    assert (built.guide[3:7] == NEUTRAL_GRAY).all()
+    assert (built.mask[3:7] == MASK_GENERATE).all() and built.kept_frames == [0, 1, 2, 7, 8]
+    assert gap_guide(before[:0], 2, after).kept_frames == [2, 3]  # no context before: the gap opens the video
+    with pytest.raises(ValueError, match="at least one frame"):
+        gap_guide(before, 0, after)
+    with pytest.raises(ValueError, match="differ in size"):
+        gap_guide(before, 2, after[:, :2])

@@ -1,5 +1,5 @@
 """The generation glue that every generating task shares (generate_video and its aliases,
-wan_2_2_t2i, travel segments, the Python API in worker/api.py): reading a generation row in any of
+wan_2_2_t2i, inpaint_frames, travel segments, the Python API in worker/api.py): reading a generation row in any of
 its forms, resolving the model, checking the whole request, running the engine with progress and
 cancellation, encoding the frames, and the result_data every generation reports (model, preset,
 parameters with their source, seed, and the seconds of each phase from queue wait to video encoding).
@@ -29,7 +29,7 @@ from worker.dialects import (
     sampling,
 )
 from worker.errors import ValidationError
-from worker.handlers import TaskContext
+from worker.handlers import HandlerResult, TaskContext
 from worker.params import REQUIRED, ParamReader, parse_resolution, round_to_frame_count
 from worker.paths import output_file
 from worker.resources import WorkerResources
@@ -125,6 +125,21 @@ def run_generation(ctx: TaskContext, request: Any, progress_fields: Mapping[str,
     phases = {"queue_wait": queue_wait_seconds(ctx), "model_load": timings.pop("load", 0.0)}
     phases.update((name, seconds) for name, seconds in timings.items() if name != "total")
     return Generation(frames=result.frames, result=result, phase_seconds=phases)
+
+
+def render_video(ctx: TaskContext, row: GenerationRow, extra: Mapping[str, Any] | None = None) -> HandlerResult:
+    """Run a checked generation row, write its mp4 and thumbnail, publish them; `extra` joins result_data."""
+    output = row.output
+    ctx.raise_if_cancelled()
+    generation = run_generation(ctx, row.request)
+    ctx.report_progress({"phase": "video_encode", "frames": len(generation.frames)})
+    thumbnail, encode_seconds = write_video(generation.frames, output, row.fps)
+    generation.phase_seconds["video_encode"] = encode_seconds
+    result_data = generation_result_data(generation, preset=row.preset, worker_parameters=row.worker_parameters,
+                                         fps=row.fps, output=output, thumbnail=thumbnail)
+    row.row_result_data(result_data)
+    result_data.update(extra or {})
+    return HandlerResult(output_location=publish_outputs(ctx, result_data, output, thumbnail), result_data=result_data)
 
 
 def install_lora_urls(ctx: TaskContext, names: Sequence[str] | None) -> None:
@@ -244,10 +259,14 @@ class GenerationRow:
 
 def read_generation(params: Mapping[str, Any], *, resources: WorkerResources, limits: Limits, output_dir: Path,
                     log: Any, default_model: str, install_loras: Callable[[Sequence[str] | None], None],
-                    one_frame: bool = False) -> GenerationRow:
+                    one_frame: bool = False, controls: tuple[np.ndarray, np.ndarray] | None = None,
+                    prompt_required: bool = True) -> GenerationRow:
     """Read a generation row in any of its forms (ours, the seed's GenerationTask, headless/Wan2GP
     names) and check it completely before any work; its output goes to `output_dir`.
-    `install_loras(names)` puts LoRAs named by URL into the loras folder before the check."""
+    `install_loras(names)` puts LoRAs named by URL into the loras folder before the check.
+    `controls` (guide uint8 [>= F, H, W, 3], mask uint8 [>= F, H, W]) is a guide the handler built,
+    used in place of the row's video_guide / video_mask files (their first video_length frames).
+    Without `prompt_required`, a row without a prompt generates from an empty one."""
     from wan_engine.request import GenerationRequest
 
     reader = ParamReader(expand_lora_objects(flatten_generation_task(params)))
@@ -257,7 +276,7 @@ def read_generation(params: Mapping[str, Any], *, resources: WorkerResources, li
     video_length = round_to_frame_count(asked_length, reader.label("video_length"))
     seed, seed_source = read_seed(reader)
     fps = reader.field("fps")
-    prompt = compose_prompt(reader.field("prompt", REQUIRED), reader)
+    prompt = compose_prompt(reader.field("prompt", REQUIRED if prompt_required else ""), reader)
     overridden: dict[str, str] = {}
     fields = dict(model=spec.preset or spec.key, prompt=prompt, negative_prompt=reader.field("negative_prompt"),
                   width=width, height=height, video_length=video_length, seed=seed, **sampling(reader, overridden))
@@ -265,10 +284,13 @@ def read_generation(params: Mapping[str, Any], *, resources: WorkerResources, li
     check_request(resources, limits, fields, reader.schema)
     if one_frame and reader.given("video_length"):
         overridden[reader.schema.keys["video_length"]] = f"{IMAGE_TASK} makes one frame"
+    guide, mask = (control[:video_length] for control in controls) if controls is not None else (
+        _control_video(reader, "video_guide", video_length, width, height),
+        _mask_video(reader, "video_mask", video_length, width, height))
     request = GenerationRequest(
         **fields,
-        video_guide=_control_video(reader, "video_guide", video_length, width, height),
-        video_mask=_mask_video(reader, "video_mask", video_length, width, height),
+        video_guide=guide,
+        video_mask=mask,
         video_guide2=_control_video(reader, "video_guide2", video_length, width, height),
         video_mask2=_mask_video(reader, "video_mask2", video_length, width, height),
         control_net_weight=reader.field("control_net_weight"),

@@ -17,8 +17,8 @@ from worker.generation import (
     install_lora_urls,
     publish_outputs,
     read_generation,
+    render_video,
     run_generation,
-    write_video,
 )
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.video import save_png
@@ -32,16 +32,7 @@ def generate_video(ctx: TaskContext) -> HandlerResult:
     row = read_generation(ctx.task.params, resources=ctx.resources, limits=ctx.config.limits, output_dir=ctx.output_dir,
                           log=ctx.log, default_model=DEFAULT_MODELS[ctx.task.task_type],
                           install_loras=lambda names: install_lora_urls(ctx, names))
-    output = row.output
-    ctx.raise_if_cancelled()
-    generation = run_generation(ctx, row.request)
-    ctx.report_progress({"phase": "video_encode", "frames": len(generation.frames)})
-    thumbnail, encode_seconds = write_video(generation.frames, output, row.fps)
-    generation.phase_seconds["video_encode"] = encode_seconds
-    result_data = generation_result_data(generation, preset=row.preset, worker_parameters=row.worker_parameters,
-                                         fps=row.fps, output=output, thumbnail=thumbnail)
-    row.row_result_data(result_data)
-    return HandlerResult(output_location=publish_outputs(ctx, result_data, output, thumbnail), result_data=result_data)
+    return render_video(ctx, row)
 
 
 @register(IMAGE_TASK)

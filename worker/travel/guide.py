@@ -82,3 +82,18 @@ def segment_guide(
         guide[-1] = end_image
         mask[-1] = MASK_KEEP
     return SegmentGuide(guide=guide, mask=mask)
+
+
+def gap_guide(before: np.ndarray, gap: int, after: np.ndarray) -> SegmentGuide:
+    """The guide of a generation that fills `gap` frames between two runs of kept frames (inpaint_frames:
+    the video's frames on each side of the range it regenerates): `before`, then `gap` gray frames to
+    generate, then `after`. before, after: uint8 [n, H, W, 3] of one size (either may hold no frames)."""
+    if before.shape[1:] != after.shape[1:]:
+        raise ValueError(f"the frames before and after differ in size: {before.shape[1:]} vs {after.shape[1:]}")
+    if gap < 1:
+        raise ValueError(f"a gap needs at least one frame to generate, got {gap}")
+    height, width, _ = before.shape[1:]
+    guide = np.concatenate([before, np.full((gap, height, width, 3), NEUTRAL_GRAY, np.uint8), after])
+    mask = np.full(guide.shape[:3], MASK_KEEP, np.uint8)
+    mask[len(before): len(before) + gap] = MASK_GENERATE
+    return SegmentGuide(guide=guide, mask=mask)
