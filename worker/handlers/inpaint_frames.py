@@ -58,9 +58,6 @@ def inpaint_frames(ctx: TaskContext) -> HandlerResult:
         "resolution": f"{width}x{height}",
         "video_length": len(guide.guide),
     }
-    fps_given = reader.given("fps")
-    if not fps_given:
-        generation_params["fps"] = min(120, max(1, round(info.fps)))  # the video's rate, as a whole number
     row = read_generation(generation_params, resources=ctx.resources, limits=ctx.config.limits,
                           output_dir=ctx.output_dir, log=ctx.log, default_model=DEFAULT_MODEL,
                           install_loras=lambda names: install_lora_urls(ctx, names), controls=(guide.guide, guide.mask),
@@ -72,7 +69,8 @@ def inpaint_frames(ctx: TaskContext) -> HandlerResult:
         "video_length": (length, f"{CONTEXT} {context} + the range's {end - start} + {CONTEXT} {context}{rounding}"),
         "width": (width, size_source), "height": (height, size_source),
     })
-    if not fps_given:
+    if "fps" not in row.given_as:  # the video's rate, as a whole number
+        row.fps = min(120, max(1, round(info.fps)))
         row.worker_parameters["fps"] = (row.fps, f"{VIDEO} (its frame rate)")
     inpaint = {VIDEO: params[VIDEO], START: start, END: end, CONTEXT: context, "video_frames": info.frames,
                "kept_frames": [index for index in guide.kept_frames if index < length]}

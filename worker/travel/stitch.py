@@ -40,7 +40,7 @@ class StitchResult:
     width: int
     height: int
     fps: float
-    scaled: tuple[int, ...] = ()  # the videos (by position) whose frames were scaled to the first one's size
+    scaled: tuple[int, ...]  # the videos (by position) whose frames were scaled to the first one's size
 
 
 def crossfade_weights(overlap: int) -> np.ndarray:
