@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from worker.travel.stitch import Crossfade, crossfade_weights, stitch
+from worker.travel.stitch import Crossfade, Source, crossfade_weights, stitch
 from worker.video import VideoWriter, probe, read_video, thumbnail_path
 
 W, H, FPS = 64, 48, 16
@@ -153,15 +153,51 @@ def test_crossfade_weights_ease_in_and_out(overlap: int) -> None:
 
 
 def test_a_shared_joining_frame_is_kept_once_from_the_outgoing_segment(tmp_path: Path) -> None:
-    # Image-to-video segments both hold their joining keyframe: the second's copy is dropped, no blend.
+    # Image-to-video segments both hold their joining keyframe: the second's copy is skipped, no blend.
     first = [20 + 8 * k for k in range(9)]
     second = [150 + 8 * k for k in range(9)]
     paths = [write_grays(tmp_path / "a.mp4", first), write_grays(tmp_path / "b.mp4", second)]
-    levels = mean_levels(stitch(paths, [0], tmp_path / "out.mp4", FPS, shared=[1]).path)
+    levels = mean_levels(stitch([paths[0], Source(paths[1], skip=1)], [0], tmp_path / "out.mp4", FPS).path)
     assert len(levels) == 9 + 9 - 1
     assert np.abs(levels - (first + second[1:])).max() <= CODEC_TOLERANCE
-    with pytest.raises(ValueError):
-        stitch(paths, [0], tmp_path / "bad.mp4", FPS, shared=[1, 0])
+
+
+def test_sources_drop_their_ends_before_the_overlaps_are_blended(tmp_path: Path) -> None:
+    # How a join trims clips around a transition: a's last 3 and b's first 2 frames never show, and
+    # the fade blends the frames next to them.
+    first = [10 + 10 * k for k in range(10)]
+    second = [200 - 10 * k for k in range(10)]
+    paths = [write_grays(tmp_path / "a.mp4", first), write_grays(tmp_path / "b.mp4", second)]
+    result = stitch([Source(paths[0], drop=3), Source(paths[1], skip=2)], [2], tmp_path / "out.mp4", FPS)
+    kept_a, kept_b = np.array(first[:7], float), np.array(second[2:], float)
+    weights = crossfade_weights(2)
+    expected = np.concatenate([kept_a[:5], kept_a[5:] + (kept_b[:2] - kept_a[5:]) * weights, kept_b[2:]])
+    assert result.frames == 7 + 8 - 2
+    assert np.abs(mean_levels(result.path) - expected).max() <= CODEC_TOLERANCE
+    with pytest.raises(ValueError, match="cannot hold the overlaps"):
+        stitch([Source(paths[0], drop=9), paths[1]], [2], tmp_path / "short.mp4", FPS)
+    with pytest.raises(ValueError, match="skip or drop"):
+        stitch([Source(paths[0], skip=-1), paths[1]], [2], tmp_path / "negative.mp4", FPS)
+
+
+def test_a_source_of_another_rate_is_resampled_and_one_of_another_shape_is_center_cropped(tmp_path: Path) -> None:
+    # 24 frames at 24 fps are one second: 16 frames at the stitch's 16 fps. A 2:1 clip cropped to 4:3
+    # keeps its middle, so a left half dark and right half light becomes a frame half dark, half light.
+    fast = tmp_path / "fast.mp4"
+    with VideoWriter(fast, 24, W, H) as writer:
+        for k in range(24):
+            writer.write(np.full((H, W, 3), 10 * k, np.uint8))
+    wide = tmp_path / "wide.mp4"
+    with VideoWriter(wide, FPS, 2 * H, H) as writer:
+        frame = np.full((H, 2 * H, 3), 30, np.uint8)
+        frame[:, H:] = 220
+        for _ in range(4):
+            writer.write(frame)
+    result = stitch([Source(fast, resample=True), Source(wide, aspect=W / H)], [0], tmp_path / "out.mp4", FPS)
+    assert result.frames == 16 + 4 and (result.width, result.height) == (W, H)
+    last = read_video(result.path)[-1].astype(float).mean(axis=(0, 2))
+    assert abs(last[: W // 2 - 4].mean() - 30) <= CODEC_TOLERANCE and abs(last[W // 2 + 4:].mean() - 220) <= CODEC_TOLERANCE
+    assert result.scaled == ()  # cropped to the first video's shape at its size: nothing was scaled
 
 
 # ---- the headless stitch's fade, against the OpenCV code it runs (banodoco/reigh-worker crossfade.py) --------

@@ -70,13 +70,19 @@ NO_OP_KEYS = frozenset({
     "upscale_model_name",
     # Wan2GP's distilled-guidance setting for Hunyuan; its Wan models (and so these) have none.
     "embedded_guidance_scale",
+    # The headless join orchestrator's bookkeeping on its join_clips_segment rows (join/task_builder.py):
+    # their place in the chain and the folders the headless worker writes to (outputs go to the task's
+    # folder here).
+    "is_first_join", "is_last_join", "skip_generation", "join_output_dir",
 })  # fmt: skip
 # Switches that change nothing while off; when on they ask for a feature this worker does not have.
 OFF_SWITCHES = frozenset({"enhance_prompt", "regenerate_anchors", "use_svi"})
 # Headless settings at the values that leave the video as it is (the defaults Reigh and the headless
 # orchestrator send; the headless stitch upscales only by a factor > 1); any other value asks for an
 # effect this worker does not apply.
-NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {"cfg_star_switch": (0,), "cfg_zero_step": (-1,), "upscale_factor": (0, 1)}
+# `priority` in params is the headless queue's order for the generation it submits; 0 is its default.
+NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {"cfg_star_switch": (0,), "cfg_zero_step": (-1,), "upscale_factor": (0, 1),
+                                              "priority": (0,)}
 
 def flatten_generation_task(params: Mapping[str, Any]) -> dict[str, Any]:
     """The seed's GenerationTask row `{"model", "prompt", "parameters": {...}}` as one flat mapping;

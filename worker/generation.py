@@ -52,6 +52,8 @@ DEFAULT_MODELS = {
     "i2v_22": "i2v_2_2",
 }
 IMAGE_TASK = "wan_2_2_t2i"  # one frame of a Wan 2.2 text-to-video model, written as PNG
+# What the headless worker's VACE edits of videos (inpaint_frames, join_clips_segment) run by default.
+HEADLESS_VACE_MODEL = "wan_2_2_vace_lightning_baseline_2_2_2"
 
 
 # ---- params shared by every generation ------------------------------------------------------------
@@ -127,19 +129,24 @@ def run_generation(ctx: TaskContext, request: Any, progress_fields: Mapping[str,
     return Generation(frames=result.frames, result=result, phase_seconds=phases)
 
 
-def render_video(ctx: TaskContext, row: GenerationRow, extra: Mapping[str, Any] | None = None) -> HandlerResult:
-    """Run a checked generation row, write its mp4 and thumbnail, publish them; `extra` joins result_data."""
-    output = row.output
+def encode_video(ctx: TaskContext, row: GenerationRow) -> tuple[dict[str, Any], Path]:
+    """Run a checked generation row and write its mp4 (row.output) and thumbnail; returns its
+    result_data, not yet published, and the thumbnail."""
     ctx.raise_if_cancelled()
     generation = run_generation(ctx, row.request)
     ctx.report_progress({"phase": "video_encode", "frames": len(generation.frames)})
-    thumbnail, encode_seconds = write_video(generation.frames, output, row.fps)
+    thumbnail, encode_seconds = write_video(generation.frames, row.output, row.fps)
     generation.phase_seconds["video_encode"] = encode_seconds
     result_data = generation_result_data(generation, preset=row.preset, worker_parameters=row.worker_parameters,
-                                         fps=row.fps, output=output, thumbnail=thumbnail)
-    row.row_result_data(result_data)
+                                         fps=row.fps, output=row.output, thumbnail=thumbnail)
+    return row.row_result_data(result_data), thumbnail
+
+
+def render_video(ctx: TaskContext, row: GenerationRow, extra: Mapping[str, Any] | None = None) -> HandlerResult:
+    """Run a checked generation row, write its mp4 and thumbnail, publish them; `extra` joins result_data."""
+    result_data, thumbnail = encode_video(ctx, row)
     result_data.update(extra or {})
-    return HandlerResult(output_location=publish_outputs(ctx, result_data, output, thumbnail), result_data=result_data)
+    return HandlerResult(output_location=publish_outputs(ctx, result_data, row.output, thumbnail), result_data=result_data)
 
 
 def install_lora_urls(ctx: TaskContext, names: Sequence[str] | None) -> None:

@@ -1,12 +1,14 @@
 """The child rows of a travel job as the other children and the parked orchestrator read them: the
 plan a stitch row carries, the segment job a segment row carries, a finished segment's video (on this
-box or fetched from its object URL), and the job's progress written onto the orchestrator.
+box or fetched from its object URL), and the job's progress written onto the orchestrator; and, for
+every orchestrator's last child (travel_stitch, join_final_stitch), completing the parked job.
 
 travel_orchestrator writes these rows; travel_segment and travel_stitch read them. Kept out of the
 handler modules so that no handler imports another's helpers.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,51 @@ def segment_video(task: Task, field: str) -> Path:
     if not path.is_file():
         raise ValidationError(field, f"the output of segment {task.id} is gone: {location}")
     return path
+
+
+def result_of(task: Task) -> dict[str, Any]:
+    """A child's result_data; {} where it holds none (or a row of another worker holds something else)."""
+    return task.result_data if isinstance(task.result_data, dict) else {}
+
+
+def complete_job(ctx: TaskContext, orchestrator_id: str, output: str, summary: dict[str, Any], children: list[Task],
+                 own_phases: dict[str, float], started: float) -> None:
+    """Complete the parked orchestrator a job's last child finishes (before that child's own row, so
+    a backend watching only the orchestrator sees it end) with the job's output and result: `summary`,
+    the seconds per phase over `children` and this one, and the time since the orchestrator was
+    inserted (`started`: this handler's perf_counter at its start). An orchestrator no longer waiting
+    (cancelled, or completed by an earlier run of this child) is left as it is."""
+    ctx.raise_if_cancelled()
+    orchestrator = ctx.store.get(orchestrator_id)
+    job_result = {
+        **summary,
+        "phase_seconds": job_phase_seconds(children, own_phases, orchestrator),
+        "total_seconds": job_total_seconds(ctx.task, orchestrator, time.perf_counter() - started),
+    }
+    if not ctx.store.complete_parked(ctx.claim, output, job_result):
+        status = orchestrator.status if orchestrator is not None else "missing"
+        ctx.log.warning("orchestrator not completed: it is no longer waiting",
+                        orchestrator_id=orchestrator_id, orchestrator_status=status)
+
+
+def job_phase_seconds(segments: list[Task], stitch_phases: dict[str, float], orchestrator: Task | None) -> dict[str, float]:
+    """The job's seconds per phase: each phase summed over the segments and the stitch, and the
+    orchestrator's own queue wait (the children's waits are mostly each other's run time)."""
+    totals: dict[str, float] = {}
+    for phases in [result_of(task).get("phase_seconds", {}) for task in segments] + [stitch_phases]:
+        if not isinstance(phases, dict):
+            continue
+        for phase, seconds in phases.items():
+            if phase != "queue_wait" and isinstance(seconds, (int, float)):
+                totals[phase] = totals.get(phase, 0.0) + seconds
+    if orchestrator is not None and orchestrator.created_at and orchestrator.generation_started_at:
+        totals["queue_wait"] = max(0.0, (orchestrator.generation_started_at - orchestrator.created_at).total_seconds())
+    return {phase: round(seconds, 4) for phase, seconds in totals.items()}
+
+
+def job_total_seconds(stitch_task: Task, orchestrator: Task | None, stitch_elapsed: float) -> float | None:
+    """From the orchestrator's insertion to now: the database's times up to this claim, then this
+    handler's own elapsed time (no mixing of the two clocks' absolute values)."""
+    if orchestrator is None or orchestrator.created_at is None or stitch_task.generation_started_at is None:
+        return None
+    return round((stitch_task.generation_started_at - orchestrator.created_at).total_seconds() + stitch_elapsed, 4)

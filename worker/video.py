@@ -138,22 +138,53 @@ def frame_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     return width, height
 
 
-def iter_frames(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+# A video within this many frames per second of a wanted rate is read as it is, not resampled (the
+# headless worker's tolerance: reigh-worker media/video/ffmpeg_ops.py ensure_video_fps).
+FPS_TOLERANCE = 0.5
+# Aspect ratios (width / height) closer than this are the same shape: a video is not cropped for less.
+ASPECT_TOLERANCE = 0.01
+
+
+def resampled_rate(video_fps: float, wanted: float) -> float | None:
+    """`wanted` when a video at `video_fps` must be resampled to it, None when it is close enough."""
+    return wanted if abs(video_fps - wanted) > FPS_TOLERANCE else None
+
+
+def cropped_size(width: int, height: int, aspect: float | None) -> tuple[int, int]:
+    """The size of a width x height frame center-cropped to `aspect` (width / height), as the headless
+    worker standardizes clips of another shape (video_transforms.py standardize_video_aspect_ratio);
+    a frame already within ASPECT_TOLERANCE of it, or no aspect, keeps its size."""
+    if aspect is None or abs(width / height - aspect) < ASPECT_TOLERANCE:
+        return width, height
+    if width / height > aspect:
+        return int(height * aspect), height
+    return width, int(width / aspect)
+
+
+def iter_frames(path: str | os.PathLike[str], size: tuple[int, int] | None = None, *, fps: float | None = None,
+                aspect: float | None = None) -> Iterator[np.ndarray]:
     """Decode a video one frame at a time, each uint8 [H, W, 3] (read-only); memory holds one frame.
 
     Frames come out as stored (`-fps_mode passthrough`: none duplicated or dropped to fit a rate),
-    or, with `size` (width, height) other than the stored one, scaled to it by pixel-area averaging
-    (the aspect ratio is not kept: how the headless worker fits clips of another size).
-    Closing the generator early kills ffmpeg.
+    unless asked to fit, in this order: resampled to `fps` (ffmpeg's fps filter: the frame showing at
+    each tick of the new rate), center-cropped to the aspect ratio `aspect` (cropped_size), scaled
+    to `size` (width, height) by pixel-area averaging (the aspect ratio is not kept: how the headless
+    worker fits clips of another size). Closing the generator early kills ffmpeg.
     """
     path = _existing(path)
     width, height = frame_size(path)
-    scale: dict[str, str] = {}
+    filters = [f"fps={fps:g}"] if fps is not None else []
+    cropped = cropped_size(width, height, aspect)
+    if cropped != (width, height):
+        filters.append(f"crop={cropped[0]}:{cropped[1]}:{(width - cropped[0]) // 2}:{(height - cropped[1]) // 2}")
+        width, height = cropped
     if size is not None and size != (width, height):
-        (width, height), scale = size, {"vf": f"scale={size[0]}:{size[1]}:flags=area"}
+        filters.append(f"scale={size[0]}:{size[1]}:flags=area")
+        width, height = size
+    fitting = {"vf": ",".join(filters)} if filters else {}
     args = (
         ffmpeg.input(str(path), noautorotate=None)  # frames as stored, matching the header's size
-        .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", map="0:v:0", **scale)
+        .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", map="0:v:0", **fitting)
         .global_args("-hide_banner", "-nostdin", "-loglevel", "error")
         .compile(cmd=ffmpeg_exe())
     )
@@ -190,14 +221,29 @@ def read_last_frames(path: str | os.PathLike[str], count: int, size: tuple[int, 
     """The last `count` frames of a video (fewer if it is shorter): uint8 [<=count, H, W, 3], scaled
     to `size` (width, height) where given (see iter_frames).
 
-    Streams the whole file but holds only `count` frames: how a segment picks up its predecessor's tail.
+    Streams the whole file: how a segment picks up its predecessor's tail.
     """
-    if count <= 0:
-        raise ValueError(f"count must be positive, got {count}")
-    tail = deque(iter_frames(path, size), maxlen=count)
-    if not tail:
+    return video_ends(path, count, size)[2]
+
+
+def video_ends(path: str | os.PathLike[str], keep: int, size: tuple[int, int] | None = None, *,
+               fps: float | None = None, aspect: float | None = None) -> tuple[int, np.ndarray, np.ndarray]:
+    """(frame count, the first `keep` frames, the last `keep` frames) of a video read as iter_frames
+    fits it (fewer frames where it is shorter), in one pass that holds at most 2 x keep frames: what a
+    join reads of the clips on each side of a cut. Raises FFmpegError for a video without frames."""
+    if keep <= 0:
+        raise ValueError(f"keep must be positive, got {keep}")
+    head: list[np.ndarray] = []
+    tail: deque[np.ndarray] = deque(maxlen=keep)
+    count = 0
+    for frame in iter_frames(path, size, fps=fps, aspect=aspect):
+        if count < keep:
+            head.append(frame)
+        tail.append(frame)
+        count += 1
+    if not count:
         raise FFmpegError(f"{path}: the video has no frames")
-    return np.stack(tail)
+    return count, np.stack(head), np.stack(tail)
 
 
 class VideoWriter:
@@ -398,6 +444,18 @@ def mux_audio(video: str | os.PathLike[str], audio: str | os.PathLike[str], outp
     finally:
         os.close(descriptor)
     return output
+
+
+def lay_audio(video: Path, audio: Path, seconds: float, field: str) -> None:
+    """Replace `video` (`seconds` long) by itself with `audio` as its sound, cut at the video's end; an
+    unreadable audio file fails naming `field`, the key that gave it."""
+    with_audio = video.with_name(f"{video.stem}.audio{video.suffix}")
+    try:
+        mux_audio(video, audio, with_audio, seconds)
+    except FFmpegError as error:
+        with_audio.unlink(missing_ok=True)
+        raise ValidationError(field, f"not a readable audio file: {error}") from None
+    os.replace(with_audio, video)
 
 
 def save_png(frame: np.ndarray, path: str | os.PathLike[str]) -> Path:

@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 
 from worker.errors import ValidationError
-from worker.generation import install_lora_urls, read_generation, render_video
+from worker.generation import HEADLESS_VACE_MODEL, install_lora_urls, read_generation, render_video
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.params import ParamReader
 from worker.travel.guide import gap_guide
 from worker.video import FFmpegError, iter_frames, probe
 
 INPAINT_TASK = "inpaint_frames"
-DEFAULT_MODEL = "wan_2_2_vace_lightning_baseline_2_2_2"  # the headless handler's default
 VIDEO, START, END, CONTEXT = "video_path", "inpaint_start_frame", "inpaint_end_frame", "context_frame_count"
 DEFAULT_CONTEXT_FRAMES = 8
 
@@ -59,7 +58,7 @@ def inpaint_frames(ctx: TaskContext) -> HandlerResult:
         "video_length": len(guide.guide),
     }
     row = read_generation(generation_params, resources=ctx.resources, limits=ctx.config.limits,
-                          output_dir=ctx.output_dir, log=ctx.log, default_model=DEFAULT_MODEL,
+                          output_dir=ctx.output_dir, log=ctx.log, default_model=HEADLESS_VACE_MODEL,
                           install_loras=lambda names: install_lora_urls(ctx, names), controls=(guide.guide, guide.mask),
                           prompt_required=False)  # the headless handler sends a blank prompt for none
     given_length = len(guide.guide)

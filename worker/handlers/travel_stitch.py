@@ -23,7 +23,6 @@ smoothstep fade unless their row gives `crossfade_sharp_amt`.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,8 +36,10 @@ from worker.params import ParamReader, local_path, to_int
 from worker.paths import output_file
 from worker.store import Task, TaskStatus
 from worker.travel.plan import HEADLESS_KEY, TravelPlan, read_crossfade_sharpen, read_travel
-from worker.travel.stitch import HEADLESS_SHARPEN, Crossfade, stitch
+from worker.travel.stitch import HEADLESS_SHARPEN, Crossfade, Source, stitch
 from worker.travel_children import (
+    complete_job,
+    result_of,
     HEADLESS_REF,
     PLAN_PARAM,
     headless_payload,
@@ -47,7 +48,7 @@ from worker.travel_children import (
     segment_video,
     stored_plan,
 )
-from worker.video import FFmpegError, mux_audio, probe
+from worker.video import FFmpegError, lay_audio, probe
 
 OUTPUT_NAME = "travel.mp4"
 RUN_ID = "orchestrator_run_id"
@@ -72,6 +73,10 @@ class _StitchJob:
     audio: Path | None = None  # a sound track laid under the result
     crossfade: Crossfade = Crossfade()
 
+    def sources(self) -> list[Source]:
+        """The videos to stitch, each after the first skipping the frames it shares with the one before."""
+        return [Source(video, skip=skip) for video, skip in zip(self.videos, [0, *self.shared])]
+
 
 @register("travel_stitch")
 def travel_stitch(ctx: TaskContext) -> HandlerResult:
@@ -92,13 +97,13 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
                             segments_done=len(job.segments))
     output = output_file(ctx.output_dir, OUTPUT_NAME)
     try:
-        stitched = stitch(job.videos, job.overlaps, output, job.fps, job.shared, job.crossfade)
+        stitched = stitch(job.sources(), job.overlaps, output, job.fps, job.crossfade)
     except ValueError as error:  # a video too short for its overlaps, or an odd frame size
         raise ValidationError(job.field, str(error)) from None
     if expected is not None and stitched.frames != expected:
         raise RuntimeError(f"stitched {stitched.frames} frames; the plan expects {expected}")
     if job.audio is not None:
-        _lay_audio(output, job.audio, stitched.frames / job.fps)
+        lay_audio(output, job.audio, stitched.frames / job.fps, AUDIO)
     own_phases = {"queue_wait": queue_wait_seconds(ctx), "stitch": round(time.perf_counter() - started, 4)}
     published, upload = publish(ctx, {"output": stitched.path, "thumbnail": stitched.thumbnail})
     own_phases.update(upload)
@@ -110,17 +115,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     if job.parked_orchestrator is None:
         return HandlerResult(output_location=published["output"], result_data=result_data)
 
-    ctx.raise_if_cancelled()
-    orchestrator = ctx.store.get(job.parked_orchestrator)
-    job_result = {
-        **summary,
-        "phase_seconds": _job_phase_seconds(job.segments, own_phases, orchestrator),
-        "total_seconds": _job_total_seconds(ctx.task, orchestrator, time.perf_counter() - started),
-    }
-    if not ctx.store.complete_parked(ctx.claim, published["output"], job_result):
-        status = orchestrator.status if orchestrator is not None else "missing"
-        ctx.log.warning("orchestrator not completed: it is no longer waiting",
-                        orchestrator_id=job.parked_orchestrator, orchestrator_status=status)
+    complete_job(ctx, job.parked_orchestrator, published["output"], summary, job.segments, own_phases, started)
     return HandlerResult(output_location=published["output"], result_data=result_data)
 
 
@@ -180,7 +175,7 @@ def _plan_stitch(plan: TravelPlan, segments: list[Task], overlaps: list[int], fi
     job's summary: the first segment's model and parameters, each segment's facts."""
     continued = [local_path(plan.continue_from, "continue_from_video")] if plan.continue_from else []
     videos = [segment_video(segment, f"{field_name}[{i}]") for i, segment in enumerate(segments)]
-    first = _result(segments[0])
+    first = result_of(segments[0])
     heads = overlaps if plan.continue_from else [0, *overlaps]
     summary = {
         "model": first.get("model"),
@@ -223,17 +218,6 @@ def _clip_join(ctx: TaskContext) -> _StitchJob:
                       audio=local_path(audio, AUDIO) if audio else None, crossfade=crossfade)
 
 
-def _lay_audio(video: Path, audio: Path, seconds: float) -> None:
-    """Replace `video` (`seconds` long) by itself with `audio` as its sound, cut at the video's end."""
-    with_audio = video.with_name(f"{video.stem}.audio{video.suffix}")
-    try:
-        mux_audio(video, audio, with_audio, seconds)
-    except FFmpegError as error:
-        with_audio.unlink(missing_ok=True)
-        raise ValidationError(AUDIO, f"not a readable audio file: {error}") from None
-    os.replace(with_audio, video)
-
-
 def _headless_overlaps(reader: ParamReader, planned: list[int]) -> tuple[list[int], str]:
     """(overlap of each join, where it came from): the stitch row's list (what the headless orchestrator
     gave its segments, as many as there are joins: it may list one per segment), else the plan's."""
@@ -255,11 +239,6 @@ def _listed_overlaps(reader: ParamReader, joins: int, *, minimum: int, extra_all
     if any(overlap < minimum for overlap in overlaps):
         raise ValidationError(STITCH_OVERLAPS, f"overlaps must be >= {minimum}, got {overlaps}")
     return overlaps
-
-
-def _result(task: Task) -> dict[str, Any]:
-    """A segment's result_data; {} where it holds none (or a row of another worker holds something else)."""
-    return task.result_data if isinstance(task.result_data, dict) else {}
 
 
 def _job_parameter_sources(segment_sources: dict[str, str], plan: TravelPlan) -> dict[str, str]:
@@ -284,7 +263,7 @@ def _finished_segment(ctx: TaskContext, task_id: str) -> Task:
 
 
 def _segment_summary(task: Task, overlap: int) -> dict[str, Any]:
-    result = _result(task)
+    result = result_of(task)
     return {
         "task_id": task.id,
         "output_location": task.output_location,
@@ -293,26 +272,3 @@ def _segment_summary(task: Task, overlap: int) -> dict[str, Any]:
         "seed": result.get("seed"),
         "phase_seconds": result.get("phase_seconds", {}),
     }
-
-
-def _job_phase_seconds(segments: list[Task], stitch_phases: dict[str, float], orchestrator: Task | None) -> dict[str, float]:
-    """The job's seconds per phase: each phase summed over the segments and the stitch, and the
-    orchestrator's own queue wait (the children's waits are mostly each other's run time)."""
-    totals: dict[str, float] = {}
-    for phases in [_result(task).get("phase_seconds", {}) for task in segments] + [stitch_phases]:
-        if not isinstance(phases, dict):
-            continue
-        for phase, seconds in phases.items():
-            if phase != "queue_wait" and isinstance(seconds, (int, float)):
-                totals[phase] = totals.get(phase, 0.0) + seconds
-    if orchestrator is not None and orchestrator.created_at and orchestrator.generation_started_at:
-        totals["queue_wait"] = max(0.0, (orchestrator.generation_started_at - orchestrator.created_at).total_seconds())
-    return {phase: round(seconds, 4) for phase, seconds in totals.items()}
-
-
-def _job_total_seconds(stitch_task: Task, orchestrator: Task | None, stitch_elapsed: float) -> float | None:
-    """From the orchestrator's insertion to now: the database's times up to this claim, then this
-    handler's own elapsed time (no mixing of the two clocks' absolute values)."""
-    if orchestrator is None or orchestrator.created_at is None or stitch_task.generation_started_at is None:
-        return None
-    return round((stitch_task.generation_started_at - orchestrator.created_at).total_seconds() + stitch_elapsed, 4)

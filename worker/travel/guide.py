@@ -15,6 +15,7 @@ Pure numpy: frames uint8 [F, H, W, 3], masks uint8 [F, H, W].
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,10 +85,12 @@ def segment_guide(
     return SegmentGuide(guide=guide, mask=mask)
 
 
-def gap_guide(before: np.ndarray, gap: int, after: np.ndarray) -> SegmentGuide:
+def gap_guide(before: np.ndarray, gap: int, after: np.ndarray, anchors: Mapping[int, np.ndarray] | None = None) -> SegmentGuide:
     """The guide of a generation that fills `gap` frames between two runs of kept frames (inpaint_frames:
-    the video's frames on each side of the range it regenerates): `before`, then `gap` gray frames to
-    generate, then `after`. before, after: uint8 [n, H, W, 3] of one size (either may hold no frames)."""
+    the video's frames on each side of the range it regenerates; a join: the clips' frames on each side
+    of the cut): `before`, then `gap` gray frames to generate, then `after`. before, after: uint8
+    [n, H, W, 3] of one size (either may hold no frames). `anchors` {position in the gap: frame} are
+    kept inside the gap instead of gray (a join's keep_bridging_images)."""
     if before.shape[1:] != after.shape[1:]:
         raise ValueError(f"the frames before and after differ in size: {before.shape[1:]} vs {after.shape[1:]}")
     if gap < 1:
@@ -96,4 +99,9 @@ def gap_guide(before: np.ndarray, gap: int, after: np.ndarray) -> SegmentGuide:
     guide = np.concatenate([before, np.full((gap, height, width, 3), NEUTRAL_GRAY, np.uint8), after])
     mask = np.full(guide.shape[:3], MASK_KEEP, np.uint8)
     mask[len(before): len(before) + gap] = MASK_GENERATE
+    for position, frame in (anchors or {}).items():
+        if not 0 <= position < gap:
+            raise ValueError(f"an anchor at {position} is outside the gap of {gap} frames")
+        guide[len(before) + position] = frame
+        mask[len(before) + position] = MASK_KEEP
     return SegmentGuide(guide=guide, mask=mask)

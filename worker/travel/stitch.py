@@ -10,7 +10,10 @@ A travel job in the headless Wan2GP / Reigh form is stitched as the headless sti
 (Crossfade with `sharpen`: a cosine fade, then an unsharp mask).
 
 Segments that share their joining frame exactly (image-to-video segments both conditioned on the
-same frame: `shared[i]` = 1) are concatenated instead, that frame kept once (the outgoing one).
+same frame) are concatenated instead, that frame kept once (the outgoing one): the incoming segment
+is a `Source` that skips its first frame. A Source may also drop its last frames, be resampled to
+the stitch's rate and be center-cropped to an aspect ratio: how a join (worker/join.py) trims the
+clips around the transitions it generated and fits clips of another rate or shape.
 
 Streaming: each segment is decoded frame by frame and written straight to the encoder, holding back
 only the frames that the next segment will blend with (at most `overlap` frames), so memory does not
@@ -27,7 +30,29 @@ from typing import Any
 
 import numpy as np
 
-from worker.video import VideoWriter, frame_size, iter_frames, save_png, thumbnail_path
+from worker.video import VideoWriter, cropped_size, frame_size, iter_frames, probe, resampled_rate, save_png, thumbnail_path
+
+
+@dataclass(frozen=True)
+class Source:
+    """One video to stitch and which of its frames: the first `skip` and the last `drop` are left out
+    (after fitting); `resample` reads it at the stitch's rate when its own differs (video.FPS_TOLERANCE);
+    `aspect` (width / height) center-crops it to that shape first (video.cropped_size)."""
+
+    path: Path
+    skip: int = 0
+    drop: int = 0
+    resample: bool = False
+    aspect: float | None = None
+
+    def size(self) -> tuple[int, int]:
+        """(width, height) of its frames once cropped."""
+        return cropped_size(*frame_size(self.path), self.aspect)
+
+    def frames(self, size: tuple[int, int], fps: float) -> Iterator[np.ndarray]:
+        """Its frames fitted to `size` at the stitch's rate, before skipping and dropping."""
+        rate = resampled_rate(probe(self.path).fps, fps) if self.resample else None
+        return iter_frames(self.path, size, fps=rate, aspect=self.aspect)
 
 
 @dataclass(frozen=True)
@@ -117,39 +142,38 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def stitch(
-    segment_paths: Sequence[str | os.PathLike[str]],
+    videos: Sequence[str | os.PathLike[str] | Source],
     overlaps: Sequence[int],
     output_path: str | os.PathLike[str],
     fps: float,
-    shared: Sequence[int] | None = None,
     crossfade: Crossfade = Crossfade(),
 ) -> StitchResult:
-    """Stitch K segment videos; overlaps[i] frames are shared by segments i and i+1 (K-1 entries),
-    cross-faded; shared[i] leading frames of segment i+1 repeat segment i's end and are dropped.
+    """Stitch K videos (paths, or Sources naming which of their frames); overlaps[i] frames are shared
+    by videos i and i+1 (K-1 entries) and cross-faded.
 
     The result has the first video's frame size; a video of another size is scaled to it (stretched
     by area averaging, as the headless stitch does: a video a journey continues may differ from the
     generated segments, and so may the clips of a join).
 
     Writes output_path (H.264 mp4, see video.VideoWriter) and its thumbnail. Raises ValueError when a
-    segment is too short for the overlaps at its two ends; the output path is then left untouched.
+    video is too short for the overlaps at its two ends; the output path is then left untouched.
     """
-    if not segment_paths:
+    sources = [video if isinstance(video, Source) else Source(Path(video)) for video in videos]
+    if not sources:
         raise ValueError("nothing to stitch: no segments")
-    if len(overlaps) != len(segment_paths) - 1:
-        raise ValueError(f"{len(segment_paths)} segments need {len(segment_paths) - 1} overlaps, got {len(overlaps)}")
+    if len(overlaps) != len(sources) - 1:
+        raise ValueError(f"{len(sources)} segments need {len(sources) - 1} overlaps, got {len(overlaps)}")
     if any(overlap < 0 for overlap in overlaps):
         raise ValueError(f"overlaps must be >= 0, got {list(overlaps)}")
-    shared = list(shared) if shared is not None else [0] * len(overlaps)
-    if len(shared) != len(overlaps) or any(count < 0 for count in shared):
-        raise ValueError(f"shared needs {len(overlaps)} counts >= 0, got {shared}")
+    if any(source.skip < 0 or source.drop < 0 for source in sources):
+        raise ValueError("frames to skip or drop must be >= 0")
 
     output_path = Path(output_path)
-    sizes = [frame_size(path) for path in segment_paths]
-    frames = stitched_frames(segment_paths, overlaps, shared, crossfade, sizes[0])
+    sizes = [source.size() for source in sources]
+    frames = stitched_frames(sources, overlaps, crossfade, sizes[0], fps)
     first_frame = next(frames, None)
     if first_frame is None:
-        raise ValueError(f"{segment_paths[0]}: no frames")
+        raise ValueError(f"{sources[0].path}: no frames")
     width, height = sizes[0]
     with VideoWriter(output_path, fps, width, height) as writer:
         writer.write(first_frame)
@@ -163,32 +187,31 @@ def stitch(
 
 
 def stitched_frames(
-    segment_paths: Sequence[str | os.PathLike[str]], overlaps: Sequence[int], shared: Sequence[int],
-    crossfade: Crossfade, size: tuple[int, int],
+    sources: Sequence[Source], overlaps: Sequence[int], crossfade: Crossfade, size: tuple[int, int], fps: float,
 ) -> Iterator[np.ndarray]:
     """The stitched video frame by frame, uint8 [H, W, 3], every frame at `size` (width, height);
-    holds at most one overlap of frames.
+    holds at most one overlap (and the frames a source drops) of frames.
 
-    Each segment's frames are yielded as they are decoded, except its last `overlaps[i]`, which wait
-    to be blended with the head of the next segment.
+    Each video's frames are yielded as they are decoded, except its last `overlaps[i]`, which wait
+    to be blended with the head of the next video.
     """
-    held: list[np.ndarray] = []  # the previous segment's last frames, waiting to be blended
-    for index, path in enumerate(segment_paths):
+    held: list[np.ndarray] = []  # the previous video's last frames, waiting to be blended
+    for index, source in enumerate(sources):
         head = overlaps[index - 1] if index > 0 else 0
         tail = overlaps[index] if index < len(overlaps) else 0
-        skip = shared[index - 1] if index > 0 else 0
         weights = crossfade.weights(head)
         pending: deque[np.ndarray] = deque()
         count = 0
-        for position, frame in enumerate(iter_frames(path, size)):
-            if position < skip:
+        for position, frame in enumerate(source.frames(size, fps)):
+            if position < source.skip:
                 continue
             if count < head:
                 frame = crossfade.blend(held[count], frame, weights[count])
             pending.append(frame)
-            if len(pending) > tail:
+            if len(pending) > tail + source.drop:
                 yield pending.popleft()
             count += 1
-        if count < head + tail:
-            raise ValueError(f"{path}: {count} frames cannot hold the overlaps at its ends ({head} + {tail})")
-        held = list(pending)
+        if count - source.drop < head + tail:
+            kept = max(0, count - source.drop)
+            raise ValueError(f"{source.path}: {kept} frames cannot hold the overlaps at its ends ({head} + {tail})")
+        held = list(pending)[: len(pending) - source.drop]

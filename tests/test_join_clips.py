@@ -1,0 +1,157 @@
+"""The join_clips family on the tiny VACE model: a join_clips_segment generates what a `vace` row given
+the same guide does; a join_clips_orchestrator row in the Reigh app's form ends as one joined video on
+the orchestrator; bad jobs fail naming the field before any child is written."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from worker.resources import WorkerResources
+from worker.store import TaskStatus, TaskStore
+from worker.video import VideoWriter, iter_frames, probe, read_video, run_ffmpeg
+from worker_harness import resources, run_until_idle  # noqa: F401 (fixture)
+
+SIZE, FPS = 32, 16
+CODEC_TOLERANCE = 6  # mean absolute difference of a re-encoded frame (H.264, CRF 18)
+
+
+def clip(path: Path, frames: int, shade: int, fps: float = FPS, width: int = SIZE) -> Path:
+    """Frame k is a gradient of `shade` shifted by k: every frame differs, so an off-by-one shows."""
+    x = np.arange(width)[None, :, None]
+    with VideoWriter(path, fps, width, SIZE) as writer:
+        for k in range(frames):
+            writer.write(np.broadcast_to((x * 3 + shade + 5 * k) % 256, (SIZE, width, 3)).astype(np.uint8))
+    return path
+
+
+def lossless(path: Path, frames: np.ndarray) -> Path:
+    """frames uint8 [F, H, W, 3] as an FFV1 RGB video: read back bit for bit."""
+    raw = path.with_suffix(".rgb")
+    raw.write_bytes(np.ascontiguousarray(frames).tobytes())
+    run_ffmpeg(["-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{frames.shape[2]}x{frames.shape[1]}",
+                "-r", str(FPS), "-i", str(raw), "-c:v", "ffv1", "-pix_fmt", "bgr0", str(path)], check=True)
+    return path
+
+
+SAMPLING = {"model": "tiny_vace_2_2", "num_inference_steps": 2, "seed": 11, "prompt": "a gradient"}
+
+
+def test_a_transition_generates_what_a_vace_row_with_the_same_guide_does(
+        sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
+    """Replace mode, context 3, gap 6: the 24 fps second clip is resampled to 16 fps; the guide keeps
+    clip 1's frames 8..10 and clip 2's 3..5 (at 16 fps) around 6 gray frames, 3 + 6 + 3 = 12 -> 9 by
+    taking 3 from the gap, which then replaces 1 + 2 frames of the clips."""
+    first, second = clip(tmp_path / "a.mp4", 12, 20), clip(tmp_path / "b.mp4", 18, 140, fps=24)
+    row = {"starting_video_path": str(first), "ending_video_path": str(second), "context_frame_count": 3,
+           "gap_frame_count": 6, "replace_mode": True, "transition_only": True, "transition_index": 0,
+           **SAMPLING}
+    decoded1 = np.stack(list(iter_frames(first)))
+    decoded2 = np.stack(list(iter_frames(second, fps=16)))
+    assert len(decoded2) == 12
+    guide = np.concatenate([decoded1[8:11], np.full((3, SIZE, SIZE, 3), 127, np.uint8), decoded2[2:5]])
+    mask = np.zeros_like(guide)
+    mask[3:6] = 255
+    vace = {"video_guide": str(lossless(tmp_path / "guide.mkv", guide)), "video_mask": str(lossless(tmp_path / "mask.mkv", mask)),
+            "resolution": f"{SIZE}x{SIZE}", "video_length": 9, "fps": FPS, **SAMPLING}
+    join_id, vace_id = sqlite_store.enqueue("join_clips_segment", row), sqlite_store.enqueue("vace", vace)
+    run_until_idle(sqlite_store, resources, tmp_path / "out")
+
+    joined, reference = sqlite_store.get(join_id), sqlite_store.get(vace_id)
+    assert joined.status == TaskStatus.COMPLETE, joined.error_message
+    assert reference.status == TaskStatus.COMPLETE, reference.error_message
+    assert np.array_equal(read_video(joined.output_location), read_video(reference.output_location))
+    facts = joined.result_data["transition"]
+    assert {key: facts[key] for key in ("frames", "context_from_clip1", "gap_frames", "context_from_clip2",
+                                        "gap_from_clip1", "gap_from_clip2", "clip1_total_frames", "clip2_total_frames")} == {
+        "frames": 9, "context_from_clip1": 3, "gap_frames": 3, "context_from_clip2": 3, "gap_from_clip1": 1,
+        "gap_from_clip2": 2, "clip1_total_frames": 12, "clip2_total_frames": 12}
+    assert facts["mode"] == "replace" and facts["fps"] == FPS and facts["resolution"] == [SIZE, SIZE]
+    sources = joined.result_data["parameter_sources"]
+    assert sources["video_length"].startswith("context 3 + gap 3 + context 3")
+    assert sources["width"] == "starting_video_path (its size)" and sources["fps"] == "default"
+    assert joined.result_data["ignored_params"] == {}
+
+
+def app_join(clips: list[str], **changes: Any) -> dict[str, Any]:
+    """A join_clips_orchestrator row as the Reigh app writes it (create-task/resolvers/joinClips.ts)."""
+    details = {"orchestrator_task_id": "join_clips_orchestrator_ab12", "run_id": "20261201153000123",
+               "clip_list": [{"url": url, "name": f"Clip {i + 1}"} for i, url in enumerate(clips)],
+               "prompt": "", "gap_frame_count": 5, "context_frame_count": 2, "replace_mode": True,
+               "enhance_prompt": False, "model": "tiny_vace_2_2", "num_inference_steps": 2, "guidance_scale": 3.0,
+               "seed": 5, "negative_prompt": "", "priority": 0, "advanced_mode": True, "motion_mode": "basic",
+               "selected_phase_preset_id": "__builtin_vace_default__"}
+    details.update(changes)
+    return {"orchestrator_details": details, "parent_generation_id": "gen-1", "tool_type": "join-clips",
+            "task_family": "join_clips"}
+
+
+def test_an_app_join_of_three_clips_ends_as_one_video_on_the_orchestrator(
+        store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
+    """Replace mode, context 2, gap 5 (2 + 5 + 2 = 9 frames): each transition's 5 generated frames stand
+    in for 2 + 3 frames of its clips and its context frames are cross-faded with the clip frames they
+    copy, so the joined video keeps the clips' 14 + 13 + 12 frames; far from the cuts the clips' frames
+    come through as they were."""
+    clips = [clip(tmp_path / f"clip{i}.mp4", frames, 30 + 60 * i) for i, frames in enumerate((14, 13, 12))]
+    orchestrator_id = store.enqueue("join_clips_orchestrator", app_join([str(path) for path in clips]))
+    run_until_idle(store, resources, tmp_path / "out")
+
+    orchestrator = store.get(orchestrator_id)
+    assert orchestrator.status == TaskStatus.COMPLETE, orchestrator.error_message
+    children = store.children(orchestrator_id)
+    assert sorted(child.task_type for child in children) == ["join_clips_segment", "join_clips_segment", "join_final_stitch"]
+    assert all(child.status == TaskStatus.COMPLETE for child in children)
+    joined = read_video(orchestrator.output_location)
+    assert len(joined) == 14 + 13 + 12 == orchestrator.result_data["frames"]
+    originals = [read_video(path).astype(float) for path in clips]
+    # clip 0's frames 0..9 open the video untouched (10, 11 blend with the transition; 12, 13 are replaced)
+    assert np.abs(joined[:10] - originals[0][:10]).mean() < CODEC_TOLERANCE
+    # clip 2 after the second transition: frames 5..11 close it (0..2 replaced, 3..4 blended)
+    assert np.abs(joined[-7:] - originals[2][5:]).mean() < CODEC_TOLERANCE
+    result = orchestrator.result_data
+    assert [join["gap_frames"] for join in result["joins"]] == [5, 5]
+    assert result["model"] == "tiny_vace_2_2" and result["crossfade"] == {"curve": "cosine", "sharpen": 0.3}
+    assert result["ignored_params"] == {}
+    segment = next(child for child in children if child.task_type == "join_clips_segment")
+    assert segment.result_data["ignored_params"] == {}
+
+
+def test_loop_first_clip_joins_a_clip_to_itself_played_backwards(
+        sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
+    source = clip(tmp_path / "clip.mp4", 12, 90)
+    row = app_join([str(source)], loop_first_clip=True, replace_mode=False, per_join_settings=[{"prompt": "a loop"}])
+    orchestrator_id = sqlite_store.enqueue("join_clips_orchestrator", row)
+    run_until_idle(sqlite_store, resources, tmp_path / "out")
+    orchestrator = sqlite_store.get(orchestrator_id)
+    assert orchestrator.status == TaskStatus.COMPLETE, orchestrator.error_message
+    # inserting: 12 + a 9-frame transition (2 + 5 + 2) + 12, less the 2 x 2 context frames blended
+    assert probe(orchestrator.output_location).frames == 12 + 9 + 12 - 4
+    segment = next(child for child in sqlite_store.children(orchestrator_id) if child.task_type == "join_clips_segment")
+    assert segment.result_data["parameters"]["prompt"] == "a loop"
+    assert np.abs(read_video(orchestrator.output_location)[-1].astype(float) - read_video(source)[0]).mean() < CODEC_TOLERANCE
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"clip_list": "ONE"}, "orchestrator_details.clip_list: must name at least two clips to join"),
+    ({"clip_list": "UNREADABLE"}, "orchestrator_details.clip_list[2]: not a readable video"),
+    ({"replace_mode": False, "context_frame_count": 7}, "orchestrator_details.clip_list[1]: has 13 frames; joins 0 and 1 need 14"),
+    ({"per_join_settings": [{}, {}, {}]}, "orchestrator_details.per_join_settings: must be a list of at most 2 objects"),
+    ({"per_join_settings": [{}, {"num_inference_steps": -2}]}, "orchestrator_details.per_join_settings[1].num_inference_steps"),
+    ({"model": "tiny_t2v_2_2"}, "orchestrator_details.model: 'tiny_t2v_2_2' is not a VACE model"),
+    ({"vid2vid_init_strength": 0.5}, "orchestrator_details.vid2vid_init_strength: is not supported"),
+])  # fmt: skip
+def test_a_bad_join_fails_naming_its_field_before_any_child_is_written(
+        sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path, changes: dict[str, Any], message: str) -> None:
+    paths = [str(clip(tmp_path / f"clip{i}.mp4", frames, 40 * i)) for i, frames in enumerate((14, 13, 12))]
+    if changes.get("clip_list") == "ONE":
+        changes = {"clip_list": [{"url": paths[0]}]}
+    elif changes.get("clip_list") == "UNREADABLE":
+        (tmp_path / "broken.mp4").write_text("not a video")
+        changes = {"clip_list": [{"url": paths[0]}, {"url": paths[1]}, {"url": str(tmp_path / "broken.mp4")}]}
+    orchestrator_id = sqlite_store.enqueue("join_clips_orchestrator", app_join(paths, **changes))
+    run_until_idle(sqlite_store, resources, tmp_path / "out")
+    orchestrator = sqlite_store.get(orchestrator_id)
+    assert orchestrator.status == TaskStatus.FAILED and message in orchestrator.error_message, orchestrator.error_message
+    assert sqlite_store.children(orchestrator_id) == []
