@@ -3,6 +3,7 @@ the same guide does; a join_clips_orchestrator row in the Reigh app's form ends 
 the orchestrator; bad jobs fail naming the field before any child is written."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from worker.resources import WorkerResources
-from worker.store import TaskStatus, TaskStore
+from worker.store import Claim, TaskStatus, TaskStore
 from worker.video import VideoWriter, iter_frames, probe, read_video, run_ffmpeg
 from worker_harness import resources, run_until_idle  # noqa: F401 (fixture)
 
@@ -155,3 +156,58 @@ def test_a_bad_join_fails_naming_its_field_before_any_child_is_written(
     orchestrator = sqlite_store.get(orchestrator_id)
     assert orchestrator.status == TaskStatus.FAILED and message in orchestrator.error_message, orchestrator.error_message
     assert sqlite_store.children(orchestrator_id) == []
+
+
+def headless_segment(first: Path, second: Path, **changes: Any) -> dict[str, Any]:
+    """A join_clips_segment row as the headless orchestrator writes it (join/task_builder.py
+    _create_parallel_join_tasks, with the settings of shared.py _extract_join_settings_from_payload)."""
+    row = {"orchestrator_task_id_ref": "5e0c7a52-0000-4000-8000-000000000001", "orchestrator_run_id": "run-7",
+           "project_id": "p-1", "join_index": 0, "transition_index": 0, "is_first_join": False, "is_last_join": False,
+           "child_order": 0, "skip_generation": True, "starting_video_path": str(first), "ending_video_path": str(second),
+           "transition_only": True, "context_frame_count": 2, "gap_frame_count": 7, "replace_mode": False,
+           "prompt": "smooth transition", "negative_prompt": "", "model": "tiny_vace_2_2", "aspect_ratio": None,
+           "resolution": None, "use_input_video_resolution": False, "fps": None, "use_input_video_fps": False,
+           "phase_config": None, "num_inference_steps": 2, "guidance_scale": 3.0, "seed": 3, "additional_loras": {},
+           "keep_bridging_images": False, "vid2vid_init_strength": None, "audio_url": None,
+           "current_run_base_output_dir": "/srv/headless/join_clips_run_run-7",
+           "join_output_dir": "/srv/headless/join_clips_run_run-7/transition_0",
+           "orchestrator_details": {"clip_list": [{"url": str(first)}, {"url": str(second)}], "run_id": "run-7"}}
+    row.update(changes)
+    return row
+
+
+def test_headless_rows_join_alike_whichever_worker_made_the_transition(
+        sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
+    """A headless transition row runs here with nothing ignored; a final stitch reads a transition made
+    here (result_data) and one the headless worker made (JSON output_location) alike; and a standalone
+    join (transition_only false) makes the same video, with the audio laid under it."""
+    first, second = clip(tmp_path / "a.mp4", 10, 20), clip(tmp_path / "b.mp4", 10, 150)
+    transition_id = sqlite_store.enqueue("join_clips_segment", headless_segment(first, second))
+    run_until_idle(sqlite_store, resources, tmp_path / "out")
+    ours = sqlite_store.get(transition_id)
+    assert ours.status == TaskStatus.COMPLETE, ours.error_message
+    assert ours.result_data["ignored_params"] == {}
+    assert ours.result_data["transition"]["frames"] == 9  # 2 + 7 + 2 = 11 -> 9
+
+    theirs_id = sqlite_store.enqueue("join_clips_segment", headless_segment(first, second))
+    claimed = sqlite_store.claim("headless-worker", ["join_clips_segment"], None)
+    assert claimed is not None and claimed.id == theirs_id
+    headless_output = json.dumps({"transition_url": ours.output_location, **ours.result_data["transition"]})
+    assert sqlite_store.complete(Claim.of(claimed), headless_output, None)
+
+    audio = tmp_path / "tone.wav"
+    run_ffmpeg(["-y", "-f", "lavfi", "-i", "sine=frequency=440:duration=3", str(audio)], check=True)
+    stitch_row = {"orchestrator_task_id_ref": "5e0c7a52-0000-4000-8000-000000000001", "orchestrator_run_id": "run-7",
+                  "clip_list": [{"url": str(first)}, {"url": str(second)}], "blend_frames": 2, "fps": 16, "audio_url": None}
+    from_ours = sqlite_store.enqueue("join_final_stitch", {**stitch_row, "transition_task_ids": [transition_id]})
+    from_theirs = sqlite_store.enqueue("join_final_stitch", {**stitch_row, "transition_task_ids": [theirs_id]})
+    standalone = sqlite_store.enqueue("join_clips_segment", headless_segment(first, second, transition_only=False,
+                                                                             audio_url=str(audio)))
+    run_until_idle(sqlite_store, resources, tmp_path / "out")
+    rows = [sqlite_store.get(task_id) for task_id in (from_ours, from_theirs, standalone)]
+    assert all(row.status == TaskStatus.COMPLETE for row in rows), [row.error_message for row in rows]
+    videos = [read_video(row.output_location) for row in rows]
+    assert len(videos[0]) == 10 + 9 + 10 - 4  # inserting: the transition's 2 + 2 context frames are blended
+    assert np.array_equal(videos[0], videos[1]) and np.array_equal(videos[0], videos[2])
+    assert "Audio:" in run_ffmpeg(["-i", rows[2].output_location]) and "Audio:" not in run_ffmpeg(["-i", rows[0].output_location])
+    assert probe(rows[2].result_data["transition_video"]).frames == 9
