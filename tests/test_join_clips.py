@@ -178,9 +178,10 @@ def headless_segment(first: Path, second: Path, **changes: Any) -> dict[str, Any
 
 def test_headless_rows_join_alike_whichever_worker_made_the_transition(
         sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
-    """A headless transition row runs here with nothing ignored; a final stitch reads a transition made
-    here (result_data) and one the headless worker made (JSON output_location) alike; and a standalone
-    join (transition_only false) makes the same video, with the audio laid under it."""
+    """A headless transition row runs here with nothing ignored and answers in the headless JSON form
+    (so a headless stitch can read it); a final stitch reads a transition made here (result_data) and
+    one the headless worker made (only its JSON) alike; and a standalone join (transition_only false)
+    makes the same video, with the audio laid under it."""
     first, second = clip(tmp_path / "a.mp4", 10, 20), clip(tmp_path / "b.mp4", 10, 150)
     transition_id = sqlite_store.enqueue("join_clips_segment", headless_segment(first, second))
     run_until_idle(sqlite_store, resources, tmp_path / "out")
@@ -188,12 +189,13 @@ def test_headless_rows_join_alike_whichever_worker_made_the_transition(
     assert ours.status == TaskStatus.COMPLETE, ours.error_message
     assert ours.result_data["ignored_params"] == {}
     assert ours.result_data["transition"]["frames"] == 9  # 2 + 7 + 2 = 11 -> 9
+    answer = json.loads(ours.output_location)
+    assert answer["transition_url"] == ours.result_data["output"] and answer["gap_frames"] == 5
 
     theirs_id = sqlite_store.enqueue("join_clips_segment", headless_segment(first, second))
     claimed = sqlite_store.claim("headless-worker", ["join_clips_segment"], None)
     assert claimed is not None and claimed.id == theirs_id
-    headless_output = json.dumps({"transition_url": ours.output_location, **ours.result_data["transition"]})
-    assert sqlite_store.complete(Claim.of(claimed), headless_output, None)
+    assert sqlite_store.complete(Claim.of(claimed), ours.output_location, None)
 
     audio = tmp_path / "tone.wav"
     run_ffmpeg(["-y", "-f", "lavfi", "-i", "sine=frequency=440:duration=3", str(audio)], check=True)

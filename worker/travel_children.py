@@ -8,6 +8,7 @@ handler modules so that no handler imports another's helpers.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -93,11 +94,32 @@ def report_job_progress(ctx: TaskContext, segment_count: int, expected_frames: i
         ctx.log.warning("orchestrator progress not written", error=str(error))
 
 
+def video_location(task: Task) -> str | None:
+    """Where a finished row's video is: in the headless worker's JSON form of output_location, the
+    location it holds ({"transition_url": ...} for a join's transition, else "output_location" or
+    "url"); else the object URL (result_data.output_object_url), else output_location."""
+    document = headless_output(task)
+    if document is not None:
+        return next((document[key] for key in ("transition_url", "output_location", "url")
+                     if isinstance(document.get(key), str) and document[key]), None)
+    return result_of(task).get("output_object_url") or task.output_location or None
+
+
+def headless_output(task: Task) -> dict[str, Any] | None:
+    """The headless worker's JSON output_location of a row, as an object; None for any other form."""
+    location = task.output_location or ""
+    try:
+        document = json.loads(location) if location.lstrip().startswith("{") else None
+    except json.JSONDecodeError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
 def segment_video(task: Task, field: str) -> Path:
-    """The local file of a finished segment's video: its own path, or the copy fetched (once per box)
-    from its object URL, so consecutive segments and the stitch may run on different boxes. An object
-    not (yet) there is transient, so the task is retried before it fails naming the URL."""
-    location = (task.result_data or {}).get("output_object_url") or task.output_location
+    """The local file of a finished segment's video (video_location): the path, or the copy fetched
+    (once per box) from its URL, so consecutive segments and the stitch may run on different boxes.
+    An object not (yet) there is transient, so the task is retried before it fails naming the URL."""
+    location = video_location(task)
     if not location:
         raise ValidationError(field, f"segment {task.id} has no output")
     if is_url(location):

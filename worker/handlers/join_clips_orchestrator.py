@@ -22,7 +22,6 @@ whose frames do not fit the joins fail here instead of being joined with a warni
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,6 +48,7 @@ from worker.params import ParamReader, to_int
 from worker.paths import output_file
 from worker.store import NewTask, TaskStatus
 from worker.travel.plan import HEADLESS_KEY
+from worker.travel_children import video_location
 from worker.video import VideoWriter, probe, read_video
 
 STITCH_KEY = "stitch"
@@ -139,18 +139,11 @@ def _clips(ctx: TaskContext, reader: ParamReader) -> list[str]:
 
 
 def _segment_output(ctx: TaskContext, task_id: str, field: str) -> str:
-    """Where a finished row's video is: its object URL, else its output_location (the headless
-    worker's JSON form: its "output_location" or "url")."""
+    """Where a finished row's video is (travel_children.video_location)."""
     task = ctx.store.get(task_id)
     if task is None or task.status != TaskStatus.COMPLETE:
         raise ValidationError(field, f"row {task_id} has no finished video ({'missing' if task is None else task.status})")
-    location = (task.result_data or {}).get("output_object_url") or task.output_location or ""
-    if location.startswith("{"):
-        try:
-            document = json.loads(location)
-            location = document.get("output_location") or document.get("url") or ""
-        except (json.JSONDecodeError, AttributeError):
-            location = ""
+    location = video_location(task)
     if not location:
         raise ValidationError(field, f"row {task_id} has no output")
     return location

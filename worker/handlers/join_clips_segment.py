@@ -8,11 +8,13 @@ frames on each side of the cut and generates the gap between them (`context_fram
 (model, prompt, phase_config, LoRAs, seed, ...) read as `vace` rows are, the model defaulting to the
 headless one. With `transition_only` (what join_clips_orchestrator writes) the output is the
 transition, and result_data.transition says which frames of the clips it keeps and replaces, for
-join_final_stitch; without it, the output is the two clips joined through the transition (a standalone
+join_final_stitch (a headless orchestrator's child, which names it in `orchestrator_task_id_ref`,
+answers in that worker's form: output_location is the JSON of the facts with the `transition_url`); without it, the output is the two clips joined through the transition (a standalone
 join), with `audio_url` laid under it.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from worker.errors import ValidationError
@@ -39,7 +41,7 @@ from worker.paths import output_file
 from worker.store import TaskStatus
 from worker.travel.guide import gap_guide
 from worker.travel.stitch import HEADLESS_SHARPEN, Crossfade, stitch
-from worker.travel_children import segment_video
+from worker.travel_children import HEADLESS_REF, segment_video
 from worker.video import lay_audio
 
 JOINED_NAME = "joined.mp4"
@@ -73,7 +75,10 @@ def join_clips_segment(ctx: TaskContext) -> HandlerResult:
              "adjustments": adjustments, "bridging_frames": sorted(transition.context_from_clip1 + at for at in anchors)}
     if reader.flag(TRANSITION_ONLY):
         reader.used.add(AUDIO)  # a transition has no sound: the final stitch lays the job's audio
-        return render_video(ctx, row, {TRANSITION: facts})
+        result = render_video(ctx, row, {TRANSITION: facts})
+        if reader.has(HEADLESS_REF):  # a headless orchestrator's child: its stitch reads this JSON form
+            result.output_location = json.dumps({"transition_url": result.output_location, **facts})
+        return result
 
     result_data, _ = encode_video(ctx, row)
     ctx.raise_if_cancelled()

@@ -13,7 +13,6 @@ join already holds the whole video) passes that join's video on.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from worker.params import ParamReader, local_path
 from worker.paths import output_file
 from worker.store import Task, TaskStatus
 from worker.travel.stitch import HEADLESS_SHARPEN, Crossfade, Source, stitch
-from worker.travel_children import complete_job, result_of, segment_video
+from worker.travel_children import complete_job, headless_output, result_of, segment_video
 from worker.video import lay_audio
 
 OUTPUT_NAME = "joined.mp4"
@@ -110,18 +109,12 @@ def _finished(ctx: TaskContext, task_id: str, field: str) -> Task:
 
 def _transition(task: Task, position: int, field: str) -> tuple[Path, StitchedTransition]:
     """A finished transition's video and facts: ours in result_data.transition, the headless worker's
-    in the JSON of its output_location (with the video at its transition_url)."""
-    facts = result_of(task).get(TRANSITION)
-    if isinstance(facts, dict):
-        return segment_video(task, field), StitchedTransition.read(facts, position, field)
-    try:
-        document: Any = json.loads(task.output_location or "")
-    except json.JSONDecodeError:
-        document = None
-    if not isinstance(document, dict) or not isinstance(document.get("transition_url"), str):
+    in the JSON of its output_location (whose transition_url is the video)."""
+    facts = result_of(task).get(TRANSITION) or headless_output(task)
+    if not isinstance(facts, dict):
         raise ValidationError(field, f"row {task.id} is not a transition: it has neither result_data.{TRANSITION} "
                                      "nor the headless JSON output with a transition_url")
-    return local_path(document["transition_url"], field), StitchedTransition.read(document, position, field)
+    return segment_video(task, field), StitchedTransition.read(facts, position, field)
 
 
 def _join_summary(task: Task) -> dict[str, Any]:
