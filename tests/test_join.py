@@ -61,7 +61,11 @@ def test_every_planned_transition_fits_its_clips_and_the_vae(clip1: int, clip2: 
         assert error.field == "gap_frame_count"
         return
     assert (transition.frames - 1) % 4 == 0 and transition.gap_frames >= 1
-    assert 1 <= transition.context_from_clip1 <= context and 1 <= transition.context_from_clip2 <= context
+    most = max(context, 2)  # a reduced guide is at least gap 1 + 2 x context 2, the headless minimum
+    assert 1 <= transition.context_from_clip1 <= most and 1 <= transition.context_from_clip2 <= most
+    # what a segment decodes of each clip's end (JoinSpec.read_context) holds what the transition takes
+    assert transition.gap_from_clip1 + transition.context_from_clip1 <= gap + most
+    assert transition.gap_from_clip2 + transition.context_from_clip2 <= gap + most
     start1, end1 = transition.clip1_context
     start2, end2 = transition.clip2_context
     assert 0 <= start1 < end1 <= clip1 and 0 <= start2 < end2 <= clip2

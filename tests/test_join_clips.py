@@ -122,7 +122,8 @@ def test_an_app_join_of_three_clips_ends_as_one_video_on_the_orchestrator(
 def test_loop_first_clip_joins_a_clip_to_itself_played_backwards(
         sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
     source = clip(tmp_path / "clip.mp4", 12, 90)
-    row = app_join([str(source)], loop_first_clip=True, replace_mode=False, per_join_settings=[{"prompt": "a loop"}])
+    row = app_join([str(source)], loop_first_clip=True, replace_mode=False,
+                   per_join_settings=[{"prompt": "a loop", "resolution": [40, 36]}])  # the app's sizes: snapped
     orchestrator_id = sqlite_store.enqueue("join_clips_orchestrator", row)
     run_until_idle(sqlite_store, resources, tmp_path / "out")
     orchestrator = sqlite_store.get(orchestrator_id)
@@ -131,6 +132,8 @@ def test_loop_first_clip_joins_a_clip_to_itself_played_backwards(
     assert probe(orchestrator.output_location).frames == 12 + 9 + 12 - 4
     segment = next(child for child in sqlite_store.children(orchestrator_id) if child.task_type == "join_clips_segment")
     assert segment.result_data["parameters"]["prompt"] == "a loop"
+    assert segment.result_data["width"] == 32
+    assert segment.result_data["parameter_sources"]["width"] == "task (40x36 rounded down to multiples of 16)"
     assert np.abs(read_video(orchestrator.output_location)[-1].astype(float) - read_video(source)[0]).mean() < CODEC_TOLERANCE
 
 

@@ -22,8 +22,9 @@ so after a proportional reduction it cuts up to a few more frames than it genera
 
 Clips are read at the join's rate (`fps`, default 16, or with `use_input_video_fps` the slower clip's;
 a clip more than 0.5 fps off is resampled), a clip of another shape is center-cropped to the first
-clip's (or to `aspect_ratio`), and the frames are scaled to the join's resolution (`resolution`, else
-the first clip's size rounded down to multiples of 16).
+clip's (or to `aspect_ratio`), and the frames are scaled to the join's resolution (`resolution`, each
+side snapped down to a multiple of 16 as headless Wan2GP does with the app's sizes, else the first
+clip's size rounded down likewise).
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import ValidationError
-from worker.params import MAX_VIDEO_FRAMES, ParamReader, round_to_frame_count, to_int
+from wan_engine.schema import is_absent
+from worker.params import MAX_VIDEO_FRAMES, ParamReader, round_to_frame_count, snapped_resolution, to_int
 from worker.travel.stitch import Source
 from worker.video import FFmpegError, VideoInfo, cropped_size, probe, resampled_rate, video_ends
 
@@ -56,7 +58,10 @@ JOIN_KEYS = (START, END, CONTEXT, GAP, REPLACE, BRIDGING, TRANSITION_ONLY, INDEX
 # The headless handler's defaults (join/generation.py); its orchestrator's default prompt.
 DEFAULT_CONTEXT, DEFAULT_GAP, DEFAULT_FPS = 8, 53, 16
 DEFAULT_JOIN_PROMPT = "smooth transition"
-MIN_GUIDE_FRAMES = 5  # the shortest guide the headless proportional reduction allows (gap 1 + 2 x 2)
+# The shortest guide the headless proportional reduction leaves: gap 1 between contexts of 2 (so a
+# reduced context may exceed a context asked below 2).
+MIN_REDUCED_GAP, MIN_REDUCED_CONTEXT = 1, 2
+MIN_GUIDE_FRAMES = MIN_REDUCED_GAP + 2 * MIN_REDUCED_CONTEXT
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ def plan_transition(clip1_frames: int, clip2_frames: int, context: int, gap: int
         ratio = max(MIN_GUIDE_FRAMES, shortest - 2) / (gap + 2 * context)
         reduced_gap, reduced_context = max(1, int(gap * ratio)), max(1, int(context * ratio))
         if reduced_gap + 2 * reduced_context < MIN_GUIDE_FRAMES:
-            reduced_gap, reduced_context = 1, 2
+            reduced_gap, reduced_context = MIN_REDUCED_GAP, MIN_REDUCED_CONTEXT
         notes.append(f"{GAP} {gap} -> {reduced_gap} and {CONTEXT} {context} -> {reduced_context}: replacing needs "
                      f"{gap} + 2 x {context} frames of each clip; the shorter has {shortest}")
         gap, context = reduced_gap, reduced_context
@@ -220,7 +225,7 @@ class JoinSpec:
         """(transition, adjustments, clip 1's frames before the gap, clip 2's after it), the frames
         uint8 [n, H, W, 3] at the join's resolution; each clip decoded once, holding at most
         2 x (gap + context) frames of it."""
-        keep = self.gap + self.context
+        keep = self.gap + max(self.context, MIN_REDUCED_CONTEXT)  # what a transition can take of a clip's end
         count1, _, tail = self._ends(self.clips[0], keep)
         count2, head, _ = self._ends(self.clips[1], keep)
         transition, notes = plan_transition(count1, count2, self.context, self.gap, self.replace)
@@ -268,9 +273,11 @@ def read_join(reader: ParamReader, start: Path, end: Path) -> JoinSpec:
         rates = tuple(resampled_rate(info.fps, fps_value) for info in infos)
     aspect = _aspect(reader, infos[0])
     width, height = cropped_size(infos[0].width, infos[0].height, aspect)
-    given = None if reader.flag(INPUT_RESOLUTION) else reader.resolution("resolution", None)
-    if given is not None:
-        (width, height), sources["width"] = given, "task"
+    given = None if reader.flag(INPUT_RESOLUTION) else reader.params.get("resolution")
+    if not is_absent(given):  # the app's sizes, as headless Wan2GP takes them: snapped to multiples of 16
+        (width, height), asked = snapped_resolution(given, "resolution")
+        note = "" if asked == (width, height) else f" ({asked[0]}x{asked[1]} rounded down to multiples of 16)"
+        sources["width"] = f"task{note}"
     else:
         rounded = (width // 16 * 16, height // 16 * 16)
         if min(rounded) < 16:

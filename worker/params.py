@@ -20,6 +20,7 @@ from wan_engine.schema import (
     FIELDS,
     GENERATE,
     MAX_VIDEO_FRAMES,
+    RESOLUTION_MULTIPLE,
     Reading,
     is_absent,
     parse_float,
@@ -28,6 +29,7 @@ from wan_engine.schema import (
     read,
 )
 from wan_engine.schema import parse_resolution as _parse_resolution
+from wan_engine.schema import split_resolution
 from worker.errors import ValidationError
 from worker.inputs import fetch_input, is_url
 
@@ -208,6 +210,15 @@ def parse_resolution(value: Any, field: str = "resolution") -> tuple[int, int]:
     resolution rule (wan_engine.schema) for every task type. `field` is the name the user wrote."""
     with validation_errors():
         return _parse_resolution(value, field)
+
+
+def snapped_resolution(value: Any, field: str = "resolution") -> tuple[tuple[int, int], tuple[int, int]]:
+    """(the size with each side snapped down to a multiple of 16, the size asked), from "WxH" or [W, H]:
+    how headless Wan2GP takes the sizes its backends send ("902x508" for 16:9 becomes 896x496)."""
+    with validation_errors():
+        asked = split_resolution(value, field)
+    snapped = [side // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE for side in asked]
+    return parse_resolution(snapped, field), (asked[0], asked[1])
 
 
 def round_to_frame_count(frames: int, field: str) -> int:

@@ -48,7 +48,6 @@ from typing import Any
 
 from wan_engine.errors import echo
 from wan_engine.schema import DEFAULT_LIMITS, MAX_SEED, RANDOM_SEED, RESOLUTION_MULTIPLE, TRAVEL, Limits
-from wan_engine.schema import split_resolution as _split_resolution
 from worker.dialects import (
     check_guidance,
     check_model_family,
@@ -65,8 +64,8 @@ from worker.params import (
     parse_resolution,
     round_to_frame_count,
     round_up_to_frame_count,
+    snapped_resolution,
     to_int,
-    validation_errors,
 )
 from worker.travel.colour import ColourAdjustments, read_colour
 from worker.travel.stitch import HEADLESS_SHARPEN
@@ -518,15 +517,14 @@ class _Planner:
         headless Wan2GP does with the sizes its backends send ("902x508" for 16:9 becomes 896x496)."""
         name = self.label("resolution")
         value = self.reader.field("resolution")
-        if self.headless:
-            with validation_errors():
-                requested = _split_resolution(value, name)
-            value = [side // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE for side in requested]
-            for side, asked, used in zip(("width", "height"), requested, value):
-                if used != asked:
-                    self.roundings.append(Rounding(f"resolution.{side}", asked, used,
-                                                   f"multiple of {RESOLUTION_MULTIPLE}, rounded down"))
-        return parse_resolution(value, name)
+        if not self.headless:
+            return parse_resolution(value, name)
+        size, requested = snapped_resolution(value, name)
+        for side, asked, used in zip(("width", "height"), requested, size):
+            if used != asked:
+                self.roundings.append(Rounding(f"resolution.{side}", asked, used,
+                                               f"multiple of {RESOLUTION_MULTIPLE}, rounded down"))
+        return size
 
     def _images(self) -> list[str]:
         name = self.label("images")
