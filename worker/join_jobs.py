@@ -35,8 +35,14 @@ from worker.join import (
 )
 from worker.params import ParamReader, to_int
 from worker.store import NewTask
+from worker.travel.plan import HEADLESS_KEY
 
 STITCH_KEY = "stitch"
+# Keys of a headless join orchestrator's payload that are its own, never a join's setting: read here
+# (use_parallel_joins and skip_frame_validation are reported when they ask for the headless chain or
+# for no checks).
+ORCHESTRATOR_KEYS = (AUDIO, "orchestrator_task_id", "run_id", "use_parallel_joins", "skip_frame_validation",
+                     "vlm_device", "output_base_dir")
 
 
 def join_key(index: int) -> str:
@@ -157,3 +163,26 @@ def _check_middle_clips(transitions: list[Transition], clip_fields: list[str], p
                 f"has {after.clip1_total_frames} frames; joins {index - 1} and {index} need {needed} of it "
                 f"({before.gap_from_clip2} + {before.context_from_clip2} at its start, {after.context_from_clip1} + "
                 f"{after.gap_from_clip1} at its end): give a shorter gap_frame_count or context_frame_count")
+
+
+def orchestrator_payload(params: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """(the job, where it sits): the row's orchestrator_details (the app's form), else the row itself."""
+    if HEADLESS_KEY not in params:
+        return params, ""
+    payload = params[HEADLESS_KEY]
+    if not isinstance(payload, Mapping):
+        raise ValidationError(HEADLESS_KEY, "must be an object (the job's settings)")
+    return payload, f"{HEADLESS_KEY}."
+
+
+def orchestrator_ignored(reader: ParamReader) -> dict[str, str]:
+    """The headless orchestrators' own keys that are not followed here (the joins report theirs)."""
+    ignored: dict[str, str] = {}
+    if reader.has("use_parallel_joins") and not reader.flag("use_parallel_joins"):
+        ignored[reader.prefix + "use_parallel_joins"] = "joins always run in parallel here (the same video, encoded once)"
+    if reader.flag("skip_frame_validation"):
+        ignored[reader.prefix + "skip_frame_validation"] = "the clips are always checked against the joins"
+    if reader.has("output_base_dir"):
+        ignored[reader.prefix + "output_base_dir"] = "outputs go to each task's folder"
+    reader.used.update(("orchestrator_task_id", "run_id", "vlm_device"))
+    return ignored

@@ -22,20 +22,17 @@ from worker.errors import ValidationError
 from worker.generation import publish
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.join import AUDIO, ORCHESTRATOR_TASK
-from worker.join_jobs import JoinJob, expand_join, per_join_settings
+from worker.join_jobs import ORCHESTRATOR_KEYS, JoinJob, expand_join, orchestrator_ignored, orchestrator_payload, per_join_settings
 from worker.params import ParamReader
 from worker.paths import output_file
 from worker.store import TaskStatus
-from worker.travel.plan import HEADLESS_KEY
 from worker.travel_children import video_location
 from worker.video import VideoWriter, probe, read_video
 
 CLIP_LIST, PER_JOIN, LOOP_FIRST = "clip_list", "per_join_settings", "loop_first_clip"
 SEGMENT_IDS = "segment_task_ids"
-# The orchestrator's own keys: read here, never copied onto the joins. use_parallel_joins and
-# skip_frame_validation are reported when they ask for the headless chain or for no checks.
-ORCHESTRATOR_KEYS = (CLIP_LIST, PER_JOIN, LOOP_FIRST, SEGMENT_IDS, AUDIO, "orchestrator_task_id", "run_id",
-                     "use_parallel_joins", "skip_frame_validation", "vlm_device", "output_base_dir")
+# The orchestrator's own keys: read here, never copied onto the joins.
+JOB_KEYS = (CLIP_LIST, PER_JOIN, LOOP_FIRST, SEGMENT_IDS, *ORCHESTRATOR_KEYS)
 REVERSED_NAME = "loop_reversed.mp4"
 
 
@@ -55,31 +52,8 @@ def join_clips_orchestrator(ctx: TaskContext) -> HandlerResult:
         clip_fields[1] = f"{LOOP_FIRST} (the first clip reversed)"
     return expand_join(ctx, JoinJob(
         clips=clips, clip_fields=clip_fields, overrides=overrides, override_fields=override_fields, prefix=prefix,
-        settings={key: value for key, value in payload.items() if key not in ORCHESTRATOR_KEYS},
+        settings={key: value for key, value in payload.items() if key not in JOB_KEYS},
         audio=reader.text(AUDIO, None), ignored=orchestrator_ignored(reader)))
-
-
-def orchestrator_payload(params: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
-    """(the job, where it sits): the row's orchestrator_details (the app's form), else the row itself."""
-    if HEADLESS_KEY not in params:
-        return params, ""
-    payload = params[HEADLESS_KEY]
-    if not isinstance(payload, Mapping):
-        raise ValidationError(HEADLESS_KEY, "must be an object (the job's settings)")
-    return payload, f"{HEADLESS_KEY}."
-
-
-def orchestrator_ignored(reader: ParamReader) -> dict[str, str]:
-    """The headless orchestrators' own keys that are not followed here (the joins report theirs)."""
-    ignored: dict[str, str] = {}
-    if reader.has("use_parallel_joins") and not reader.flag("use_parallel_joins"):
-        ignored[reader.prefix + "use_parallel_joins"] = "joins always run in parallel here (the same video, encoded once)"
-    if reader.flag("skip_frame_validation"):
-        ignored[reader.prefix + "skip_frame_validation"] = "the clips are always checked against the joins"
-    if reader.has("output_base_dir"):
-        ignored[reader.prefix + "output_base_dir"] = "outputs go to each task's folder"
-    reader.used.update(("orchestrator_task_id", "run_id", "vlm_device"))
-    return ignored
 
 
 def _clips(ctx: TaskContext, reader: ParamReader) -> list[str]:
