@@ -75,11 +75,14 @@ def test_an_inpaint_row_generates_what_a_vace_row_with_the_same_guide_and_mask_d
 def test_a_range_whose_frames_are_not_4n_plus_1_is_rounded_down_and_a_missing_prompt_is_empty(
         sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
     video = source_video(tmp_path / "source.mp4")
-    task_id = sqlite_store.enqueue("inpaint_frames", inpaint_row(str(video), inpaint_end_frame=14, prompt="", fps_helpers=8))
+    task_id = sqlite_store.enqueue("inpaint_frames", inpaint_row(str(video), inpaint_end_frame=14, prompt="", fps_helpers=8,
+                                                                 resolution="40x44"))
     run_until_idle(sqlite_store, resources, tmp_path / "out")
     task = sqlite_store.get(task_id)
     assert task.status == TaskStatus.COMPLETE, task.error_message
     assert task.result_data["frames"] == 13  # 4 + 6 + 4 = 14, rounded down
+    assert (task.result_data["width"], task.result_data["height"]) == (32, 32)  # as headless Wan2GP snaps sizes
+    assert task.result_data["parameter_sources"]["width"] == "task (40x44 rounded down to multiples of 16)"
     assert task.result_data["fps"] == 8 and task.result_data["parameter_sources"]["fps"] == "task (fps_helpers)"
     assert task.result_data["parameter_sources"]["video_length"].endswith("14 rounded down to 4n+1")
     assert task.result_data["parameters"]["prompt"] == "" and task.result_data["parameter_sources"]["prompt"] == "default"
@@ -93,7 +96,7 @@ def test_a_range_whose_frames_are_not_4n_plus_1_is_rounded_down_and_a_missing_pr
     ({"inpaint_start_frame": 3}, "inpaint_start_frame: needs context_frame_count = 4 frames before it; the video has 3"),
     ({"inpaint_end_frame": 18}, "inpaint_end_frame: needs context_frame_count = 4 frames after it; the video has 3"),
     ({"video_path": "NOT_VIDEO"}, "video_path: not a readable video"),
-    ({"resolution": "30x30"}, "resolution: width and height must be multiples of 16"),
+    ({"resolution": "12x40"}, "resolution: 12x40 is too small to generate at (16x16 at least)"),
 ])  # fmt: skip
 def test_a_bad_inpaint_row_fails_naming_its_field(sqlite_store: TaskStore, resources: WorkerResources,
                                                   tmp_path: Path, changes: dict[str, Any], message: str) -> None:

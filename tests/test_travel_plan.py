@@ -390,7 +390,7 @@ def test_headless_errors_name_the_headless_field(images: list[str], not_an_image
     rejects(row, "orchestrator_details.segment_frames_expanded[1]", "..1000")
     row = headless(params)
     row["orchestrator_details"]["parsed_resolution_wh"] = "8x100"  # 0 wide once snapped to 16
-    rejects(row, "orchestrator_details.parsed_resolution_wh (resolution)", "multiples of 16")
+    rejects(row, "orchestrator_details.parsed_resolution_wh (resolution)", "8x100 is too small to generate at (16x16 at least)")
 
 
 def test_headless_segment_count_must_match_the_images(images: list[str]) -> None:

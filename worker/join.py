@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import ValidationError
-from wan_engine.schema import is_absent
-from worker.params import MAX_VIDEO_FRAMES, ParamReader, round_to_frame_count, snapped_resolution, to_int
+from worker.params import MAX_VIDEO_FRAMES, ParamReader, headless_size, round_to_frame_count, to_int
 from worker.travel.stitch import Source
 from worker.video import FFmpegError, VideoInfo, cropped_size, probe, resampled_rate, video_ends
 
@@ -274,16 +273,7 @@ def read_join(reader: ParamReader, start: Path, end: Path) -> JoinSpec:
     aspect = _aspect(reader, infos[0])
     width, height = cropped_size(infos[0].width, infos[0].height, aspect)
     given = None if reader.flag(INPUT_RESOLUTION) else reader.params.get("resolution")
-    if not is_absent(given):  # the app's sizes, as headless Wan2GP takes them: snapped to multiples of 16
-        (width, height), asked = snapped_resolution(given, "resolution")
-        note = "" if asked == (width, height) else f" ({asked[0]}x{asked[1]} rounded down to multiples of 16)"
-        sources["width"] = f"task{note}"
-    else:
-        rounded = (width // 16 * 16, height // 16 * 16)
-        if min(rounded) < 16:
-            raise ValidationError(START, f"is {width}x{height}: too small to generate at (16x16 at least)")
-        note = "" if rounded == (width, height) else f" {width}x{height} rounded down to multiples of 16"
-        (width, height), sources["width"] = rounded, f"{START} (its size{note})"
+    (width, height), sources["width"] = headless_size(given, (width, height), START)
     sources["height"] = sources["width"]
     clips = (ClipRead(start, START, infos[0], rates[0]), ClipRead(end, END, infos[1], rates[1]))
     return JoinSpec(clips, context, gap, replace, reader.flag(BRIDGING), max(1, round(fps_value)), aspect, width,

@@ -218,7 +218,23 @@ def snapped_resolution(value: Any, field: str = "resolution") -> tuple[tuple[int
     with validation_errors():
         asked = split_resolution(value, field)
     snapped = [side // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE for side in asked]
+    if min(snapped) < RESOLUTION_MULTIPLE:
+        raise ValidationError(field, f"{asked[0]}x{asked[1]} is too small to generate at (16x16 at least)")
     return parse_resolution(snapped, field), (asked[0], asked[1])
+
+
+def headless_size(given: Any, video_size: tuple[int, int], video_field: str) -> tuple[tuple[int, int], str]:
+    """(the size a headless row's video edit runs at, where it came from, for parameter_sources): the
+    `resolution` it gives snapped down to multiples of 16, else the size of its video (named
+    `video_field`) rounded down likewise."""
+    if not is_absent(given):
+        size, asked = snapped_resolution(given, "resolution")
+        return size, "task" if asked == size else f"task ({asked[0]}x{asked[1]} rounded down to multiples of 16)"
+    size = (video_size[0] // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE, video_size[1] // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE)
+    if min(size) < RESOLUTION_MULTIPLE:
+        raise ValidationError(video_field, f"is {video_size[0]}x{video_size[1]}: too small to generate at (16x16 at least)")
+    note = "" if size == video_size else f" {video_size[0]}x{video_size[1]} rounded down to multiples of 16"
+    return size, f"{video_field} (its size{note})"
 
 
 def round_to_frame_count(frames: int, field: str) -> int:

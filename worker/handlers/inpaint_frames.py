@@ -7,7 +7,8 @@ frames (rounded down to 4n+1 like every video_length) and is the task's output, 
 handler returns it: the range with its context, not the whole video with the range replaced. The
 rest of the row is a generation row (model, prompt, steps, phase_config, LoRAs, seed, ...), read as
 `vace` rows are; the model defaults to the headless one, wan_2_2_vace_lightning_baseline_2_2_2. The
-frames are read at `resolution` (default: the video's size, rounded down to multiples of 16).
+frames are read at `resolution` (snapped down to multiples of 16 as headless Wan2GP takes it; default:
+the video's size, rounded down likewise).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 from worker.errors import ValidationError
 from worker.generation import HEADLESS_VACE_MODEL, install_lora_urls, read_generation, render_video
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.params import ParamReader
+from worker.params import ParamReader, headless_size
 from worker.travel.guide import gap_guide
 from worker.video import FFmpegError, iter_frames, probe
 
@@ -46,7 +47,7 @@ def inpaint_frames(ctx: TaskContext) -> HandlerResult:
         raise ValidationError(START, f"needs {CONTEXT} = {context} frames before it; the video has {start}")
     if info.frames - end < context:
         raise ValidationError(END, f"needs {CONTEXT} = {context} frames after it; the video has {info.frames - end}")
-    width, height, size_source = _size(reader, info.width, info.height)
+    (width, height), size_source = headless_size(params.get("resolution"), (info.width, info.height), VIDEO)
 
     frames = np.stack(list(itertools.islice(iter_frames(video, (width, height)), start - context, end + context)))
     if len(frames) != end - start + 2 * context:  # the header's count and the decodable frames disagree
@@ -74,15 +75,3 @@ def inpaint_frames(ctx: TaskContext) -> HandlerResult:
     inpaint = {VIDEO: params[VIDEO], START: start, END: end, CONTEXT: context, "video_frames": info.frames,
                "kept_frames": [index for index in guide.kept_frames if index < length]}
     return render_video(ctx, row, {"inpaint": inpaint})
-
-
-def _size(reader: ParamReader, video_width: int, video_height: int) -> tuple[int, int, str]:
-    """(width, height, source): the row's resolution, else the video's size rounded down to multiples of 16."""
-    given = reader.resolution("resolution", None)
-    if given is not None:
-        return given[0], given[1], "task"
-    width, height = video_width // 16 * 16, video_height // 16 * 16
-    if min(width, height) < 16:
-        raise ValidationError(VIDEO, f"is {video_width}x{video_height}: too small to generate at (16x16 at least)")
-    rounded = "" if (width, height) == (video_width, video_height) else f" {video_width}x{video_height} rounded down to multiples of 16"
-    return width, height, f"{VIDEO} (its size{rounded})"
