@@ -10,8 +10,8 @@ import pytest
 
 from worker.resources import WorkerResources
 from worker.store import TaskStatus, TaskStore
-from worker.video import VideoWriter, read_video, run_ffmpeg
-from worker_harness import resources, run_until_idle  # noqa: F401 (fixture)
+from worker.video import VideoWriter, read_video
+from worker_harness import resources, run_until_idle, write_lossless  # noqa: F401 (fixture)
 
 SIZE, FPS = 32, 16
 
@@ -22,15 +22,6 @@ def source_video(path: Path, frames: int = 21) -> Path:
     with VideoWriter(path, FPS, SIZE, SIZE) as writer:
         for k in range(frames):
             writer.write(np.broadcast_to((x * 6 + 11 * k) % 256, (SIZE, SIZE, 3)).astype(np.uint8))
-    return path
-
-
-def lossless(path: Path, frames: np.ndarray) -> Path:
-    """frames uint8 [F, H, W, 3] as an FFV1 RGB video: read back bit for bit."""
-    raw = path.with_suffix(".rgb")
-    raw.write_bytes(np.ascontiguousarray(frames).tobytes())
-    run_ffmpeg(["-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{frames.shape[2]}x{frames.shape[1]}",
-                "-r", str(FPS), "-i", str(raw), "-c:v", "ffv1", "-pix_fmt", "bgr0", str(path)], check=True)
     return path
 
 
@@ -50,8 +41,8 @@ def test_an_inpaint_row_generates_what_a_vace_row_with_the_same_guide_and_mask_d
     mask = np.zeros_like(guide)
     mask[4:9] = 255
     vace_row = {**inpaint_row(str(video)), "resolution": f"{SIZE}x{SIZE}", "video_length": 13, "fps": FPS,
-                "video_guide": str(lossless(tmp_path / "guide.mkv", guide)),
-                "video_mask": str(lossless(tmp_path / "mask.mkv", mask))}
+                "video_guide": str(write_lossless(tmp_path / "guide.mkv", guide, FPS)),
+                "video_mask": str(write_lossless(tmp_path / "mask.mkv", mask, FPS))}
     for key in ("video_path", "inpaint_start_frame", "inpaint_end_frame", "context_frame_count"):
         vace_row.pop(key)
     inpaint_id = sqlite_store.enqueue("inpaint_frames", inpaint_row(str(video)))

@@ -13,7 +13,7 @@ import pytest
 from worker.resources import WorkerResources
 from worker.store import Claim, TaskStatus, TaskStore
 from worker.video import VideoWriter, iter_frames, probe, read_video, run_ffmpeg
-from worker_harness import resources, run_until_idle  # noqa: F401 (fixture)
+from worker_harness import resources, run_until_idle, write_lossless  # noqa: F401 (fixture)
 
 SIZE, FPS = 32, 16
 CODEC_TOLERANCE = 6  # mean absolute difference of a re-encoded frame (H.264, CRF 18)
@@ -25,15 +25,6 @@ def clip(path: Path, frames: int, shade: int, fps: float = FPS, width: int = SIZ
     with VideoWriter(path, fps, width, SIZE) as writer:
         for k in range(frames):
             writer.write(np.broadcast_to((x * 3 + shade + 5 * k) % 256, (SIZE, width, 3)).astype(np.uint8))
-    return path
-
-
-def lossless(path: Path, frames: np.ndarray) -> Path:
-    """frames uint8 [F, H, W, 3] as an FFV1 RGB video: read back bit for bit."""
-    raw = path.with_suffix(".rgb")
-    raw.write_bytes(np.ascontiguousarray(frames).tobytes())
-    run_ffmpeg(["-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{frames.shape[2]}x{frames.shape[1]}",
-                "-r", str(FPS), "-i", str(raw), "-c:v", "ffv1", "-pix_fmt", "bgr0", str(path)], check=True)
     return path
 
 
@@ -55,7 +46,8 @@ def test_a_transition_generates_what_a_vace_row_with_the_same_guide_does(
     guide = np.concatenate([decoded1[8:11], np.full((3, SIZE, SIZE, 3), 127, np.uint8), decoded2[2:5]])
     mask = np.zeros_like(guide)
     mask[3:6] = 255
-    vace = {"video_guide": str(lossless(tmp_path / "guide.mkv", guide)), "video_mask": str(lossless(tmp_path / "mask.mkv", mask)),
+    vace = {"video_guide": str(write_lossless(tmp_path / "guide.mkv", guide, FPS)),
+            "video_mask": str(write_lossless(tmp_path / "mask.mkv", mask, FPS)),
             "resolution": f"{SIZE}x{SIZE}", "video_length": 9, "fps": FPS, **SAMPLING}
     join_id, vace_id = sqlite_store.enqueue("join_clips_segment", row), sqlite_store.enqueue("vace", vace)
     run_until_idle(sqlite_store, resources, tmp_path / "out")

@@ -1,11 +1,13 @@
 """Helpers for tests that run real handlers on the tiny models: an in-process worker (in the test's
-thread, or in the background), keyframe images, and one resident engine per test module."""
+thread, or in the background), keyframe images, lossless control videos, and one resident engine
+per test module."""
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -15,6 +17,7 @@ from worker.demo import keyframe
 from worker.poller import Worker
 from worker.resources import WorkerResources
 from worker.store import TaskStore
+from worker.video import run_ffmpeg
 
 # Short intervals: a cancellation is seen within 0.2 s, an idle worker polls every 0.05 s.
 FAST_SETTINGS = dict(heartbeat_seconds=0.2, poll_seconds=0.05, maintenance_seconds=0.3, notify_wakeups=False,
@@ -73,3 +76,13 @@ def write_keyframes(folder: Path, count: int, size: tuple[int, int] = (80, 56)) 
         Image.fromarray(keyframe(index, size)).save(path)
         paths.append(str(path))
     return paths
+
+
+def write_lossless(path: Path, frames: np.ndarray, fps: float) -> Path:
+    """frames uint8 [F, H, W, 3] as an FFV1 RGB video: read back bit for bit (a guide or mask given to a
+    `vace` row, to compare with what a handler built itself)."""
+    raw = path.with_suffix(".rgb")
+    raw.write_bytes(np.ascontiguousarray(frames).tobytes())
+    run_ffmpeg(["-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{frames.shape[2]}x{frames.shape[1]}",
+                "-r", str(fps), "-i", str(raw), "-c:v", "ffv1", "-pix_fmt", "bgr0", str(path)], check=True)
+    return path

@@ -295,6 +295,19 @@ def _aspect(reader: ParamReader, first: VideoInfo) -> float | None:
     return width / height
 
 
+def clip_locations(listed: Any, field: str) -> list[str]:
+    """A clip_list's locations: its entries are {"url": ...} objects (the app's) or plain strings."""
+    if not isinstance(listed, list):
+        raise ValidationError(field, f"must be a list of clips ({{\"url\": ...}} objects), got {listed!r}")
+    clips = []
+    for i, clip in enumerate(listed):
+        url = clip.get("url") if isinstance(clip, Mapping) else clip
+        if not isinstance(url, str) or not url.strip():
+            raise ValidationError(f"{field}[{i}]", f"needs the clip's url, got {clip!r}")
+        clips.append(url)
+    return clips
+
+
 def bridging_anchors(gap: int, before: Any, after: Any) -> dict[int, Any]:
     """keep_bridging_images: clip 1's last kept frame a third into the gap and clip 2's first two
     thirds in, as the headless handler places them (a gap under 3 frames has no room and gets none)."""

@@ -15,13 +15,10 @@ whose frames do not fit the joins fail here instead of being joined with a warni
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from worker.errors import ValidationError
 from worker.generation import publish
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.join import AUDIO, ORCHESTRATOR_TASK
+from worker.join import AUDIO, ORCHESTRATOR_TASK, clip_locations
 from worker.join_jobs import ORCHESTRATOR_KEYS, JoinJob, expand_join, orchestrator_ignored, orchestrator_payload, per_join_settings
 from worker.params import ParamReader
 from worker.paths import output_file
@@ -65,15 +62,7 @@ def _clips(ctx: TaskContext, reader: ParamReader) -> list[str]:
     if not listed and reader.has(SEGMENT_IDS):
         return [_segment_output(ctx, task_id, f"{reader.prefix}{SEGMENT_IDS}[{i}]")
                 for i, task_id in enumerate(reader.texts(SEGMENT_IDS))]
-    if not isinstance(listed, list):
-        raise ValidationError(field, f"must be a list of clips ({{\"url\": ...}} objects), got {listed!r}")
-    clips = []
-    for i, clip in enumerate(listed):
-        url = clip.get("url") if isinstance(clip, Mapping) else clip
-        if not isinstance(url, str) or not url.strip():
-            raise ValidationError(f"{field}[{i}]", f"needs the clip's url, got {clip!r}")
-        clips.append(url)
-    return clips
+    return clip_locations(listed, field)
 
 
 def _segment_output(ctx: TaskContext, task_id: str, field: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from worker.errors import ValidationError
 from worker.generation import publish, queue_wait_seconds
 from worker.handlers import HandlerResult, TaskContext, register
-from worker.join import AUDIO, DEFAULT_FPS, STITCH_TASK, TRANSITION, StitchedTransition, join_layout
+from worker.join import AUDIO, DEFAULT_FPS, STITCH_TASK, TRANSITION, StitchedTransition, clip_locations, join_layout
 from worker.params import ParamReader, local_path
 from worker.paths import output_file
 from worker.store import Task, TaskStatus
@@ -39,7 +39,11 @@ def join_final_stitch(ctx: TaskContext) -> HandlerResult:
     reader = ParamReader(ctx.task.params)
     if reader.flag("chain_mode"):
         return _chain_output(ctx, reader)
-    clips = _clip_locations(reader)
+    listed = reader.params.get(CLIP_LIST)
+    reader.used.add(CLIP_LIST)
+    clips = clip_locations(listed, CLIP_LIST)
+    if len(clips) < 2:
+        raise ValidationError(CLIP_LIST, f"must list at least two clips, got {len(clips)}")
     ids = reader.texts(TRANSITION_IDS)
     if len(ids) != len(clips) - 1:
         raise ValidationError(TRANSITION_IDS, f"names {len(ids)} transitions; {len(clips)} clips need {len(clips) - 1}")
@@ -83,20 +87,6 @@ def join_final_stitch(ctx: TaskContext) -> HandlerResult:
     if orchestrator is not None:  # ours; a headless orchestrator completes itself from this row
         complete_job(ctx, orchestrator, published["output"], summary, rows, own_phases, started)
     return HandlerResult(output_location=published["output"], result_data={**summary, "phase_seconds": own_phases})
-
-
-def _clip_locations(reader: ParamReader) -> list[str]:
-    listed = reader.params.get(CLIP_LIST)
-    reader.used.add(CLIP_LIST)
-    if not isinstance(listed, list) or len(listed) < 2:
-        raise ValidationError(CLIP_LIST, f"must list at least two clips ({{\"url\": ...}} objects), got {listed!r}")
-    clips = []
-    for i, clip in enumerate(listed):
-        url = clip.get("url") if isinstance(clip, dict) else clip
-        if not isinstance(url, str) or not url.strip():
-            raise ValidationError(f"{CLIP_LIST}[{i}]", f"needs the clip's url, got {clip!r}")
-        clips.append(url)
-    return clips
 
 
 def _finished(ctx: TaskContext, task_id: str, field: str) -> Task:
