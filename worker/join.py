@@ -177,14 +177,14 @@ class StitchedTransition:
             return value
 
         fps, resolution = facts.get("fps"), facts.get("resolution")
+        sized = isinstance(resolution, list) and len(resolution) == 2 and all(
+            isinstance(side, int) and side > 0 for side in resolution)
         return cls(
             index=to_int(facts.get(INDEX, default_index), f"{field}.{INDEX}"),
             context_from_clip1=count("context_from_clip1"), context_from_clip2=count("context_from_clip2"),
             gap_from_clip1=count("gap_from_clip1"), gap_from_clip2=count("gap_from_clip2"),
-            fps=float(fps) if isinstance(fps, (int, float)) and fps > 0 else None,
-            resolution=(int(resolution[0]), int(resolution[1]))
-            if isinstance(resolution, list) and len(resolution) == 2 and all(isinstance(v, int) and v > 0 for v in resolution)
-            else None,
+            fps=float(fps) if isinstance(fps, (int, float)) and fps > 0 else None,  # optional in either form
+            resolution=(resolution[0], resolution[1]) if sized else None,
         )
 
 
@@ -218,7 +218,8 @@ class JoinSpec:
 
     def frame_counts(self) -> tuple[int, int]:
         """Each clip's frames at the join's rate (decodes the clips that are resampled)."""
-        return tuple(clip.info.frames if clip.rate is None else self._ends(clip, 1)[0] for clip in self.clips)  # type: ignore[return-value]
+        first, second = (clip.info.frames if clip.rate is None else self._ends(clip, 1)[0] for clip in self.clips)
+        return first, second
 
     def read_context(self) -> tuple[Transition, list[str], Any, Any]:
         """(transition, adjustments, clip 1's frames before the gap, clip 2's after it), the frames
@@ -263,13 +264,12 @@ def read_join(reader: ParamReader, start: Path, end: Path) -> JoinSpec:
     sources: dict[str, str] = {}
     overridden = {key: f"{switch} is on" for key, switch in (("fps", INPUT_FPS), ("resolution", INPUT_RESOLUTION))
                   if reader.has(key) and reader.flag(switch)}
-    if reader.flag(INPUT_FPS):
+    if reader.flag(INPUT_FPS):  # a faster clip is resampled to it, so frames count alike in join and stitch
         fps_value, sources["fps"] = min(info.fps for info in infos), f"{INPUT_FPS} (the slower clip's rate)"
-        rates = (None, None)  # the headless handler leaves the clips as they are then
     else:
         fps_value = reader.number("fps", DEFAULT_FPS, minimum=1, maximum=120)
         sources["fps"] = "task" if reader.has("fps") else "default"
-        rates = tuple(resampled_rate(info.fps, fps_value) for info in infos)
+    rates = [resampled_rate(info.fps, fps_value) for info in infos]
     aspect = _aspect(reader, infos[0])
     width, height = cropped_size(infos[0].width, infos[0].height, aspect)
     given = None if reader.flag(INPUT_RESOLUTION) else reader.params.get("resolution")
