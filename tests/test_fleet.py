@@ -28,7 +28,7 @@ from worker.poller import Worker
 from worker.resources import WorkerResources
 from worker.store import Task, TaskStatus, TaskStore
 from worker.travel.plan import plan_travel
-from worker.video import probe, read_video
+from worker.video import VideoWriter, probe, read_video
 from worker_harness import resources, run_until_idle, worker_config, write_keyframes  # noqa: F401 (resources is a fixture)
 
 
@@ -175,6 +175,35 @@ def test_a_travel_job_runs_across_two_workers_sharing_no_disk(pg_store: TaskStor
     assert not list((tmp_path / "b" / "outputs").rglob("*.mp4"))
     assert orchestrator.result_data["phase_seconds"]["upload"] > 0  # three videos and thumbnails uploaded
     assert orchestrator.result_data["output_object_url"] == orchestrator.output_location
+
+
+def test_a_video_edit_runs_across_two_workers_sharing_no_disk(pg_store: TaskStore, resources, tmp_path: Path,
+                                                              file_server, bucket: str) -> None:
+    """Box A reads the video by URL and publishes the parts it keeps to the bucket, then its disk goes;
+    box B generates the portion's transition from those objects and stitches the edited video."""
+    with VideoWriter(tmp_path / "source.mp4", 16, 32, 32) as writer:
+        for k in range(24):
+            writer.write(np.full((32, 32, 3), 9 * k, np.uint8))
+    source = file_server.serve("/videos/source.mp4", (tmp_path / "source.mp4").read_bytes(), content_type="video/mp4")
+    details = {"source_video_url": source, "source_video_fps": 16, "portions_to_regenerate": [
+        {"start_frame": 10, "end_frame": 13, "gap_frame_count": 5}], "model": "tiny_vace_2_2", "prompt": "a fade",
+        "context_frame_count": 2, "num_inference_steps": 2, "seed": 4}
+    job = pg_store.enqueue("edit_video_orchestrator", {"orchestrator_details": details})
+    storage = {"storage_url": f"s3://{bucket}/jobs"}
+
+    box(pg_store, resources, tmp_path / "a", "box-a", **storage).run(once=True)
+    assert pg_store.get(job).status == TaskStatus.IN_PROGRESS, pg_store.get(job).error_message
+    stitch = next(child for child in pg_store.children(job) if child.task_type == "join_final_stitch")
+    assert [clip["url"] for clip in stitch.params["clip_list"]] == [f"s3://{bucket}/jobs/{job}/keeper_{i}.mp4" for i in (0, 1)]
+    shutil.rmtree(tmp_path / "a")
+
+    box(pg_store, resources, tmp_path / "b", "box-b", **storage).run(exit_when_idle=True)
+    orchestrator = pg_store.get(job)
+    assert orchestrator.status == TaskStatus.COMPLETE, orchestrator.error_message
+    assert orchestrator.output_location == f"s3://{bucket}/jobs/{stitch.id}/joined.mp4"
+    edited = probe(download(bucket, orchestrator.output_location, tmp_path / "edited.mp4"))
+    assert edited.frames == 10 + 5 + 10  # kept 0..9 and 14..23, 5 frames generated between them
+    assert file_server.hits["/videos/source.mp4"] == 1
 
 
 def test_a_missing_predecessor_object_is_retried_then_fails_naming_its_url(sqlite_store: TaskStore, resources,
