@@ -193,3 +193,23 @@ def test_a_broken_definition_fails_at_startup_naming_it(
     defaults = write_defaults(tmp_path / "defaults", definitions, presets)
     with pytest.raises(ValueError, match=message):
         ModelRegistry(models_dir=tmp_path, defaults_dir=defaults)
+
+
+def test_the_operators_finetunes_add_definitions_and_replace_shipped_ones(tmp_path: Path) -> None:
+    """<models_dir>/finetunes holds a deployment's own Wan2GP definitions: a new key is added, a shipped
+    key is replaced (its presets follow the replacement), and a broken file fails at startup naming it."""
+    defaults = write_defaults(tmp_path / "defaults", {"base": {"model": {"architecture": "t2v", "URLs": ["a.safetensors"]},
+                                                               "flow_shift": 5}},
+                              {"fast": {"model": "base", "num_inference_steps": 4}})
+    models = tmp_path / "models"
+    write_defaults(models / "finetunes", {
+        "mine": {"model": {"architecture": "t2v", "URLs": "base"}, "guidance_scale": 2},
+        "base": {"model": {"architecture": "t2v", "URLs": ["b.safetensors"]}, "flow_shift": 7},
+    }, {})
+    registry = ModelRegistry(models_dir=models, defaults_dir=defaults)
+    assert registry.get("mine").defaults["guidance_scale"] == 2
+    assert base_files(registry.get("mine")) == [("b.safetensors",)]  # the replaced base's files
+    assert registry.get("base").defaults["flow_shift"] == 7 and registry.get("fast").defaults["flow_shift"] == 7
+    (models / "finetunes" / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="broken.json: not valid JSON"):
+        ModelRegistry(models_dir=models, defaults_dir=defaults)

@@ -394,6 +394,37 @@ def test_the_apps_image_row_runs_and_its_hires_pass_is_reported(sqlite_store: Ta
     assert set(reported.result_data["ignored_params"]) == {"hires_scale", "hires_steps", "hires_denoise"}
 
 
+def test_the_apps_default_image_model_runs_from_the_deployments_own_definition(
+        sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
+    """imageGeneration.ts sends model "optimised-t2i" when the user picks none: a definition the Reigh
+    deployment keeps to itself (a Wan2GP finetune). Without it the row fails naming `model` and where
+    such a definition goes; with it in <models>/finetunes the row runs on it, with its defaults."""
+    models = tmp_path / "models"
+    shutil.copytree(resources.models_dir, models, copy_function=os.link)
+    row = {"task_id": "wan_2_2_t2i_261201_ef34", "model": "optimised-t2i", "prompt": "a lighthouse",
+           "resolution": "32x32", "seed": 7, "add_in_position": False}
+    missing = sqlite_store.enqueue("wan_2_2_t2i", row)
+    run_until_idle(sqlite_store, WorkerResources(device="cpu", models_dir=models), tmp_path / "out")
+    failed = sqlite_store.get(missing)
+    assert failed.status == TaskStatus.FAILED
+    assert "model: unknown model 'optimised-t2i'" in failed.error_message
+    assert f"a Wan2GP definition in {models / 'finetunes'}" in failed.error_message
+
+    (models / "finetunes").mkdir()
+    (models / "finetunes" / "optimised-t2i.json").write_text(json.dumps({
+        "model": {"name": "Optimised text to image", "architecture": "tiny_t2v_2_2", "group": "wan2_2",
+                  "URLs": "tiny_t2v_2_2", "URLs2": "tiny_t2v_2_2"},
+        "guidance_phases": 2, "num_inference_steps": 3, "guidance_scale": 1, "switch_threshold": 875}))
+    task_id = sqlite_store.enqueue("wan_2_2_t2i", row)
+    run_until_idle(sqlite_store, WorkerResources(device="cpu", models_dir=models), tmp_path / "out")
+    task = sqlite_store.get(task_id)
+    assert task.status == TaskStatus.COMPLETE, task.error_message
+    assert task.result_data["model"] == "optimised-t2i" and task.result_data["frames"] == 1
+    assert task.result_data["parameters"]["num_inference_steps"] == 3
+    assert task.result_data["parameter_sources"]["num_inference_steps"] == "definition"
+    assert task.result_data["ignored_params"] == {}
+
+
 @pytest.mark.parametrize("key,value", [
     ("structure_videos", [{"path": "https://example.com/s.mp4", "start_frame": 0, "end_frame": 14}]),
     ("structure_guidance", {"target": "vace", "preprocessing": "depth", "videos": [{"path": "https://example.com/s.mp4"}]}),

@@ -29,6 +29,10 @@ A definition file `defaults/<key>.json`:
 A preset `defaults/presets/<name>.json` is `{"model": <definition key>, <sampling defaults>...}`:
 another name for a definition, whose defaults override the definition's.
 
+An operator's own definitions (Wan2GP's "finetunes": a deployment's private models, such as the
+Reigh app's `optimised-t2i`) sit in `<models_dir>/finetunes/<key>.json`, in the same format; one
+with the key of a shipped definition replaces it.
+
 Files are looked up by file name (a URL by its last path component) in models_dir. A file given as
 a Hugging Face resolve URL (`https://huggingface.co/<repo>/resolve/<revision>/<path>`) has that
 source, which `wan-worker models download` fetches; a plain name is a local file only. The VAE, the
@@ -50,6 +54,7 @@ from wan_engine.phases import HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT, SINGLE_EXPERT
 from wan_engine.schema import WAN21, WAN22
 
 PRESETS_FOLDER = "presets"
+FINETUNES_FOLDER = "finetunes"  # in models_dir: the operator's own definitions (Wan2GP's folder name)
 TOKENIZER_FILE = "tokenizer.json"  # inside the tokenizer folder (wan_engine.tokenizer reads it)
 
 DEFAULT_LAYOUT = "wan2gp"
@@ -233,7 +238,8 @@ def download_command(keys: Sequence[str], models_dir: Path, layout: str = DEFAUL
 
 
 class ModelRegistry:
-    """The model definitions and presets of `defaults_dir`, with files looked up in `models_dir`.
+    """The model definitions and presets of `defaults_dir` and the operator's definitions in
+    `models_dir`/finetunes, with files looked up in `models_dir`.
 
     Every definition is parsed at construction, so a broken one fails at startup (ValueError naming
     the file) rather than when a task asks for it.
@@ -245,6 +251,7 @@ class ModelRegistry:
         self._definitions = _read_json_folder(self.defaults_dir)
         self.lora_aliases = read_lora_aliases(self.defaults_dir)
         self._definitions.pop(Path(LORA_ALIASES_FILE).stem, None)
+        self._definitions.update(_read_json_folder(self.models_dir / FINETUNES_FOLDER))
         self.sources: dict[str, HubFile] = {}  # file name in models_dir -> where it comes from
         presets = _read_json_folder(self.defaults_dir / PRESETS_FOLDER)
         self._layouts = {key: self._build_layouts(key) for key in self._definitions}
@@ -267,7 +274,8 @@ class ModelRegistry:
         """The spec of a definition key or preset name; UnknownModel lists the known ones."""
         spec = self._specs.get(key) or self._presets.get(key)
         if spec is None:
-            raise UnknownModel("model", f"unknown model {key!r}; known: {', '.join(self.known_keys)}")
+            raise UnknownModel("model", f"unknown model {key!r}; known: {', '.join(self.known_keys)} (a deployment's "
+                                        f"own model is a Wan2GP definition in {self.models_dir / FINETUNES_FOLDER})")
         return spec
 
     def layouts(self, spec: ModelSpec) -> dict[str, ModelSpec]:
