@@ -13,7 +13,15 @@ import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 
-from wan_engine.nn.dit import TINY_DIT, TINY_I2V_DIT, TINY_VACE_LAYERS, WanDiT, diffusers_config, diffusers_to_official
+from wan_engine.nn.dit import (
+    TINY_DIT,
+    TINY_I2V_CLIP_DIT,
+    TINY_I2V_DIT,
+    TINY_VACE_LAYERS,
+    WanDiT,
+    diffusers_config,
+    diffusers_to_official,
+)
 from wan_engine.weights import load_model, save_state_dict
 
 TOLERANCE = 1e-4  # of the reference output's standard deviation
@@ -83,6 +91,25 @@ def test_matches_diffusers_transformer(name: str, seed: int, tmp_path: Path):
     with torch.inference_mode():
         expected = reference(x, t, padded(context, config["text_len"])).sample
         assert_close(ours(x, t, context), expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_wan21_i2v_matches_diffusers_transformer_with_image_tokens(seed: int, tmp_path: Path):
+    """Wan 2.1 I2V: CLIP image tokens projected by img_emb (diffusers' image_embedder) and attended to
+    by every block's own k_img / v_img (diffusers' add_k_proj / add_v_proj). diffusers splits the
+    image tokens from the text by a text of exactly 512 tokens, so the text is that long here."""
+    config = dict(TINY_I2V_CLIP_DIT, text_len=512)
+    reference = seeded_reference(WanTransformer3DModel, seed, **diffusers_config(config))
+    ours = ours_from(reference, lambda: WanDiT(**config), tmp_path)
+    x, t, context = inputs(config, (3, 6, 10), seed)
+    image = torch.randn(x.shape[0], 5, config["clip_dim"], generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        expected = reference(x, t, padded(context, config["text_len"]), encoder_hidden_states_image=image).sample
+        assert_close(ours(x, t, context, image_context=image), expected)
+        other = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed + 7))
+        assert (ours(x, t, context, image_context=other) - expected).abs().max() > 1e-3  # it reads them
+    with pytest.raises(ValueError, match="image_context"):
+        ours(x, t, context)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

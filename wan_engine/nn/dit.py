@@ -1,9 +1,12 @@
-"""The Wan video diffusion transformer (Wan 2.1 / 2.2 text-to-video and Wan 2.2 A14B image-to-video)
-with the VACE control branch.
+"""The Wan video diffusion transformer (Wan 2.1 / 2.2 text-to-video, Wan 2.1 and Wan 2.2 A14B
+image-to-video) with the VACE control branch.
 
-The Wan 2.2 A14B image-to-video experts are this same network with a wider input (I2V_IN_DIM): the
-noisy latents concatenated with the conditioning latents (wan_engine/i2v.py); they have no CLIP
-image branch (Wan 2.1 I2V had one).
+The image-to-video networks are this same network with a wider input (I2V_IN_DIM): the noisy
+latents concatenated with the conditioning latents (wan_engine/i2v.py). Wan 2.1 I2V also reads the
+CLIP image tokens (wan_engine/nn/clip.py, `clip_dim`): `img_emb` projects them to the model width,
+and every block's cross-attention attends to them with its own key and value projections (`k_img`,
+`v_img`, `norm_k_img`) beside the text, the two results summed before the output projection. The
+Wan 2.2 A14B I2V experts have no image branch.
 
 Parameter names are those of the official checkpoints (`blocks.N.self_attn.q.weight`, ...), so the
 files users have load without conversion; `diffusers_to_official` renames the diffusers layout.
@@ -41,6 +44,8 @@ VACE_14B_LAYERS = list(range(0, 40, 5))
 VACE_IN_DIM = 96  # 16 inactive + 16 reactive latent channels + 64 mask channels (8x8 pixels per latent)
 I2V_IN_DIM = 36  # 16 noisy latent channels + 4 temporal mask channels + 16 conditioning latent channels
 WAN22_A14B_I2V_EXPERT = dict(WAN22_A14B_EXPERT, in_dim=I2V_IN_DIM)
+CLIP_DIM = 1280  # width of the CLIP ViT-H/14 image tokens (wan_engine.nn.clip.VIT_H_14)
+WAN21_14B_I2V = dict(WAN21_14B, in_dim=I2V_IN_DIM, clip_dim=CLIP_DIM)
 
 RECOMPILE_LIMIT = 64  # graphs per block kind torch.compile may keep (its default, 8, is too few here)
 
@@ -50,6 +55,7 @@ TINY_DIT = dict(
 )  # fmt: skip
 TINY_VACE_LAYERS = [0, 2]
 TINY_I2V_DIT = dict(TINY_DIT, in_dim=I2V_IN_DIM)
+TINY_I2V_CLIP_DIT = dict(TINY_I2V_DIT, clip_dim=32)  # the width of wan_engine.nn.clip.TINY_CLIP
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [L, head_dim // 2] fp32
 
@@ -94,6 +100,31 @@ class MultiHeadAttention(nn.Module):
         return self.o(attention(q, k, v, self.attention_backend).flatten(-2))
 
 
+class ImageCrossAttention(MultiHeadAttention):
+    """Wan 2.1 I2V's cross-attention: to the text, and with its own key/value projections to the
+    CLIP image tokens; the two attentions are summed before the output projection."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
+        super().__init__(dim, num_heads, qk_norm, eps)
+        self.k_img = nn.Linear(dim, dim)
+        self.v_img = nn.Linear(dim, dim)
+        self.norm_k_img = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor, rope: Rope | None = None,
+                image: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, L, dim]; source: [B, S, dim] the embedded text; image: [B, N, dim] the projected
+        image tokens (required). Returns [B, L, dim]."""
+        if image is None:
+            raise ValueError("an image-to-video DiT with a CLIP branch needs the image tokens")
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
+        k = self.norm_k(self.k(source)).unflatten(-1, (self.num_heads, -1))
+        v = self.v(source).unflatten(-1, (self.num_heads, -1))
+        k_img = self.norm_k_img(self.k_img(image)).unflatten(-1, (self.num_heads, -1))
+        v_img = self.v_img(image).unflatten(-1, (self.num_heads, -1))
+        attended = attention(q, k, v, self.attention_backend) + attention(q, k_img, v_img, self.attention_backend)
+        return self.o(attended.flatten(-2))
+
+
 class WanBlock(nn.Module):
     """Self-attention, cross-attention to the text, GELU(tanh) feed-forward; 6-way modulation.
 
@@ -102,26 +133,30 @@ class WanBlock(nn.Module):
     cross_attn_norm) before cross-attention, norm2 before the feed-forward.
     """
 
-    def __init__(self, dim: int, ffn_dim: int, num_heads: int, qk_norm: bool, cross_attn_norm: bool, eps: float):
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, qk_norm: bool, cross_attn_norm: bool, eps: float,
+                 image_tokens: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps, elementwise_affine=False)
         self.self_attn = MultiHeadAttention(dim, num_heads, qk_norm, eps)
         self.norm3 = nn.LayerNorm(dim, eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
-        self.cross_attn = MultiHeadAttention(dim, num_heads, qk_norm, eps)
+        self.cross_attn = (ImageCrossAttention if image_tokens else MultiHeadAttention)(dim, num_heads, qk_norm, eps)
         self.norm2 = nn.LayerNorm(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, rope: Rope) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, rope: Rope,
+                image: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, L, dim] fp32 residual stream (updated in place and returned);
-        e0: [B, 6, dim] fp32 time projection; context: [B, text_len, dim] embedded text."""
+        e0: [B, 6, dim] fp32 time projection; context: [B, text_len, dim] embedded text;
+        image: [B, N, dim] the projected CLIP image tokens (Wan 2.1 I2V only)."""
         dtype = context.dtype
         shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = (self.modulation + e0).unsqueeze(2).unbind(1)
 
         h = _modulate(self.norm1(x), shift, scale, dtype)
         x.addcmul_(self.self_attn(h, h, rope), gate)
 
-        x.add_(self.cross_attn(self.norm3(x).to(dtype), context))
+        h = self.norm3(x).to(dtype)
+        x.add_(self.cross_attn(h, context) if image is None else self.cross_attn(h, context, image=image))
 
         h = _modulate(self.norm2(x), ffn_shift, ffn_scale, dtype)
         x.addcmul_(self.ffn(h), ffn_gate)
@@ -170,7 +205,7 @@ class Head(nn.Module):
 class WanDiT(nn.Module):
     """Wan DiT; with vace_layers it also carries the VACE blocks (one per listed main block)."""
 
-    keep_in_fp32 = ("time_embedding", "time_projection", "modulation", "norm3", "head")
+    keep_in_fp32 = ("time_embedding", "time_projection", "modulation", "norm3", "head", "img_emb")
 
     def __init__(
         self,
@@ -189,6 +224,7 @@ class WanDiT(nn.Module):
         eps: float = 1e-6,
         vace_layers: Sequence[int] | None = None,
         vace_in_dim: int | None = None,
+        clip_dim: int | None = None,
     ):
         super().__init__()
         if dim % num_heads:
@@ -202,8 +238,12 @@ class WanDiT(nn.Module):
         self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         block_args = (dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps)
-        self.blocks = nn.ModuleList(WanBlock(*block_args) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(WanBlock(*block_args, image_tokens=clip_dim is not None) for _ in range(num_layers))
         self.head = Head(dim, out_dim, self.patch_size, eps)
+        if clip_dim is not None:  # Wan 2.1 I2V: the CLIP image tokens -> the model width
+            self.img_emb = nn.Module()
+            self.img_emb.proj = nn.Sequential(nn.LayerNorm(clip_dim), nn.Linear(clip_dim, clip_dim), nn.GELU(),
+                                              nn.Linear(clip_dim, dim), nn.LayerNorm(dim))
 
         self.vace_layers = list(vace_layers or [])
         if self.vace_layers:
@@ -225,13 +265,15 @@ class WanDiT(nn.Module):
         context: torch.Tensor,
         vace_context: torch.Tensor | Sequence[torch.Tensor] | None = None,
         vace_scale: float | Sequence[float] = 1.0,
+        image_context: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the flow for a batch of latent videos.
 
         x: [B, in_dim, F, H, W] noisy latents; t: [B] timesteps in [0, 1000];
         context: [B, L <= text_len, text_dim] text embeddings (zero-padded to text_len here);
         vace_context: [B, vace_in_dim, F, H, W] control latents, or a list of them, each with its
-        scale in vace_scale (a float, or a list of one float per context).
+        scale in vace_scale (a float, or a list of one float per context);
+        image_context: [B, N, clip_dim] CLIP image tokens, for (and only for) a DiT with `clip_dim`.
         Returns [B, out_dim, F, H, W] fp32.
         """
         dtype = self.patch_embedding.weight.dtype
@@ -242,6 +284,7 @@ class WanDiT(nn.Module):
         e = self.time_embedding(sinusoidal_embedding(t, self.freq_dim))  # [B, dim] fp32
         e0 = self.time_projection(e).unflatten(1, (6, self.dim))  # [B, 6, dim] fp32
         context = self.text_embedding(self._pad_text(context).to(dtype))  # [B, text_len, dim]
+        image = self._image_tokens(image_context, dtype)  # [B, N, dim] or None
 
         controls = [
             _patchify(self.vace_patch_embedding, c.to(dtype)) for c in self._control_list(vace_context, x)
@@ -254,7 +297,7 @@ class WanDiT(nn.Module):
         # reference's numbers while one control stream per context is alive instead of every hint.
         x = tokens.to(torch.float32, copy=True)  # the fp32 residual stream; tokens stay for VACE
         for layer, block in enumerate(self.blocks):
-            x = block(x, e0, context, rope)
+            x = block(x, e0, context, rope) if image is None else block(x, e0, context, rope, image)
             if layer in hint_index and controls:
                 vace_block = self.vace_blocks[hint_index[layer]]
                 for k, scale in enumerate(scales):
@@ -290,6 +333,16 @@ class WanDiT(nn.Module):
         if context.shape[1] > self.text_len:
             raise ValueError(f"context has {context.shape[1]} tokens, more than text_len {self.text_len}")
         return F.pad(context, (0, 0, 0, self.text_len - context.shape[1]))
+
+    def _image_tokens(self, image_context: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        """The CLIP image tokens projected to the model width (in `dtype`), for a DiT that reads them."""
+        has_branch = hasattr(self, "img_emb")
+        if has_branch != (image_context is not None):
+            raise ValueError("image_context is for (and needed by) a DiT with a CLIP image branch (clip_dim)")
+        if image_context is None:
+            return None
+        weight = self.img_emb.proj[1].weight
+        return self.img_emb.proj(image_context.to(weight.dtype)).to(dtype)
 
     def _control_list(
         self, vace_context: torch.Tensor | Sequence[torch.Tensor] | None, x: torch.Tensor
@@ -354,6 +407,12 @@ DIFFUSERS_RENAMES: tuple[tuple[str, str], ...] = (
     (r"^condition_embedder\.time_proj\.", "time_projection.1."),
     (r"^condition_embedder\.text_embedder\.linear_1\.", "text_embedding.0."),
     (r"^condition_embedder\.text_embedder\.linear_2\.", "text_embedding.2."),
+    (r"^condition_embedder\.image_embedder\.norm1\.", "img_emb.proj.0."),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.0\.proj\.", "img_emb.proj.1."),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.2\.", "img_emb.proj.3."),
+    (r"^condition_embedder\.image_embedder\.norm2\.", "img_emb.proj.4."),
+    (r"\.attn2\.add_([kv])_proj\.", r".cross_attn.\1_img."),
+    (r"\.attn2\.norm_added_k\.", ".cross_attn.norm_k_img."),
     (r"^scale_shift_table$", "head.modulation"),
     (r"^proj_out\.", "head.head."),
     (r"^(vace_blocks\.\d+)\.proj_in\.", r"\1.before_proj."),
@@ -393,6 +452,8 @@ def diffusers_config(config: Mapping[str, Any]) -> dict[str, Any]:
     arguments = {theirs: config[ours] for ours, theirs in DIFFUSERS_CONFIG_NAMES.items()}
     arguments["patch_size"] = tuple(config["patch_size"])
     arguments["attention_head_dim"] = config["dim"] // config["num_heads"]
+    if config.get("clip_dim") is not None:  # Wan 2.1 I2V's image branch
+        arguments.update(image_dim=config["clip_dim"], added_kv_proj_dim=config["dim"])
     return arguments
 
 
