@@ -25,7 +25,8 @@ from diffusers import (
 
 from wan_engine import i2v, testing
 from wan_engine.memory import Experts
-from wan_engine.nn.dit import TINY_DIT, TINY_VACE_LAYERS, diffusers_to_official
+from wan_engine.nn.clip import TINY_CLIP, wan_key_map
+from wan_engine.nn.dit import TINY_DIT, TINY_I2V_CLIP_DIT, TINY_VACE_LAYERS, WanDiT, diffusers_config, diffusers_to_official
 from wan_engine.nn.vae import TINY_VAE, diffusers_key_map
 from wan_engine.phases import PhaseSettings, plan_steps
 from wan_engine.pipeline import (
@@ -82,6 +83,14 @@ def diffusers_dit(ours: torch.nn.Module, vace: bool) -> torch.nn.Module:
     return reference.eval()
 
 
+def diffusers_transformer(ours: torch.nn.Module, config: dict) -> WanTransformer3DModel:
+    """diffusers' transformer for the network `config` describes, holding `ours`'s weights."""
+    reference = WanTransformer3DModel(**diffusers_config(config))
+    state = ours.state_dict()
+    reference.load_state_dict({key: state[diffusers_to_official(key)] for key in reference.state_dict()})
+    return reference.eval()
+
+
 def diffusers_vae(ours: torch.nn.Module) -> AutoencoderKLWan:
     reference = AutoencoderKLWan(
         base_dim=TINY_VAE["base_dim"], z_dim=TINY_VAE["z_dim"], dim_mult=list(TINY_VAE["dim_mult"]),
@@ -119,6 +128,17 @@ class WanGridUniPC(UniPCMultistepScheduler):
         super().set_timesteps(device=device, sigmas=UniPCSampler.unshifted_sigmas(num_inference_steps))
 
 
+class OurImageTokens(WanImageToVideoPipeline):
+    """diffusers' Wan 2.1 I2V pipeline encoding its image with our CLIP encoder's tokens (`tokens`;
+    the encoder itself is checked against transformers in tests/test_clip.py). Its `image_embeds`
+    argument cannot be used: the pipeline refuses it together with the `image` its latents need."""
+
+    tokens: torch.Tensor | None = None
+
+    def encode_image(self, image, device=None):
+        return self.tokens.to(device)
+
+
 def unipc(shift: float) -> UniPCMultistepScheduler:
     return WanGridUniPC(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
 
@@ -137,9 +157,10 @@ def run_reference(pipeline, **kwargs) -> tuple[torch.Tensor, np.ndarray]:
     return final["latents"], np.round(frames * 255).astype(np.uint8)
 
 
-def run_ours(experts: Experts, vae, job: Job, context, negative, noise, controls=(), condition=None) -> tuple[torch.Tensor, np.ndarray]:
+def run_ours(experts: Experts, vae, job: Job, context, negative, noise, controls=(), condition=None,
+             image_tokens=None) -> tuple[torch.Tensor, np.ndarray]:
     latents = denoise(
-        experts, noise, job, context, negative, list(controls), condition=condition,
+        experts, noise, job, context, negative, list(controls), condition=condition, image_tokens=image_tokens,
         on_step=lambda step: None, should_cancel=lambda: False, timer=PhaseTimer(CPU),
     )  # fmt: skip
     return latents, decode_frames(vae, latents[:, :, len(job.references) :])
@@ -285,4 +306,37 @@ def test_wan22_image_to_video_matches_diffusers_wan_image_to_video_pipeline(mode
         condition = i2v.image_condition(vae, job.image_start, job.image_end, FRAMES)
     assert condition.shape == (1, 20, *noise.shape[2:])
     ours = run_ours(Experts(dits, CPU, take_turns=False), vae, job, context, negative, noise, condition=condition)
+    assert_pipelines_agree(ours, expected)
+
+
+def test_wan21_image_to_video_matches_diffusers_wan_image_to_video_pipeline_with_clip_tokens(models_dir: Path):
+    """Wan 2.1 I2V: one DiT that reads the first-frame conditioning and the CLIP image tokens of our
+    encoder (handed to diffusers as image_embeds) on both the conditional and unconditional passes.
+    diffusers tells the image tokens from the text by a text of 512 tokens, so the prompts are padded
+    to 512 for both (the tiny DiT's weights do not depend on its text length)."""
+    config = dict(TINY_I2V_CLIP_DIT, text_len=512)
+    dit = load_model(lambda: WanDiT(**config), [models_dir / "tiny_i2v.safetensors"], dtype=torch.float32)
+    encoder = load_model(testing.tiny_clip, [models_dir / "tiny_clip.safetensors"], dtype=torch.float32,
+                         key_map=wan_key_map(TINY_CLIP["num_layers"]))
+    vae = our_vae(models_dir)
+    embeddings = torch.nn.functional.pad(prompt_embeddings(models_dir, ["a kite over a field", "dull"]), (0, 0, 0, 480))
+    context, negative = embeddings[:1], embeddings[1:]
+    first = np.random.default_rng(8).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    job = make_job(4, PhaseSettings(guidance_scale=5.0), dual_expert=False, image_start=first)
+    noise = initial_noise(17, latent_shape(job, 0), CPU)
+    image_tokens = encoder.encode(first)
+
+    reference = OurImageTokens(
+        tokenizer=None, text_encoder=None, vae=diffusers_vae(vae), scheduler=unipc(SHIFT),
+        transformer=diffusers_transformer(dit, config),
+    )  # fmt: skip
+    reference.tokens = image_tokens
+    expected = run_reference(
+        reference, image=PIL.Image.fromarray(first), prompt_embeds=context, negative_prompt_embeds=negative,
+        latents=noise.clone(), num_inference_steps=4, guidance_scale=5.0,
+    )  # fmt: skip
+    with torch.no_grad():
+        condition = i2v.image_condition(vae, job.image_start, None, FRAMES)
+    ours = run_ours(Experts({"main": dit}, CPU, take_turns=False), vae, job, context, negative, noise,
+                    condition=condition, image_tokens=image_tokens)
     assert_pipelines_agree(ours, expected)

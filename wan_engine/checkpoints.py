@@ -5,7 +5,9 @@ once, with its shape and a usable dtype.
 Key names: each network takes every published naming as downloaded. The official Wan names (Wan2GP,
 Wan-AI, ComfyUI, with ComfyUI's `model.diffusion_model.` prefix removed), the diffusers names of the
 DiT and VAE, and the transformers names of the umT5 encoder all map to the official names; the maps
-leave official names unchanged, so no layout needs to be declared.
+leave official names unchanged, so no layout needs to be declared. Wan 2.1 I2V's CLIP image encoder
+is read from the Wan / Wan2GP checkpoint of the whole CLIP, keeping only its vision tower
+(wan_engine.nn.clip.wan_key_map).
 
 A wrong, truncated or mismatched file fails the check within a second, with the file and the first
 bad key named, instead of after minutes of loading. `wan-worker models verify` and the engine (before
@@ -37,10 +39,11 @@ class KeyMaps:
     dit: KeyMap
     vae: KeyMap
     text_encoder: KeyMap
+    image_encoder: KeyMap | None  # None for a model without one
 
 
 def key_maps(spec: ModelSpec) -> KeyMaps:
-    from wan_engine.nn import dit, t5, vae
+    from wan_engine.nn import clip, dit, t5, vae
 
     def dit_names(key: str) -> str | None:
         for prefix in _DIT_PREFIXES:
@@ -49,7 +52,9 @@ def key_maps(spec: ModelSpec) -> KeyMaps:
                 break
         return dit.diffusers_to_official(key)
 
-    return KeyMaps(dit_names, vae.diffusers_key_map(spec.vae_config["num_res_blocks"]), t5.transformers_to_official)
+    image = spec.image_encoder_config
+    return KeyMaps(dit_names, vae.diffusers_key_map(spec.vae_config["num_res_blocks"]), t5.transformers_to_official,
+                   None if image is None else clip.wan_key_map(image["num_layers"]))
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class NetworkFiles:
 
 def model_networks(spec: ModelSpec, files: ModelFiles) -> list[NetworkFiles]:
     """The networks of `spec` with the files `files` located for each."""
+    from wan_engine.nn.clip import ClipVisionEncoder
     from wan_engine.nn.dit import WanDiT
     from wan_engine.nn.t5 import UMT5Encoder
     from wan_engine.nn.vae import WanVAE
@@ -79,6 +85,8 @@ def model_networks(spec: ModelSpec, files: ModelFiles) -> list[NetworkFiles]:
         NetworkFiles("vae", lambda: WanVAE(**spec.vae_config), [files.vae], maps.vae),
         NetworkFiles("text encoder", lambda: UMT5Encoder(**spec.text_encoder_config), [files.text_encoder],
                      maps.text_encoder),
+        *([NetworkFiles("image encoder", lambda: ClipVisionEncoder(**spec.image_encoder_config), [files.image_encoder],
+                        maps.image_encoder)] if files.image_encoder is not None else []),
     ]
 
 

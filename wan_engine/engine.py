@@ -54,6 +54,7 @@ from wan_engine.memory import (
     tensor_bytes,
 )
 from wan_engine.nn.attention import backend_for
+from wan_engine.nn.clip import ClipVisionEncoder
 from wan_engine.nn.dit import WanDiT
 from wan_engine.nn.t5 import UMT5Encoder
 from wan_engine.nn.vae import WanVAE
@@ -83,11 +84,12 @@ class LoadedModel:
 
 @dataclass
 class _SharedNetworks:
-    """The text encoders and VAEs of the models the engine holds, by the files they came from
-    (weights only: holding these does not keep any DiT alive)."""
+    """The text encoders, VAEs and image encoders of the models the engine holds, by the files they
+    came from (weights only: holding these does not keep any DiT alive)."""
 
     text_encoders: dict[tuple[Path, Path], pipeline.TextEncoder]
     vaes: dict[Path, nn.Module]
+    image_encoders: dict[Path, pipeline.ImageEncoder]
 
     @classmethod
     def of(cls, models: Sequence[LoadedModel]) -> _SharedNetworks:
@@ -95,6 +97,7 @@ class _SharedNetworks:
         return cls(
             {(m.files.text_encoder, m.files.tokenizer): m.networks.text_encoder for m in loaded},
             {m.files.vae: m.networks.vae for m in loaded},
+            {m.files.image_encoder: m.networks.image_encoder for m in loaded if m.networks.image_encoder is not None},
         )
 
 
@@ -244,6 +247,11 @@ class Engine:
         if vae is None:
             vae = load_model(lambda: WanVAE(**spec.vae_config), [files.vae], dtype=self.vae_dtype, device=self.device,
                              key_map=maps.vae)  # fmt: skip
+        image_encoder = None
+        if files.image_encoder is not None:  # Wan 2.1 I2V's CLIP encoder, in host memory like the text encoder
+            image_encoder = shared.image_encoders.get(files.image_encoder) or pipeline.ImageEncoder(HostResident(
+                load_model(lambda: ClipVisionEncoder(**spec.image_encoder_config), [files.image_encoder],
+                           dtype=self.dtype, key_map=maps.image_encoder), self.device))
 
         resident_blocks, take_turns = self._placement(spec, precision, vae)
         load_device = "cpu" if take_turns else self.device
@@ -251,7 +259,9 @@ class Engine:
             name: self._prepared(self._load_dit(spec, paths, precision, load_device), precision)
             for name, paths in files.experts.items()
         }
-        return LoadedModel(spec, files, self._placed(spec, text_encoder, vae, networks, resident_blocks, take_turns), precision)
+        placed = self._placed(spec, text_encoder, vae, networks, resident_blocks, take_turns)
+        placed.image_encoder = image_encoder
+        return LoadedModel(spec, files, placed, precision)
 
     def install(
         self,
@@ -386,8 +396,11 @@ class Engine:
                 self.load(request.model, precision)
             assert self._loaded is not None
             networks = self._loaded.networks
-            # under a device budget the DiT leaves the device while the text encoder visits it
-            networks.text_encoder.encoder.make_room = networks.experts.to_host if networks.experts.streaming else None
+            # under a device budget the DiT leaves the device while the text (and image) encoder visits it
+            make_room = networks.experts.to_host if networks.experts.streaming else None
+            networks.text_encoder.encoder.make_room = make_room
+            if networks.image_encoder is not None:
+                networks.image_encoder.encoder.make_room = make_room
             # a LoRA that fits no layer fails here, before any denoising
             check_loras_fit(next(iter(networks.experts.networks.values())), loras)
             frames = self._run_with_oom_retry(job, networks, on_progress, should_cancel, timer)
@@ -654,4 +667,5 @@ def _keep_compile_cache(folder: Path) -> None:
 
 def _modules(model: LoadedModel) -> list[nn.Module]:
     networks = model.networks
-    return [networks.text_encoder.encoder.module, networks.vae, *networks.experts.networks.values()]
+    image = [networks.image_encoder.encoder.module] if networks.image_encoder is not None else []
+    return [networks.text_encoder.encoder.module, networks.vae, *image, *networks.experts.networks.values()]

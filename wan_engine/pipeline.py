@@ -97,6 +97,23 @@ class TextEncoder:
         return torch.stack([self._cache[t] for t in texts]).to(device)
 
 
+class ImageEncoder:
+    """Wan 2.1 I2V's CLIP image encoder (wan_engine.nn.clip), living in host memory like the text
+    encoder and visiting the device to encode a generation's image."""
+
+    def __init__(self, encoder: HostResident):
+        self.encoder = encoder
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray, device: torch.device) -> torch.Tensor:
+        """uint8 [H, W, 3] -> [1, N, clip_dim] image tokens on `device`."""
+        network = self.encoder.to_device()
+        try:
+            return network.encode(image).to(device)
+        finally:
+            self.encoder.to_host()
+
+
 @dataclass
 class Networks:
     """The networks of one loaded model, placed by wan_engine.memory."""
@@ -106,6 +123,7 @@ class Networks:
     experts: Experts  # "main", or "high" and "low"
     vace: bool  # the DiT carries VACE blocks
     image_to_video: bool = False  # the DiT reads the I2V conditioning channels
+    image_encoder: ImageEncoder | None = None  # Wan 2.1 I2V: the DiT also reads CLIP image tokens
 
 
 class PhaseTimer:
@@ -153,10 +171,13 @@ def generate(
     with timer.measure("vace_encode"):
         controls = control_contexts(networks.vae, job) if networks.vace else []
     num_references = len(job.references) if networks.vace else 0
-    condition = None
+    condition = image_tokens = None
     if networks.image_to_video:
         with timer.measure("image_encode"):
             condition = i2v.image_condition(networks.vae, job.image_start, job.image_end, job.num_frames)
+            if networks.image_encoder is not None:  # the start image (the end one when only it is given)
+                image = job.image_start if job.image_start is not None else job.image_end
+                image_tokens = networks.image_encoder(image, device)
 
     noise = initial_noise(job.seed, latent_shape(job, num_references), device)
     latents = denoise(
@@ -167,6 +188,7 @@ def generate(
         negative,
         controls,
         condition=condition,
+        image_tokens=image_tokens,
         on_step=on_step,
         should_cancel=should_cancel,
         timer=timer,
@@ -217,6 +239,7 @@ def denoise(
     controls: Sequence[tuple[torch.Tensor, float]],
     *,
     condition: torch.Tensor | None = None,
+    image_tokens: torch.Tensor | None = None,
     on_step: StepCallback,
     should_cancel: Callable[[], bool],
     timer: PhaseTimer,
@@ -229,8 +252,10 @@ def denoise(
     when the step's guidance differs from 1, and reports itself through `on_step`.
 
     condition: the image-to-video channels [1, 20, T, h, w] (wan_engine.i2v), concatenated after
-    the latents at every call, or None.
+    the latents at every call, or None; image_tokens: Wan 2.1 I2V's CLIP tokens [1, N, clip_dim],
+    given to both the conditional and the unconditional pass (as the reference does), or None.
     """
+    image = {} if image_tokens is None else {"image_context": image_tokens}
     vace_context = [c for c, _ in controls] or None
     vace_scale = [s for _, s in controls] or 1.0
     latents = noise
@@ -248,9 +273,9 @@ def denoise(
                         loras.set_step(step.step)
                     t = torch.full((1,), step.timestep, device=latents.device)
                     inputs = latents if condition is None else torch.cat([latents, condition], dim=1)
-                    flow = network(inputs, t, context, vace_context, vace_scale)
+                    flow = network(inputs, t, context, vace_context, vace_scale, **image)
                     if step.needs_unconditional:
-                        unconditional = network(inputs, t, negative, vace_context, vace_scale)
+                        unconditional = network(inputs, t, negative, vace_context, vace_scale, **image)
                         flow = classifier_free_guidance(flow, unconditional, step.guidance)
                     latents = job.sampler.step(flow, latents)
                 on_step(step)

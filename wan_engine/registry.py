@@ -17,10 +17,11 @@ A definition file `defaults/<key>.json`:
   network configuration from ARCHITECTURES below.
 - `loras` / `loras_multipliers` (inside "model" as in Wan2GP, or at the top level) are the LoRAs
   the model runs with unless a request names its own.
-- `VAE_URLs` / `text_encoder_URLs` (optional, Wan2GP's names) replace the architecture's VAE /
-  umT5 file; the text encoder sits in `text_encoder_folder` (default `umt5-xxl`) beside its
+- `VAE_URLs` / `text_encoder_URLs` / `image_encoder_URLs` (optional, the first two Wan2GP's names)
+  replace the architecture's VAE / umT5 / CLIP image encoder (Wan 2.1 I2V) file; the text encoder sits in `text_encoder_folder` (default `umt5-xxl`) beside its
   `tokenizer.json`, which comes from the same hub folder.
-- `layouts` (optional): {name: {URLs, URLs2, modules, VAE_URLs, text_encoder_URLs, tokenizer_URLs}},
+- `layouts` (optional): {name: {URLs, URLs2, modules, VAE_URLs, text_encoder_URLs, tokenizer_URLs,
+  image_encoder_URLs}},
   the same weights as other repos publish them (Wan-AI, diffusers, ComfyUI), or the key of a
   definition whose layouts it reuses. A layout's files are stored as `<repo name>/<path>`; what it
   does not give it inherits. The engine loads the first layout whose files are all present.
@@ -59,7 +60,7 @@ TOKENIZER_FILE = "tokenizer.json"  # inside the tokenizer folder (wan_engine.tok
 
 DEFAULT_LAYOUT = "wan2gp"
 # What a layout (an entry of "layouts" in a definition) may give in place of the definition's own files.
-LAYOUT_FIELDS = ("URLs", "URLs2", "modules", "VAE_URLs", "text_encoder_URLs", "tokenizer_URLs")
+LAYOUT_FIELDS = ("URLs", "URLs2", "modules", "VAE_URLs", "text_encoder_URLs", "tokenizer_URLs", "image_encoder_URLs")
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,11 @@ class Architecture:
     defaults: Mapping[str, Any] = field(default_factory=dict)  # sampling defaults under each definition's own
     vae: str = "WAN21_VAE"
     text_encoder: str = "UMT5_XXL"
+    image_encoder: str | None = None  # Wan 2.1 I2V's CLIP encoder config (wan_engine.nn.clip), else none
     vae_file: str = "Wan2.1_VAE.safetensors"
     text_encoder_file: str = "umt5-xxl/models_t5_umt5-xxl-enc-bf16.safetensors"
     tokenizer_folder: str = "umt5-xxl"
+    image_encoder_file: str = "xlm-roberta-large/models_clip_open-clip-xlm-roberta-large-vit-huge-14-bf16.safetensors"
     shared_files_url: str = "https://huggingface.co/DeepBeepMeep/Wan2.1/resolve/main/"  # Wan2GP's own copies
 
 
@@ -85,6 +88,7 @@ TINY_MODELS_URL = "https://huggingface.co/wan-worker/tiny-models/resolve/main/" 
 _TINY_FILES = dict(
     vae="TINY_VAE", text_encoder="TINY_UMT5", vae_file="tiny_vae.safetensors",
     text_encoder_file="tiny_umt5.safetensors", tokenizer_folder="tiny_umt5", shared_files_url=TINY_MODELS_URL,
+    image_encoder_file="tiny_clip.safetensors",
 )  # fmt: skip
 # Wan 2.2 I2V A14B: the official boundary 0.900 (image2video config) and Wan2GP's i2v_2_2 defaults.
 I2V_2_2_DEFAULTS = dict(
@@ -98,11 +102,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "t2v_2_2": Architecture("WAN22_A14B_EXPERT"),
     "vace_14B_2_2": Architecture("WAN22_A14B_EXPERT", "VACE_14B_LAYERS"),
     "i2v_2_2": Architecture("WAN22_A14B_I2V_EXPERT", image_to_video=True, defaults=I2V_2_2_DEFAULTS),
+    "i2v": Architecture("WAN21_14B_I2V", image_to_video=True, image_encoder="VIT_H_14"),
     "tiny_t2v": Architecture("TINY_DIT", **_TINY_FILES),
     "tiny_vace": Architecture("TINY_DIT", "TINY_VACE_LAYERS", **_TINY_FILES),
     "tiny_t2v_2_2": Architecture("TINY_DIT", **_TINY_FILES),
     "tiny_vace_2_2": Architecture("TINY_DIT", "TINY_VACE_LAYERS", **_TINY_FILES),
     "tiny_i2v_2_2": Architecture("TINY_I2V_DIT", image_to_video=True, defaults=I2V_2_2_DEFAULTS, **_TINY_FILES),
+    "tiny_i2v": Architecture("TINY_I2V_CLIP_DIT", image_to_video=True, image_encoder="TINY_CLIP", **_TINY_FILES),
 }
 
 FileChoice = tuple[str, ...]  # alternative file names (relative to models_dir), preferred first
@@ -129,6 +135,7 @@ class ModelSpec:
     vae_file: FileChoice
     text_encoder_file: FileChoice
     tokenizer_folder: str
+    image_encoder_file: FileChoice = ()  # Wan 2.1 I2V's CLIP encoder; () for every other model
     defaults: Mapping[str, Any] = field(default_factory=dict)
     preset_defaults: Mapping[str, Any] = field(default_factory=dict)  # what the preset sets over `defaults`
     loras: tuple[str, ...] = ()
@@ -180,6 +187,14 @@ class ModelSpec:
         return dict(getattr(t5, ARCHITECTURES[self.architecture].text_encoder))
 
     @property
+    def image_encoder_config(self) -> dict[str, Any] | None:
+        """ClipVisionEncoder constructor kwargs, or None for a model without an image encoder."""
+        from wan_engine.nn import clip
+
+        name = ARCHITECTURES[self.architecture].image_encoder
+        return None if name is None else dict(getattr(clip, name))
+
+    @property
     def text_len(self) -> int:
         """Prompt length in tokens (what the tokenizer pads to and the DiT expects)."""
         return int(self.dit_config.get("text_len", 512))
@@ -194,6 +209,7 @@ class ModelFiles:
     text_encoder: Path
     tokenizer: Path  # a folder
     layout: str = DEFAULT_LAYOUT
+    image_encoder: Path | None = None  # Wan 2.1 I2V's CLIP encoder
 
 
 @dataclass(frozen=True)
@@ -306,6 +322,7 @@ class ModelRegistry:
                     text_encoder=found[candidate.text_encoder_file],
                     tokenizer=self.models_dir / candidate.tokenizer_folder,
                     layout=candidate.layout,
+                    image_encoder=found[candidate.image_encoder_file] if candidate.image_encoder_file else None,
                 )
         missing = [f for f in self.needed_files(spec, with_loras=False) if f.present is None]
         lines = "".join(f"\n  {f.describe()}" for f in missing)
@@ -331,6 +348,8 @@ class ModelRegistry:
             roles += [(f"vace module{suffix}", module) for module in expert.modules]
         roles += [("vae", spec.vae_file), ("text encoder", spec.text_encoder_file),
                   ("tokenizer", (spec.tokenizer_file,))]  # fmt: skip
+        if spec.image_encoder_file:
+            roles.append(("image encoder", spec.image_encoder_file))
         needed: dict[FileChoice, NeededFile] = {}
         for role, choice in roles:
             if choice not in needed:
@@ -419,6 +438,11 @@ class ModelRegistry:
         else:
             text_encoder_file = self._shared_file(key, arch, arch.text_encoder_file)
             tokenizer = self._shared_file(key, arch, f"{arch.tokenizer_folder}/{TOKENIZER_FILE}")[0]
+        image_urls = model.get("image_encoder_URLs")
+        image_encoder_file: FileChoice = ()
+        if arch.image_encoder is not None:
+            image_encoder_file = (self._names(key, image_urls, published("image_encoder_URLs")) if image_urls
+                                  else self._shared_file(key, arch, arch.image_encoder_file))  # fmt: skip
         return ModelSpec(
             key=key,
             name=model.get("name", key),
@@ -428,6 +452,7 @@ class ModelRegistry:
             vae_file=vae_file,
             text_encoder_file=text_encoder_file,
             tokenizer_folder=tokenizer.rpartition("/")[0],
+            image_encoder_file=image_encoder_file,
             defaults={
                 **arch.defaults,
                 **{k: v for k, v in definition.items() if k not in ("model", "loras", "loras_multipliers")},
@@ -463,7 +488,7 @@ class ModelRegistry:
         return tuple(usable or named)
 
     def _shared_file(self, key: str, arch: Architecture, name: str) -> FileChoice:
-        """One of the architecture's shared files (VAE, text encoder, tokenizer), under its own name."""
+        """One of the architecture's shared files (VAE, text encoder, tokenizer, image encoder), under its own name."""
         source = parse_hub_url(arch.shared_files_url + name)
         if source is not None:
             self._add_source(key, name, source)

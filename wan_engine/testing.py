@@ -14,6 +14,10 @@ runs the whole download path):
     tiny_t2v_2_2_{high,low}.safetensors       the two Wan 2.2 experts
     tiny_vace_2_2_module_{high,low}.safetensors
     tiny_i2v_2_2_{high,low}.safetensors       the two Wan 2.2 image-to-video experts (input 36 channels)
+    tiny_i2v.safetensors                      Wan 2.1 image-to-video DiT (36 channels, CLIP image branch)
+    tiny_clip.safetensors                     its CLIP, as the Wan checkpoint holds it: the whole vision
+                                              tower (visual.*, with the unused last block, norm and head)
+                                              and a text-tower stand-in (textual.*, log_scale)
     tiny_vae.safetensors, tiny_umt5.safetensors, tiny_umt5/tokenizer.json
     loras/tiny_kohya.safetensors              kohya layout (lora_unet_ prefix, lora_down/lora_up/alpha)
     loras/tiny_peft.safetensors               PEFT layout (diffusion_model. prefix, lora_A/lora_B)
@@ -30,7 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wan_engine.nn.dit import TINY_DIT, TINY_I2V_DIT, TINY_VACE_LAYERS, VACE_IN_DIM, WanDiT
+from wan_engine.nn.clip import TINY_CLIP, ClipVisionEncoder
+from wan_engine.nn.dit import TINY_DIT, TINY_I2V_CLIP_DIT, TINY_I2V_DIT, TINY_VACE_LAYERS, VACE_IN_DIM, WanDiT
 from wan_engine.nn.t5 import TINY_UMT5, UMT5Encoder
 from wan_engine.nn.vae import TINY_VAE, WanVAE
 from wan_engine.tokenizer import write_tiny_tokenizer
@@ -54,6 +59,34 @@ def tiny_dit(vace: bool = False) -> WanDiT:
 def tiny_i2v_dit() -> WanDiT:
     """The tiny image-to-video DiT (36 input channels)."""
     return WanDiT(**TINY_I2V_DIT)
+
+
+def tiny_clip_i2v_dit() -> WanDiT:
+    """The tiny Wan 2.1 image-to-video DiT (36 input channels and the CLIP image branch)."""
+    return WanDiT(**TINY_I2V_CLIP_DIT)
+
+
+def tiny_clip() -> ClipVisionEncoder:
+    return ClipVisionEncoder(**TINY_CLIP)
+
+
+def wan_clip_checkpoint(seed: int) -> dict[str, torch.Tensor]:
+    """A tiny CLIP as the Wan checkpoint stores it: every vision tensor under `visual.`, the last block,
+    final norm and head the encoder never builds, and text-tower tensors it never reads."""
+    with torch.device("meta"):
+        encoder = tiny_clip()
+    state = {f"visual.{name}": tensor for name, tensor in random_state(encoder, seed).items()}
+    generator = torch.Generator().manual_seed(seed + 1)
+    last = TINY_CLIP["num_layers"] - 1
+    for name, tensor in list(state.items()):
+        if name.startswith("visual.transformer.0."):
+            unused = name.replace(".transformer.0.", f".transformer.{last}.")
+            state[unused] = scaled_noise(unused, torch.randn(tensor.shape, generator=generator))
+    dim = TINY_CLIP["dim"]
+    state.update({"visual.post_norm.weight": torch.ones(dim), "visual.post_norm.bias": torch.zeros(dim),
+                  "visual.head": torch.randn(dim, 16, generator=generator) / dim**0.5,
+                  "textual.token_embedding.weight": torch.randn(8, 16, generator=generator), "log_scale": torch.zeros(())})
+    return state
 
 
 def tiny_vae() -> WanVAE:
@@ -159,6 +192,11 @@ def write_tiny_models(folder: str | Path) -> Path:
         _write(vace, folder / f"tiny_vace_2_2_module_{expert}.safetensors")
         name = f"tiny_i2v_2_2_{expert}"
         _write(random_state(i2v_dit, _seed(name)), folder / f"{name}.safetensors")
+
+    with torch.device("meta"):
+        clip_i2v_dit = tiny_clip_i2v_dit()
+    _write(random_state(clip_i2v_dit, _seed("tiny_i2v")), folder / "tiny_i2v.safetensors")
+    _write(wan_clip_checkpoint(_seed("tiny_clip")), folder / "tiny_clip.safetensors")
 
     _write(random_state(vae, _seed("tiny_vae")), folder / "tiny_vae.safetensors")
     _write(random_state(text_encoder, _seed("tiny_umt5")), folder / "tiny_umt5.safetensors")

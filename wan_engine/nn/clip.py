@@ -57,6 +57,8 @@ class VisionBlock(nn.Module):
 class ClipVisionEncoder(nn.Module):
     """Patch embedding, class token, positions, pre-norm and every block but the last."""
 
+    keep_in_fp32 = ("pre_norm", "norm1", "norm2")  # layer norms keep fp32 weights (wan_engine.weights)
+
     def __init__(self, dim: int, num_layers: int, num_heads: int, patch_size: int, image_size: int, mlp_ratio: int,
                  eps: float):
         super().__init__()
