@@ -79,7 +79,7 @@ def test_seed_minus_one_draws_a_seed_and_records_it(sqlite_store: TaskStore, res
 def test_each_task_type_runs_its_default_model_when_the_row_names_none(sqlite_store: TaskStore, resources, tmp_path: Path,
                                                                        task_type: str) -> None:
     params = {"prompt": "a boat", "lora_names": [], **SIZE}  # no LoRAs: the cocktail's own are not here either
-    if task_type == "i2v_22":  # an image-to-video model takes its first frame
+    if task_type in ("i2v", "i2v_22"):  # an image-to-video model takes its first frame
         params["image_start"] = write_keyframes(tmp_path / "keys", 1, size=(32, 32))[0]
 
     task = run(sqlite_store, resources, tmp_path, task_type, params)
@@ -87,6 +87,17 @@ def test_each_task_type_runs_its_default_model_when_the_row_names_none(sqlite_st
     # No real weights here: the engine names the default model and the files it looked for.
     assert task.status == TaskStatus.FAILED and task.attempts == 1
     assert f"model {DEFAULT_MODELS[task_type]!r} needs files" in task.error_message
+
+
+def test_a_headless_i2v_row_runs_wan21_image_to_video_from_its_start_image(sqlite_store: TaskStore, resources,
+                                                                           tmp_path: Path) -> None:
+    """The headless worker's `i2v` task type (Wan 2.1 image-to-video, with CLIP) on the tiny model."""
+    params = {"prompt": "a boat", "model": "tiny_i2v", "image_start": write_keyframes(tmp_path / "keys", 1, size=(40, 40))[0],
+              "num_inference_steps": 2, **SIZE}
+    task = run(sqlite_store, resources, tmp_path, "i2v", params)
+    assert task.status == TaskStatus.COMPLETE, task.error_message
+    assert task.result_data["model"] == "tiny_i2v" and task.result_data["phase_seconds"]["image_encode"] > 0
+    assert task.result_data["ignored_params"] == {}
 
 
 # ---- control inputs from paths -----------------------------------------------------------------------------

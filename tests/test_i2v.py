@@ -112,6 +112,24 @@ def test_the_end_frame_alone_steers_the_video(engine: Engine):
     assert (one[:, 4:, -1] - two[:, 4:, -1]).abs().max() > 0.05
 
 
+def test_wan21_i2v_encodes_its_start_image_with_clip_once_per_generation(engine: Engine):
+    """tiny_i2v (Wan 2.1 I2V): the CLIP encoder, read from a Wan checkpoint that also holds the text
+    tower and the unused last block, lives with the model and encodes the start image (or, alone,
+    the end image); its tokens reach the DiT (tests/test_dit.py: another image, another output)."""
+    start = image(11)
+    result = engine.generate(request("tiny_i2v", image_start=start, seed=2))
+    assert result.frames.shape == (FRAMES, HEIGHT, WIDTH, 3) and result.timings["image_encode"] > 0
+    assert np.array_equal(engine.generate(request("tiny_i2v", image_start=start, seed=2)).frames, result.frames)
+    assert not np.array_equal(engine.generate(request("tiny_i2v", image_start=image(12), seed=2)).frames, result.frames)
+    assert engine.generate(request("tiny_i2v", image_end=start, seed=2)).frames.shape == result.frames.shape
+    encoder = engine._loaded.networks.image_encoder
+    assert encoder is not None
+    assert encoder(start, torch.device("cpu")).shape == (1, 5, 32)  # (28 / 14)^2 patches and the class token
+    with pytest.raises(InvalidRequest) as caught:
+        engine.check(request("tiny_i2v"))
+    assert caught.value.field == "image_start"
+
+
 def test_loras_with_per_phase_multipliers_run_over_three_phases(engine: Engine):
     """The Lightning layout: one LoRA file listed twice with different phase multipliers, experts
     switching at phase 2 -> 3; a LoRA whose multipliers are all zero changes nothing."""

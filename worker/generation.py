@@ -49,6 +49,7 @@ DEFAULT_MODELS = {
     "vace": "vace_14B_cocktail_2_2",
     "vace_21": "vace_14B",
     "vace_22": "vace_14B_cocktail_2_2",
+    "i2v": "i2v",  # Wan 2.1 image-to-video 480p (the headless default, i2v_14B, is a preset of it)
     "i2v_22": "i2v_2_2",
 }
 IMAGE_TASK = "wan_2_2_t2i"  # one frame of a Wan 2.2 text-to-video model, written as PNG

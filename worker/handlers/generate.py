@@ -1,4 +1,4 @@
-"""`generate_video` and its aliases (`t2v`, `t2v_22`, `vace`, `vace_21`, `vace_22`): one generation
+"""`generate_video` and its aliases (`t2v`, `t2v_22`, `vace`, `vace_21`, `vace_22`, `i2v`, `i2v_22`): one generation
 through the resident engine, written as one mp4 with a first-frame thumbnail; `wan_2_2_t2i`: one
 frame of a Wan 2.2 text-to-video model, written as a PNG.
 
