@@ -259,8 +259,7 @@ class Engine:
             name: self._prepared(self._load_dit(spec, paths, precision, load_device), precision)
             for name, paths in files.experts.items()
         }
-        placed = self._placed(spec, text_encoder, vae, networks, resident_blocks, take_turns)
-        placed.image_encoder = image_encoder
+        placed = self._placed(spec, text_encoder, vae, networks, resident_blocks, take_turns, image_encoder)
         return LoadedModel(spec, files, placed, precision)
 
     def install(
@@ -305,7 +304,7 @@ class Engine:
 
     def _placed(
         self, spec: ModelSpec, text_encoder: pipeline.TextEncoder, vae: nn.Module, networks: dict[str, nn.Module],
-        resident_blocks: int | None, take_turns: bool,
+        resident_blocks: int | None, take_turns: bool, image_encoder: pipeline.ImageEncoder | None = None,
     ) -> pipeline.Networks:  # fmt: skip
         """The networks of a model placed as `_placement` decided (streamed blocks, or experts in turns)."""
         placements: dict[str, Placement] = {}
@@ -313,7 +312,8 @@ class Engine:
             placements = {name: BlockStreamer(net, self.device, resident_blocks) for name, net in networks.items()}
         experts = Experts(networks, self.device, take_turns=take_turns, placements=placements)
         experts.compiled = self.compile
-        return pipeline.Networks(text_encoder, vae, experts, vace=spec.is_vace, image_to_video=spec.is_image_to_video)
+        return pipeline.Networks(text_encoder, vae, experts, vace=spec.is_vace, image_to_video=spec.is_image_to_video,
+                                 image_encoder=image_encoder)
 
     def _prepared(self, network: WanDiT, precision: str) -> WanDiT:
         """`network` with the attention backend of `precision`, compiled when the engine compiles."""
