@@ -4,6 +4,7 @@ WanImageToVideoPipeline, same weights, same device.
     python bench/generate.py                               # tiny models on the CPU, fp32
     python bench/generate.py --device cuda                 # 14B VACE 2.2, I2V A14B, 14B and 1.3B VACE at 480p, bf16
     python bench/generate.py --device cuda --configs 14B_i2v_2_2   # I2V A14B, first + last frame, 480p 81 frames
+    python bench/generate.py --device cuda --configs 14B_i2v      # Wan 2.1 I2V 14B with CLIP, first frame, 480p
     python bench/generate.py --device cuda --configs 1.3B_vace --frames 33
 
 Prints one JSON object per configuration as it finishes, then a summary object. Per pipeline:
@@ -15,7 +16,9 @@ views of our tensors (cast only where the two precision policies differ), so a 1
 GPU and no checkpoint is written. The workload is the fleet's: a control video whose first frames
 are kept (mask 0) and the rest generated, a fresh prompt per run (our prompt cache never hits), the
 same initial latents, UniPC, the VAE in float32 on both sides (image-to-video: a first and a last
-frame instead of the control video, CFG 3.5 and the I2V boundary 0.900, no CLIP image encoder).
+frame instead of the control video, CFG 3.5 and the I2V boundary 0.900, no CLIP image encoder; Wan 2.1
+I2V: the first frame through both CLIP encoders, ours and transformers' CLIPVisionModel sharing its
+tensors, CFG 5, and a text of 512 tokens, which diffusers needs to tell the image tokens apart).
 Our text encoder lives in host
 memory between prompts (the engine's policy), so our text_encode includes its trip to the device;
 diffusers keeps its text encoder on the device. Both pipelines are warmed up first (one denoising
@@ -55,14 +58,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.dit import Network, build_ours, diffusers_sharing_weights, release, synchronize  # noqa: E402
 from wan_engine import pipeline, testing  # noqa: E402
 from wan_engine.memory import Experts, HostResident  # noqa: E402
+from wan_engine.nn.clip import CLIP_MEAN, CLIP_STD, TINY_CLIP, VIT_H_14, ClipVisionEncoder  # noqa: E402
 from wan_engine.nn.dit import (  # noqa: E402
     TINY_DIT,
+    TINY_I2V_CLIP_DIT,
     TINY_I2V_DIT,
     TINY_VACE_LAYERS,
     VACE_1_3B_LAYERS,
     VACE_14B_LAYERS,
     WAN21_1_3B,
     WAN21_14B,
+    WAN21_14B_I2V,
     WAN22_A14B_EXPERT,
     WAN22_A14B_I2V_EXPERT,
 )
@@ -90,6 +96,7 @@ class Setup:
     shift: float
     image_to_video: bool = False  # first + last frame conditioning instead of a VACE control video
     boundary: int = BOUNDARY
+    clip: dict | None = None  # Wan 2.1 I2V: the CLIP encoder's config (the first frame only is given)
 
 
 CONFIGS = {
@@ -102,10 +109,13 @@ CONFIGS = {
     "14B_i2v_2_2": Setup(
         Network(WAN22_A14B_I2V_EXPERT, []), 2, WAN21_VAE, UMT5_XXL, 832, 480, 81, 3.5, 5.0, True, I2V_BOUNDARY
     ),
+    "tiny_i2v": Setup(Network(dict(TINY_I2V_CLIP_DIT, text_len=512), []), 1, TINY_VAE, TINY_UMT5, 64, 48, 9, 5.0, 3.0,
+                      True, clip=TINY_CLIP),
+    "14B_i2v": Setup(Network(WAN21_14B_I2V, []), 1, WAN21_VAE, UMT5_XXL, 832, 480, 81, 5.0, 3.0, True, clip=VIT_H_14),
 }
 DEFAULT_CONFIGS = {
-    "cpu": ["tiny_vace", "tiny_vace_2_2", "tiny_i2v_2_2"],
-    "cuda": ["14B_vace_2_2", "14B_i2v_2_2", "14B_vace", "1.3B_vace"],
+    "cpu": ["tiny_vace", "tiny_vace_2_2", "tiny_i2v_2_2", "tiny_i2v"],
+    "cuda": ["14B_vace_2_2", "14B_i2v_2_2", "14B_vace", "1.3B_vace", "14B_i2v"],
 }
 
 
@@ -151,14 +161,16 @@ def bench_config(
         for expert in (["high", "low"] if setup.experts == 2 else ["main"])
     }
     references = {name: diffusers_sharing_weights(net, setup.network, device) for name, net in experts.items()}
+    ours_clip, reference_clip = clip_pair(setup.clip, dtype, device) if setup.clip else (None, None)
     networks = pipeline.Networks(
         text_encoder=pipeline.TextEncoder(_our_tokenizer(tokenizer_file, text_len), HostResident(ours_t5, device)),
         vae=ours_vae,
         experts=Experts(experts, device, take_turns=False),
         vace=not setup.image_to_video,
         image_to_video=setup.image_to_video,
+        image_encoder=pipeline.ImageEncoder(HostResident(ours_clip, device)) if ours_clip is not None else None,
     )
-    reference = reference_pipeline(setup, references, reference_vae, reference_t5, tokenizer_file)
+    reference = reference_pipeline(setup, references, reference_vae, reference_t5, tokenizer_file, reference_clip)
     inputs = Inputs(setup, frames, device)
     forwards = ForwardCounter({**{f"ours_{k}": v for k, v in experts.items()}, **references})
 
@@ -194,7 +206,8 @@ def bench_config(
             "forwards_per_step": sum(calls.values()) / steps,
             **({"peak_mib": round(peaks[which] / MIB)} if device.type == "cuda" else {}),
         }
-    result["conditioning"] = "first + last frame" if setup.image_to_video else "VACE control video"
+    result["conditioning"] = ("first frame + CLIP" if setup.clip else "first + last frame") if setup.image_to_video \
+        else "VACE control video"
     result["speedup_total"] = round(result["diffusers"]["total"] / result["ours"]["total"], 3)
     result["speedup_denoise"] = round(result["diffusers"]["denoise"] / result["ours"]["denoise"], 3)
     return result
@@ -232,7 +245,7 @@ def run_ours(networks: pipeline.Networks, setup: Setup, inputs: Inputs, prompt: 
         switch_threshold=setup.boundary,
     )  # fmt: skip
     if setup.image_to_video:
-        conditioning = dict(image_start=inputs.first, image_end=inputs.last)
+        conditioning = dict(image_start=inputs.first, image_end=None if setup.clip else inputs.last)
     else:
         conditioning = dict(controls=[pipeline.ControlStream(inputs.video, inputs.mask, 1.0)])
     job = pipeline.Job(
@@ -252,9 +265,9 @@ def run_ours(networks: pipeline.Networks, setup: Setup, inputs: Inputs, prompt: 
     return {**seconds, "denoise": denoise, "total": time.perf_counter() - begin}
 
 
-def reference_pipeline(setup: Setup, transformers: dict, vae, text_encoder, tokenizer_file: Path):
+def reference_pipeline(setup: Setup, transformers: dict, vae, text_encoder, tokenizer_file: Path, image_encoder=None):
     from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanVACEPipeline
-    from transformers import PreTrainedTokenizerFast
+    from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_file=str(tokenizer_file), pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
@@ -264,7 +277,12 @@ def reference_pipeline(setup: Setup, transformers: dict, vae, text_encoder, toke
         models = dict(transformer=transformers["high"], transformer_2=transformers["low"], boundary_ratio=setup.boundary / 1000)
     else:
         models = dict(transformer=transformers["main"])
-    cls = WanImageToVideoPipeline if setup.image_to_video else WanVACEPipeline  # I2V: no CLIP image encoder (2.2)
+    if image_encoder is not None:  # Wan 2.1 I2V: transformers' CLIP and its usual processor at the encoder's size
+        size = setup.clip["image_size"]
+        models.update(image_encoder=image_encoder, image_processor=CLIPImageProcessor(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=list(CLIP_MEAN),
+            image_std=list(CLIP_STD)))
+    cls = WanImageToVideoPipeline if setup.image_to_video else WanVACEPipeline
     return cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, **models)
 
 
@@ -280,8 +298,9 @@ def run_diffusers(reference, setup: Setup, inputs: Inputs, prompt: str, steps: i
     for transformer in (reference.transformer, reference.transformer_2):
         if transformer is not None:
             hooks.append(transformer.register_forward_pre_hook(lambda *_: clock.first("denoise_start")))
-    if setup.image_to_video:
-        conditioning = dict(image=PIL.Image.fromarray(inputs.first), last_image=PIL.Image.fromarray(inputs.last))
+    if setup.image_to_video:  # Wan 2.1 I2V: the first frame only (diffusers would encode a last one too)
+        last = {} if setup.clip else {"last_image": PIL.Image.fromarray(inputs.last)}
+        conditioning = dict(image=PIL.Image.fromarray(inputs.first), **last)
     else:
         conditioning = dict(video=inputs.video_images, mask=inputs.mask_images)
     try:
@@ -385,6 +404,52 @@ def umt5_pair(config: dict, dtype: torch.dtype, device: torch.device):
     state = ours.state_dict()
     # encoder.embed_tokens is transformers' tied alias of `shared` (the map drops it): same tensor
     shared = {k: state[transformers_to_official(k) or "token_embedding.weight"] for k in reference.state_dict()}
+    reference.load_state_dict(shared, strict=True, assign=True)
+    return ours, reference.to(device).eval()
+
+
+def clip_pair(config: dict, dtype: torch.dtype, device: torch.device):
+    """Our CLIP image encoder and transformers' CLIPVisionModel over the same device tensors (its q, k
+    and v projections are views into our fused one; it also has the last block and final norm, which
+    neither pipeline reads, drawn apart)."""
+    from accelerate import init_empty_weights
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    with torch.device("meta"):
+        ours = ClipVisionEncoder(**config).to(dtype)
+    ours = random_on_device(ours, device, seed=3)
+    dim, layers = config["dim"], config["num_layers"]
+    with init_empty_weights():
+        reference = CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=dim, intermediate_size=dim * config["mlp_ratio"], num_hidden_layers=layers,
+            num_attention_heads=config["num_heads"], image_size=config["image_size"], patch_size=config["patch_size"],
+            hidden_act="gelu", layer_norm_eps=config["eps"]))
+    state = ours.state_dict()
+    fixed = {
+        "embeddings.patch_embedding.weight": state["patch_embedding.weight"],
+        "embeddings.class_embedding": state["cls_embedding"].view(-1),
+        "embeddings.position_embedding.weight": state["pos_embedding"][0],
+        "pre_layrnorm.weight": state["pre_norm.weight"], "pre_layrnorm.bias": state["pre_norm.bias"],
+        "post_layernorm.weight": torch.ones(dim, dtype=dtype, device=device),  # never read by either side
+        "post_layernorm.bias": torch.zeros(dim, dtype=dtype, device=device),
+    }
+    ours_names = {"layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.out_proj": "attn.proj", "mlp.fc1": "mlp.0",
+                  "mlp.fc2": "mlp.2"}
+    shared = {}
+    for key, like in reference.state_dict().items():
+        name = key.removeprefix("vision_model.")  # transformers releases differ on the prefix
+        if name in fixed:
+            shared[key] = fixed[name]
+            continue
+        parts = name.split(".")  # encoder.layers.<i>.<module...>.<weight|bias>
+        index, module, kind = int(parts[2]), ".".join(parts[3:-1]), parts[-1]
+        if index == layers - 1:  # the last block: never read by either side
+            shared[key] = torch.zeros(like.shape, dtype=dtype, device=device)
+        elif module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            which = "qkv".index(module[len("self_attn.")])
+            shared[key] = state[f"transformer.{index}.attn.to_qkv.{kind}"][which * dim:(which + 1) * dim]
+        else:
+            shared[key] = state[f"transformer.{index}.{ours_names[module]}.{kind}"]
     reference.load_state_dict(shared, strict=True, assign=True)
     return ours, reference.to(device).eval()
 
