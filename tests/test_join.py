@@ -79,7 +79,8 @@ def test_every_planned_transition_fits_its_clips_and_the_vae(clip1: int, clip2: 
 def test_a_transitions_facts_are_read_from_either_workers_row() -> None:
     ours = Transition(81, 81, 15, 23, 15, 11, 12, "replace").metadata()
     read = StitchedTransition.read({**ours, "transition_index": 2, "fps": 16, "resolution": [832, 480]}, 0, "t")
-    assert read == StitchedTransition(2, 15, 15, 11, 12, 16.0, (832, 480))
+    assert read == StitchedTransition(2, 15, 15, 11, 12, 16.0, 832 / 480)  # the headless form: its resolution's shape
+    assert StitchedTransition.read({**ours, "resolution": [832, 480], "crop_aspect": 1.5}, 0, "t").aspect == 1.5
     with pytest.raises(ValidationError, match="t: the transition's gap_from_clip2 must be a count >= 0"):
         StitchedTransition.read({**ours, "gap_from_clip2": -1}, 0, "t")
 

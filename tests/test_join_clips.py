@@ -208,3 +208,22 @@ def test_headless_rows_join_alike_whichever_worker_made_the_transition(
     assert np.array_equal(videos[0], videos[1]) and np.array_equal(videos[0], videos[2])
     assert "Audio:" in run_ffmpeg(["-i", rows[2].output_location]) and "Audio:" not in run_ffmpeg(["-i", rows[0].output_location])
     assert probe(rows[2].result_data["transition_video"]).frames == 9
+
+
+def test_a_clip_of_another_shape_is_center_cropped_alike_for_its_transition_and_the_stitch(
+        sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
+    """A 48x32 clip after a 32x32 one is cropped to the first clip's square (as the headless worker
+    standardizes it), the same way when its frames guide the transition and when they are stitched:
+    its untouched frames close the video as its middle 32 columns."""
+    first = clip(tmp_path / "square.mp4", 10, 40)
+    wide = clip(tmp_path / "wide.mp4", 10, 120, width=48)
+    orchestrator_id = sqlite_store.enqueue("join_clips_orchestrator", app_join([str(first), str(wide)], replace_mode=False))
+    run_until_idle(sqlite_store, resources, tmp_path / "out")
+    orchestrator = sqlite_store.get(orchestrator_id)
+    assert orchestrator.status == TaskStatus.COMPLETE, orchestrator.error_message
+    joined = read_video(orchestrator.output_location).astype(float)
+    assert joined.shape == (10 + 9 + 10 - 4, SIZE, SIZE, 3)
+    middle = read_video(wide)[:, :, 8:40].astype(float)
+    assert np.abs(joined[-8:] - middle[2:]).mean() < CODEC_TOLERANCE
+    segment = next(child for child in sqlite_store.children(orchestrator_id) if child.task_type == "join_clips_segment")
+    assert segment.result_data["transition"]["crop_aspect"] == 1.0

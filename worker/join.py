@@ -50,6 +50,7 @@ INPUT_RESOLUTION, INPUT_FPS = "use_input_video_resolution", "use_input_video_fps
 VID2VID = "vid2vid_init_strength"
 AUDIO = "audio_url"
 TRANSITION = "transition"  # result_data key of a join_clips_segment: the transition's facts
+CROP_ASPECT = "crop_aspect"  # among those facts: the shape (width / height) both clips were cropped to
 # Every key of a join row that is the join's own, not the generation's (read_generation never sees them),
 # and the headless child's copy of its orchestrator's payload, whose settings the row itself carries.
 JOIN_KEYS = (START, END, CONTEXT, GAP, REPLACE, BRIDGING, TRANSITION_ONLY, INDEX, HEADLESS_INDEX, ASPECT,
@@ -164,27 +165,30 @@ class StitchedTransition:
     gap_from_clip1: int
     gap_from_clip2: int
     fps: float | None
-    resolution: tuple[int, int] | None
+    aspect: float | None  # the shape the clips were cropped to; None: the first clip's own
 
     @classmethod
     def read(cls, facts: Mapping[str, Any], default_index: int, field: str) -> StitchedTransition:
         """From a transition's facts (ours: result_data.transition; the headless worker's: the JSON
-        of its output_location); a missing or malformed one fails naming `field`."""
+        of its output_location); a missing or malformed one fails naming `field`. The clips' shape is
+        ours `crop_aspect`, else (the headless worker's) that of the transition's resolution."""
         def count(key: str) -> int:
             value = to_int(facts.get(key), f"{field}.{key}") if key in facts else None
             if value is None or value < 0:
                 raise ValidationError(field, f"the transition's {key} must be a count >= 0, got {facts.get(key)!r}")
             return value
 
-        fps, resolution = facts.get("fps"), facts.get("resolution")
-        sized = isinstance(resolution, list) and len(resolution) == 2 and all(
-            isinstance(side, int) and side > 0 for side in resolution)
+        fps, resolution, aspect = facts.get("fps"), facts.get("resolution"), facts.get(CROP_ASPECT)
+        if not (isinstance(aspect, (int, float)) and aspect > 0):
+            sized = isinstance(resolution, list) and len(resolution) == 2 and all(
+                isinstance(side, int) and side > 0 for side in resolution)
+            aspect = resolution[0] / resolution[1] if sized else None
         return cls(
             index=to_int(facts.get(INDEX, default_index), f"{field}.{INDEX}"),
             context_from_clip1=count("context_from_clip1"), context_from_clip2=count("context_from_clip2"),
             gap_from_clip1=count("gap_from_clip1"), gap_from_clip2=count("gap_from_clip2"),
             fps=float(fps) if isinstance(fps, (int, float)) and fps > 0 else None,  # optional in either form
-            resolution=(resolution[0], resolution[1]) if sized else None,
+            aspect=float(aspect) if aspect is not None else None,
         )
 
 
@@ -210,7 +214,7 @@ class JoinSpec:
     replace: bool
     bridging: bool
     fps: int
-    aspect: float | None  # both clips center-cropped to this shape (None: the first clip's, which it has)
+    aspect: float  # both clips center-cropped to this shape: aspect_ratio's, else the first clip's own
     width: int
     height: int
     sources: dict[str, str]  # how fps, width and height were chosen
@@ -280,7 +284,7 @@ def read_join(reader: ParamReader, start: Path, end: Path) -> JoinSpec:
                     height, sources, overridden)
 
 
-def _aspect(reader: ParamReader, first: VideoInfo) -> float | None:
+def _aspect(reader: ParamReader, first: VideoInfo) -> float:
     """The shape both clips are cropped to: `aspect_ratio` ("16:9"), else the first clip's own."""
     text = reader.text(ASPECT, None)
     if text is None:

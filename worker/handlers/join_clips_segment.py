@@ -22,6 +22,7 @@ from worker.generation import HEADLESS_VACE_MODEL, encode_video, install_lora_ur
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.join import (
     AUDIO,
+    CROP_ASPECT,
     END,
     HEADLESS_INDEX,
     INDEX,
@@ -70,6 +71,7 @@ def join_clips_segment(ctx: TaskContext) -> HandlerResult:
     row.ignored.update(spec.overridden)
     index = reader.integer(INDEX, reader.integer(HEADLESS_INDEX, 0, minimum=0), minimum=0)
     facts = {**transition.metadata(), INDEX: index, "fps": spec.fps, "resolution": [spec.width, spec.height],
+             CROP_ASPECT: spec.aspect,
              "requested_gap": spec.gap, "context_frame_count": spec.context,
              "blend_frames": min(transition.context_from_clip1, transition.context_from_clip2),
              "adjustments": adjustments, "bridging_frames": sorted(transition.context_from_clip1 + at for at in anchors)}

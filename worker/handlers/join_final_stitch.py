@@ -8,7 +8,7 @@ result_data.transition or the JSON of its output_location); optionally `audio_ur
 result. Each clip loses the frames its transitions replaced, and each transition's context is
 cross-faded with the clip frames it copies (the headless fade: a cosine curve sharpened by 0.3). The
 result is at the transitions' rate, the clips resampled to it where theirs differs, cropped to the
-transitions' shape and scaled to the first clip's size. `chain_mode` (the headless chain, whose last
+shape the transitions read them at and scaled to the first clip's size. `chain_mode` (the headless chain, whose last
 join already holds the whole video) passes that join's video on.
 """
 from __future__ import annotations
@@ -52,8 +52,8 @@ def join_final_stitch(ctx: TaskContext) -> HandlerResult:
                          key=lambda pair: pair[1].index)
     first = transitions[0][1]
     fps = first.fps or reader.number("fps", DEFAULT_FPS, minimum=1, maximum=120)
-    aspect = first.resolution[0] / first.resolution[1] if first.resolution else None
-    sources = [Source(local_path(clip, f"{CLIP_LIST}[{i}]"), resample=True, aspect=aspect) for i, clip in enumerate(clips)]
+    sources = [Source(local_path(clip, f"{CLIP_LIST}[{i}]"), resample=True, aspect=first.aspect)
+               for i, clip in enumerate(clips)]
     videos, overlaps = join_layout(sources, transitions)
 
     ctx.raise_if_cancelled()
