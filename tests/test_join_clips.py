@@ -4,6 +4,8 @@ the orchestrator; bad jobs fail naming the field before any child is written."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from worker.resources import WorkerResources
 from worker.store import Claim, TaskStatus, TaskStore
 from worker.video import VideoWriter, iter_frames, probe, read_video, run_ffmpeg
+from fleet_servers import file_server  # noqa: F401 (fixture)
 from worker_harness import resources, run_until_idle, write_lossless  # noqa: F401 (fixture)
 
 SIZE, FPS = 32, 16
@@ -227,3 +230,40 @@ def test_a_clip_of_another_shape_is_center_cropped_alike_for_its_transition_and_
     assert np.abs(joined[-8:] - middle[2:]).mean() < CODEC_TOLERANCE
     segment = next(child for child in sqlite_store.children(orchestrator_id) if child.task_type == "join_clips_segment")
     assert segment.result_data["transition"]["crop_aspect"] == 1.0
+
+
+def test_the_apps_default_join_payload_runs_with_its_phase_config_loras(
+        sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path, file_server) -> None:
+    """joinClips.ts as the app sends it by default: DEFAULT_VACE_PHASE_CONFIG (3 phases of 2, 2, 5 steps,
+    the expert switch after phase 2, Lightning and motion LoRAs by URL with per-phase multipliers) with
+    the user's LoRA appended to every phase and also given as `loras` / `additional_loras`. The LoRAs
+    are fetched once into the models' loras folder and every join runs the 9 steps with them."""
+    models = tmp_path / "models"
+    shutil.copytree(resources.models_dir, models, copy_function=os.link)  # LoRAs get installed here
+    payload = (models / "loras" / "tiny_kohya.safetensors").read_bytes()
+    high, low, motion, user = (file_server.serve(f"/loras/{name}.safetensors", payload)
+                               for name in ("high_noise_model", "low_noise_model", "motion_scale", "user_style"))
+    phases = [{"phase": i + 1, "guidance_scale": 3.0 if i == 0 else 1.0,
+               "loras": [{"url": high if i < 2 else low, "multiplier": "0.75" if i == 0 else "1.0"},
+                         {"url": motion, "multiplier": "1.25"}, {"url": user, "multiplier": "0.80"}]}
+              for i in range(3)]
+    phase_config = {"num_phases": 3, "steps_per_phase": [2, 2, 5], "flow_shift": 5.0, "sample_solver": "euler",
+                    "model_switch_phase": 2, "mode": "vace", "phases": phases}
+    clips = [str(clip(tmp_path / f"clip{i}.mp4", 14, 50 * i)) for i in range(2)]
+    row = app_join(clips, phase_config=phase_config, num_inference_steps=6, guidance_scale=3.0,
+                   additional_loras={user: 0.8}, model="tiny_vace_2_2")
+    orchestrator_id = sqlite_store.enqueue("join_clips_orchestrator", row)
+    run_until_idle(sqlite_store, WorkerResources(device="cpu", models_dir=models), tmp_path / "out",
+                   cache_dir=tmp_path / "cache")
+    orchestrator = sqlite_store.get(orchestrator_id)
+    assert orchestrator.status == TaskStatus.COMPLETE, orchestrator.error_message
+    segment = next(child for child in sqlite_store.children(orchestrator_id) if child.task_type == "join_clips_segment")
+    parameters = segment.result_data["parameters"]
+    assert parameters["num_inference_steps"] == 9 and len(parameters["lora_names"]) == 4
+    assert all((models / "loras" / f"{name}.safetensors").is_file()
+               for name in ("high_noise_model", "low_noise_model", "motion_scale", "user_style"))
+    assert file_server.hits["/loras/user_style.safetensors"] == 1
+    # the app's num_inference_steps 6 gives way to the phase config's 9 steps, as in the headless worker
+    replaced = {"num_inference_steps": "replaced by phase_config"}
+    assert orchestrator.result_data["ignored_params"] == {f"orchestrator_details.{k}": v for k, v in replaced.items()}
+    assert segment.result_data["ignored_params"] == replaced
