@@ -15,6 +15,7 @@ from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 
 from wan_engine.nn.dit import (
     TINY_DIT,
+    TINY_FLF2V_DIT,
     TINY_I2V_CLIP_DIT,
     TINY_I2V_DIT,
     TINY_VACE_LAYERS,
@@ -94,17 +95,25 @@ def test_matches_diffusers_transformer(name: str, seed: int, tmp_path: Path):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_wan21_i2v_matches_diffusers_transformer_with_image_tokens(seed: int, tmp_path: Path):
+@pytest.mark.parametrize("name", ["i2v", "flf2v"])
+def test_wan21_image_branch_matches_diffusers_transformer_with_image_tokens(name: str, seed: int, tmp_path: Path):
     """Wan 2.1 I2V: CLIP image tokens projected by img_emb (diffusers' image_embedder) and attended to
-    by every block's own k_img / v_img (diffusers' add_k_proj / add_v_proj). diffusers splits the
-    image tokens from the text by a text of exactly 512 tokens, so the text is that long here."""
-    config = dict(TINY_I2V_CLIP_DIT, text_len=512)
+    by every block's own k_img / v_img (diffusers' add_k_proj / add_v_proj). FLF2V: the first and the
+    last frame's tokens one after the other, plus img_emb.emb_pos (diffusers' pos_embed, which takes
+    the two frames' tokens as rows of their own). diffusers splits the image tokens from the text by a
+    text of exactly 512 tokens, so the text is that long here."""
+    config = dict(TINY_I2V_CLIP_DIT if name == "i2v" else TINY_FLF2V_DIT, text_len=512)
     reference = seeded_reference(WanTransformer3DModel, seed, **diffusers_config(config))
+    if name == "flf2v":  # diffusers starts its position embedding at zero: give it values to map
+        with torch.no_grad():
+            reference.condition_embedder.image_embedder.pos_embed.normal_(0.0, 0.5)
     ours = ours_from(reference, lambda: WanDiT(**config), tmp_path)
     x, t, context = inputs(config, (3, 6, 10), seed)
-    image = torch.randn(x.shape[0], 5, config["clip_dim"], generator=torch.Generator().manual_seed(seed))
+    tokens = config.get("clip_positions", 5)
+    image = torch.randn(x.shape[0], tokens, config["clip_dim"], generator=torch.Generator().manual_seed(seed))
+    theirs = image.reshape(-1, 5, config["clip_dim"])  # FLF2V: one row per frame
     with torch.inference_mode():
-        expected = reference(x, t, padded(context, config["text_len"]), encoder_hidden_states_image=image).sample
+        expected = reference(x, t, padded(context, config["text_len"]), encoder_hidden_states_image=theirs).sample
         assert_close(ours(x, t, context, image_context=image), expected)
         other = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed + 7))
         assert (ours(x, t, context, image_context=other) - expected).abs().max() > 1e-3  # it reads them

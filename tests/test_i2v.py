@@ -124,10 +124,26 @@ def test_wan21_i2v_encodes_its_start_image_with_clip_once_per_generation(engine:
     assert engine.generate(request("tiny_i2v", image_end=start, seed=2)).frames.shape == result.frames.shape
     encoder = engine._loaded.networks.image_encoder
     assert encoder is not None
-    assert encoder(start, torch.device("cpu")).shape == (1, 5, 32)  # (28 / 14)^2 patches and the class token
+    assert encoder(start, None, torch.device("cpu")).shape == (1, 5, 32)  # (28 / 14)^2 patches and the class token
     with pytest.raises(InvalidRequest) as caught:
         engine.check(request("tiny_i2v"))
     assert caught.value.field == "image_start"
+
+
+def test_wan21_flf2v_encodes_both_frames_each_standing_in_for_a_missing_other(engine: Engine):
+    """tiny_flf2v: the first and the last frame both go through CLIP, their tokens one after the other;
+    a frame given alone is encoded twice (Wan2GP's rule), so one image suffices."""
+    first, last = image(13), image(14)
+    both = engine.generate(request("tiny_flf2v", image_start=first, image_end=last, seed=3))
+    assert both.frames.shape == (FRAMES, HEIGHT, WIDTH, 3)
+    assert not np.array_equal(engine.generate(request("tiny_flf2v", image_start=first, image_end=image(15), seed=3)).frames,
+                              both.frames)
+    encoder = engine._loaded.networks.image_encoder
+    cpu = torch.device("cpu")
+    tokens = encoder(first, last, cpu)
+    assert tokens.shape == (1, 10, 32)
+    assert torch.equal(encoder(first, None, cpu), torch.cat([tokens[:, :5]] * 2, dim=1))
+    assert engine.generate(request("tiny_flf2v", image_end=last, seed=3)).frames.shape == both.frames.shape
 
 
 def test_loras_with_per_phase_multipliers_run_over_three_phases(engine: Engine):

@@ -26,7 +26,15 @@ from diffusers import (
 from wan_engine import i2v, testing
 from wan_engine.memory import Experts
 from wan_engine.nn.clip import TINY_CLIP, wan_key_map
-from wan_engine.nn.dit import TINY_DIT, TINY_I2V_CLIP_DIT, TINY_VACE_LAYERS, WanDiT, diffusers_config, diffusers_to_official
+from wan_engine.nn.dit import (
+    TINY_DIT,
+    TINY_FLF2V_DIT,
+    TINY_I2V_CLIP_DIT,
+    TINY_VACE_LAYERS,
+    WanDiT,
+    diffusers_config,
+    diffusers_to_official,
+)
 from wan_engine.nn.vae import TINY_VAE, diffusers_key_map
 from wan_engine.phases import PhaseSettings, plan_steps
 from wan_engine.pipeline import (
@@ -309,34 +317,39 @@ def test_wan22_image_to_video_matches_diffusers_wan_image_to_video_pipeline(mode
     assert_pipelines_agree(ours, expected)
 
 
-def test_wan21_image_to_video_matches_diffusers_wan_image_to_video_pipeline_with_clip_tokens(models_dir: Path):
+@pytest.mark.parametrize("name", ["i2v", "flf2v"])
+def test_wan21_image_to_video_matches_diffusers_wan_image_to_video_pipeline_with_clip_tokens(models_dir: Path, name: str):
     """Wan 2.1 I2V: one DiT that reads the first-frame conditioning and the CLIP image tokens of our
-    encoder (handed to diffusers as image_embeds) on both the conditional and unconditional passes.
-    diffusers tells the image tokens from the text by a text of 512 tokens, so the prompts are padded
-    to 512 for both (the tiny DiT's weights do not depend on its text length)."""
-    config = dict(TINY_I2V_CLIP_DIT, text_len=512)
-    dit = load_model(lambda: WanDiT(**config), [models_dir / "tiny_i2v.safetensors"], dtype=torch.float32)
+    encoder on both the conditional and unconditional passes; FLF2V: the first and last frame, both
+    through CLIP (diffusers' `last_image`). diffusers gets our encoder's tokens (OurImageTokens) and
+    tells them from the text by a text of 512 tokens, so the prompts are padded to 512 for both (the
+    tiny DiT's weights do not depend on its text length)."""
+    config = dict(TINY_I2V_CLIP_DIT if name == "i2v" else TINY_FLF2V_DIT, text_len=512)
+    dit = load_model(lambda: WanDiT(**config), [models_dir / f"tiny_{name}.safetensors"], dtype=torch.float32)
     encoder = load_model(testing.tiny_clip, [models_dir / "tiny_clip.safetensors"], dtype=torch.float32,
                          key_map=wan_key_map(TINY_CLIP["num_layers"]))
     vae = our_vae(models_dir)
     embeddings = torch.nn.functional.pad(prompt_embeddings(models_dir, ["a kite over a field", "dull"]), (0, 0, 0, 480))
     context, negative = embeddings[:1], embeddings[1:]
-    first = np.random.default_rng(8).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
-    job = make_job(4, PhaseSettings(guidance_scale=5.0), dual_expert=False, image_start=first)
+    rng = np.random.default_rng(8)
+    first, last = (rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(2))
+    last = last if name == "flf2v" else None
+    job = make_job(4, PhaseSettings(guidance_scale=5.0), dual_expert=False, image_start=first, image_end=last)
     noise = initial_noise(17, latent_shape(job, 0), CPU)
-    image_tokens = encoder.encode(first)
+    image_tokens = torch.cat([encoder.encode(image) for image in (first, last) if image is not None], dim=1)
 
     reference = OurImageTokens(
         tokenizer=None, text_encoder=None, vae=diffusers_vae(vae), scheduler=unipc(SHIFT),
         transformer=diffusers_transformer(dit, config),
     )  # fmt: skip
-    reference.tokens = image_tokens
+    reference.tokens = image_tokens.reshape(-1, 5, TINY_CLIP["dim"])  # diffusers: one row per frame
     expected = run_reference(
         reference, image=PIL.Image.fromarray(first), prompt_embeds=context, negative_prompt_embeds=negative,
         latents=noise.clone(), num_inference_steps=4, guidance_scale=5.0,
+        **({"last_image": PIL.Image.fromarray(last)} if last is not None else {}),
     )  # fmt: skip
     with torch.no_grad():
-        condition = i2v.image_condition(vae, job.image_start, None, FRAMES)
+        condition = i2v.image_condition(vae, job.image_start, job.image_end, FRAMES)
     ours = run_ours(Experts({"main": dit}, CPU, take_turns=False), vae, job, context, negative, noise,
                     condition=condition, image_tokens=image_tokens)
     assert_pipelines_agree(ours, expected)

@@ -249,9 +249,11 @@ class Engine:
                              key_map=maps.vae)  # fmt: skip
         image_encoder = None
         if files.image_encoder is not None:  # Wan 2.1 I2V's CLIP encoder, in host memory like the text encoder
-            image_encoder = shared.image_encoders.get(files.image_encoder) or pipeline.ImageEncoder(HostResident(
+            shared_encoder = shared.image_encoders.get(files.image_encoder)
+            encoder = shared_encoder.encoder if shared_encoder is not None else HostResident(
                 load_model(lambda: ClipVisionEncoder(**spec.image_encoder_config), [files.image_encoder],
-                           dtype=self.dtype, key_map=maps.image_encoder), self.device))
+                           dtype=self.dtype, key_map=maps.image_encoder), self.device)
+            image_encoder = pipeline.ImageEncoder(encoder, spec.image_encoder_frames)
 
         resident_blocks, take_turns = self._placement(spec, precision, vae)
         load_device = "cpu" if take_turns else self.device

@@ -99,17 +99,21 @@ class TextEncoder:
 
 class ImageEncoder:
     """Wan 2.1 I2V's CLIP image encoder (wan_engine.nn.clip), living in host memory like the text
-    encoder and visiting the device to encode a generation's image."""
+    encoder and visiting the device to encode a generation's frames: the first (the last when only it
+    is given), or with `frames` 2 (FLF2V) the first and the last, each standing in for the other when
+    alone (as Wan2GP does), their tokens one after the other."""
 
-    def __init__(self, encoder: HostResident):
+    def __init__(self, encoder: HostResident, frames: int = 1):
         self.encoder = encoder
+        self.frames = frames
 
     @torch.no_grad()
-    def __call__(self, image: np.ndarray, device: torch.device) -> torch.Tensor:
-        """uint8 [H, W, 3] -> [1, N, clip_dim] image tokens on `device`."""
+    def __call__(self, first: np.ndarray | None, last: np.ndarray | None, device: torch.device) -> torch.Tensor:
+        """uint8 [H, W, 3] frames (at least one) -> [1, frames x N, clip_dim] image tokens on `device`."""
+        images = [first if first is not None else last, last if last is not None else first][: self.frames]
         network = self.encoder.to_device()
         try:
-            return network.encode(image).to(device)
+            return torch.cat([network.encode(image) for image in images], dim=1).to(device)
         finally:
             self.encoder.to_host()
 
@@ -175,9 +179,8 @@ def generate(
     if networks.image_to_video:
         with timer.measure("image_encode"):
             condition = i2v.image_condition(networks.vae, job.image_start, job.image_end, job.num_frames)
-            if networks.image_encoder is not None:  # the start image (the end one when only it is given)
-                image = job.image_start if job.image_start is not None else job.image_end
-                image_tokens = networks.image_encoder(image, device)
+            if networks.image_encoder is not None:
+                image_tokens = networks.image_encoder(job.image_start, job.image_end, device)
 
     noise = initial_noise(job.seed, latent_shape(job, num_references), device)
     latents = denoise(

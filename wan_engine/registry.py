@@ -77,6 +77,7 @@ class Architecture:
     vae: str = "WAN21_VAE"
     text_encoder: str = "UMT5_XXL"
     image_encoder: str | None = None  # Wan 2.1 I2V's CLIP encoder config (wan_engine.nn.clip), else none
+    image_encoder_frames: int = 1  # the frames it encodes: the first, or (FLF2V) the first and the last
     vae_file: str = "Wan2.1_VAE.safetensors"
     text_encoder_file: str = "umt5-xxl/models_t5_umt5-xxl-enc-bf16.safetensors"
     tokenizer_folder: str = "umt5-xxl"
@@ -103,12 +104,15 @@ ARCHITECTURES: dict[str, Architecture] = {
     "vace_14B_2_2": Architecture("WAN22_A14B_EXPERT", "VACE_14B_LAYERS"),
     "i2v_2_2": Architecture("WAN22_A14B_I2V_EXPERT", image_to_video=True, defaults=I2V_2_2_DEFAULTS),
     "i2v": Architecture("WAN21_14B_I2V", image_to_video=True, image_encoder="VIT_H_14"),
+    "flf2v_720p": Architecture("WAN21_14B_FLF2V", image_to_video=True, image_encoder="VIT_H_14", image_encoder_frames=2),
     "tiny_t2v": Architecture("TINY_DIT", **_TINY_FILES),
     "tiny_vace": Architecture("TINY_DIT", "TINY_VACE_LAYERS", **_TINY_FILES),
     "tiny_t2v_2_2": Architecture("TINY_DIT", **_TINY_FILES),
     "tiny_vace_2_2": Architecture("TINY_DIT", "TINY_VACE_LAYERS", **_TINY_FILES),
     "tiny_i2v_2_2": Architecture("TINY_I2V_DIT", image_to_video=True, defaults=I2V_2_2_DEFAULTS, **_TINY_FILES),
     "tiny_i2v": Architecture("TINY_I2V_CLIP_DIT", image_to_video=True, image_encoder="TINY_CLIP", **_TINY_FILES),
+    "tiny_flf2v": Architecture("TINY_FLF2V_DIT", image_to_video=True, image_encoder="TINY_CLIP", image_encoder_frames=2,
+                               **_TINY_FILES),
 }
 
 FileChoice = tuple[str, ...]  # alternative file names (relative to models_dir), preferred first
@@ -193,6 +197,11 @@ class ModelSpec:
 
         name = ARCHITECTURES[self.architecture].image_encoder
         return None if name is None else dict(getattr(clip, name))
+
+    @property
+    def image_encoder_frames(self) -> int:
+        """How many frames the image encoder encodes: 1 (the first), or 2 (FLF2V: the first and the last)."""
+        return ARCHITECTURES[self.architecture].image_encoder_frames
 
     @property
     def text_len(self) -> int:

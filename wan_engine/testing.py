@@ -15,6 +15,7 @@ runs the whole download path):
     tiny_vace_2_2_module_{high,low}.safetensors
     tiny_i2v_2_2_{high,low}.safetensors       the two Wan 2.2 image-to-video experts (input 36 channels)
     tiny_i2v.safetensors                      Wan 2.1 image-to-video DiT (36 channels, CLIP image branch)
+    tiny_flf2v.safetensors                    Wan 2.1 first-last-frame DiT (the same, with CLIP positions)
     tiny_clip.safetensors                     its CLIP, as the Wan checkpoint holds it: the whole vision
                                               tower (visual.*, with the unused last block, norm and head)
                                               and a text-tower stand-in (textual.*, log_scale)
@@ -35,7 +36,15 @@ import torch
 from torch import nn
 
 from wan_engine.nn.clip import TINY_CLIP, ClipVisionEncoder
-from wan_engine.nn.dit import TINY_DIT, TINY_I2V_CLIP_DIT, TINY_I2V_DIT, TINY_VACE_LAYERS, VACE_IN_DIM, WanDiT
+from wan_engine.nn.dit import (
+    TINY_DIT,
+    TINY_FLF2V_DIT,
+    TINY_I2V_CLIP_DIT,
+    TINY_I2V_DIT,
+    TINY_VACE_LAYERS,
+    VACE_IN_DIM,
+    WanDiT,
+)
 from wan_engine.nn.t5 import TINY_UMT5, UMT5Encoder
 from wan_engine.nn.vae import TINY_VAE, WanVAE
 from wan_engine.tokenizer import write_tiny_tokenizer
@@ -64,6 +73,11 @@ def tiny_i2v_dit() -> WanDiT:
 def tiny_clip_i2v_dit() -> WanDiT:
     """The tiny Wan 2.1 image-to-video DiT (36 input channels and the CLIP image branch)."""
     return WanDiT(**TINY_I2V_CLIP_DIT)
+
+
+def tiny_flf2v_dit() -> WanDiT:
+    """The tiny Wan 2.1 first-last-frame DiT (the CLIP branch with positions for two frames' tokens)."""
+    return WanDiT(**TINY_FLF2V_DIT)
 
 
 def tiny_clip() -> ClipVisionEncoder:
@@ -194,8 +208,9 @@ def write_tiny_models(folder: str | Path) -> Path:
         _write(random_state(i2v_dit, _seed(name)), folder / f"{name}.safetensors")
 
     with torch.device("meta"):
-        clip_i2v_dit = tiny_clip_i2v_dit()
+        clip_i2v_dit, flf2v_dit = tiny_clip_i2v_dit(), tiny_flf2v_dit()
     _write(random_state(clip_i2v_dit, _seed("tiny_i2v")), folder / "tiny_i2v.safetensors")
+    _write(random_state(flf2v_dit, _seed("tiny_flf2v")), folder / "tiny_flf2v.safetensors")
     _write(wan_clip_checkpoint(_seed("tiny_clip")), folder / "tiny_clip.safetensors")
 
     _write(random_state(vae, _seed("tiny_vae")), folder / "tiny_vae.safetensors")

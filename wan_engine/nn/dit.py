@@ -5,8 +5,10 @@ The image-to-video networks are this same network with a wider input (I2V_IN_DIM
 latents concatenated with the conditioning latents (wan_engine/i2v.py). Wan 2.1 I2V also reads the
 CLIP image tokens (wan_engine/nn/clip.py, `clip_dim`): `img_emb` projects them to the model width,
 and every block's cross-attention attends to them with its own key and value projections (`k_img`,
-`v_img`, `norm_k_img`) beside the text, the two results summed before the output projection. The
-Wan 2.2 A14B I2V experts have no image branch.
+`v_img`, `norm_k_img`) beside the text, the two results summed before the output projection. Wan 2.1
+FLF2V reads the tokens of its first and last frame one after the other, with a learned position
+embedding added before the projection (`img_emb.emb_pos`, `clip_positions` long). The Wan 2.2 A14B
+I2V experts have no image branch.
 
 Parameter names are those of the official checkpoints (`blocks.N.self_attn.q.weight`, ...), so the
 files users have load without conversion; `diffusers_to_official` renames the diffusers layout.
@@ -46,6 +48,7 @@ I2V_IN_DIM = 36  # 16 noisy latent channels + 4 temporal mask channels + 16 cond
 WAN22_A14B_I2V_EXPERT = dict(WAN22_A14B_EXPERT, in_dim=I2V_IN_DIM)
 CLIP_DIM = 1280  # width of the CLIP ViT-H/14 image tokens (wan_engine.nn.clip.VIT_H_14)
 WAN21_14B_I2V = dict(WAN21_14B, in_dim=I2V_IN_DIM, clip_dim=CLIP_DIM)
+WAN21_14B_FLF2V = dict(WAN21_14B_I2V, clip_positions=2 * 257)  # two frames of 1 + 16 x 16 CLIP tokens
 
 RECOMPILE_LIMIT = 64  # graphs per block kind torch.compile may keep (its default, 8, is too few here)
 
@@ -56,6 +59,7 @@ TINY_DIT = dict(
 TINY_VACE_LAYERS = [0, 2]
 TINY_I2V_DIT = dict(TINY_DIT, in_dim=I2V_IN_DIM)
 TINY_I2V_CLIP_DIT = dict(TINY_I2V_DIT, clip_dim=32)  # the width of wan_engine.nn.clip.TINY_CLIP
+TINY_FLF2V_DIT = dict(TINY_I2V_CLIP_DIT, clip_positions=2 * 5)  # two frames of TINY_CLIP's 5 tokens
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [L, head_dim // 2] fp32
 
@@ -225,6 +229,7 @@ class WanDiT(nn.Module):
         vace_layers: Sequence[int] | None = None,
         vace_in_dim: int | None = None,
         clip_dim: int | None = None,
+        clip_positions: int | None = None,
     ):
         super().__init__()
         if dim % num_heads:
@@ -244,6 +249,8 @@ class WanDiT(nn.Module):
             self.img_emb = nn.Module()
             self.img_emb.proj = nn.Sequential(nn.LayerNorm(clip_dim), nn.Linear(clip_dim, clip_dim), nn.GELU(),
                                               nn.Linear(clip_dim, dim), nn.LayerNorm(dim))
+            if clip_positions is not None:  # FLF2V: the two frames' tokens, told apart by position
+                self.img_emb.emb_pos = nn.Parameter(torch.zeros(1, clip_positions, clip_dim))
 
         self.vace_layers = list(vace_layers or [])
         if self.vace_layers:
@@ -341,8 +348,14 @@ class WanDiT(nn.Module):
             raise ValueError("image_context is for (and needed by) a DiT with a CLIP image branch (clip_dim)")
         if image_context is None:
             return None
-        weight = self.img_emb.proj[1].weight
-        return self.img_emb.proj(image_context.to(weight.dtype)).to(dtype)
+        tokens = image_context.to(self.img_emb.proj[1].weight.dtype)
+        positions = getattr(self.img_emb, "emb_pos", None)
+        if positions is not None:
+            if tokens.shape[1] != positions.shape[1]:
+                raise ValueError(f"image_context has {tokens.shape[1]} tokens; this DiT reads {positions.shape[1]} "
+                                 "(the first and last frame's)")
+            tokens = tokens + positions.to(tokens.dtype)
+        return self.img_emb.proj(tokens).to(dtype)
 
     def _control_list(
         self, vace_context: torch.Tensor | Sequence[torch.Tensor] | None, x: torch.Tensor
@@ -411,6 +424,7 @@ DIFFUSERS_RENAMES: tuple[tuple[str, str], ...] = (
     (r"^condition_embedder\.image_embedder\.ff\.net\.0\.proj\.", "img_emb.proj.1."),
     (r"^condition_embedder\.image_embedder\.ff\.net\.2\.", "img_emb.proj.3."),
     (r"^condition_embedder\.image_embedder\.norm2\.", "img_emb.proj.4."),
+    (r"^condition_embedder\.image_embedder\.pos_embed$", "img_emb.emb_pos"),
     (r"\.attn2\.add_([kv])_proj\.", r".cross_attn.\1_img."),
     (r"\.attn2\.norm_added_k\.", ".cross_attn.norm_k_img."),
     (r"^scale_shift_table$", "head.modulation"),
@@ -452,8 +466,10 @@ def diffusers_config(config: Mapping[str, Any]) -> dict[str, Any]:
     arguments = {theirs: config[ours] for ours, theirs in DIFFUSERS_CONFIG_NAMES.items()}
     arguments["patch_size"] = tuple(config["patch_size"])
     arguments["attention_head_dim"] = config["dim"] // config["num_heads"]
-    if config.get("clip_dim") is not None:  # Wan 2.1 I2V's image branch
+    if config.get("clip_dim") is not None:  # Wan 2.1 I2V's image branch (FLF2V: with positions)
         arguments.update(image_dim=config["clip_dim"], added_kv_proj_dim=config["dim"])
+        if config.get("clip_positions") is not None:
+            arguments["pos_embed_seq_len"] = config["clip_positions"]
     return arguments
 
 
