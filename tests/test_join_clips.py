@@ -16,7 +16,8 @@ from worker.resources import WorkerResources
 from worker.store import Claim, TaskStatus, TaskStore
 from worker.video import VideoWriter, iter_frames, probe, read_video, run_ffmpeg
 from fleet_servers import file_server  # noqa: F401 (fixture)
-from worker_harness import resources, run_until_idle, write_lossless  # noqa: F401 (fixture)
+from worker.poller import Worker
+from worker_harness import resources, run_until_idle, worker_config, write_lossless  # noqa: F401 (fixture)
 
 SIZE, FPS = 32, 16
 CODEC_TOLERANCE = 6  # mean absolute difference of a re-encoded frame (H.264, CRF 18)
@@ -267,3 +268,25 @@ def test_the_apps_default_join_payload_runs_with_its_phase_config_loras(
     replaced = {"num_inference_steps": "replaced by phase_config"}
     assert orchestrator.result_data["ignored_params"] == {f"orchestrator_details.{k}": v for k, v in replaced.items()}
     assert segment.result_data["ignored_params"] == replaced
+
+
+def test_the_orchestrator_row_shows_each_finished_join_and_then_the_stitch(
+        sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
+    clips = [str(clip(tmp_path / f"clip{i}.mp4", frames, 30 + 60 * i)) for i, frames in enumerate((14, 13, 12))]
+    orchestrator_id = sqlite_store.enqueue("join_clips_orchestrator", app_join(clips))
+    run_until_idle(sqlite_store, resources, tmp_path / "out", task_types=("join_clips_orchestrator",))
+    assert sqlite_store.get(orchestrator_id).progress == {
+        "phase": "waiting_for_children", "joins": 2, "expected_frames": 39, "ignored_params": {}}
+    def one_join() -> None:
+        Worker(worker_config(sqlite_store, tmp_path / "out", resources.models_dir, task_types=("join_clips_segment",)),
+               sqlite_store, resources=resources).run(once=True)
+
+    one_join()
+    progress = sqlite_store.get(orchestrator_id).progress
+    assert {key: progress[key] for key in ("phase", "joins_done", "joins", "percent", "expected_frames")} == {
+        "phase": "joins", "joins_done": 1, "joins": 2, "percent": 33.3, "expected_frames": 39}
+    assert progress["current"] in ("join-0", "join-1")
+    one_join()
+    assert sqlite_store.get(orchestrator_id).progress["joins_done"] == 2
+    run_until_idle(sqlite_store, resources, tmp_path / "out")
+    assert sqlite_store.get(orchestrator_id).status == TaskStatus.COMPLETE

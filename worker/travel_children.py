@@ -75,16 +75,17 @@ def stored_segment_job(params: dict[str, Any]) -> SegmentJob:
                               f"not a segment written by travel_orchestrator ({type(error).__name__}: {error})") from None
 
 
-def report_job_progress(ctx: TaskContext, segment_count: int, expected_frames: int, *, phase: str,
-                        segments_done: int) -> None:
-    """Show the job's progress on the parked orchestrator, the row a backend watches: `segments_done`
-    of the job's segments, `current` the child writing it, `percent` the share of the job's children
-    (the segments and the stitch) finished. A database error is logged, never raised."""
+def report_job_progress(ctx: TaskContext, count: int, expected_frames: int | None, *, phase: str, done: int,
+                        unit: str = "segments") -> None:
+    """Show the job's progress on the parked orchestrator, the row a backend watches: `done` of the
+    job's `count` generating children (`<unit>_done` of `<unit>`: a travel job's segments, a join's
+    joins), `current` the child writing it, `percent` the share of the job's children (those and the
+    stitch) finished. A database error is logged, never raised."""
     progress = {
         "phase": phase,
-        "segments_done": segments_done,
-        "segments": segment_count,
-        "percent": round(100.0 * segments_done / (segment_count + 1), 1),
+        f"{unit}_done": done,
+        unit: count,
+        "percent": round(100.0 * done / (count + 1), 1),
         "current": ctx.task.params.get(CHILD_KEY_PARAM),
         "expected_frames": expected_frames,
     }

@@ -28,6 +28,7 @@ from worker.join import (
     INDEX,
     SEGMENT_TASK,
     START,
+    STITCH_TASK,
     TRANSITION,
     TRANSITION_ONLY,
     StitchedTransition,
@@ -42,7 +43,7 @@ from worker.paths import output_file
 from worker.store import TaskStatus
 from worker.travel.guide import gap_guide
 from worker.travel.stitch import HEADLESS_SHARPEN, Crossfade, stitch
-from worker.travel_children import HEADLESS_REF, segment_video
+from worker.travel_children import HEADLESS_REF, report_job_progress, segment_video
 from worker.video import lay_audio
 
 JOINED_NAME = "joined.mp4"
@@ -80,6 +81,7 @@ def join_clips_segment(ctx: TaskContext) -> HandlerResult:
         result = render_video(ctx, row, {TRANSITION: facts})
         if reader.has(HEADLESS_REF):  # a headless orchestrator's child: its stitch reads this JSON form
             result.output_location = json.dumps({"transition_url": result.output_location, **facts})
+        _report_joins_done(ctx)
         return result
 
     result_data, _ = encode_video(ctx, row)
@@ -96,6 +98,20 @@ def join_clips_segment(ctx: TaskContext) -> HandlerResult:
     result_data.update(published, joined_frames=joined.frames, **{TRANSITION: facts})
     result_data["phase_seconds"].update(upload)
     return HandlerResult(output_location=published["output"], result_data=result_data)
+
+
+def _report_joins_done(ctx: TaskContext) -> None:
+    """On the join_clips_orchestrator of ours that parked for this row, how many of its joins are done
+    (this one and the finished others; they run in parallel, in any order)."""
+    orchestrator = ctx.task.params.get("orchestrator_task_id")
+    if not isinstance(orchestrator, str):
+        return
+    siblings = ctx.store.children(orchestrator)
+    joins = [task for task in siblings if task.task_type == SEGMENT_TASK]
+    done = 1 + sum(task.status == TaskStatus.COMPLETE for task in joins if task.id != ctx.task.id)
+    stitch = next((task for task in siblings if task.task_type == STITCH_TASK), None)
+    expected = (stitch.params or {}).get("expected_frames") if stitch is not None else None
+    report_job_progress(ctx, len(joins), expected, phase="joins", done=done, unit="joins")
 
 
 def _starting_video(ctx: TaskContext, reader: ParamReader) -> Path:

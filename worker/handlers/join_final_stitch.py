@@ -26,7 +26,7 @@ from worker.params import ParamReader, local_path
 from worker.paths import output_file
 from worker.store import Task, TaskStatus
 from worker.travel.stitch import HEADLESS_SHARPEN, Crossfade, Source, stitch
-from worker.travel_children import complete_job, headless_output, result_of, segment_video
+from worker.travel_children import complete_job, headless_output, report_job_progress, result_of, segment_video
 from worker.video import lay_audio
 
 OUTPUT_NAME = "joined.mp4"
@@ -58,11 +58,13 @@ def join_final_stitch(ctx: TaskContext) -> HandlerResult:
 
     ctx.raise_if_cancelled()
     ctx.report_progress({"phase": "stitch", "joins": len(transitions)})
+    expected = reader.integer("expected_frames", None)
+    if reader.has("orchestrator_task_id"):  # ours: its orchestrator shows the stitch under way
+        report_job_progress(ctx, len(rows), expected, phase="stitch", done=len(rows), unit="joins")
     try:
         stitched = stitch(videos, overlaps, output_file(ctx.output_dir, OUTPUT_NAME), fps, Crossfade(HEADLESS_SHARPEN))
     except ValueError as error:  # a clip too short for what its transitions take of it
         raise ValidationError(CLIP_LIST, str(error)) from None
-    expected = reader.integer("expected_frames", None)
     if expected is not None and stitched.frames != expected:
         raise RuntimeError(f"stitched {stitched.frames} frames; the join was planned for {expected}")
     audio = reader.input_file(AUDIO, None)

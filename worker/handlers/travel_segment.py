@@ -181,7 +181,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     ctx.report_progress({"phase": "video_encode", "segment": index, "segments": job.segment_count})
     thumbnail, encode_seconds = write_video(generation.frames, output, job.fps)
     generation.phase_seconds["video_encode"] = encode_seconds
-    report_job_progress(ctx, job.segment_count, job.expected_frames, phase="segments", segments_done=index + 1)
+    report_job_progress(ctx, job.segment_count, job.expected_frames, phase="segments", done=index + 1)
 
     result_data = generation_result_data(
         generation,

@@ -94,7 +94,7 @@ def travel_stitch(ctx: TaskContext) -> HandlerResult:
     ctx.report_progress({"phase": "stitch", "segments": len(job.videos), "expected_frames": expected})
     if job.plan is not None:
         report_job_progress(ctx, len(job.plan.segments), job.plan.expected_frames, phase="stitch",
-                            segments_done=len(job.segments))
+                            done=len(job.segments))
     output = output_file(ctx.output_dir, OUTPUT_NAME)
     try:
         stitched = stitch(job.sources(), job.overlaps, output, job.fps, job.crossfade)
