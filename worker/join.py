@@ -238,6 +238,15 @@ class JoinSpec:
         after = head[slice(*transition.clip2_context)]
         return transition, notes, before, after
 
+    def facts(self, transition: Transition, index: int, adjustments: list[str], anchors: Mapping[int, Any]) -> dict[str, Any]:
+        """result_data.transition of a join: the transition's frames under the headless names, and
+        how this join read its clips (rate, size, shape), what it was asked, and what it changed."""
+        return {**transition.metadata(), INDEX: index, "fps": self.fps, "resolution": [self.width, self.height],
+                CROP_ASPECT: self.aspect, "requested_gap": self.gap, "context_frame_count": self.context,
+                "blend_frames": min(transition.context_from_clip1, transition.context_from_clip2),
+                "adjustments": adjustments,
+                "bridging_frames": sorted(transition.context_from_clip1 + at for at in anchors)}
+
     def stitch_sources(self) -> list[Source]:
         """The clips as a stitch reads them: at the join's rate where they were resampled, cropped alike."""
         return [Source(clip.path, resample=clip.rate is not None, aspect=self.aspect) for clip in self.clips]

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from worker.errors import ValidationError
-from worker.generation import HEADLESS_VACE_MODEL, encode_video, install_lora_urls, publish, read_generation, render_video
+from worker.generation import HEADLESS_VACE_MODEL, GenerationRow, encode_video, install_lora_urls, publish, read_generation, render_video
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.join import (
     AUDIO,
-    CROP_ASPECT,
     END,
     HEADLESS_INDEX,
     INDEX,
@@ -31,6 +31,7 @@ from worker.join import (
     STITCH_TASK,
     TRANSITION,
     TRANSITION_ONLY,
+    JoinSpec,
     StitchedTransition,
     bridging_anchors,
     generation_params,
@@ -71,11 +72,7 @@ def join_clips_segment(ctx: TaskContext) -> HandlerResult:
     })
     row.ignored.update(spec.overridden)
     index = reader.integer(INDEX, reader.integer(HEADLESS_INDEX, 0, minimum=0), minimum=0)
-    facts = {**transition.metadata(), INDEX: index, "fps": spec.fps, "resolution": [spec.width, spec.height],
-             CROP_ASPECT: spec.aspect,
-             "requested_gap": spec.gap, "context_frame_count": spec.context,
-             "blend_frames": min(transition.context_from_clip1, transition.context_from_clip2),
-             "adjustments": adjustments, "bridging_frames": sorted(transition.context_from_clip1 + at for at in anchors)}
+    facts = spec.facts(transition, index, adjustments, anchors)
     if reader.flag(TRANSITION_ONLY):
         reader.used.add(AUDIO)  # a transition has no sound: the final stitch lays the job's audio
         result = render_video(ctx, row, {TRANSITION: facts})
@@ -83,10 +80,15 @@ def join_clips_segment(ctx: TaskContext) -> HandlerResult:
             result.output_location = json.dumps({"transition_url": result.output_location, **facts})
         _report_joins_done(ctx)
         return result
+    return _joined(ctx, reader, spec, row, facts)
 
+
+def _joined(ctx: TaskContext, reader: ParamReader, spec: JoinSpec, row: GenerationRow, facts: dict[str, Any]) -> HandlerResult:
+    """A standalone join: the transition generated, then the two clips stitched through it (with the
+    row's audio) as the output; the transition is published beside it."""
     result_data, _ = encode_video(ctx, row)
     ctx.raise_if_cancelled()
-    videos, overlaps = join_layout(spec.stitch_sources(), [(row.output, StitchedTransition.read(facts, index, TRANSITION))])
+    videos, overlaps = join_layout(spec.stitch_sources(), [(row.output, StitchedTransition.read(facts, 0, TRANSITION))])
     try:
         joined = stitch(videos, overlaps, output_file(ctx.output_dir, JOINED_NAME), spec.fps, Crossfade(HEADLESS_SHARPEN))
     except ValueError as error:  # a clip too short for the transition's context at both its ends
@@ -109,8 +111,8 @@ def _report_joins_done(ctx: TaskContext) -> None:
     siblings = ctx.store.children(orchestrator)
     joins = [task for task in siblings if task.task_type == SEGMENT_TASK]
     done = 1 + sum(task.status == TaskStatus.COMPLETE for task in joins if task.id != ctx.task.id)
-    stitch = next((task for task in siblings if task.task_type == STITCH_TASK), None)
-    expected = (stitch.params or {}).get("expected_frames") if stitch is not None else None
+    stitch_row = next((task for task in siblings if task.task_type == STITCH_TASK), None)
+    expected = (stitch_row.params or {}).get("expected_frames") if stitch_row is not None else None
     report_job_progress(ctx, len(joins), expected, phase="joins", done=done, unit="joins")
 
 
