@@ -272,7 +272,6 @@ def read_join(reader: ParamReader, start: Path, end: Path) -> JoinSpec:
     if replace and reader.has(VID2VID) and reader.number(VID2VID, minimum=0.0) < 1.0:
         raise ValidationError(VID2VID, "is not supported: the gap is generated from noise, not from the frames it "
                                        "replaces; leave it out (or 1.0)")
-    reader.used.add(VID2VID)  # the headless handler reads it only when replacing
 
     sources: dict[str, str] = {}
     overridden = {key: f"{switch} is on" for key, switch in (("fps", INPUT_FPS), ("resolution", INPUT_RESOLUTION))

@@ -111,7 +111,6 @@ def per_join_settings(reader: ParamReader, key: str, joins: int) -> tuple[list[d
     field that gave each of their keys."""
     name = reader.prefix + key
     listed = reader.params.get(key) or []
-    reader.used.add(key)
     if not isinstance(listed, list) or len(listed) > joins:
         raise ValidationError(name, f"must be a list of at most {joins} objects (one per join), got {listed!r}")
     overrides: list[dict[str, Any]] = []
@@ -184,5 +183,4 @@ def orchestrator_ignored(reader: ParamReader) -> dict[str, str]:
         ignored[reader.prefix + "skip_frame_validation"] = "the clips are always checked against the joins"
     if reader.has("output_base_dir"):
         ignored[reader.prefix + "output_base_dir"] = "outputs go to each task's folder"
-    reader.used.update(("orchestrator_task_id", "run_id", "vlm_device"))
     return ignored

@@ -99,7 +99,6 @@ def _portions(reader: ParamReader) -> list[Portion]:
     """portions_to_regenerate, in frame order; overlapping or reversed ones fail naming the entry."""
     name = reader.prefix + PORTIONS
     listed = reader.params.get(PORTIONS)
-    reader.used.add(PORTIONS)
     if not isinstance(listed, list) or not listed:
         raise ValidationError(name, f"must list at least one {{\"start_frame\", \"end_frame\"}} portion, got {listed!r}")
     portions = []

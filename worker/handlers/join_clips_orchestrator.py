@@ -58,7 +58,6 @@ def _clips(ctx: TaskContext, reader: ParamReader) -> list[str]:
     the finished rows `segment_task_ids` names, as the headless orchestrator builds its list."""
     field = reader.prefix + CLIP_LIST
     listed = reader.params.get(CLIP_LIST)
-    reader.used.update((CLIP_LIST, SEGMENT_IDS))
     if not listed and reader.has(SEGMENT_IDS):
         return [_segment_output(ctx, task_id, f"{reader.prefix}{SEGMENT_IDS}[{i}]")
                 for i, task_id in enumerate(reader.texts(SEGMENT_IDS))]

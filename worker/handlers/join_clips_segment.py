@@ -74,7 +74,6 @@ def join_clips_segment(ctx: TaskContext) -> HandlerResult:
     index = reader.integer(INDEX, reader.integer(HEADLESS_INDEX, 0, minimum=0), minimum=0)
     facts = spec.facts(transition, index, adjustments, anchors)
     if reader.flag(TRANSITION_ONLY):
-        reader.used.add(AUDIO)  # a transition has no sound: the final stitch lays the job's audio
         result = render_video(ctx, row, {TRANSITION: facts})
         if reader.has(HEADLESS_REF):  # a headless orchestrator's child: its stitch reads this JSON form
             result.output_location = json.dumps({"transition_url": result.output_location, **facts})

@@ -40,7 +40,6 @@ def join_final_stitch(ctx: TaskContext) -> HandlerResult:
     if reader.flag("chain_mode"):
         return _chain_output(ctx, reader)
     listed = reader.params.get(CLIP_LIST)
-    reader.used.add(CLIP_LIST)
     clips = clip_locations(listed, CLIP_LIST)
     if len(clips) < 2:
         raise ValidationError(CLIP_LIST, f"must list at least two clips, got {len(clips)}")
@@ -74,7 +73,6 @@ def join_final_stitch(ctx: TaskContext) -> HandlerResult:
     published, upload = publish(ctx, {"output": stitched.path, "thumbnail": stitched.thumbnail})
     own_phases.update(upload)
     first_join = result_of(rows[0])
-    reader.used.update(("blend_frames", "gap_from_clip1", "gap_from_clip2"))  # headless fallbacks of rows without facts
     summary = {
         "frames": stitched.frames, "fps": fps, "width": stitched.width, "height": stitched.height, **published,
         "crossfade": Crossfade(HEADLESS_SHARPEN).describe(), CLIP_LIST: clips, AUDIO: reader.text(AUDIO, None),
