@@ -58,7 +58,8 @@ def join_final_stitch(ctx: TaskContext) -> HandlerResult:
     ctx.raise_if_cancelled()
     ctx.report_progress({"phase": "stitch", "joins": len(transitions)})
     expected = reader.integer("expected_frames", None)
-    if reader.has("orchestrator_task_id"):  # ours: its orchestrator shows the stitch under way
+    orchestrator = reader.text("orchestrator_task_id", None)  # ours; a headless orchestrator completes itself
+    if orchestrator is not None:  # its row shows the stitch under way
         report_job_progress(ctx, len(rows), expected, phase="stitch", done=len(rows), unit="joins")
     try:
         stitched = stitch(videos, overlaps, output_file(ctx.output_dir, OUTPUT_NAME), fps, Crossfade(HEADLESS_SHARPEN))
@@ -83,8 +84,7 @@ def join_final_stitch(ctx: TaskContext) -> HandlerResult:
     }
     if stitched.scaled:  # positions in the stitched order (clip, transition, clip, ...), scaled to the first's size
         summary["scaled_videos"] = list(stitched.scaled)
-    orchestrator = reader.text("orchestrator_task_id", None)
-    if orchestrator is not None:  # ours; a headless orchestrator completes itself from this row
+    if orchestrator is not None:
         complete_job(ctx, orchestrator, published["output"], summary, rows, own_phases, started)
     return HandlerResult(output_location=published["output"], result_data={**summary, "phase_seconds": own_phases})
 
