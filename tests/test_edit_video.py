@@ -89,3 +89,16 @@ def test_a_bad_portion_fails_naming_its_entry(sqlite_store: TaskStore, resources
     task = sqlite_store.get(task_id)
     assert task.status == TaskStatus.FAILED and message in task.error_message, task.error_message
     assert sqlite_store.children(task_id) == []
+
+
+def test_the_apps_frame_count_gives_way_to_the_videos_own_and_is_reported(
+        sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
+    video = source_video(tmp_path / "source.mp4")
+    task_id = sqlite_store.enqueue("edit_video_orchestrator", app_edit(str(video), [portion(12, 17, gap_frame_count=5)],
+                                                                       source_video_total_frames=42))
+    run_until_idle(sqlite_store, resources, tmp_path / "out")
+    task = sqlite_store.get(task_id)
+    assert task.status == TaskStatus.COMPLETE, task.error_message
+    assert len(read_video(task.output_location)) == 12 + 22 + 5  # the 40 frames it has, not 42
+    assert task.result_data["ignored_params"] == {
+        "orchestrator_details.source_video_total_frames": "the video's own count at 16 fps, 40, is used"}

@@ -37,7 +37,7 @@ from typing import Any
 from worker.errors import ValidationError
 from worker.params import MAX_VIDEO_FRAMES, ParamReader, headless_size, round_to_frame_count, to_int
 from worker.travel.stitch import Source
-from worker.video import FFmpegError, VideoInfo, cropped_size, probe, resampled_rate, video_ends
+from worker.video import FFmpegError, VideoInfo, cropped_size, frame_count, probe, resampled_rate, video_ends
 
 ORCHESTRATOR_TASK, SEGMENT_TASK, STITCH_TASK = "join_clips_orchestrator", "join_clips_segment", "join_final_stitch"
 START, END = "starting_video_path", "ending_video_path"
@@ -145,11 +145,11 @@ def _round_gap(context1: int, gap: int, context2: int, notes: list[str]) -> int:
     if total > MAX_VIDEO_FRAMES:
         raise ValidationError(GAP, f"{context1} + {gap} + {context2} frames is more than one generation makes "
                                    f"({MAX_VIDEO_FRAMES})")
-    rounded = gap - (total - round_to_frame_count(total, GAP))
+    taken = total - round_to_frame_count(total, GAP)
+    rounded = gap - taken
     if rounded < 1:
-        raise ValidationError(GAP, f"{context1} + {gap} + {context2} frames round down to 4n+1 by taking "
-                                   f"{total - round_to_frame_count(total, GAP)} from the gap, which leaves none to "
-                                   "generate: give a larger gap_frame_count")
+        raise ValidationError(GAP, f"{context1} + {gap} + {context2} frames round down to 4n+1 by taking {taken} from "
+                                   "the gap, which leaves none to generate: give a larger gap_frame_count")
     if rounded != gap:
         notes.append(f"{GAP} {gap} -> {rounded}: {context1} + {gap} + {context2} frames rounded down to 4n+1")
     return rounded
@@ -220,10 +220,21 @@ class JoinSpec:
     sources: dict[str, str]  # how fps, width and height were chosen
     overridden: dict[str, str]  # keys a use_input_video_* switch set aside, and why
 
-    def frame_counts(self) -> tuple[int, int]:
-        """Each clip's frames at the join's rate (decodes the clips that are resampled)."""
-        first, second = (clip.info.frames if clip.rate is None else self._ends(clip, 1)[0] for clip in self.clips)
-        return first, second
+    def frame_counts(self, counted: dict[tuple[Path, float], int]) -> tuple[int, int]:
+        """Each clip's frames at the join's rate: its header's count, or a resampled clip's decoded once
+        per rate into `counted` (which the joins of one job share: a middle clip is in two)."""
+        def count(clip: ClipRead) -> int:
+            if clip.rate is None:
+                return clip.info.frames
+            if (clip.path, clip.rate) not in counted:
+                try:
+                    counted[clip.path, clip.rate] = frame_count(clip.path, clip.rate)
+                except FFmpegError as error:
+                    raise ValidationError(clip.field, f"not a readable video: {error}") from None
+            return counted[clip.path, clip.rate]
+
+        first, second = self.clips
+        return count(first), count(second)
 
     def read_context(self) -> tuple[Transition, list[str], Any, Any]:
         """(transition, adjustments, clip 1's frames before the gap, clip 2's after it), the frames

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from worker.errors import ValidationError
@@ -69,6 +70,7 @@ def expand_join(ctx: TaskContext, job: JoinJob) -> HandlerResult:
     ignored = dict(job.ignored)
     children: list[NewTask] = []
     transitions: list[Transition] = []
+    counted: dict[tuple[Path, float], int] = {}  # resampled clips' frame counts, shared by the joins
     for index in range(len(job.clips) - 1):
         join = {**settings, **job.overrides[index], START: job.clips[index], END: job.clips[index + 1],
                 TRANSITION_ONLY: True, INDEX: index, "child_key": join_key(index), "orchestrator_task_id": ctx.task.id}
@@ -76,7 +78,7 @@ def expand_join(ctx: TaskContext, job: JoinJob) -> HandlerResult:
         priority = join.pop("priority", None)
         if priority is not None:  # the app's, per join or for all: the join row's queue priority
             priority = to_int(priority, _row_field("priority", labels, job.prefix))
-        transition, join_ignored = _check_join(ctx, join, labels, job.prefix)
+        transition, join_ignored = _check_join(ctx, join, labels, job.prefix, counted)
         transitions.append(transition)
         ignored.update(join_ignored)
         children.append(NewTask(task_type=SEGMENT_TASK, params=join, priority=priority, max_attempts=ctx.task.max_attempts))
@@ -122,14 +124,14 @@ def per_join_settings(reader: ParamReader, key: str, joins: int) -> tuple[list[d
     return overrides, [{setting: f"{key}[{i}].{setting}" for setting in item} for i, item in enumerate(overrides)]
 
 
-def _check_join(ctx: TaskContext, join: dict[str, Any], labels: Mapping[str, str],
-                prefix: str) -> tuple[Transition, dict[str, str]]:
+def _check_join(ctx: TaskContext, join: dict[str, Any], labels: Mapping[str, str], prefix: str,
+                counted: dict[tuple[Path, float], int]) -> tuple[Transition, dict[str, str]]:
     """Read a join as its segment will and return its transition with the keys it ignores; errors and
     ignored keys name the field of the orchestrator's row."""
     try:
         reader = ParamReader(join)
         spec = read_join(reader, reader.input_file(START), reader.input_file(END))
-        transition, _ = plan_transition(*spec.frame_counts(), spec.context, spec.gap, spec.replace)
+        transition, _ = plan_transition(*spec.frame_counts(counted), spec.context, spec.gap, spec.replace)
         row = read_generation(generation_params(join, spec, transition.frames), resources=ctx.resources,
                               limits=ctx.config.limits, output_dir=ctx.output_dir, log=ctx.log,
                               default_model=HEADLESS_VACE_MODEL,

@@ -217,10 +217,7 @@ def snapped_resolution(value: Any, field: str = "resolution") -> tuple[tuple[int
     how headless Wan2GP takes the sizes its backends send ("902x508" for 16:9 becomes 896x496)."""
     with validation_errors():
         asked = split_resolution(value, field)
-    snapped = [side // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE for side in asked]
-    if min(snapped) < RESOLUTION_MULTIPLE:
-        raise ValidationError(field, f"{asked[0]}x{asked[1]} is too small to generate at (16x16 at least)")
-    return parse_resolution(snapped, field), (asked[0], asked[1])
+    return _snapped(asked[0], asked[1], field), (asked[0], asked[1])
 
 
 def headless_size(given: Any, video_size: tuple[int, int], video_field: str) -> tuple[tuple[int, int], str]:
@@ -230,11 +227,17 @@ def headless_size(given: Any, video_size: tuple[int, int], video_field: str) -> 
     if not is_absent(given):
         size, asked = snapped_resolution(given, "resolution")
         return size, "task" if asked == size else f"task ({asked[0]}x{asked[1]} rounded down to multiples of 16)"
-    size = (video_size[0] // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE, video_size[1] // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE)
-    if min(size) < RESOLUTION_MULTIPLE:
-        raise ValidationError(video_field, f"is {video_size[0]}x{video_size[1]}: too small to generate at (16x16 at least)")
+    size = _snapped(*video_size, video_field)
     note = "" if size == video_size else f" {video_size[0]}x{video_size[1]} rounded down to multiples of 16"
     return size, f"{video_field} (its size{note})"
+
+
+def _snapped(width: int, height: int, field: str) -> tuple[int, int]:
+    """width x height with each side rounded down to a multiple of 16; under 16 fails naming `field`."""
+    snapped = (width // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE, height // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE)
+    if min(snapped) < RESOLUTION_MULTIPLE:
+        raise ValidationError(field, f"{width}x{height} is too small to generate at (16x16 at least)")
+    return parse_resolution(list(snapped), field)
 
 
 def round_to_frame_count(frames: int, field: str) -> int:

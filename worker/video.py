@@ -209,6 +209,14 @@ def iter_frames(path: str | os.PathLike[str], size: tuple[int, int] | None = Non
             proc.stdout.close()
 
 
+def frame_count(path: str | os.PathLike[str], fps: float | None = None) -> int:
+    """Frames of a video as stored (probe's packet count), or resampled to `fps` (decoded: what the fps
+    filter keeps, at a thumbnail's size so that only the count costs)."""
+    if fps is None:
+        return probe(path).frames
+    return sum(1 for _ in iter_frames(path, (16, 16), fps=fps))
+
+
 def read_video(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode a whole video into memory: uint8 [F, H, W, 3]. For short clips; stream long ones."""
     frames = list(iter_frames(path))

@@ -14,12 +14,14 @@ The video is read at `source_video_fps` (default 16; resampled for any differenc
 the headless orchestrator does so that frame numbers land where the app computed them). A portion
 must have kept frames on both sides (one at the very start or end of the video has nothing to join
 to) and may not overlap another. `source_video_total_frames` is the app's count; the video's own
-count is used (the headless orchestrator trusts the app's within 3 frames).
+count is used (the headless orchestrator trusts the app's within 3 frames); a count that differs is
+reported in ignored_params.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from worker.errors import ValidationError
@@ -29,7 +31,7 @@ from worker.join import REPLACE
 from worker.join_jobs import ORCHESTRATOR_KEYS, JoinJob, expand_join, orchestrator_ignored, orchestrator_payload, per_join_settings
 from worker.params import ParamReader, to_int, to_text
 from worker.paths import output_file
-from worker.video import FFmpegError, VideoWriter, iter_frames, probe
+from worker.video import FFmpegError, VideoInfo, VideoWriter, frame_count, iter_frames, probe
 
 EDIT_TASK = "edit_video_orchestrator"
 SOURCE, SOURCE_FPS, SOURCE_FRAMES = "source_video_url", "source_video_fps", "source_video_total_frames"
@@ -57,11 +59,15 @@ def edit_video_orchestrator(ctx: TaskContext) -> HandlerResult:
     reader = ParamReader(payload, prefix=prefix)
     source = reader.input_file(SOURCE)
     fps = reader.number(SOURCE_FPS, DEFAULT_SOURCE_FPS, minimum=1, maximum=120)
-    reader.integer(SOURCE_FRAMES, None, minimum=0)  # the app's count; the video's own is used
     portions = _portions(reader)
     anchored = reader.flag(REPLACE)
-    keepers = keeper_ranges(portions, _frame_count(source, fps, prefix), anchored, prefix)
-    clips = _write_keepers(ctx, source, fps, keepers, prefix)
+    info, rate, frames = _source_video(source, fps, prefix)
+    ignored = orchestrator_ignored(reader)
+    declared = reader.integer(SOURCE_FRAMES, None, minimum=0)
+    if declared is not None and declared != frames:  # the headless orchestrator trusts it within 3 frames
+        ignored[prefix + SOURCE_FRAMES] = f"the video's own count at {fps:g} fps, {frames}, is used"
+    keepers = keeper_ranges(portions, frames, anchored, prefix)
+    clips = _write_keepers(ctx, source, info, rate, fps, keepers, prefix)
 
     overrides, override_fields = per_join_settings(reader, PER_JOIN, len(portions))
     for index, portion in enumerate(portions):
@@ -71,7 +77,7 @@ def edit_video_orchestrator(ctx: TaskContext) -> HandlerResult:
         clips=clips, clip_fields=[f"{SOURCE} (frames {start}..{end})" for start, end in keepers],
         overrides=overrides, override_fields=override_fields, prefix=prefix,
         settings={**{key: value for key, value in payload.items() if key not in JOB_KEYS}, REPLACE: False},
-        audio=reader.text("audio_url", None), ignored=orchestrator_ignored(reader)))
+        audio=reader.text("audio_url", None), ignored=ignored))
 
 
 def keeper_ranges(portions: list[Portion], frames: int, anchored: bool, prefix: str) -> list[tuple[int, int]]:
@@ -122,22 +128,21 @@ def _portions(reader: ParamReader) -> list[Portion]:
     return portions
 
 
-def _frame_count(source: Any, fps: float, prefix: str) -> int:
-    """The video's frames at `fps` (decoding it when it must be resampled)."""
+def _source_video(source: Path, fps: float, prefix: str) -> tuple[VideoInfo, float | None, int]:
+    """(the video's header, the rate it is resampled to or None, its frames at `fps`)."""
     try:
         info = probe(source)
-        if abs(info.fps - fps) <= SOURCE_FPS_TOLERANCE:
-            return info.frames
-        return sum(1 for _ in iter_frames(source, (16, 16), fps=fps))
+        rate = fps if abs(info.fps - fps) > SOURCE_FPS_TOLERANCE else None
+        return info, rate, info.frames if rate is None else frame_count(source, rate)
     except (OSError, FFmpegError) as error:
         raise ValidationError(prefix + SOURCE, f"not a readable video: {error}") from None
 
 
-def _write_keepers(ctx: TaskContext, source: Any, fps: float, keepers: list[tuple[int, int]], prefix: str) -> list[str]:
-    """Write each kept part of the video (read at `fps`) as a clip in this row's folder, in one pass,
-    and publish them, so a join on any box can read them; returns their locations."""
-    info = probe(source)
-    rate = fps if abs(info.fps - fps) > SOURCE_FPS_TOLERANCE else None
+def _write_keepers(ctx: TaskContext, source: Path, info: VideoInfo, rate: float | None, fps: float,
+                   keepers: list[tuple[int, int]], prefix: str) -> list[str]:
+    """Write each kept part of the video (read at `fps`, resampled to `rate` where given) as a clip in
+    this row's folder, in one pass, and publish them, so a join on any box can read them; returns
+    their locations."""
     paths = [output_file(ctx.output_dir, f"keeper_{index}.mp4") for index in range(len(keepers))]
     frames = enumerate(iter_frames(source, fps=rate))
     try:
