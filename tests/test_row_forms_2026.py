@@ -237,18 +237,20 @@ def test_a_flag_that_contradicts_the_continuation_fails_naming_it(images: list[s
     assert error.value.field == "orchestrator_details.continuation_config.strategy" and "i2v" in error.value.rule
 
 
-def test_travel_guidance_none_is_a_no_op_and_every_guidance_video_is_refused(images: list[str]) -> None:
+def test_travel_guidance_none_is_a_no_op_and_the_kinds_this_worker_lacks_are_refused(images: list[str]) -> None:
     """travelBetweenImages.ts copies travel_guidance into the payload; reigh-worker
     core/params/travel_guidance.py kinds: none, vace (raw / flow / depth / canny), uni3c, ltx_control,
-    ltx_hybrid. Only "none" leaves the video as this worker makes it."""
+    ltx_hybrid. vace runs (raw, canny, depth: test_structure_guidance*.py); flow, Uni3C and LTX-2
+    fail naming the field."""
     assert ignored_of(travel_row(images, travel_guidance={"kind": "none"})) == {}
     video = {"path": "https://example.com/structure.mp4", "start_frame": 0, "end_frame": 14}
-    for guidance in ({"kind": "vace", "mode": "raw", "videos": [video], "strength": 1.0},
-                     {"kind": "uni3c", "videos": [video]}, {"kind": "ltx_control", "mode": "pose", "videos": [video]}):
+    for guidance, field in (({"kind": "vace", "mode": "flow", "videos": [video], "strength": 1.0}, "mode"),
+                            ({"kind": "uni3c", "videos": [video]}, "kind"),
+                            ({"kind": "ltx_control", "mode": "pose", "videos": [video]}, "kind")):
         with pytest.raises(ValidationError) as error:
             read_travel(travel_row(images, travel_guidance=guidance))
-        assert error.value.field == "orchestrator_details.travel_guidance.kind"
-        assert guidance["kind"] in error.value.rule and "not supported" in error.value.rule
+        assert error.value.field == f"orchestrator_details.travel_guidance.{field}"
+        assert "not" in error.value.rule
 
 
 def test_model_family_wan_is_read_and_ltx_refused(images: list[str]) -> None:
@@ -361,19 +363,19 @@ def test_the_headless_workers_segment_rows_run_with_nothing_reported(
     assert (task.result_data["frames"], task.result_data["seed"]) == (9, 4242)
 
 
-def test_a_headless_segment_row_with_a_guidance_video_is_refused(
+def test_a_headless_segment_row_with_flow_guidance_is_refused(
         sqlite_store: TaskStore, resources: WorkerResources, images: list[str], tmp_path: Path) -> None:
     """The headless orchestrator gives each segment its slice of the travel guidance
-    (_build_segment_travel_guidance_payload); a real guidance video fails the segment at once."""
+    (_build_segment_travel_guidance_payload); flow guidance (RAFT) fails the segment at once."""
     details = travel_row(images[:2])["orchestrator_details"]
     row = headless_segment_row(details, 0, str(uuid.uuid4()))
-    row["travel_guidance"] = {"kind": "vace", "mode": "depth", "videos": [{"path": "https://example.com/s.mp4"}],
-                              "frame_offset": 0}
+    row["travel_guidance"] = {"kind": "vace", "mode": "flow", "videos": [{"path": "https://example.com/s.mp4"}],
+                              "_frame_offset": 0}
     segment = sqlite_store.enqueue("travel_segment", row)
     run_until_idle(sqlite_store, resources, tmp_path / "out")
     task = sqlite_store.get(segment)
     assert task.status == TaskStatus.FAILED and task.attempts == 1
-    assert task.error_message.startswith("ValidationError: travel_guidance.kind: 'vace' (mode 'depth') is not supported")
+    assert task.error_message.startswith("ValidationError: travel_guidance.mode: 'flow': flow guidance needs the RAFT")
 
 
 def test_the_apps_image_row_runs_and_its_hires_pass_is_reported(sqlite_store: TaskStore, resources: WorkerResources,
@@ -425,18 +427,21 @@ def test_the_apps_default_image_model_runs_from_the_deployments_own_definition(
     assert task.result_data["ignored_params"] == {}
 
 
-@pytest.mark.parametrize("key,value", [
-    ("structure_videos", [{"path": "https://example.com/s.mp4", "start_frame": 0, "end_frame": 14}]),
-    ("structure_guidance", {"target": "vace", "preprocessing": "depth", "videos": [{"path": "https://example.com/s.mp4"}]}),
-    ("structure_video_path", "https://example.com/s.mp4"), ("use_uni3c", True),
+@pytest.mark.parametrize("key,value,field", [
+    ("structure_videos", [{"path": "https://example.com/s.mp4", "start_frame": 0, "end_frame": 14}], "structure_type"),
+    ("structure_guidance", {"target": "vace", "videos": [{"path": "https://example.com/s.mp4"}]},
+     "structure_guidance.preprocessing"),
+    ("structure_video_path", "https://example.com/s.mp4", "structure_type"), ("use_uni3c", True, "use_uni3c"),
 ])
-def test_the_older_structure_guidance_keys_naming_a_video_are_refused(images: list[str], key: str, value: Any) -> None:
+def test_the_older_structure_guidance_keys_default_to_flow_which_is_refused(images: list[str], key: str, value: Any,
+                                                                           field: str) -> None:
     """The structure-guidance keys the headless orchestrator still copies onto segments (travel/orchestrator.py
-    _build_minimal_orchestrator_details, core/params/structure_guidance.py has_guidance): a video is
-    refused like a travel_guidance one; empty or null they ask for nothing."""
+    _build_minimal_orchestrator_details, core/params/structure_guidance.py): without a type they ask for
+    flow guidance (the headless default), refused naming where the type goes; Uni3C is refused; empty or
+    null they ask for nothing."""
     with pytest.raises(ValidationError) as error:
         read_travel(travel_row(images, **{key: value}))
-    assert error.value.field == f"orchestrator_details.{key}" and "not supported" in error.value.rule
+    assert error.value.field == f"orchestrator_details.{field}" and "not" in error.value.rule
     assert ignored_of(travel_row(images, structure_videos=[], structure_guidance=None, use_uni3c=False)) == {}
 
 

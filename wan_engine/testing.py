@@ -22,6 +22,12 @@ runs the whole download path):
     tiny_vae.safetensors, tiny_umt5.safetensors, tiny_umt5/tokenizer.json
     loras/tiny_kohya.safetensors              kohya layout (lora_unet_ prefix, lora_down/lora_up/alpha)
     loras/tiny_peft.safetensors               PEFT layout (diffusion_model. prefix, lora_A/lora_B)
+    scribble/netG_A_latest.pth                the canny annotator's contour network (narrow, one block),
+                                              under its real name, as Wan2GP's checkpoint (a torch file)
+    depth_anything_v2_large_hf/               the depth annotator: a tiny Depth Anything V2 in
+                                              transformers' layout, under the real model's folder name
+Serving this folder as the annotators' hub repos (DeepBeepMeep/Wan2.1, depth-anything/...) runs their
+download path too.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from wan_engine.annotator_files import CONTOUR_FILE, DEPTH_FOLDER
 from wan_engine.nn.clip import TINY_CLIP, ClipVisionEncoder
 from wan_engine.nn.dit import (
     TINY_DIT,
@@ -190,6 +197,37 @@ def _write(state: Mapping[str, torch.Tensor], path: Path) -> None:
         os.replace(scratch, path)
 
 
+TINY_CONTOUR = {"width": 4, "blocks": 1}
+
+
+def tiny_depth_model() -> nn.Module:
+    """Depth Anything V2 at a tiny size (a 4-layer ViT of width 16 with patch 14), random weights."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, patch_size=14,
+                            image_size=518, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 8, 16, 16],
+                                 fusion_hidden_size=8, head_hidden_size=8)
+    torch.manual_seed(_seed(DEPTH_FOLDER))
+    return DepthAnythingForDepthEstimation(config).eval()
+
+
+def write_tiny_annotators(folder: str | Path) -> Path:
+    """The tiny canny and depth annotators under their real names in `folder`; returns it."""
+    from wan_engine.annotators import ContourNet
+
+    folder = Path(folder)
+    contour = folder / CONTOUR_FILE
+    contour.parent.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        net = ContourNet(**TINY_CONTOUR)
+    scratch = contour.with_name(f".{contour.name}.{os.getpid()}.tmp")
+    torch.save(random_state(net, _seed(CONTOUR_FILE)), scratch)
+    os.replace(scratch, contour)
+    tiny_depth_model().save_pretrained(folder / DEPTH_FOLDER)
+    return folder
+
+
 def write_tiny_models(folder: str | Path) -> Path:
     """Write every tiny checkpoint, the tiny tokenizer and the tiny LoRAs into `folder`; returns it."""
     folder = Path(folder)
@@ -220,7 +258,7 @@ def write_tiny_models(folder: str | Path) -> Path:
     for layout in ("kohya", "peft"):
         name = f"tiny_{layout}"
         _write(tiny_lora_state(vace_dit, _seed(name), layout), folder / "loras" / f"{name}.safetensors")
-    return folder
+    return write_tiny_annotators(folder)
 
 
 def runnable_models(folder: str | Path) -> list[str]:

@@ -33,7 +33,6 @@ GENERATION_TASK_PARAMETERS = "parameters"
 PHASE_CONFIG = "phase_config"
 ADDITIONAL_LORAS = "additional_loras"
 PATH_LORAS = "loras"  # [{"path", "strength"}]: the app's list form of additional_loras
-TRAVEL_GUIDANCE = "travel_guidance"
 MODEL_FAMILY = "model_family"
 PRECISION = "precision"  # a run setting the request carries with its sampling fields
 TEXT_BEFORE, TEXT_AFTER = "text_before_prompts", "text_after_prompts"
@@ -304,47 +303,6 @@ def with_additional_loras(values: Mapping[str, Any], additional: Any, field: str
         multipliers.append(text)
         stems.append(stem)
     return {"lora_names": names, "lora_multipliers": multipliers}
-
-
-def _structure_guidance_has_video(value: Any) -> bool:
-    """A headless StructureGuidanceConfig has guidance when it lists videos or a guidance video URL."""
-    return isinstance(value, Mapping) and bool(value.get("videos") or value.get("guidance_video_url"))
-
-
-# The older ways of asking for a guidance video (reigh-worker core/params/structure_guidance.py and its
-# legacy aliases), each -> whether a value of it asks for one.
-STRUCTURE_GUIDANCE_KEYS = {
-    "structure_guidance": _structure_guidance_has_video,
-    "structure_videos": bool,
-    "structure_video_path": bool,
-    "uni3c_guide_video": bool,
-    "use_uni3c": lambda value: value is True or str(value).lower() == "true",
-}
-
-
-def check_guidance(reader: ParamReader) -> None:
-    """Refuse a row that asks for a guidance video. `travel_guidance` (reigh-worker
-    core/params/travel_guidance.py): kind "none" (also when left out) asks for nothing; every other
-    kind (vace with a raw / flow / depth / canny structure video, uni3c, ltx_control, ltx_hybrid)
-    steers the frames by a video this worker cannot make. The same goes for the older
-    structure-guidance keys when they name a video. Failing names the key, instead of making a
-    different video."""
-    reader.used.update((TRAVEL_GUIDANCE, *STRUCTURE_GUIDANCE_KEYS))
-    for key, asks_for_video in STRUCTURE_GUIDANCE_KEYS.items():
-        if reader.has(key) and asks_for_video(reader.params[key]):
-            raise ValidationError(reader.prefix + key, "structure guidance (a guidance video steering every frame) "
-                                                       "is not supported")
-    if not reader.has(TRAVEL_GUIDANCE):
-        return
-    guidance = reader.params[TRAVEL_GUIDANCE]
-    field = reader.prefix + TRAVEL_GUIDANCE
-    if not isinstance(guidance, Mapping):
-        raise ValidationError(field, "must be an object {\"kind\", ...}")
-    kind = guidance.get("kind") or "none"
-    if kind != "none":
-        mode = f" (mode {echo(guidance['mode'])})" if guidance.get("mode") else ""
-        raise ValidationError(f"{field}.kind", f"{echo(kind)}{mode} is not supported: it guides every frame by a "
-                                               "structure or control video this worker cannot make; only \"none\" is")
 
 
 def check_model_family(reader: ParamReader) -> None:

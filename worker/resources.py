@@ -36,6 +36,7 @@ class WorkerResources:
     generations_completed: int = 0  # proof the device works: the poller's device-fault count resets on it
     download_missing: bool = False  # --download-missing: the engine fetches missing weights before a load
     _registry: Any | None = None
+    _annotators: Any | None = None
 
     @classmethod
     def from_config(cls, config: Any) -> WorkerResources:
@@ -77,6 +78,22 @@ class WorkerResources:
 
             self._registry = ModelRegistry(self.models_dir)
         return self._registry
+
+    def annotators(self) -> Any:
+        """The structure-guidance annotators (wan_engine.annotators), loaded on first use and kept in host
+        memory; they run on this worker's device."""
+        if self._annotators is None:
+            from wan_engine.annotators import Annotators
+
+            self._annotators = Annotators(self.models_dir, self.device, self.download_missing)
+        return self._annotators
+
+    def check_annotator(self, kind: str) -> None:
+        """Fail (WeightsMissing) when annotator `kind`'s files are missing and may not be fetched; fetch
+        them when they may (torch-free, for an orchestrator)."""
+        from wan_engine.annotator_files import annotator_paths
+
+        annotator_paths(kind, self.models_dir, self.download_missing)
 
     def load_model(self, model: str) -> bool:
         """Make `model` (a definition key or preset) resident (--preload-model); False when it was."""

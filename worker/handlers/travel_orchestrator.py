@@ -34,6 +34,7 @@ from worker.errors import ValidationError
 from worker.generation import check_request, install_lora_urls, report_ignored, resolve_model
 from worker.handlers import HandlerResult, TaskContext, register
 from worker.store import NewTask
+from worker.travel.guidance import check_runnable
 from worker.travel.plan import DEFAULT_MODEL, HEADLESS_KEY, SegmentJob, read_travel
 from worker.travel_children import SEGMENT_JOB_PARAM
 
@@ -60,6 +61,8 @@ def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
                               f"{spec.key!r} is neither a VACE nor an image-to-video model; travel needs one "
                               f"(e.g. {DEFAULT_MODEL} or i2v_2_2)")
     plan = replace(plan, image_to_video=spec.is_image_to_video)
+    if plan.guidance is not None:
+        check_runnable(plan.guidance, spec.is_image_to_video, spec.key, ctx.resources)
     prompts = {name: max((getattr(segment, name) for segment in plan.segments), key=len)
                for name in ("prompt", "negative_prompt")}  # the longest of each, for the length limit
     checked: set[str] = set()

@@ -46,7 +46,6 @@ import numpy as np
 from wan_engine.errors import echo
 from worker.dialects import (
     PHASE_CONFIG,
-    check_guidance,
     check_model_family,
     copies_phase_loras,
     ignored_params,
@@ -68,6 +67,7 @@ from worker.handlers import HandlerResult, TaskContext, register
 from worker.params import ParamReader, local_path, round_to_frame_count
 from worker.paths import output_file
 from worker.travel.colour import ColourAdjustments, read_colour
+from worker.travel.guidance import check_runnable, gives_guidance, guide_segment, place, read_guidance
 from worker.travel.guide import segment_guide
 from worker.travel.plan import (
     CONTINUATION,
@@ -128,6 +128,7 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     if segment.end_image is not None:
         end = _keyframe(segment.end_image, job, f"images[{index + 1}]")
     continues = not job.independent and (index > 0 or segment.previous_video is not None)
+    guidance_facts = None
 
     def preceding(count: int) -> np.ndarray:
         """The last `count` frames of what this segment continues: the video its journey continues,
@@ -157,6 +158,13 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
         else:
             start = _keyframe(segment.start_image, job, f"images[{index}]")
         guide = segment_guide(segment.frames, head, start, end, tail)
+        if job.guidance is not None:
+            ctx.report_progress({"phase": "structure_guidance", "segment": index, "segments": job.segment_count})
+            guided = guide_segment(guide, job.guidance, job.guidance_offset, (job.width, job.height), job.fps,
+                                   ctx.resources.annotators().annotate)
+            guide = guided.guide
+            guidance_facts = {"mode": job.guidance.mode, "timeline_offset": job.guidance_offset,
+                              "frames": guided.frames, "sources": guided.sources}
         conditioning = {"video_guide": guide.guide, "video_mask": guide.mask}
         kept_frames = guide.kept_frames
 
@@ -204,6 +212,8 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
                        kept_frames=kept_frames, ignored_params=ignored)
     if job.colour != ColourAdjustments():
         result_data["colour_adjustments"] = job.colour.to_params()
+    if guidance_facts is not None:
+        result_data["structure_guidance"] = guidance_facts
     return HandlerResult(output_location=publish_outputs(ctx, result_data, output, thumbnail), result_data=result_data)
 
 
@@ -239,8 +249,14 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
     if index is None:
         raise ValidationError("segment_index", "is required")
     payload_strategy = continuation_strategy(details)
+    guidance, guidance_ignored = plan.guidance, {}
     for source in readers:  # the segment's own guidance, family and continuation, checked like the payload's
-        check_guidance(source)
+        if gives_guidance(source):  # the segment's own guidance wins (kind "none": this segment has none)
+            reading = read_guidance(source)
+            guidance, guidance_ignored = reading.guidance, reading.ignored
+            if guidance is not None:
+                guidance, unplaced = place(guidance, plan.timeline_frames)
+                guidance_ignored.update(unplaced)
         check_model_family(source)
         strategy = continuation_strategy(source) or payload_strategy
         if individual and index > 0 and strategy not in (None, NO_CONTINUATION):
@@ -265,8 +281,10 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
         raise ValidationError("frame_overlap_from_previous", f"{segment.overlap} frames do not fit a "
                                                              f"{segment.frames}-frame segment")
     spec = resolve_model(ctx.resources, details, DEFAULT_MODEL)
+    if guidance is not None:
+        check_runnable(guidance, spec.is_image_to_video, spec.key, ctx.resources)
     job = replace(SegmentJob.of(plan, planned), segment=segment, image_to_video=spec.is_image_to_video,
-                  colour=plan.colour)
+                  colour=plan.colour, guidance=guidance)
     for source in readers:  # the row's own copies of the adjustments win, individual_segment_params last
         job = replace(job, colour=read_colour(source, job.colour))
     if len(readers) > 1:  # individual_segment_params may carry the segment's own phase config and LoRAs
@@ -280,7 +298,7 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
     check_request(ctx.resources, ctx.config.limits,
                   {**job.sampling, "model": model, "prompt": segment.prompt, "width": job.width,
                    "height": job.height, "video_length": segment.frames}, details.schema, details.prefix)
-    ignored = {**plan.ignored_params, **_unhonoured_row_keys(readers, details)}
+    ignored = {**plan.ignored_params, **_unhonoured_row_keys(readers, details), **guidance_ignored}
     previous = ctx.task.dependant_on[0] if ctx.task.dependant_on and not individual else None
     return ignored, job, previous
 

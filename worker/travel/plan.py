@@ -49,7 +49,6 @@ from typing import Any
 from wan_engine.errors import echo
 from wan_engine.schema import DEFAULT_LIMITS, MAX_SEED, RANDOM_SEED, RESOLUTION_MULTIPLE, TRAVEL, Limits
 from worker.dialects import (
-    check_guidance,
     check_model_family,
     compose_prompt,
     expand_lora_objects,
@@ -68,6 +67,7 @@ from worker.params import (
     to_int,
 )
 from worker.travel.colour import ColourAdjustments, read_colour
+from worker.travel.guidance import Guidance, place, read_guidance, segment_offsets
 from worker.travel.stitch import HEADLESS_SHARPEN
 from worker.video import check_image, probe
 
@@ -155,6 +155,7 @@ class TravelPlan:
     image_to_video: bool = False  # an i2v model (the orchestrator sets it): segments take start and end frames
     colour: ColourAdjustments = ColourAdjustments()  # Reigh's colour adjustments (worker/travel/colour.py)
     crossfade_sharpen: float | None = None  # the headless stitch's fade and sharpening (travel/stitch.py), or ours
+    guidance: Guidance | None = None  # structure videos steering the generated frames (travel/guidance.py)
 
     @property
     def resolution(self) -> str:
@@ -187,6 +188,17 @@ class TravelPlan:
         - sum(shared_frames)."""
         return self.continue_frames + sum(segment.new_frames for segment in self.segments) - sum(self.shared_frames)
 
+    @property
+    def timeline_offsets(self) -> list[int]:
+        """Each segment's first frame in the journey's timeline (the stitched video without a continued
+        video's own frames), where structure guidance places its videos."""
+        return segment_offsets([segment.frames for segment in self.segments],
+                               [segment.overlap for segment in self.segments])
+
+    @property
+    def timeline_frames(self) -> int:
+        return self.timeline_offsets[-1] + self.segments[-1].frames
+
     def to_params(self) -> dict[str, Any]:
         """JSON-ready dict; `expected_frames` is written for operators reading the row."""
         return {
@@ -208,6 +220,7 @@ class TravelPlan:
             "image_to_video": self.image_to_video,
             "colour": self.colour.to_params(),
             "crossfade_sharpen": self.crossfade_sharpen,
+            "guidance": None if self.guidance is None else self.guidance.to_params(),
             "expected_frames": self.expected_frames,
         }
 
@@ -235,6 +248,7 @@ class TravelPlan:
             image_to_video=params["image_to_video"],
             colour=ColourAdjustments.from_params(params.get("colour")),  # absent from plans stored before it
             crossfade_sharpen=params.get("crossfade_sharpen"),
+            guidance=None if params.get("guidance") is None else Guidance.from_params(params["guidance"]),
         )
         if params.get("expected_frames", plan.expected_frames) != plan.expected_frames:
             raise ValidationError("expected_frames", "does not match the stored segments")
@@ -258,20 +272,25 @@ class SegmentJob:
     independent: bool = False  # the segment opens on its own keyframe, not on the previous output
     image_to_video: bool = False  # conditioned on start and end frames instead of a guide video
     colour: ColourAdjustments = ColourAdjustments()
+    guidance: Guidance | None = None  # the job's structure guidance
+    guidance_offset: int = 0  # the segment's first frame in the journey's timeline
 
     def to_params(self) -> dict[str, Any]:
-        return {**asdict(self), "segment": asdict(self.segment)}
+        guidance = None if self.guidance is None else self.guidance.to_params()
+        return {**asdict(self), "segment": asdict(self.segment), "guidance": guidance}
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> SegmentJob:
+        guidance = params.get("guidance")
         return cls(**{**params, "segment": SegmentPlan(**params["segment"]), "sampling": dict(params["sampling"]),
-                      "colour": ColourAdjustments.from_params(params.get("colour"))})
+                      "colour": ColourAdjustments.from_params(params.get("colour")),
+                      "guidance": None if guidance is None else Guidance.from_params(guidance)})
 
     @classmethod
     def of(cls, plan: TravelPlan, index: int) -> SegmentJob:
         return cls(plan.segments[index], plan.model, plan.preset, plan.width, plan.height, plan.fps,
                    plan.sampling_of(index), len(plan.segments), plan.expected_frames, plan.independent,
-                   plan.image_to_video, plan.colour)
+                   plan.image_to_video, plan.colour, plan.guidance, plan.timeline_offsets[index])
 
 
 def is_headless_form(params: Mapping[str, Any]) -> bool:
@@ -357,6 +376,7 @@ class _Planner:
         self.roundings: list[Rounding] = []
         self.overridden: dict[str, str] = {}
         self.continuation: str | None = None  # the row's continuation_config strategy, if it has one
+        self.guidance: Guidance | None = None
 
     def label(self, name: str) -> str:
         return self.reader.label(name)
@@ -397,7 +417,7 @@ class _Planner:
         if model is None and preset is None:
             model = DEFAULT_MODEL
         rule = HEADLESS_RULE if self.headless else OURS_RULE
-        return TravelPlan(
+        plan = TravelPlan(
             model=model,
             preset=preset,
             width=width,
@@ -416,6 +436,14 @@ class _Planner:
             colour=read_colour(self.reader),
             crossfade_sharpen=read_crossfade_sharpen(self.reader, HEADLESS_SHARPEN if self.headless else None),
         )
+        if self.guidance is None:
+            return plan
+        guidance, unplaced = place(self.guidance, plan.timeline_frames)  # videos past the end are reported
+        return replace(plan, guidance=guidance, ignored_params={**self.overridden, **self._own_keys(unplaced)})
+
+    def _own_keys(self, reasons: Mapping[str, str]) -> dict[str, str]:
+        """Reasons keyed by field names relative to the travel fields (ignored_params adds their place)."""
+        return {key.removeprefix(self.reader.prefix): reason for key, reason in reasons.items()}
 
     def _segment_sampling(self, count: int) -> tuple[dict[str, Any], ...]:
         """Reigh's per-pair overrides (`phase_configs_expanded`, `loras_per_segment_expanded`), one
@@ -468,7 +496,13 @@ class _Planner:
             raise ValidationError(self.reader.prefix + "model_type", f"must be \"vace\" or \"i2v\", got {echo(mode)}")
         if self.reader.flag("use_svi", False):
             raise ValidationError(self.reader.prefix + "use_svi", "SVI end-frame chaining is not supported")
-        check_guidance(self.reader)
+        reading = read_guidance(self.reader)
+        self.guidance = reading.guidance
+        self.overridden.update(self._own_keys(reading.ignored))
+        if self.guidance is not None and mode == "i2v":
+            raise ValidationError(self.guidance.field, "structure guidance steers VACE segments through their guide "
+                                                       "videos; model_type is \"i2v\" (Uni3C, its guidance, is not "
+                                                       "supported)")
         check_model_family(self.reader)
         self.continuation = continuation_strategy(self.reader)
         if self.continuation == GUIDE_OVERLAP and mode == "i2v":

@@ -1,0 +1,50 @@
+"""Where the annotators' weights (wan_engine/annotators.py) are and come from, without torch (an
+orchestrator checks them before it plans segments that need them).
+
+They are found in the models folder under the names below (Wan2GP's `ckpts/` layout for the contour
+network); when missing they are fetched from the hub if the worker may download
+(`--download-missing`), else the annotator fails as WeightsMissing naming the files and their URLs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from wan_engine.errors import WeightsMissing
+from wan_engine.hub import HubFile, fetch
+
+CANNY, DEPTH = "canny", "depth"
+CONTOUR_FILE = "scribble/netG_A_latest.pth"
+CONTOUR_SOURCE = HubFile("DeepBeepMeep/Wan2.1", CONTOUR_FILE)
+DEPTH_FOLDER = "depth_anything_v2_large_hf"
+DEPTH_REPO = "depth-anything/Depth-Anything-V2-Large-hf"
+DEPTH_FILES = ("config.json", "model.safetensors")
+
+
+@dataclass(frozen=True)
+class AnnotatorFile:
+    name: str  # relative to the models folder
+    source: HubFile
+
+
+def annotator_files(kind: str) -> tuple[AnnotatorFile, ...]:
+    """The files an annotator needs, each with its hub source."""
+    if kind == CANNY:
+        return (AnnotatorFile(CONTOUR_FILE, CONTOUR_SOURCE),)
+    if kind == DEPTH:
+        return tuple(AnnotatorFile(f"{DEPTH_FOLDER}/{name}", HubFile(DEPTH_REPO, name)) for name in DEPTH_FILES)
+    raise ValueError(f"no annotator {kind!r}; there are {CANNY!r} and {DEPTH!r}")
+
+
+def annotator_paths(kind: str, models_dir: str | Path, download: bool) -> list[Path]:
+    """The local paths of an annotator's files, fetched first where missing and `download` allows."""
+    models_dir = Path(models_dir)
+    files = annotator_files(kind)
+    missing = [file for file in files if not (models_dir / file.name).is_file()]
+    if missing and not download:
+        listing = ", ".join(f"{file.name} ({file.source.url})" for file in missing)
+        raise WeightsMissing(f"the {kind} annotator needs {listing} in {models_dir}; put them there or run the "
+                             "worker with --download-missing", [file.name for file in missing])
+    for file in missing:
+        fetch(file.source, models_dir, file.name)
+    return [models_dir / file.name for file in files]
