@@ -33,7 +33,10 @@ Three row forms:
 
 The April 2026 headless orchestrator also writes the canonical `num_frames` and `seed` next to
 `segment_frames_target` and `seed_to_use` (the canonical ones win), `model_family`, and the segment's
-`travel_guidance` (kind "none" is a no-op; any guidance video is refused naming the field).
+`travel_guidance` (its own structure guidance, which wins over the payload's: docs/guidance.md).
+
+With structure guidance, the generated frames of a VACE segment's guide show the guidance's control
+frames for their timeline frames (worker/travel/guidance.py) before the generation.
 """
 from __future__ import annotations
 

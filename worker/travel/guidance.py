@@ -304,7 +304,10 @@ def place(guidance: Guidance, total_frames: int) -> tuple[Guidance, dict[str, st
     """The guidance with its videos sorted and their ranges fitted to a journey of `total_frames`
     (an open or overlong end cut at the journey's end), and the videos that start after the end
     (reported: they guide nothing). Ranges may not be empty or overlap; every source must be a readable
-    video."""
+    video. A finished guidance video (a headless segment row's) is used instead of the videos, which
+    are then not read."""
+    if guidance.guidance_video is not None:  # the headless orchestrator's finished video stands in for them
+        return guidance, {}
     placed, ignored, previous = [], {}, None
     for video in sorted(guidance.videos, key=lambda video: video.start_frame):
         if video.start_frame >= total_frames:
@@ -401,14 +404,15 @@ class SegmentGuidance:
 def guide_segment(guide: SegmentGuide, guidance: Guidance, offset: int, size: tuple[int, int], fps: float,
                   annotate: Any) -> SegmentGuidance:
     """`guide` with guidance's control frames in its generated frames. `offset`: the segment's first
-    timeline frame; `size` (width, height); `annotate(mode, frames) -> frames` runs the mode's network."""
+    timeline frame (a headless row's `_frame_offset` wins for its guidance video); `size` (width, height); `annotate(mode, frames) -> frames` runs the mode's network."""
     generated = [k for k in range(len(guide.mask)) if (guide.mask[k] == MASK_GENERATE).all()]
-    if guidance.guidance_video is not None and guidance.frame_offset is not None:
-        wanted = {k: guidance.frame_offset + k for k in generated}
+    if guidance.guidance_video is not None:
+        start = offset if guidance.frame_offset is None else guidance.frame_offset
+        wanted = {k: start + k for k in generated}
         frames = _frames_at(local_path(guidance.guidance_video, f"{guidance.field}._guidance_video_url"),
                             sorted(set(wanted.values())), size, guidance.field)
         filled = {k: frames[index] for k, index in wanted.items() if index in frames}
-        sources = [{"guidance_video": guidance.guidance_video, "frame_offset": guidance.frame_offset}]
+        sources = [{"guidance_video": guidance.guidance_video, "frame_offset": start}]
         return _apply(guide, filled, sources)  # the headless composite is annotated already
     filled, sources = {}, []
     for video in guidance.videos:

@@ -29,8 +29,9 @@ and seeds are `seed + i`, so any segment can be re-run alone and give the same v
 Independent segments (`chain_segments: false` or `independent_segments: true`) each open on their
 own start image and wait for no other segment; the stitch cross-fades their overlaps all the same.
 The app's `continuation_config` decides instead when given: strategy "guide_overlap_masked" chains,
-"none" does not; the SVI and LTX strategies, `travel_guidance` other than kind "none" and
-`model_family: "ltx"` are refused naming the field. One
+"none" does not; the SVI and LTX strategies and `model_family: "ltx"` are refused naming the field.
+Structure guidance (`travel_guidance`, `structure_guidance`, the older structure keys) is read and
+its videos placed on the journey's timeline (worker/travel/guidance.py). One
 keyframe makes one segment that starts on it and ends where the model takes it. A journey that
 continues a video (`continue_from_video`, headless `continue_from_video_resolved_path`) has a segment
 per image: the first opens on the video's last `frame_overlap[0]` frames, and the stitch starts
