@@ -132,3 +132,17 @@ def test_an_orchestrator_checks_the_annotator_weights_and_the_model_before_plann
     with pytest.raises(ValidationError) as refused:
         check_runnable(guidance, True, "tiny_i2v_2_2", WorkerResources(device="cpu", models_dir=tmp_path))
     assert refused.value.field == "travel_guidance" and "image-to-video" in refused.value.rule
+
+
+def test_the_payloads_unused_guidance_settings_are_reported_once_prefixed(structure_video: Path,
+                                                                         tmp_path: Path) -> None:
+    from worker.travel.plan import read_travel
+
+    images = write_keyframes(tmp_path / "keys", 2, size=(40, 36))
+    guidance = {"kind": "vace", "mode": "raw", "strength": 0.4,
+                "videos": [{"path": str(structure_video), "start_frame": 0, "end_frame": 5},
+                           {"path": str(structure_video), "start_frame": 90, "end_frame": 99}]}
+    plan, _ = read_travel(travel_row(images, travel_guidance=guidance))
+    prefix = "orchestrator_details.travel_guidance."
+    assert set(plan.ignored_params) == {f"{prefix}strength", f"{prefix}videos[1]"}
+    assert [(v.start_frame, v.end_frame) for v in plan.guidance.videos] == [(0, 5)]

@@ -277,8 +277,7 @@ class SegmentJob:
     guidance_offset: int = 0  # the segment's first frame in the journey's timeline
 
     def to_params(self) -> dict[str, Any]:
-        guidance = None if self.guidance is None else self.guidance.to_params()
-        return {**asdict(self), "segment": asdict(self.segment), "guidance": guidance}
+        return asdict(self)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> SegmentJob:
