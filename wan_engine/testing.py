@@ -190,6 +190,11 @@ def _write(state: Mapping[str, torch.Tensor], path: Path) -> None:
     """Write atomically, leaving an identical existing file untouched (idempotent, safe for readers)."""
     scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_state_dict(state, scratch)
+    _settle(scratch, path)
+
+
+def _settle(scratch: Path, path: Path) -> None:
+    """Move a freshly written file to `path`, unless an identical one is already there."""
     scratch.chmod(0o644)  # a models folder is read by other users (the worker service)
     if path.is_file() and filecmp.cmp(scratch, path, shallow=False):
         scratch.unlink()
@@ -203,7 +208,9 @@ TINY_CONTOUR = {"width": 4, "blocks": 1}
 def tiny_depth_model() -> nn.Module:
     """Depth Anything V2 at a tiny size (a 4-layer ViT of width 16 with patch 14), random weights."""
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # its saving bar would fill test and CLI output
     backbone = Dinov2Config(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, patch_size=14,
                             image_size=518, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
     config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 8, 16, 16],
@@ -223,8 +230,14 @@ def write_tiny_annotators(folder: str | Path) -> Path:
         net = ContourNet(**TINY_CONTOUR)
     scratch = contour.with_name(f".{contour.name}.{os.getpid()}.tmp")
     torch.save(random_state(net, _seed(CONTOUR_FILE)), scratch)
-    os.replace(scratch, contour)
-    tiny_depth_model().save_pretrained(folder / DEPTH_FOLDER)
+    _settle(scratch, contour)
+    depth = folder / DEPTH_FOLDER
+    staging = folder / f".{DEPTH_FOLDER}.{os.getpid()}.tmp"
+    tiny_depth_model().save_pretrained(staging)
+    depth.mkdir(exist_ok=True)
+    for written in staging.iterdir():
+        _settle(written, depth / written.name)
+    staging.rmdir()
     return folder
 
 
