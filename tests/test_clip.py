@@ -74,3 +74,57 @@ def test_the_wan_checkpoint_keeps_only_the_vision_tower_through_its_penultimate_
     for dropped in ("visual.transformer.31.mlp.0.weight", "visual.post_norm.weight", "visual.head",
                     "textual.encoder.layers.0.weight", "log_scale"):
         assert rename(dropped) is None
+
+
+def test_a_transformers_clip_file_loads_as_pieces_of_the_fused_projection(tmp_path) -> None:
+    """diffusers' Wan 2.1 I2V `image_encoder/` (CLIPVisionModel) and ComfyUI's clip_vision_h (with its
+    projection) store q, k, v apart and the embeddings flat: loaded through the key map, the encoder
+    gives transformers' own penultimate hidden states."""
+    from safetensors.torch import save_file
+
+    from wan_engine.checkpoints import NetworkFiles, verify_network_files
+    from wan_engine.nn.clip import key_map
+    from wan_engine.weights import load_model
+
+    reference = transformers_model(11)
+    # as transformers 4 wrote the published files (transformers 5 leaves out the vision_model. prefix)
+    state = {f"vision_model.{k}": v.contiguous() for k, v in reference.state_dict().items()}
+    state["vision_model.embeddings.position_ids"] = torch.arange(5)[None]
+    state["visual_projection.weight"] = torch.randn(16, TINY_CLIP["dim"])  # ComfyUI's file carries the head
+    path = tmp_path / "clip_vision_h.safetensors"
+    save_file(state, str(path))
+    build = lambda: ClipVisionEncoder(**TINY_CLIP)  # noqa: E731
+    network = NetworkFiles("image encoder", build, [path], key_map(TINY_CLIP["num_layers"]))
+    verify_network_files(network)
+    ours = load_model(build, [path], dtype=torch.float32, key_map=network.key_map)
+    image = np.random.default_rng(12).integers(0, 256, (30, 44, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = reference(pixel_values=clip_pixels(image, TINY_CLIP["image_size"]),
+                             output_hidden_states=True).hidden_states[-2]
+    assert torch.allclose(ours.encode(image), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_transformers_clip_file_missing_a_piece_or_with_a_wrong_one_names_it(tmp_path) -> None:
+    import pytest
+    from safetensors.torch import save_file
+
+    from wan_engine.checkpoints import NetworkFiles, verify_network_files
+    from wan_engine.errors import LoadError
+    from wan_engine.nn.clip import key_map
+    from wan_engine.weights import load_model
+
+    state = {k: v.contiguous() for k, v in transformers_model(1).state_dict().items()}
+    build = lambda: ClipVisionEncoder(**TINY_CLIP)  # noqa: E731
+    without_v = {k: v for k, v in state.items() if k != "encoder.layers.1.self_attn.v_proj.weight"}
+    save_file(without_v, str(tmp_path / "a.safetensors"))
+    network = NetworkFiles("image encoder", build, [tmp_path / "a.safetensors"], key_map(TINY_CLIP["num_layers"]))
+    with pytest.raises(LoadError, match="lack key transformer.1.attn.to_qkv.weight"):
+        verify_network_files(network)
+    with pytest.raises(LoadError, match="1 missing: transformer.1.attn.to_qkv.weight"):
+        load_model(build, network.files, dtype=torch.float32, key_map=network.key_map)
+    wrong = {**state, "encoder.layers.0.self_attn.q_proj.weight": torch.zeros(8, TINY_CLIP["dim"])}
+    save_file(wrong, str(tmp_path / "b.safetensors"))
+    network = NetworkFiles("image encoder", build, [tmp_path / "b.safetensors"], key_map(TINY_CLIP["num_layers"]))
+    with pytest.raises(LoadError, match=r"q_proj.weight has shape \[8, 32\], the network needs \[96, 32\] "
+                                        r"\(piece 1 of 3\)"):
+        verify_network_files(network)

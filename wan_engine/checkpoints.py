@@ -6,8 +6,9 @@ Key names: each network takes every published naming as downloaded. The official
 Wan-AI, ComfyUI, with ComfyUI's `model.diffusion_model.` prefix removed), the diffusers names of the
 DiT and VAE, and the transformers names of the umT5 encoder all map to the official names; the maps
 leave official names unchanged, so no layout needs to be declared. Wan 2.1 I2V's CLIP image encoder
-is read from the Wan / Wan2GP checkpoint of the whole CLIP, keeping only its vision tower
-(wan_engine.nn.clip.wan_key_map).
+is read from the Wan / Wan2GP checkpoint of the whole CLIP, keeping only its vision tower, or from a
+transformers CLIPVisionModel file (diffusers, ComfyUI), whose separate q, k, v are joined
+(wan_engine.nn.clip.key_map).
 
 A wrong, truncated or mismatched file fails the check within a second, with the file and the first
 bad key named, instead of after minutes of loading. `wan-worker models verify` and the engine (before
@@ -25,7 +26,7 @@ from torch import nn
 from wan_engine.errors import LoadError
 from wan_engine.registry import ModelFiles, ModelSpec
 from wan_engine.tensor_files import dtype_name, open_checkpoints
-from wan_engine.weights import KeyMap
+from wan_engine.weights import KeyMap, Piece
 
 # safetensors dtype names a floating-point tensor may be stored in (cast to the compute dtype at load)
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
@@ -54,7 +55,7 @@ def key_maps(spec: ModelSpec) -> KeyMaps:
 
     image = spec.image_encoder_config
     return KeyMaps(dit_names, vae.diffusers_key_map(spec.vae_config["num_res_blocks"]), t5.transformers_to_official,
-                   None if image is None else clip.wan_key_map(image["num_layers"]))
+                   None if image is None else clip.key_map(image["num_layers"]))
 
 
 @dataclass(frozen=True)
@@ -100,24 +101,33 @@ def verify_network_files(network: NetworkFiles) -> None:
     """Check one network's files from their headers (see the module docstring)."""
     with torch.device("meta"):
         expected = network.build().state_dict()
-    seen: dict[str, Path] = {}
+    seen: dict[str, Path] = {}  # network name (with ":index" for a piece) -> the file that gave it
+    counts: dict[str, int] = {}  # network name -> how many pieces fill it
     with open_checkpoints(network.files) as tensors:
         for stored in tensors:
-            name = network.key_map(stored.key) if network.key_map is not None else stored.key
-            if name is None:
+            mapped = network.key_map(stored.key) if network.key_map is not None else stored.key
+            if mapped is None:
                 continue
+            piece = mapped if isinstance(mapped, Piece) else None
+            name = piece.name if piece is not None else mapped
             where = f"{network.label} file {stored.file}: key {stored.key}"
             if name not in expected:
                 raise LoadError(f"{where} is not a tensor of the {network.label} network (wrong file?)")
-            if name in seen:
-                raise LoadError(f"{where} is also in {seen[name]}")
+            slot = name if piece is None else f"{name}:{piece.index}"
+            if slot in seen or (piece is not None and name in seen) or (piece is None and name in counts):
+                raise LoadError(f"{where} is also in {seen.get(slot) or seen.get(name) or 'another key'}")
             want = expected[name]
-            if stored.shape != tuple(want.shape):
-                raise LoadError(f"{where} has shape {list(stored.shape)}, the network needs {list(want.shape)}")
+            if not (piece.fits(stored.shape, want.shape) if piece is not None else stored.shape == tuple(want.shape)):
+                raise LoadError(f"{where} has shape {list(stored.shape)}, the network needs {list(want.shape)}"
+                                + (f" (piece {piece.index + 1} of {piece.count})" if piece is not None else ""))
             if not _dtype_fits(stored.dtype, want):
                 raise LoadError(f"{where} has dtype {stored.dtype}, the network needs {want.dtype}")
-            seen[name] = stored.file
-    missing = [name for name in expected if name not in seen]
+            seen[slot] = stored.file
+            if piece is not None:
+                counts[name] = piece.count
+    filled = {name for name in seen if ":" not in name} | {
+        name for name, count in counts.items() if all(f"{name}:{i}" in seen for i in range(count))}
+    missing = [name for name in expected if name not in filled]
     if missing:
         names = ", ".join(str(p) for p in network.files)
         more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""

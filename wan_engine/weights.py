@@ -11,6 +11,10 @@ submodule whose name the network lists in its class attribute `keep_in_fp32` (sm
 sensitive pieces such as the time embedding and the modulation tables). Buffers keep the dtype the
 network gave them.
 
+A key map may also say that a stored tensor is a piece of a network tensor (`Piece`): chunk i of n
+along its first dimension (q, k and v stored apart where the network fuses them), or the whole
+tensor stored in another shape (a class embedding kept flat); the pieces are joined once all are read.
+
 A network loaded this way has no non-persistent buffers: constants derived from the config (RoPE
 tables, latent statistics) are computed in forward or kept as plain attributes, since nothing here
 could fill a buffer that the checkpoint does not carry.
@@ -18,6 +22,7 @@ could fill a buffer that the checkpoint does not carry.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +32,31 @@ from torch import nn
 from wan_engine.errors import LoadError
 from wan_engine.tensor_files import open_checkpoints
 
-KeyMap = Callable[[str], "str | None"]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A stored tensor that fills part of network tensor `name`: chunk `index` of `count` along its first
+    dimension, or (count 1) all of it in another shape with as many elements."""
+
+    name: str
+    index: int = 0
+    count: int = 1
+
+    def fits(self, stored: Sequence[int], want: Sequence[int]) -> bool:
+        if self.count == 1:
+            return _numel(stored) == _numel(want)
+        return len(want) > 0 and want[0] % self.count == 0 and tuple(stored) == (want[0] // self.count, *want[1:])
+
+
+KeyMap = Callable[[str], "str | Piece | None"]
+
+
+def _numel(shape: Sequence[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
 
 _LISTED_KEYS = 8  # how many offending keys an error message names before it summarises
 
@@ -55,26 +84,37 @@ def load_model(
     device = torch.device(device)
 
     loaded: dict[str, torch.Tensor] = {}
+    pieces: dict[str, dict[int, torch.Tensor]] = {}  # network name -> the pieces read so far, by index
     unexpected: list[str] = []
     duplicated: list[str] = []
     wrong_shape: list[str] = []
     with open_checkpoints(files) as tensors:
         for stored in tensors:
-            name = key_map(stored.key) if key_map is not None else stored.key
-            if name is None:
+            mapped = key_map(stored.key) if key_map is not None else stored.key
+            if mapped is None:
                 continue
+            piece = mapped if isinstance(mapped, Piece) else None
+            name = piece.name if piece is not None else mapped
             if name not in expected:
                 unexpected.append(_describe(stored.key, name))
                 continue
-            if name in loaded:
+            if name in loaded or (piece is not None and piece.index in pieces.get(name, {})):
                 duplicated.append(f"{name} (again in {stored.file.name})")
                 continue
             want = tuple(expected[name].shape)
-            if stored.shape != want:
+            if not (piece.fits(stored.shape, want) if piece is not None else stored.shape == want):
                 wrong_shape.append(f"{_describe(stored.key, name)}: file {list(stored.shape)}, network {list(want)}")
                 continue
             target = _target_dtype(name, expected[name], dtype, keep_fp32, name in buffer_names)
-            loaded[name] = stored.read().to(device).to(target)
+            tensor = stored.read().to(device).to(target)
+            if piece is None:
+                loaded[name] = tensor
+                continue
+            parts = pieces.setdefault(name, {})
+            parts[piece.index] = tensor
+            if len(parts) == piece.count:
+                loaded[name] = torch.cat([parts[i] for i in range(piece.count)]).reshape(want)
+                del pieces[name]
 
     missing = [name for name in expected if name not in loaded]
     problems = [

@@ -6,11 +6,15 @@ transformers' CLIPVisionModel). The last block, the final norm and the projectio
 used, so they are not built, and the text tower of the checkpoint is not read.
 
 Parameter names are those of the Wan / Wan2GP checkpoint (`visual.transformer.N.attn.to_qkv`, ...),
-without the `visual.` prefix (`wan_key_map`). Images are prepared as Wan2GP prepares them
+without the `visual.` prefix (`wan_key_map`); transformers' CLIPVisionModel files (diffusers'
+`image_encoder/`, ComfyUI's `clip_vision_h`), whose q, k and v projections are stored apart and whose
+embeddings are flat, load as pieces of the same tensors (`transformers_key_map`; `key_map` takes
+either naming). Images are prepared as Wan2GP prepares them
 (`clip_pixels`): resized to 224 x 224 with Lanczos, then normalized with CLIP's mean and deviation.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -18,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from wan_engine.weights import Piece
 
 VIT_H_14 = dict(dim=1280, num_layers=32, num_heads=16, patch_size=14, image_size=224, mlp_ratio=4, eps=1e-5)
 TINY_CLIP = dict(dim=32, num_layers=3, num_heads=4, patch_size=14, image_size=28, mlp_ratio=4, eps=1e-5)
@@ -108,3 +114,46 @@ def wan_key_map(num_layers: int) -> Callable[[str], str | None]:
         return key.removeprefix("visual.")
 
     return rename
+
+
+# transformers' CLIPVisionModel names -> ours, per block (q, k and v are pieces of the fused projection)
+_TRANSFORMERS_BLOCK = {"self_attn.out_proj": "attn.proj", "layer_norm1": "norm1", "layer_norm2": "norm2",
+                       "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2"}
+_TRANSFORMERS_EMBEDDINGS = {"embeddings.patch_embedding.weight": "patch_embedding.weight",
+                            "embeddings.class_embedding": Piece("cls_embedding"),
+                            "embeddings.position_embedding.weight": Piece("pos_embedding"),
+                            "pre_layrnorm.weight": "pre_norm.weight", "pre_layrnorm.bias": "pre_norm.bias"}
+_TRANSFORMERS_LAYER = re.compile(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+_WAN_PREFIXES = ("visual.", "textual.", "log_scale")
+
+
+def transformers_key_map(num_layers: int) -> Callable[[str], str | Piece | None]:
+    """Names of a transformers CLIPVisionModel file -> this encoder's: q, k and v as thirds of the fused
+    projection, the flat class and position embeddings reshaped; None for the position ids, the last
+    block, the post-norm, the projection heads and a text tower. Files written by transformers 4
+    (diffusers' `image_encoder/`, ComfyUI's clip_vision_h) prefix the names with `vision_model.`;
+    transformers 5 writes them bare."""
+
+    def rename(key: str) -> str | Piece | None:
+        if key.startswith(("text_model.", "visual_projection.", "text_projection.", "logit_scale")):
+            return None
+        key = key.removeprefix("vision_model.")
+        if key in _TRANSFORMERS_EMBEDDINGS:
+            return _TRANSFORMERS_EMBEDDINGS[key]
+        match = _TRANSFORMERS_LAYER.match(key)
+        if match is None:
+            return None if key.startswith(("embeddings.position_ids", "post_layernorm.")) else key
+        if int(match[1]) >= num_layers - 1:
+            return None  # the last block: Wan conditions on the penultimate one
+        block, part, kind = f"transformer.{match[1]}.", match[2], match[3]
+        if part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            return Piece(f"{block}attn.to_qkv.{kind}", "qkv".index(part[len("self_attn.")]), 3)
+        return f"{block}{_TRANSFORMERS_BLOCK[part]}.{kind}" if part in _TRANSFORMERS_BLOCK else key
+
+    return rename
+
+
+def key_map(num_layers: int) -> Callable[[str], str | Piece | None]:
+    """Either naming of a CLIP file: the Wan checkpoint's (`visual.*`, `textual.*`) or transformers'."""
+    wan, transformers = wan_key_map(num_layers), transformers_key_map(num_layers)
+    return lambda key: (wan if key.startswith(_WAN_PREFIXES) else transformers)(key)
