@@ -117,16 +117,24 @@ def test_compiled_blocks_equal_eager_blocks_at_two_latent_sizes(precision: str) 
             torch.testing.assert_close(compiled(x, torch.tensor([400.0]), context), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_networks_installed_from_memory_generate_what_the_same_weights_loaded_from_files_do(tiny_models_dir: Path) -> None:
-    request = GenerationRequest(model="tiny_vace_2_2", prompt="a lighthouse", width=64, height=48, video_length=5,
-                                seed=5, num_inference_steps=3)  # fmt: skip
+@pytest.mark.parametrize("model", ["tiny_vace_2_2", "tiny_i2v"])
+def test_networks_installed_from_memory_generate_what_the_same_weights_loaded_from_files_do(tiny_models_dir: Path,
+                                                                                             model: str) -> None:
+    start = {"image_start": np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8)}
+    request = GenerationRequest(model=model, prompt="a lighthouse", width=64, height=48, video_length=5, seed=5,
+                                num_inference_steps=3, **(start if model == "tiny_i2v" else {}))  # fmt: skip
     from_files = Engine(tiny_models_dir, device="cpu", dtype=torch.float32)
     expected = from_files.generate(request).frames
     loaded = from_files._loaded.networks
+    clip = loaded.image_encoder.encoder.module if loaded.image_encoder is not None else None
     engine = Engine(tiny_models_dir, device="cpu", dtype=torch.float32)
-    engine.install("tiny_vace_2_2", dict(loaded.experts.networks), loaded.text_encoder.encoder.module,
-                   loaded.text_encoder.tokenizer, loaded.vae)  # fmt: skip
-    assert engine.loaded_model == "tiny_vace_2_2" and engine._loaded.files is None
+    if clip is not None:  # a model with a CLIP encoder cannot be installed without it
+        with pytest.raises(ValueError, match="needs CLIP image encoder"):
+            engine.install(model, dict(loaded.experts.networks), loaded.text_encoder.encoder.module,
+                           loaded.text_encoder.tokenizer, loaded.vae)  # fmt: skip
+    engine.install(model, dict(loaded.experts.networks), loaded.text_encoder.encoder.module,
+                   loaded.text_encoder.tokenizer, loaded.vae, image_encoder=clip)  # fmt: skip
+    assert engine.loaded_model == model and engine._loaded.files is None
     assert np.array_equal(engine.generate(request).frames, expected)
 
 

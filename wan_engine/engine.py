@@ -272,12 +272,16 @@ class Engine:
         tokenizer: T5Tokenizer,
         vae: nn.Module,
         precision: str | None = None,
+        image_encoder: nn.Module | None = None,
     ) -> None:
         """Make networks already in memory the resident model `key` (bench/gpu.py: random weights at
         the real shapes, where no checkpoint files exist), prepared and placed as loaded ones are: fp8
-        layers in fp8 mode (quantised in place), compiled blocks, the device budget."""
+        layers in fp8 mode (quantised in place), compiled blocks, the device budget. `image_encoder`:
+        the CLIP encoder of a Wan 2.1 image-to-video model, which needs one."""
         spec = self.registry.get(key)
         precision = check_precision(precision or self.precision)
+        if (image_encoder is None) != (spec.image_encoder_config is None):
+            raise ValueError(f"{key} {'needs' if image_encoder is None else 'has no'} CLIP image encoder")
         self._loaded = self._previous = None
         release_cached_memory(self.device)
         held = tensor_bytes(list(experts.values()), self.device)
@@ -288,7 +292,10 @@ class Engine:
                 quantize_dit(network, self.device)
             networks[name] = self._prepared(network.to("cpu" if take_turns else self.device), precision)
         encoder = pipeline.TextEncoder(tokenizer, HostResident(text_encoder, self.device))
-        networks_placed = self._placed(spec, encoder, vae.to(self.device, self.vae_dtype), networks, resident_blocks, take_turns)
+        images = None if image_encoder is None else pipeline.ImageEncoder(HostResident(image_encoder, self.device),
+                                                                          spec.image_encoder_frames)
+        networks_placed = self._placed(spec, encoder, vae.to(self.device, self.vae_dtype), networks, resident_blocks,
+                                       take_turns, images)
         self._loaded = LoadedModel(spec, None, networks_placed, precision)
 
     def _placement(self, spec: ModelSpec, precision: str, vae: nn.Module, held_bytes: int = 0) -> tuple[int | None, bool]:
