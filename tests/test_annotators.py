@@ -99,3 +99,19 @@ def test_with_downloads_allowed_the_weights_are_fetched_from_the_hub(tiny_models
             for file in annotator_files(kind):
                 assert (tmp_path / "models" / file.name).read_bytes() == (tiny_models_dir / file.name).read_bytes()
         assert hub.downloads("scribble/netG_A_latest.pth") == 1
+
+
+def test_models_download_fetches_the_annotators_named(tiny_models_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    from models_harness import json_lines, models
+
+    repos = {"DeepBeepMeep/Wan2.1": tiny_models_dir, DEPTH_REPO: tiny_models_dir / DEPTH_FOLDER}
+    with HubServer(repos) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        folder = tmp_path / "models"
+        done = models(capsys, "download", "--annotator", "canny", "--annotator", "depth", "--models-dir", str(folder))
+    assert done.returncode == 0, done.stderr
+    names = [file.name for kind in (CANNY, DEPTH) for file in annotator_files(kind)]
+    assert sorted(event["file"] for event in json_lines(done.stdout)) == sorted(names)
+    assert all((folder / name).read_bytes() == (tiny_models_dir / name).read_bytes() for name in names)

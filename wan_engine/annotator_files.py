@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wan_engine.errors import WeightsMissing
 from wan_engine.hub import HubFile, fetch
 
+if TYPE_CHECKING:
+    from wan_engine.registry import NeededFile
+
 CANNY, DEPTH = "canny", "depth"
+KINDS = (CANNY, DEPTH)
 CONTOUR_FILE = "scribble/netG_A_latest.pth"
 CONTOUR_SOURCE = HubFile("DeepBeepMeep/Wan2.1", CONTOUR_FILE)
 DEPTH_FOLDER = "depth_anything_v2_large_hf"
@@ -48,3 +53,13 @@ def annotator_paths(kind: str, models_dir: str | Path, download: bool) -> list[P
     for file in missing:
         fetch(file.source, models_dir, file.name)
     return [models_dir / file.name for file in files]
+
+
+def needed_annotator_files(kind: str, models_dir: str | Path) -> list[NeededFile]:
+    """An annotator's files as `wan-worker models download` fetches model files."""
+    from wan_engine.registry import NeededFile
+
+    models_dir = Path(models_dir)
+    return [NeededFile(f"annotator {kind}", (file.name,), file.source,
+                       models_dir / file.name if (models_dir / file.name).is_file() else None)
+            for file in annotator_files(kind)]

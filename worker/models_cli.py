@@ -3,6 +3,7 @@ checking the files present (safetensors headers only).
 
     wan-worker models list [--json]
     wan-worker models download KEY-or-PRESET... [--with-loras | --no-loras] [--lora NAME ...] [--layout L]
+                               [--annotator canny|depth ...]
     wan-worker models verify KEY-or-PRESET...
 
 Downloads honour HF_ENDPOINT and HF_TOKEN; on a terminal each file gets a progress bar, otherwise
@@ -14,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any, Callable
 
+from wan_engine.annotator_files import KINDS as ANNOTATORS
 from worker.config import WorkerConfig, add_setting_arguments
 
 MODELS_SETTINGS = ("models_dir", "log_format", "log_level")
@@ -33,6 +36,8 @@ def add_models_arguments(parser: argparse.ArgumentParser) -> None:
     loras.add_argument("--no-loras", dest="with_loras", action="store_false", help="skip the default LoRAs")
     download.add_argument("--lora", action="append", default=[], metavar="NAME",
                           help="also fetch this LoRA (alias, file name or URL); repeatable")
+    download.add_argument("--annotator", action="append", default=[], choices=ANNOTATORS,
+                          help="also fetch a structure-guidance annotator's weights (docs/guidance.md); repeatable")
     download.add_argument("--layout", help="which published checkpoint layout to fetch (`models list` names each "
                                            "model's layouts) [wan2gp: Wan2GP's single files]")
     verify = actions.add_parser("verify", help="check the files of models from their safetensors headers")
@@ -56,10 +61,11 @@ def models_command(args: argparse.Namespace, config: WorkerConfig) -> int:
     if args.models_action == "list":
         return list_models(registry, as_json=args.json)
     if args.models_action == "download":
-        if not specs and not args.lora:
-            print("wan-worker models download: name at least one model, preset or --lora", file=sys.stderr)
+        if not specs and not args.lora and not args.annotator:
+            print("wan-worker models download: name at least one model, preset, --lora or --annotator", file=sys.stderr)
             return 2
-        return download_models(registry, specs, with_loras=args.with_loras, extra_loras=args.lora)
+        return download_models(registry, specs, with_loras=args.with_loras, extra_loras=args.lora,
+                               annotators=args.annotator)
     return verify_models(registry, specs)
 
 
@@ -109,7 +115,9 @@ def list_models(registry: Any, *, as_json: bool) -> int:
 
 # ---- download -------------------------------------------------------------------------------------
 
-def download_models(registry: Any, specs: list[Any], *, with_loras: bool, extra_loras: list[str]) -> int:
+def download_models(registry: Any, specs: list[Any], *, with_loras: bool, extra_loras: list[str],
+                    annotators: Sequence[str] = ()) -> int:
+    from wan_engine.annotator_files import needed_annotator_files
     from wan_engine.hub import fetch_needed
 
     needed: dict[str, Any] = {}
@@ -118,6 +126,9 @@ def download_models(registry: Any, specs: list[Any], *, with_loras: bool, extra_
             needed.setdefault(file.download_name, file)
     for file in registry.needed_loras(extra_loras):
         needed.setdefault(file.download_name, file)
+    for kind in annotators:
+        for file in needed_annotator_files(kind, registry.models_dir):
+            needed.setdefault(file.download_name, file)
     terminal = sys.stdout.isatty()
     failures = fetch_needed(list(needed.values()), registry.models_dir, on_file=_file_reporter(terminal),
                             show_progress=terminal, stop_on_failure=False)  # fmt: skip
