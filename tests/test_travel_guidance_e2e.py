@@ -66,6 +66,7 @@ def test_a_raw_structure_video_fills_each_segments_generated_frames_on_the_timel
     # frame k of segment 1 is the video's frame 7 + k - 4 of 10, spread over its 24 source frames
     assert facts[1]["sources"][0]["source_frames"] == [int((7 + k - 4) * 23 / 10) for k in range(2, 7)]
     assert segments_of(store, guided_id)[0].result_data["ignored_params"] == {}
+    assert segments_of(store, guided_id)[0].result_data["phase_seconds"]["structure_guidance"] >= 0
     # the control frames reached the model: the guided segments differ from the unguided ones
     for with_video, without in zip(segments_of(store, guided_id), segments_of(store, plain_id)):
         assert not np.array_equal(read_video(with_video.output_location), read_video(without.output_location))

@@ -40,6 +40,7 @@ frames for their timeline frames (worker/travel/guidance.py) before the generati
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -163,11 +164,13 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
         guide = segment_guide(segment.frames, head, start, end, tail)
         if job.guidance is not None:
             ctx.report_progress({"phase": "structure_guidance", "segment": index, "segments": job.segment_count})
+            started = time.monotonic()
             guided = guide_segment(guide, job.guidance, job.guidance_offset, (job.width, job.height), job.fps,
                                    ctx.resources.annotators().annotate)
             guide = guided.guide
             guidance_facts = {"mode": job.guidance.mode, "timeline_offset": job.guidance_offset,
-                              "frames": guided.frames, "sources": guided.sources}
+                              "frames": guided.frames, "sources": guided.sources,
+                              "seconds": round(time.monotonic() - started, 3)}
         conditioning = {"video_guide": guide.guide, "video_mask": guide.mask}
         kept_frames = guide.kept_frames
 
@@ -192,6 +195,8 @@ def travel_segment(ctx: TaskContext) -> HandlerResult:
     ctx.report_progress({"phase": "video_encode", "segment": index, "segments": job.segment_count})
     thumbnail, encode_seconds = write_video(generation.frames, output, job.fps)
     generation.phase_seconds["video_encode"] = encode_seconds
+    if guidance_facts is not None:
+        generation.phase_seconds["structure_guidance"] = guidance_facts.pop("seconds")
     report_job_progress(ctx, job.segment_count, job.expected_frames, phase="segments", done=index + 1)
 
     result_data = generation_result_data(

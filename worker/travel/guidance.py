@@ -384,8 +384,8 @@ def _source_info(video: GuidanceVideo) -> tuple[Any, int, float]:
         info = probe(path)
     except (OSError, RuntimeError) as error:
         raise ValidationError(f"{video.field}.path", f"not a readable video: {echo(video.path)} ({error})") from None
-    if info.frames < 1:
-        raise ValidationError(f"{video.field}.path", f"{echo(video.path)} has no frames")
+    if info.frames < 1 or not info.fps > 0:
+        raise ValidationError(f"{video.field}.path", f"{echo(video.path)} has no frames or no frame rate")
     return path, info.frames, info.fps
 
 
