@@ -227,3 +227,28 @@ def test_a_headless_guidance_video_is_read_from_the_segment_offset(tmp_path: Pat
     guided = guide_segment(guide, guidance, offset=0, size=(32, 24), fps=16, annotate=None)
     assert guided.frames == [2, 3]
     assert [int(guided.guide.guide[k].mean()) for k in (2, 3)] == [levels[22], levels[23]]
+
+
+@pytest.mark.parametrize("guidance,field", [
+    ("vace", "travel_guidance"),
+    ({"kind": "vace", "mode": "raw", "videos": {"path": "a.mp4"}}, "travel_guidance.videos"),
+    ({"kind": "vace", "mode": "raw", "videos": ["a.mp4"]}, "travel_guidance.videos[0]"),
+    ({"kind": "vace", "mode": "raw", "videos": [{"path": "a.mp4", "start_frame": "soon"}]},
+     "travel_guidance.videos[0].start_frame"),
+    ({"kind": "vace", "mode": "raw", "videos": [{"path": "a.mp4", "end_frame": 0}]}, "travel_guidance.videos[0].end_frame"),
+    ({"kind": "vace", "mode": "canny", "canny_intensity": -1, "videos": [{"path": "a.mp4"}]},
+     "travel_guidance.canny_intensity"),
+    ({"kind": "sparkles", "videos": [{"path": "a.mp4"}]}, "travel_guidance.kind"),
+])
+def test_malformed_guidance_fails_naming_the_field(guidance: object, field: str) -> None:
+    with pytest.raises(ValidationError) as error:
+        read({"travel_guidance": guidance})
+    assert error.value.field == DETAILS + field
+
+
+def test_a_source_range_ending_before_it_starts_fails_naming_it(tmp_path: Path) -> None:
+    path = level_video(tmp_path / "v.mkv", [10, 20, 30])
+    video = GuidanceVideo(path, 0, 4, source_start_frame=5, source_end_frame=3, field="g.videos[0]")
+    with pytest.raises(ValidationError) as error:
+        place(Guidance(RAW, (video,)), 10)
+    assert error.value.field == "g.videos[0].source_end_frame"
