@@ -8,4 +8,10 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
 fi
 bash scripts/install.sh
 .venv/bin/pip install -q -e ".[dev]"
+# torchvision's RAFT, the reference of ours (tests/test_raft.py): unpacked beside the venv, not installed
+# (its compiled operators do not load with the CPU torch, and transformers would import it).
+if [ ! -d .venv/reference/torchvision ]; then
+  .venv/bin/pip download -q --no-deps "torchvision==0.28.0" -d .venv/reference/wheels
+  .venv/bin/python -m zipfile -e .venv/reference/wheels/torchvision-0.28.0-*.whl .venv/reference/
+fi
 exec .venv/bin/python -m pytest -q "$@"

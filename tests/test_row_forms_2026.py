@@ -18,6 +18,8 @@ from worker.dialects import expand_lora_objects
 from worker.errors import ValidationError
 from worker.resources import WorkerResources
 from worker.store import TaskStatus, TaskStore
+from worker.params import ParamReader
+from worker.travel.guidance import read_guidance
 from worker.travel.plan import read_travel
 from worker.video import probe
 from fleet_servers import file_server  # noqa: F401 (fixture)
@@ -240,17 +242,17 @@ def test_a_flag_that_contradicts_the_continuation_fails_naming_it(images: list[s
 def test_travel_guidance_none_is_a_no_op_and_the_kinds_this_worker_lacks_are_refused(images: list[str]) -> None:
     """travelBetweenImages.ts copies travel_guidance into the payload; reigh-worker
     core/params/travel_guidance.py kinds: none, vace (raw / flow / depth / canny), uni3c, ltx_control,
-    ltx_hybrid. vace runs (raw, canny, depth: test_structure_guidance*.py); flow, Uni3C and LTX-2
-    fail naming the field."""
+    ltx_hybrid. vace runs (raw, canny, depth, flow: test_structure_guidance*.py); another mode, Uni3C
+    and LTX-2 fail naming the field."""
     assert ignored_of(travel_row(images, travel_guidance={"kind": "none"})) == {}
     video = {"path": "https://example.com/structure.mp4", "start_frame": 0, "end_frame": 14}
-    for guidance, field in (({"kind": "vace", "mode": "flow", "videos": [video], "strength": 1.0}, "mode"),
+    for guidance, field in (({"kind": "vace", "mode": "pose", "videos": [video], "strength": 1.0}, "mode"),
                             ({"kind": "uni3c", "videos": [video]}, "kind"),
                             ({"kind": "ltx_control", "mode": "pose", "videos": [video]}, "kind")):
         with pytest.raises(ValidationError) as error:
             read_travel(travel_row(images, travel_guidance=guidance))
         assert error.value.field == f"orchestrator_details.travel_guidance.{field}"
-        assert "not" in error.value.rule
+        assert repr(guidance[field]) in error.value.rule
 
 
 def test_model_family_wan_is_read_and_ltx_refused(images: list[str]) -> None:
@@ -363,19 +365,19 @@ def test_the_headless_workers_segment_rows_run_with_nothing_reported(
     assert (task.result_data["frames"], task.result_data["seed"]) == (9, 4242)
 
 
-def test_a_headless_segment_row_with_flow_guidance_is_refused(
+def test_a_headless_segment_row_with_uni3c_guidance_is_refused(
         sqlite_store: TaskStore, resources: WorkerResources, images: list[str], tmp_path: Path) -> None:
     """The headless orchestrator gives each segment its slice of the travel guidance
-    (_build_segment_travel_guidance_payload); flow guidance (RAFT) fails the segment at once."""
+    (_build_segment_travel_guidance_payload); Uni3C guidance fails the segment at once."""
     details = travel_row(images[:2])["orchestrator_details"]
     row = headless_segment_row(details, 0, str(uuid.uuid4()))
-    row["travel_guidance"] = {"kind": "vace", "mode": "flow", "videos": [{"path": "https://example.com/s.mp4"}],
+    row["travel_guidance"] = {"kind": "uni3c", "videos": [{"path": "https://example.com/s.mp4"}],
                               "_frame_offset": 0}
     segment = sqlite_store.enqueue("travel_segment", row)
     run_until_idle(sqlite_store, resources, tmp_path / "out")
     task = sqlite_store.get(segment)
     assert task.status == TaskStatus.FAILED and task.attempts == 1
-    assert task.error_message.startswith("ValidationError: travel_guidance.mode: 'flow': flow guidance needs the RAFT")
+    assert task.error_message.startswith("ValidationError: travel_guidance.kind: 'uni3c': Uni3C guidance")
 
 
 def test_the_apps_image_row_runs_and_its_hires_pass_is_reported(sqlite_store: TaskStore, resources: WorkerResources,
@@ -427,21 +429,23 @@ def test_the_apps_default_image_model_runs_from_the_deployments_own_definition(
     assert task.result_data["ignored_params"] == {}
 
 
-@pytest.mark.parametrize("key,value,field", [
-    ("structure_videos", [{"path": "https://example.com/s.mp4", "start_frame": 0, "end_frame": 14}], "structure_type"),
-    ("structure_guidance", {"target": "vace", "videos": [{"path": "https://example.com/s.mp4"}]},
-     "structure_guidance.preprocessing"),
-    ("structure_video_path", "https://example.com/s.mp4", "structure_type"), ("use_uni3c", True, "use_uni3c"),
+@pytest.mark.parametrize("key,value", [
+    ("structure_videos", [{"path": "https://example.com/s.mp4", "start_frame": 0, "end_frame": 14}]),
+    ("structure_guidance", {"target": "vace", "videos": [{"path": "https://example.com/s.mp4"}]}),
+    ("structure_video_path", "https://example.com/s.mp4"),
 ])
-def test_the_older_structure_guidance_keys_default_to_flow_which_is_refused(images: list[str], key: str, value: Any,
-                                                                           field: str) -> None:
+def test_the_older_structure_guidance_keys_default_to_flow(key: str, value: Any) -> None:
     """The structure-guidance keys the headless orchestrator still copies onto segments (travel/orchestrator.py
     _build_minimal_orchestrator_details, core/params/structure_guidance.py): without a type they ask for
-    flow guidance (the headless default), refused naming where the type goes; Uni3C is refused; empty or
-    null they ask for nothing."""
+    flow guidance, the headless default; Uni3C is refused; empty or null they ask for nothing."""
+    reading = read_guidance(ParamReader({key: value}, prefix="orchestrator_details."))
+    assert reading.guidance.mode == "flow" and reading.guidance.videos[0].path == "https://example.com/s.mp4"
     with pytest.raises(ValidationError) as error:
-        read_travel(travel_row(images, **{key: value}))
-    assert error.value.field == f"orchestrator_details.{field}" and "not" in error.value.rule
+        read_guidance(ParamReader({"use_uni3c": True}, prefix="orchestrator_details."))
+    assert error.value.field == "orchestrator_details.use_uni3c"
+
+
+def test_the_older_structure_guidance_keys_empty_ask_for_nothing(images: list[str]) -> None:
     assert ignored_of(travel_row(images, structure_videos=[], structure_guidance=None, use_uni3c=False)) == {}
 
 

@@ -13,6 +13,7 @@ from worker.params import ParamReader
 from worker.travel.guidance import (
     CANNY,
     DEPTH,
+    FLOW,
     RAW,
     Guidance,
     GuidanceVideo,
@@ -60,12 +61,12 @@ def test_kind_none_asks_for_nothing_and_other_kinds_are_refused_naming_the_field
         assert error.value.field == f"{DETAILS}travel_guidance.kind" and words in error.value.rule
 
 
-def test_flow_is_refused_naming_the_mode_and_an_unknown_mode_lists_the_modes() -> None:
-    with pytest.raises(ValidationError, match="RAFT") as error:
-        read({"travel_guidance": {"kind": "vace", "mode": "flow", "videos": [{"path": "a.mp4"}]}})
-    assert error.value.field == f"{DETAILS}travel_guidance.mode"
-    with pytest.raises(ValidationError, match="raw, canny, depth, flow"):
+def test_flow_is_the_default_mode_and_an_unknown_mode_lists_the_modes() -> None:
+    reading = read({"travel_guidance": {"kind": "vace", "strength": 0.5, "videos": [{"path": "a.mp4"}]}})
+    assert reading.guidance.mode == FLOW and reading.guidance.strength == 0.5 and reading.ignored == {}
+    with pytest.raises(ValidationError, match="raw, canny, depth, flow") as error:
         read({"travel_guidance": {"kind": "vace", "mode": "pose", "videos": [{"path": "a.mp4"}]}})
+    assert error.value.field == f"{DETAILS}travel_guidance.mode"
 
 
 def test_structure_guidance_preprocessing_none_is_raw_and_its_uni3c_target_is_refused() -> None:
@@ -86,6 +87,7 @@ def test_the_legacy_flat_keys_one_path_or_a_list_whose_first_entry_gives_the_typ
                                          "metadata": {"fps": 24}, "resource_id": "r1"}]}).guidance
     assert listed.mode == RAW and listed.videos[0].end_frame == 20
     assert read({"structure_type": "flow", "structure_videos": []}).guidance is None  # no video: nothing asked
+    assert read({"structure_video_path": "a.mp4"}).guidance.mode == FLOW  # the headless default type
     with pytest.raises(ValidationError) as error:
         read({"use_uni3c": True, "uni3c_guide_video": "u.mp4"})
     assert error.value.field == f"{DETAILS}use_uni3c"
@@ -252,3 +254,30 @@ def test_a_source_range_ending_before_it_starts_fails_naming_it(tmp_path: Path) 
     with pytest.raises(ValidationError) as error:
         place(Guidance(RAW, (video,)), 10)
     assert error.value.field == "g.videos[0].source_end_frame"
+
+
+def test_flow_shows_the_motion_into_each_frame_from_the_pairs_the_headless_annotator_draws(tmp_path: Path) -> None:
+    """The headless flow annotator reads one frame more than the range, draws the flow between
+    consecutive frames and repeats the first: timeline frame i shows the flow from loaded frame
+    max(i - 1, 0) to the next. Flow is scaled by strength before it is drawn."""
+    levels = [10 * (i + 1) for i in range(12)]
+    path = level_video(tmp_path / "v.mkv", levels)
+    pairs_seen = []
+
+    def annotate(mode: str, pairs: np.ndarray) -> np.ndarray:
+        pairs_seen.append([(int(a.mean()), int(b.mean())) for a, b in pairs])
+        fields = np.zeros((len(pairs), 24, 32, 2), np.float32)
+        fields[..., 0] = np.array([b.mean() - a.mean() for a, b in pairs])[:, None, None]  # "motion" to the right
+        return fields
+
+    guide = segment_guide(5, 0, np.zeros((24, 32, 3), np.uint8), None)
+    video = GuidanceVideo(path, 0, 5, field="v")
+    guided = guide_segment(guide, Guidance(FLOW, (video,), strength=2.0), 0, (32, 24), 16, annotate)
+    loaded = [int(i * 11 / 5) for i in range(6)]  # adjust: 6 loaded frames over 12
+    expected_pairs = [(loaded[max(i - 1, 0)], loaded[max(i - 1, 0) + 1]) for i in range(1, 5)]
+    assert guided.frames == [1, 2, 3, 4]
+    assert guided.sources[0]["source_frames"] == [list(pair) for pair in expected_pairs]
+    assert pairs_seen == [[(levels[a], levels[b]) for a, b in expected_pairs]]
+    from wan_engine.nn.raft import flow_to_image
+    right = flow_to_image(np.stack([np.full((24, 32), 20.0), np.zeros((24, 32))], -1).astype(np.float32))
+    assert all(np.array_equal(guided.guide.guide[k], right) for k in guided.frames)  # uniform motion right

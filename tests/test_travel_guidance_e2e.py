@@ -15,7 +15,7 @@ from wan_engine.errors import WeightsMissing
 from worker.errors import ValidationError
 from worker.resources import WorkerResources
 from worker.store import TaskStatus, TaskStore
-from worker.travel.guidance import CANNY, Guidance, GuidanceVideo, check_runnable
+from worker.travel.guidance import CANNY, FLOW, Guidance, GuidanceVideo, check_runnable
 from worker.video import probe, read_video
 from worker_harness import resources, run_until_idle, write_keyframes, write_lossless  # noqa: F401 (resources)
 
@@ -127,12 +127,19 @@ def test_a_headless_segment_reads_the_orchestrators_guidance_video_from_its_offs
 def test_an_orchestrator_checks_the_annotator_weights_and_the_model_before_planning(tmp_path: Path,
                                                                                      structure_video: Path) -> None:
     guidance = Guidance(CANNY, (GuidanceVideo(str(structure_video), 0, 9, field="travel_guidance.videos[0]"),))
+    bare = WorkerResources(device="cpu", models_dir=tmp_path)
     with pytest.raises(WeightsMissing) as error:
-        check_runnable(guidance, False, MODEL, WorkerResources(device="cpu", models_dir=tmp_path))
+        check_runnable(guidance, False, MODEL, (64, 48), bare)
     assert error.value.missing == ("scribble/netG_A_latest.pth",)
     with pytest.raises(ValidationError) as refused:
-        check_runnable(guidance, True, "tiny_i2v_2_2", WorkerResources(device="cpu", models_dir=tmp_path))
+        check_runnable(guidance, True, "tiny_i2v_2_2", (64, 48), bare)
     assert refused.value.field == "travel_guidance" and "image-to-video" in refused.value.rule
+    flow = Guidance(FLOW, guidance.videos)
+    with pytest.raises(ValidationError, match="at least 128 pixels a side") as small:
+        check_runnable(flow, False, MODEL, (160, 112), bare)  # a multiple of 8 already: 112 stays 112
+    assert small.value.field == "travel_guidance"
+    with pytest.raises(WeightsMissing):  # 160 x 124 pads to 160 x 128: big enough, but RAFT's file is missing
+        check_runnable(flow, False, MODEL, (160, 124), bare)
 
 
 def test_the_payloads_unused_guidance_settings_are_reported_once_prefixed(structure_video: Path,
@@ -147,3 +154,23 @@ def test_the_payloads_unused_guidance_settings_are_reported_once_prefixed(struct
     prefix = "orchestrator_details.travel_guidance."
     assert set(plan.ignored_params) == {f"{prefix}strength", f"{prefix}videos[1]"}
     assert [(v.start_frame, v.end_frame) for v in plan.guidance.videos] == [(0, 5)]
+
+
+def test_flow_guidance_runs_raft_on_the_structure_video_and_draws_its_motion(
+        sqlite_store: TaskStore, resources: WorkerResources, images: list[str], structure_video: Path,
+        tmp_path: Path) -> None:
+    """Flow (the app's default mode) at the smallest size RAFT takes, 128 x 128, with the tiny models'
+    RAFT (its one size, random weights): each generated frame shows the colour-wheel drawing of the
+    flow between the two source frames the headless annotator pairs for it."""
+    guidance = {"kind": "vace", "mode": "flow", "strength": 1.5,
+                "videos": [{"path": str(structure_video), "start_frame": 0, "end_frame": 9}]}
+    job = sqlite_store.enqueue("travel_orchestrator", travel(images[:2], prompts=["walk"], resolution="128x128",
+                                                                travel_guidance=guidance))
+    run_until_idle(sqlite_store, resources, tmp_path / "outputs")
+    assert sqlite_store.get(job).status == TaskStatus.COMPLETE, sqlite_store.get(job).error_message
+    segment = segments_of_one(sqlite_store, job)
+    facts = segment.result_data["structure_guidance"]
+    loaded = [int(i * 23 / 9) for i in range(10)]  # 10 frames read for 9 timeline frames
+    assert facts["mode"] == "flow" and facts["frames"] == list(range(1, 8))
+    assert facts["sources"][0]["source_frames"] == [[loaded[k - 1], loaded[k]] for k in range(1, 8)]
+    assert segment.result_data["ignored_params"] == {}  # strength is flow's

@@ -2,7 +2,7 @@
 orchestrator checks them before it plans segments that need them).
 
 They are found in the models folder under the names below (Wan2GP's `ckpts/` layout for the contour
-network); when missing they are fetched from the hub if the worker may download
+and optical-flow networks); when missing they are fetched from the hub if the worker may download
 (`--download-missing`), else the annotator fails as WeightsMissing naming the files and their URLs.
 """
 from __future__ import annotations
@@ -17,10 +17,15 @@ from wan_engine.hub import HubFile, fetch
 if TYPE_CHECKING:
     from wan_engine.registry import NeededFile
 
-CANNY, DEPTH = "canny", "depth"
-KINDS = (CANNY, DEPTH)
+CANNY, DEPTH, FLOW = "canny", "depth", "flow"
+KINDS = (CANNY, DEPTH, FLOW)
 CONTOUR_FILE = "scribble/netG_A_latest.pth"
 CONTOUR_SOURCE = HubFile("DeepBeepMeep/Wan2.1", CONTOUR_FILE)
+RAFT_FILE = "flow/raft-things.pth"
+# RAFT's correlation pyramid halves 1/8-resolution features 3 times, and its coarsest level needs 2
+# cells a side to be sampled: 16 features, 128 pixels.
+FLOW_MIN_SIDE = 128
+RAFT_SOURCE = HubFile("DeepBeepMeep/Wan2.1", RAFT_FILE)
 DEPTH_FOLDER = "depth_anything_v2_large_hf"
 DEPTH_REPO = "depth-anything/Depth-Anything-V2-Large-hf"
 DEPTH_FILES = ("config.json", "model.safetensors")
@@ -38,7 +43,9 @@ def annotator_files(kind: str) -> tuple[AnnotatorFile, ...]:
         return (AnnotatorFile(CONTOUR_FILE, CONTOUR_SOURCE),)
     if kind == DEPTH:
         return tuple(AnnotatorFile(f"{DEPTH_FOLDER}/{name}", HubFile(DEPTH_REPO, name)) for name in DEPTH_FILES)
-    raise ValueError(f"no annotator {kind!r}; there are {CANNY!r} and {DEPTH!r}")
+    if kind == FLOW:
+        return (AnnotatorFile(RAFT_FILE, RAFT_SOURCE),)
+    raise ValueError(f"no annotator {kind!r}; there are {', '.join(KINDS)}")
 
 
 def annotator_paths(kind: str, models_dir: str | Path, download: bool) -> list[Path]:

@@ -12,6 +12,10 @@ on (Wan2GP's preprocessing/ annotators, which the headless worker runs on its st
   are at least 518 (multiples of 14, bicubic), normalized with the ImageNet mean and std, its depth
   brought back to the frame's size (bilinear, corners aligned) and stretched to 0..255 per frame:
   a gray image, near is bright.
+* `flow`: RAFT with Wan2GP's `flow/raft-things.pth` (wan_engine/nn/raft.py, ours): pairs of frames ->
+  the flow from the first to the second in pixels, each pair padded to multiples of 8 (edges
+  repeated) and refined 20 times; drawing it in colour is the caller's (`flow_to_image`), after any
+  scaling.
 
 Frames go in and come out as uint8 [N, H, W, 3]. Where the weights are and come from:
 wan_engine/annotator_files.py.
@@ -27,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wan_engine.annotator_files import CANNY, annotator_paths
+from wan_engine.annotator_files import CANNY, DEPTH, FLOW, annotator_paths
 from wan_engine.errors import LoadError
+from wan_engine.nn.raft import RAFT, pad_to_eight
 
 DEPTH_INPUT_SIZE = 518  # the shorter side the depth network sees (Depth Anything V2's infer_image)
 DEPTH_PATCH = 14
@@ -133,6 +138,22 @@ def depth_maps(model: nn.Module, frames: np.ndarray, device: torch.device) -> np
     return np.repeat(np.stack(maps)[..., None], 3, axis=-1)
 
 
+# ---- optical flow --------------------------------------------------------------------------------------
+
+def flow_fields(net: RAFT, pairs: np.ndarray, device: torch.device) -> np.ndarray:
+    """The flow from each pair's first frame to its second, float32 [N, H, W, 2] (x, y) in pixels."""
+    fields = []
+    for first, second in pairs:
+        frames = torch.from_numpy(np.ascontiguousarray(np.stack([first, second]))).to(device).permute(0, 3, 1, 2).float()
+        padded, (left, right, top, bottom) = pad_to_eight(frames)
+        flow = net(padded[:1], padded[1:])[0]
+        flow = flow[:, top: flow.shape[1] - bottom, left: flow.shape[2] - right]
+        if not torch.isfinite(flow).all():
+            raise RuntimeError(f"RAFT gave a non-finite flow for frames of {tuple(frames.shape[-2:])}")
+        fields.append(flow.permute(1, 2, 0).float().cpu().numpy())
+    return np.stack(fields)
+
+
 # ---- loading --------------------------------------------------------------------------------------------
 
 class Annotators:
@@ -147,10 +168,11 @@ class Annotators:
 
     @torch.inference_mode()
     def annotate(self, kind: str, frames: np.ndarray) -> np.ndarray:
-        """`kind`'s control frames for uint8 [N, H, W, 3] `frames`."""
+        """`kind`'s control frames for uint8 [N, H, W, 3] `frames`; for flow, the flow fields float32
+        [N, H, W, 2] of uint8 [N, 2, H, W, 3] frame pairs."""
         net = self._network(kind).to(self.device)
         try:
-            draw = contour_lines if kind == CANNY else depth_maps
+            draw = {CANNY: contour_lines, DEPTH: depth_maps, FLOW: flow_fields}[kind]
             return draw(net, frames, self.device)
         finally:
             net.to("cpu")
@@ -160,16 +182,31 @@ class Annotators:
     def _network(self, kind: str) -> nn.Module:
         if kind not in self._loaded:
             paths = annotator_paths(kind, self.models_dir, self.download)
-            self._loaded[kind] = _load_contour(paths[0]) if kind == CANNY else _load_depth(paths[0].parent)
+            load = {CANNY: _load_contour, DEPTH: lambda path: _load_depth(path.parent), FLOW: _load_raft}[kind]
+            self._loaded[kind] = load(paths[0])
         return self._loaded[kind]
 
 
-def _load_contour(path: Path) -> ContourNet:
+def _torch_file(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a pickle that is not plain tensors, or not a torch file at all
-        raise LoadError(f"{path} is not a contour-network checkpoint: {error}") from None
-    return ContourNet.from_state(state)
+        raise LoadError(f"{path} is not a {what} checkpoint: {error}") from None
+
+
+def _load_contour(path: Path) -> ContourNet:
+    return ContourNet.from_state(_torch_file(path, "contour-network"))
+
+
+def _load_raft(path: Path) -> RAFT:
+    """RAFT from the released file (keys under DataParallel's `module.`; batch-norm counters optional)."""
+    state = {key.removeprefix("module."): value for key, value in _torch_file(path, "RAFT").items()}
+    net = RAFT()
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [key for key in missing if not key.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise LoadError(f"{path} does not fit RAFT: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return net.eval().requires_grad_(False)
 
 
 def _load_depth(folder: Path) -> nn.Module:

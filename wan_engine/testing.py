@@ -26,6 +26,8 @@ runs the whole download path):
                                               under its real name, as Wan2GP's checkpoint (a torch file)
     depth_anything_v2_large_hf/               the depth annotator: a tiny Depth Anything V2 in
                                               transformers' layout, under the real model's folder name
+    flow/raft-things.pth                      the flow annotator: RAFT (its only size) with random
+                                              weights, saved as the released file (module. prefix)
 Serving this folder as the annotators' hub repos (DeepBeepMeep/Wan2.1, depth-anything/...) runs their
 download path too.
 """
@@ -41,7 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wan_engine.annotator_files import CONTOUR_FILE, DEPTH_FOLDER
+from wan_engine.annotator_files import CONTOUR_FILE, DEPTH_FOLDER, RAFT_FILE
 from wan_engine.nn.clip import TINY_CLIP, ClipVisionEncoder
 from wan_engine.nn.dit import (
     TINY_DIT,
@@ -219,18 +221,37 @@ def tiny_depth_model() -> nn.Module:
     return DepthAnythingForDepthEstimation(config).eval()
 
 
+def raft_state(seed: int) -> dict[str, torch.Tensor]:
+    """Random weights for RAFT at its one size (5.3 M parameters), as the released file holds them:
+    positive batch-norm variances, and each shared norm under both its names with one value."""
+    from wan_engine.nn.raft import RAFT
+
+    with torch.device("meta"):
+        net = RAFT()
+    state = random_state(net, seed)
+    for name in state:
+        if name.endswith("running_var"):
+            state[name] = 0.5 + state[name].abs()
+    for name in [key for key in state if ".norm3." in key]:
+        state[name] = state[name.replace(".norm3.", ".downsample.1.")]
+    return state
+
+
 def write_tiny_annotators(folder: str | Path) -> Path:
-    """The tiny canny and depth annotators under their real names in `folder`; returns it."""
+    """The tiny canny, depth and flow annotators under their real names in `folder`; returns it (RAFT
+    has one size: its file is the real network's, with random weights)."""
     from wan_engine.annotators import ContourNet
 
     folder = Path(folder)
-    contour = folder / CONTOUR_FILE
-    contour.parent.mkdir(parents=True, exist_ok=True)
     with torch.device("meta"):
         net = ContourNet(**TINY_CONTOUR)
-    scratch = contour.with_name(f".{contour.name}.{os.getpid()}.tmp")
-    torch.save(random_state(net, _seed(CONTOUR_FILE)), scratch)
-    _settle(scratch, contour)
+    raft = {f"module.{key}": value for key, value in raft_state(_seed(RAFT_FILE)).items()}  # a DataParallel save
+    for name, state in ((CONTOUR_FILE, random_state(net, _seed(CONTOUR_FILE))), (RAFT_FILE, raft)):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(state, scratch)
+        _settle(scratch, path)
     depth = folder / DEPTH_FOLDER
     staging = folder / f".{DEPTH_FOLDER}.{os.getpid()}.tmp"
     tiny_depth_model().save_pretrained(staging)

@@ -3,7 +3,7 @@ checking the files present (safetensors headers only).
 
     wan-worker models list [--json]
     wan-worker models download KEY-or-PRESET... [--with-loras | --no-loras] [--lora NAME ...] [--layout L]
-                               [--annotator canny|depth ...]
+                               [--annotator canny|depth|flow ...]
     wan-worker models verify KEY-or-PRESET...
 
 Downloads honour HF_ENDPOINT and HF_TOKEN; on a terminal each file gets a progress bar, otherwise

@@ -62,7 +62,7 @@ def travel_orchestrator(ctx: TaskContext) -> HandlerResult:
                               f"(e.g. {DEFAULT_MODEL} or i2v_2_2)")
     plan = replace(plan, image_to_video=spec.is_image_to_video)
     if plan.guidance is not None:
-        check_runnable(plan.guidance, spec.is_image_to_video, spec.key, ctx.resources)
+        check_runnable(plan.guidance, spec.is_image_to_video, spec.key, (plan.width, plan.height), ctx.resources)
     prompts = {name: max((getattr(segment, name) for segment in plan.segments), key=len)
                for name in ("prompt", "negative_prompt")}  # the longest of each, for the length limit
     checked: set[str] = set()

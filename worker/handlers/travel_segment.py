@@ -290,7 +290,7 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
                                                              f"{segment.frames}-frame segment")
     spec = resolve_model(ctx.resources, details, DEFAULT_MODEL)
     if guidance is not None:
-        check_runnable(guidance, spec.is_image_to_video, spec.key, ctx.resources)
+        check_runnable(guidance, spec.is_image_to_video, spec.key, (plan.width, plan.height), ctx.resources)
     job = replace(SegmentJob.of(plan, planned), segment=segment, image_to_video=spec.is_image_to_video,
                   colour=plan.colour, guidance=guidance)
     for source in readers:  # the row's own copies of the adjustments win, individual_segment_params last

@@ -21,7 +21,8 @@ the app places its keyframes; `end_frame` null: to the end). Its source range is
 (Wan2GP's frame resampling) and loops it when short. Frames are center-cropped to the job's aspect
 ratio and resized (Lanczos), then annotated (`mode`): raw frames as they are, canny as the contour
 network's lines (times `canny_intensity`), depth as Depth Anything maps (contrast `depth_contrast`
-around mid-gray); see wan_engine/annotators.py.
+around mid-gray), flow (the default) as RAFT's flow from the frame before (times `strength`) on the
+colour wheel; see wan_engine/annotators.py.
 
 In a segment, every frame VACE generates (mask white) whose timeline frame a video covers shows that
 video's control frame instead of gray; kept frames (keyframes, the overlap with the previous
@@ -30,7 +31,7 @@ the segment starts in the stitched video. Deviations from the headless worker, w
 segment's generated frames one after another from its offset: frames stay aligned with the timeline
 (the headless fill runs a frame late after the start image and `overlap` frames late after an
 overlap), and frames no video covers stay gray (the headless composite puts black there for raw and
-canny). Flow (RAFT) and Uni3C (a ControlNet) are refused naming the field, as are the LTX kinds.
+canny). Uni3C (a ControlNet) is refused naming the field, as are the LTX kinds.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ import numpy as np
 from PIL import Image
 
 from wan_engine.errors import echo
+from wan_engine.annotator_files import FLOW_MIN_SIDE
 from worker.errors import ValidationError
 from worker.params import ParamReader, local_path
 from worker.travel.guide import MASK_GENERATE, SegmentGuide
@@ -51,10 +53,8 @@ from worker.video import FFmpegError, iter_frames, probe
 TRAVEL_GUIDANCE, STRUCTURE_GUIDANCE = "travel_guidance", "structure_guidance"
 RAW, CANNY, DEPTH, FLOW = "raw", "canny", "depth", "flow"
 MODES = (RAW, CANNY, DEPTH, FLOW)
-ANNOTATED = (CANNY, DEPTH)  # the modes an annotator network draws
+ANNOTATED = (CANNY, DEPTH, FLOW)  # the modes an annotator network draws
 ADJUST, CLIP = "adjust", "clip"
-UNSUPPORTED_MODES = {FLOW: "flow guidance needs the RAFT optical-flow network, which this worker does not have; "
-                           "use raw, canny or depth"}
 UNI3C = "Uni3C guidance (a ControlNet beside the image-to-video model) is not supported; use kind \"vace\""
 UNSUPPORTED_KINDS = {"uni3c": UNI3C, "ltx_control": "LTX-2 control is not supported (this worker runs Wan models)",
                      "ltx_hybrid": "LTX-2 hybrid guidance is not supported (this worker runs Wan models)"}
@@ -232,15 +232,13 @@ def _finish(inner: ParamReader, mode: str, mode_field: str, videos: Any, videos_
             guidance_video: str | None, frame_offset: int | None, field: str) -> GuidanceReading:
     """The Guidance of a parsed form: mode checked, videos read, strengths read (and those the mode does
     not use reported when they are not neutral)."""
-    if mode in UNSUPPORTED_MODES:
-        raise ValidationError(mode_field, f"{echo(mode)}: {UNSUPPORTED_MODES[mode]}")
     if mode not in MODES:
         raise ValidationError(mode_field, f"must be one of {', '.join(MODES)}, got {echo(mode)}")
     strength = inner.number("strength", 1.0, minimum=0.0)
     canny_intensity = inner.number("canny_intensity", 1.0, minimum=0.0)
     depth_contrast = inner.number("depth_contrast", 1.0, minimum=0.0)
     ignored = {}
-    if strength != 1.0:  # the headless worker scales optical flow by it, and nothing else
+    if strength != 1.0 and mode != FLOW:  # the headless worker scales optical flow by it, and nothing else
         ignored[inner.prefix + "strength"] = f"scales flow guidance only; mode {mode} does not use it"
     for key, value, used_by in (("canny_intensity", canny_intensity, CANNY), ("depth_contrast", depth_contrast, DEPTH)):
         if value != 1.0 and mode != used_by:
@@ -287,14 +285,21 @@ def _video(entry: Any, name: str, ignored: dict[str, str]) -> GuidanceVideo:
     return parsed
 
 
-def check_runnable(guidance: Guidance, image_to_video: bool, model: str, resources: Any) -> None:
+def check_runnable(guidance: Guidance, image_to_video: bool, model: str, size: tuple[int, int],
+                   resources: Any) -> None:
     """Fail before any generation when the guidance cannot run: on an image-to-video model (structure
-    guidance fills VACE guide videos), or with an annotator whose weights are missing and may not be
-    fetched (resources: worker.resources.WorkerResources)."""
+    guidance fills VACE guide videos), flow at a size too small for RAFT's correlation pyramid, or
+    with an annotator whose weights are missing and may not be fetched (resources:
+    worker.resources.WorkerResources)."""
     if image_to_video:
         raise ValidationError(guidance.field, f"structure guidance steers VACE guide videos; {model!r} is an "
                                               "image-to-video model (its guidance, Uni3C, is not supported)")
-    if guidance.mode in ANNOTATED and guidance.guidance_video is None:
+    if guidance.guidance_video is not None:
+        return  # the headless orchestrator's video is annotated already
+    if guidance.mode == FLOW and min(-(-side // 8) * 8 for side in size) < FLOW_MIN_SIDE:
+        raise ValidationError(guidance.field, f"flow guidance needs frames of at least {FLOW_MIN_SIDE} pixels a side "
+                                              f"(RAFT's correlation pyramid); the job is {size[0]}x{size[1]}")
+    if guidance.mode in ANNOTATED:
         resources.check_annotator(guidance.mode)
 
 
@@ -341,23 +346,28 @@ def segment_offsets(frames: Sequence[int], overlaps: Sequence[int]) -> list[int]
 
 
 def source_indices(video: GuidanceVideo, source_frames: int, source_fps: float, fps: float) -> list[int]:
-    """The source frame shown at each of the video's timeline frames (end_frame resolved): its source
-    range [source_start_frame, source_end_frame) clamped to the video, "adjust"ed (spread evenly over
-    the range, with the headless loader's one extra frame) or "clip"ped (played at its own rate from
-    the start of the range, looped when short)."""
+    """The source frame shown at each of the video's timeline frames (end_frame resolved)."""
     assert video.end_frame is not None
-    needed = video.end_frame - video.start_frame
-    loaded = needed + 1  # the headless loader reads one more frame (for optical flow), then drops it
+    return loaded_indices(video, source_frames, source_fps, fps)[: video.end_frame - video.start_frame]
+
+
+def loaded_indices(video: GuidanceVideo, source_frames: int, source_fps: float, fps: float) -> list[int]:
+    """The source frames the headless loader reads for a video: one more than its timeline frames (the
+    last one only for optical flow), from its source range [source_start_frame, source_end_frame)
+    clamped to the video, "adjust"ed (spread evenly over the range) or "clip"ped (played at its own
+    rate from the start of the range, looped when short)."""
+    assert video.end_frame is not None
+    loaded = video.end_frame - video.start_frame + 1
     start = max(0, min(video.source_start_frame, source_frames - 1))
     end = source_frames if video.source_end_frame is None else video.source_end_frame
     end = max(start + 1, min(end, source_frames))
     available = end - start
     if video.treatment == ADJUST:
-        return [start + int(i * (available - 1) / (loaded - 1)) for i in range(needed)]
+        return [start + int(i * (available - 1) / (loaded - 1)) for i in range(loaded)]
     indices = [start + i for i in resampled_indices(round(source_fps), available, loaded, fps)] or [start]
-    while len(indices) < needed:
-        indices.extend(indices[: needed - len(indices)])
-    return indices[:needed]
+    while len(indices) < loaded:
+        indices.extend(indices[: loaded - len(indices)])
+    return indices[:loaded]
 
 
 def resampled_indices(video_fps: float, video_frames: int, count: int, fps: float) -> list[int]:
@@ -421,16 +431,28 @@ def guide_segment(guide: SegmentGuide, guidance: Guidance, offset: int, size: tu
         if not positions:
             continue
         path, count, source_fps = _source_info(video)
-        indices = source_indices(video, count, source_fps, fps)
-        wanted = {k: indices[offset + k - video.start_frame] for k in positions}
-        frames = _frames_at(path, sorted(set(wanted.values())), size, video.field)
-        picked = [k for k in positions if wanted[k] in frames]
+        loaded = loaded_indices(video, count, source_fps, fps)
+        wanted = {k: _shown(loaded, offset + k - video.start_frame, guidance.mode) for k in positions}
+        frames = _frames_at(path, sorted({index for shown in wanted.values() for index in shown}), size, video.field)
+        picked = [k for k in positions if all(index in frames for index in wanted[k])]
         if picked:
-            controls = _control_frames(np.stack([frames[wanted[k]] for k in picked]), guidance, annotate)
+            shown = np.stack([[frames[index] for index in wanted[k]] for k in picked])
+            controls = _control_frames(shown if guidance.mode == FLOW else shown[:, 0], guidance, annotate)
             filled.update(zip(picked, controls))
         sources.append({"video": video.field, "path": video.path, "frames": picked,
-                        "source_frames": [wanted[k] for k in picked]})
+                        "source_frames": [list(wanted[k]) if guidance.mode == FLOW else wanted[k][0]
+                                          for k in picked]})
     return _apply(guide, filled, sources)
+
+
+def _shown(loaded: list[int], i: int, mode: str) -> tuple[int, ...]:
+    """The source frames timeline frame i of a video is drawn from: one, or for flow the pair whose
+    motion it shows (the headless flow annotator draws the flow from loaded frame i-1 to i, and the
+    first frame repeats the first flow)."""
+    if mode != FLOW:
+        return (loaded[i],)
+    j = max(i - 1, 0)
+    return loaded[j], loaded[j + 1]
 
 
 def _apply(guide: SegmentGuide, filled: Mapping[int, np.ndarray], sources: list[dict[str, Any]]) -> SegmentGuidance:
@@ -441,10 +463,16 @@ def _apply(guide: SegmentGuide, filled: Mapping[int, np.ndarray], sources: list[
 
 
 def _control_frames(frames: np.ndarray, guidance: Guidance, annotate: Any) -> np.ndarray:
-    """The mode's control frames for fitted source frames, with the headless adjustments: canny lines
-    times `canny_intensity`, depth contrast `depth_contrast` around mid-gray."""
+    """The mode's control frames for fitted source frames (pairs of them for flow), with the headless
+    adjustments: flow scaled by `strength` before it is drawn (the drawing normalizes by the frame's
+    fastest motion, so this changes little), canny lines times `canny_intensity`, depth contrast
+    `depth_contrast` around mid-gray."""
     if guidance.mode == RAW:
         return frames
+    if guidance.mode == FLOW:
+        from wan_engine.nn.raft import flow_to_image  # torch: only where a segment draws its frames
+
+        return np.stack([flow_to_image(field * guidance.strength) for field in annotate(FLOW, frames)])
     drawn = annotate(guidance.mode, frames)
     if guidance.mode == CANNY and abs(guidance.canny_intensity - 1.0) > 1e-6:
         drawn = (drawn.astype(np.float32) * guidance.canny_intensity).clip(0, 255).astype(np.uint8)

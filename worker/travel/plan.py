@@ -612,7 +612,8 @@ class _Planner:
     def _texts_for_segments(value: Any, count: int, name: str) -> list[str]:
         values = value if isinstance(value, list) else [value]
         if len(values) not in (1, count):
-            raise ValidationError(name, f"needs 1 or {count} entries (one per segment), got {len(values)}")
+            wanted = "1 entry" if count == 1 else f"1 or {count} entries"
+            raise ValidationError(name, f"needs {wanted} (one per segment), got {len(values)}")
         if not all(isinstance(item, str) or item is None for item in values):
             raise ValidationError(name, "entries must be strings")
         values = ["" if item is None else item for item in values]
