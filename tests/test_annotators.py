@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hub_server import HubServer
-from wan_engine.annotator_files import CANNY, CONTOUR_FILE, DEPTH, DEPTH_FOLDER, DEPTH_REPO, annotator_files
+from wan_engine.annotator_files import CANNY, CONTOUR_FILE, DEPTH, DEPTH_FOLDER, DEPTH_REPO, FLOW, annotator_files
 from wan_engine.annotators import Annotators, ContourNet, depth_input_size
 from wan_engine.errors import LoadError, WeightsMissing
 from wan_engine.testing import random_state
@@ -110,8 +110,9 @@ def test_models_download_fetches_the_annotators_named(tiny_models_dir: Path, tmp
     with HubServer(repos) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         folder = tmp_path / "models"
-        done = models(capsys, "download", "--annotator", "canny", "--annotator", "depth", "--models-dir", str(folder))
+        done = models(capsys, "download", "--annotator", "canny", "--annotator", "depth", "--annotator", "flow",
+                      "--models-dir", str(folder))
     assert done.returncode == 0, done.stderr
-    names = [file.name for kind in (CANNY, DEPTH) for file in annotator_files(kind)]
+    names = [file.name for kind in (CANNY, DEPTH, FLOW) for file in annotator_files(kind)]
     assert sorted(event["file"] for event in json_lines(done.stdout)) == sorted(names)
     assert all((folder / name).read_bytes() == (tiny_models_dir / name).read_bytes() for name in names)
