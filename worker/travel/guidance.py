@@ -36,7 +36,7 @@ canny). Uni3C (a ControlNet) is refused naming the field, as are the LTX kinds.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -411,10 +411,15 @@ class SegmentGuidance:
     sources: list[dict[str, Any]]
 
 
+Annotate = Callable[[str, np.ndarray], np.ndarray]  # (mode, frames or flow's frame pairs) -> the network's output
+
+
 def guide_segment(guide: SegmentGuide, guidance: Guidance, offset: int, size: tuple[int, int], fps: float,
-                  annotate: Any) -> SegmentGuidance:
+                  annotate: Annotate | None) -> SegmentGuidance:
     """`guide` with guidance's control frames in its generated frames. `offset`: the segment's first
-    timeline frame (a headless row's `_frame_offset` wins for its guidance video); `size` (width, height); `annotate(mode, frames) -> frames` runs the mode's network."""
+    timeline frame (a headless row's `_frame_offset` wins for its guidance video); `size` (width,
+    height); `annotate` runs the mode's network (wan_engine.annotators.Annotators.annotate; raw frames
+    and a finished guidance video need none)."""
     generated = [k for k in range(len(guide.mask)) if (guide.mask[k] == MASK_GENERATE).all()]
     if guidance.guidance_video is not None:
         start = offset if guidance.frame_offset is None else guidance.frame_offset
@@ -462,7 +467,7 @@ def _apply(guide: SegmentGuide, filled: Mapping[int, np.ndarray], sources: list[
     return SegmentGuidance(SegmentGuide(frames, guide.mask), sorted(filled), sources)
 
 
-def _control_frames(frames: np.ndarray, guidance: Guidance, annotate: Any) -> np.ndarray:
+def _control_frames(frames: np.ndarray, guidance: Guidance, annotate: Annotate | None) -> np.ndarray:
     """The mode's control frames for fitted source frames (pairs of them for flow), with the headless
     adjustments: flow scaled by `strength` before it is drawn (the drawing normalizes by the frame's
     fastest motion, so this changes little), canny lines times `canny_intensity`, depth contrast
