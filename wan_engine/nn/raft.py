@@ -185,7 +185,7 @@ def _look_up(pyramid: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
         grid = 2 * points / size - 1
         values = F.grid_sample(correlation, grid, align_corners=True)
         sampled.append(values.view(batch, height, width, -1))
-    return torch.cat(sampled, dim=-1).permute(0, 3, 1, 2).float()
+    return torch.cat(sampled, dim=-1).permute(0, 3, 1, 2).contiguous().float()
 
 
 def _convex_upsample(flow: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
