@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,23 +20,12 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
+sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 from torchvision_reference import reference_raft, torchvision_modules  # noqa: E402 (test helper)
+from vae import seconds  # noqa: E402 (a sibling bench script: median wall time, the calls taking turns)
 from wan_engine.nn.raft import RAFT  # noqa: E402
 from wan_engine.testing import raft_state  # noqa: E402
-
-
-def median_seconds(call, device: str, repeats: int) -> float:
-    times = []
-    for _ in range(repeats + 1):  # the first is a warm-up
-        if device == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        call()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
 
 
 def main() -> None:
@@ -62,10 +49,11 @@ def main() -> None:
     with torch.inference_mode():
         ours_flow = ours(first, second, iterations=args.iterations)
         reference_flow = reference(2 * first / 255 - 1, 2 * second / 255 - 1, num_flow_updates=args.iterations)[-1]
-        ours_s = median_seconds(lambda: ours(first, second, iterations=args.iterations), args.device, args.pairs)
-        reference_s = median_seconds(
-            lambda: reference(2 * first / 255 - 1, 2 * second / 255 - 1, num_flow_updates=args.iterations),
-            args.device, args.pairs)
+        timed = seconds({"ours": lambda: ours(first, second, iterations=args.iterations),
+                         "torchvision": lambda: reference(2 * first / 255 - 1, 2 * second / 255 - 1,
+                                                          num_flow_updates=args.iterations)},
+                        args.device, args.pairs)
+        ours_s, reference_s = timed["ours"], timed["torchvision"]
     scale = reference_flow.abs().max().item()
     print(json.dumps({
         "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
