@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,7 +146,7 @@ def flow_fields(net: RAFT, pairs: np.ndarray, device: torch.device) -> np.ndarra
     """The flow from each pair's first frame to its second, float32 [N, H, W, 2] (x, y) in pixels."""
     fields = []
     for first, second in pairs:
-        frames = torch.from_numpy(np.ascontiguousarray(np.stack([first, second]))).to(device).permute(0, 3, 1, 2).float()
+        frames = torch.from_numpy(np.stack([first, second])).to(device).permute(0, 3, 1, 2).float()
         padded, (left, right, top, bottom) = pad_to_eight(frames)
         flow = net(padded[:1], padded[1:])[0]
         flow = flow[:, top: flow.shape[1] - bottom, left: flow.shape[2] - right]
@@ -172,8 +174,7 @@ class Annotators:
         [N, H, W, 2] of uint8 [N, 2, H, W, 3] frame pairs."""
         net = self._network(kind).to(self.device)
         try:
-            draw = {CANNY: contour_lines, DEPTH: depth_maps, FLOW: flow_fields}[kind]
-            return draw(net, frames, self.device)
+            return _KINDS[kind][1](net, frames, self.device)
         finally:
             net.to("cpu")
             if self.device.type == "cuda":
@@ -181,9 +182,8 @@ class Annotators:
 
     def _network(self, kind: str) -> nn.Module:
         if kind not in self._loaded:
-            paths = annotator_paths(kind, self.models_dir, self.download)
-            load = {CANNY: _load_contour, DEPTH: lambda path: _load_depth(path.parent), FLOW: _load_raft}[kind]
-            self._loaded[kind] = load(paths[0])
+            paths = annotator_paths(kind, self.models_dir, self.download)  # an unknown kind fails here
+            self._loaded[kind] = _KINDS[kind][0](paths[0])
         return self._loaded[kind]
 
 
@@ -219,3 +219,11 @@ def _load_depth(folder: Path) -> nn.Module:
     except (OSError, ValueError) as error:
         raise LoadError(f"{folder} does not hold a Depth Anything model in transformers' layout: {error}") from None
     return model.eval().requires_grad_(False)
+
+
+# kind -> (load its network from its first file, run it)
+_KINDS: dict[str, tuple[Callable[[Path], nn.Module], Callable[[Any, np.ndarray, torch.device], np.ndarray]]] = {
+    CANNY: (_load_contour, contour_lines),
+    DEPTH: (lambda path: _load_depth(path.parent), depth_maps),
+    FLOW: (_load_raft, flow_fields),
+}

@@ -138,7 +138,8 @@ def read_guidance(reader: ParamReader) -> GuidanceReading:
     if isinstance(reader.params.get(STRUCTURE_GUIDANCE), Mapping) and reader.params[STRUCTURE_GUIDANCE]:
         return _structure_guidance(reader)
     if reader.has(STRUCTURE_GUIDANCE):
-        raise ValidationError(reader.prefix + STRUCTURE_GUIDANCE, "must be an object {\"videos\", \"preprocessing\", ...}")
+        raise ValidationError(reader.prefix + STRUCTURE_GUIDANCE,
+                              "must be an object {\"videos\", \"preprocessing\", ...}")
     return _legacy_guidance(reader)
 
 
