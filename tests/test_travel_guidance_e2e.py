@@ -174,3 +174,24 @@ def test_flow_guidance_runs_raft_on_the_structure_video_and_draws_its_motion(
     assert facts["mode"] == "flow" and facts["frames"] == list(range(1, 8))
     assert facts["sources"][0]["source_frames"] == [[loaded[k - 1], loaded[k]] for k in range(1, 8)]
     assert segment.result_data["ignored_params"] == {}  # strength is flow's
+
+
+def test_the_apps_remade_segment_takes_its_structure_video_at_its_place_in_the_shot(
+        sqlite_store: TaskStore, resources: WorkerResources, structure_video: Path, tmp_path: Path) -> None:
+    """A lightbox re-make (individual_travel_segment) carries only its pair and lays its structure video
+    over exactly the segment, at the segment's frames in the shot (reigh-app submitSegmentTask.ts:
+    start_frame = segmentStart, end_frame = segmentEnd); the row and its payload both carry it."""
+    from test_row_forms_2026 import individual_row
+
+    images = write_keyframes(tmp_path / "keys", 2, size=(40, 36))
+    guidance = {"kind": "vace", "mode": "raw", "strength": 1,
+                "videos": [{"path": str(structure_video), "start_frame": 40, "end_frame": 49, "treatment": "adjust"}]}
+    row = individual_row(images, 3)
+    row["travel_guidance"] = row["orchestrator_details"]["travel_guidance"] = guidance
+    task_id = sqlite_store.enqueue("individual_travel_segment", row)
+    run_until_idle(sqlite_store, resources, tmp_path / "outputs")
+    task = sqlite_store.get(task_id)
+    assert task.status == TaskStatus.COMPLETE, task.error_message
+    facts = task.result_data["structure_guidance"]
+    assert (facts["timeline_offset"], facts["frames"]) == (40, list(range(1, 8)))
+    assert task.result_data["ignored_params"] == {}

@@ -41,7 +41,7 @@ frames for their timeline frames (worker/travel/guidance.py) before the generati
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ from worker.handlers import HandlerResult, TaskContext, register
 from worker.params import ParamReader, local_path, round_to_frame_count
 from worker.paths import output_file
 from worker.travel.colour import ColourAdjustments, read_colour
-from worker.travel.guidance import check_runnable, gives_guidance, guide_segment, place, read_guidance
+from worker.travel.guidance import Guidance, check_runnable, gives_guidance, guide_segment, place, read_guidance
 from worker.travel.guide import segment_guide
 from worker.travel.plan import (
     CONTINUATION,
@@ -79,6 +79,7 @@ from worker.travel.plan import (
     HEADLESS_KEY,
     NO_CONTINUATION,
     SegmentJob,
+    TravelPlan,
     continuation_strategy,
     read_travel,
 )
@@ -257,14 +258,7 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
     if index is None:
         raise ValidationError("segment_index", "is required")
     payload_strategy = continuation_strategy(details)
-    guidance, guidance_ignored = plan.guidance, {}
-    for source in readers:  # the segment's own guidance, family and continuation, checked like the payload's
-        if gives_guidance(source):  # the segment's own guidance wins (kind "none": this segment has none)
-            reading = read_guidance(source)
-            guidance, guidance_ignored = reading.guidance, reading.ignored
-            if guidance is not None:
-                guidance, unplaced = place(guidance, plan.timeline_frames)
-                guidance_ignored.update(unplaced)
+    for source in readers:  # the segment's own family and continuation, checked like the payload's
         check_model_family(source)
         strategy = continuation_strategy(source) or payload_strategy
         if individual and index > 0 and strategy not in (None, NO_CONTINUATION):
@@ -289,10 +283,12 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
         raise ValidationError("frame_overlap_from_previous", f"{segment.overlap} frames do not fit a "
                                                              f"{segment.frames}-frame segment")
     spec = resolve_model(ctx.resources, details, DEFAULT_MODEL)
-    if guidance is not None:
-        check_runnable(guidance, spec.is_image_to_video, spec.key, (plan.width, plan.height), ctx.resources)
     job = replace(SegmentJob.of(plan, planned), segment=segment, image_to_video=spec.is_image_to_video,
-                  colour=plan.colour, guidance=guidance)
+                  colour=plan.colour)
+    guidance = _segment_guidance(readers, details, plan, remake=individual and index >= count)
+    if guidance.guidance is not None:
+        check_runnable(guidance.guidance, spec.is_image_to_video, spec.key, (plan.width, plan.height), ctx.resources)
+        job = replace(job, guidance=guidance.guidance, guidance_offset=guidance.offset or job.guidance_offset)
     for source in readers:  # the row's own copies of the adjustments win, individual_segment_params last
         job = replace(job, colour=read_colour(source, job.colour))
     if len(readers) > 1:  # individual_segment_params may carry the segment's own phase config and LoRAs
@@ -306,9 +302,42 @@ def _headless_segment(ctx: TaskContext, params: dict[str, Any]) -> tuple[dict[st
     check_request(ctx.resources, ctx.config.limits,
                   {**job.sampling, "model": model, "prompt": segment.prompt, "width": job.width,
                    "height": job.height, "video_length": segment.frames}, details.schema, details.prefix)
-    ignored = {**plan.ignored_params, **_unhonoured_row_keys(readers, details), **guidance_ignored}
+    ignored = {**{key: reason for key, reason in plan.ignored_params.items() if key not in guidance.superseded},
+               **_unhonoured_row_keys(readers, details), **guidance.ignored}
     previous = ctx.task.dependant_on[0] if ctx.task.dependant_on and not individual else None
     return ignored, job, previous
+
+
+@dataclass
+class _SegmentGuidance:
+    guidance: Guidance | None
+    offset: int | None = None  # where the segment starts in the guidance's timeline, when not the plan's
+    ignored: dict[str, str] = field(default_factory=dict)
+    superseded: frozenset[str] = frozenset()  # the plan's reports about the payload's videos, placed again
+
+
+def _segment_guidance(readers: list[ParamReader], details: ParamReader, plan: TravelPlan,
+                      remake: bool) -> _SegmentGuidance:
+    """The structure guidance of a headless segment row: its own (individual_segment_params, then the
+    row; kind "none": none) over its payload's, placed on the journey's timeline. An app re-make (an
+    individual_travel_segment whose payload holds only its pair, at a place in the shot it does not
+    say) starts where its videos start: the app lays a re-made segment's structure video over exactly
+    that segment (reigh-app media-lightbox submitSegmentTask.ts: start_frame = the segment's start)."""
+    own = next((read_guidance(source) for source in reversed(readers) if gives_guidance(source)), None)
+    superseded: frozenset[str] = frozenset()
+    payload = None
+    if remake and plan.guidance is not None:  # the payload's again, before the plan fitted it to one pair
+        payload = read_guidance(details)
+        superseded = frozenset(video.field for video in payload.guidance.videos)
+    reading = own or payload
+    if reading is None:
+        return _SegmentGuidance(plan.guidance)
+    guidance, ignored = reading.guidance, dict(reading.ignored)
+    if guidance is None:
+        return _SegmentGuidance(None, ignored=ignored, superseded=superseded)
+    offset = min((video.start_frame for video in guidance.videos), default=None) if remake else None
+    guidance, unplaced = place(guidance, plan.timeline_frames + (offset or 0))
+    return _SegmentGuidance(guidance, offset, {**ignored, **unplaced}, superseded)
 
 
 def _unhonoured_row_keys(readers: list[ParamReader], details: ParamReader) -> dict[str, str]:
