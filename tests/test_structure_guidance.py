@@ -172,6 +172,7 @@ def test_clip_plays_the_source_at_its_rate_and_loops_when_short() -> None:
     assert source_indices(GuidanceVideo("v", 0, 7, treatment="clip"), 3, 16, 16) == [0, 1, 2, 0, 1, 2, 0]
     assert source_indices(GuidanceVideo("v", 0, 4, treatment="clip", source_start_frame=10), 40, 32.2, 16) == \
         [10, 12, 14, 16]  # the source's rate is rounded first, as the headless loader does
+    assert source_indices(GuidanceVideo("v", 0, 3, treatment="clip"), 5, 0.4, 16) == [0, 1, 1]  # read as 1 fps
 
 
 # ---- a segment's guide --------------------------------------------------------------------------------

@@ -365,7 +365,8 @@ def loaded_indices(video: GuidanceVideo, source_frames: int, source_fps: float, 
     available = end - start
     if video.treatment == ADJUST:
         return [start + int(i * (available - 1) / (loaded - 1)) for i in range(loaded)]
-    indices = [start + i for i in resampled_indices(round(source_fps), available, loaded, fps)] or [start]
+    rate = max(round(source_fps), 1)  # rounded as the headless loader does (which divides by 0 under 0.5 fps)
+    indices = [start + i for i in resampled_indices(rate, available, loaded, fps)] or [start]
     while len(indices) < loaded:
         indices.extend(indices[: loaded - len(indices)])
     return indices[:loaded]
