@@ -34,6 +34,11 @@ def read(params: dict, prefix: str = DETAILS):
     return read_guidance(ParamReader(params, prefix=prefix))
 
 
+def placed(guidance: Guidance) -> Guidance:
+    """The guidance as a plan holds it: its videos placed on a journey long enough for them (probed)."""
+    return place(guidance, max(video.end_frame for video in guidance.videos))[0]
+
+
 def level_video(path: Path, levels: list[int], size: tuple[int, int] = (32, 24), fps: float = 16) -> str:
     """A lossless video whose frame i is flat gray at levels[i]."""
     frames = np.stack([np.full((size[1], size[0], 3), level, np.uint8) for level in levels])
@@ -183,7 +188,7 @@ def test_generated_frames_show_the_video_at_their_timeline_frames_and_kept_ones_
     start, end = (np.full((24, 32, 3), value, np.uint8) for value in (200, 250))
     guide = segment_guide(9, 0, start, end)
     video = GuidanceVideo(path, 12, 18, field="g.videos[0]")  # timeline [12, 18) over a segment from 10
-    guided = guide_segment(guide, Guidance(RAW, (video,)), offset=10, size=(32, 24), fps=16, annotate=None)
+    guided = guide_segment(guide, placed(Guidance(RAW, (video,))), offset=10, size=(32, 24), fps=16, annotate=None)
 
     indices = source_indices(video, 20, 16, 16)
     assert guided.frames == [2, 3, 4, 5, 6, 7]
@@ -201,7 +206,8 @@ def test_a_source_of_another_shape_is_center_cropped_to_the_job_aspect(tmp_path:
     frames[:, :, 16:48] = 180  # the middle 32 columns: what a 4:3 crop of a 8:3 frame keeps
     path = str(write_lossless(tmp_path / "wide.mkv", frames, 16))
     guide = segment_guide(5, 0, np.zeros((24, 32, 3), np.uint8), None)
-    guided = guide_segment(guide, Guidance(RAW, (GuidanceVideo(path, 0, 5, field="v"),)), 0, (32, 24), 16, None)
+    guided = guide_segment(guide, placed(Guidance(RAW, (GuidanceVideo(path, 0, 5, field="v"),))), 0, (32, 24), 16,
+                           None)
     assert guided.frames == [1, 2, 3, 4] and (np.abs(guided.guide.guide[1:].astype(int) - 180) <= 2).all()
 
 
@@ -215,10 +221,10 @@ def test_annotated_modes_go_through_the_annotator_with_the_headless_adjustments(
 
     guide = segment_guide(5, 0, np.zeros((24, 32, 3), np.uint8), None)
     canny = Guidance(CANNY, (GuidanceVideo(path, 0, 5, field="v"),), canny_intensity=0.5)
-    assert (guide_segment(guide, canny, 0, (32, 24), 16, annotate).guide.guide[1:] == 100).all()
+    assert (guide_segment(guide, placed(canny), 0, (32, 24), 16, annotate).guide.guide[1:] == 100).all()
     depth = Guidance(DEPTH, (GuidanceVideo(path, 0, 5, field="v"),), depth_contrast=1.5)
     level = int((((200 / 255) - 0.5) * 1.5 + 0.5) * 255)  # contrast around mid-gray: 236
-    assert (guide_segment(guide, depth, 0, (32, 24), 16, annotate).guide.guide[1:] == level).all()
+    assert (guide_segment(guide, placed(depth), 0, (32, 24), 16, annotate).guide.guide[1:] == level).all()
     assert calls == [(CANNY, (4, 24, 32, 3)), (DEPTH, (4, 24, 32, 3))]
 
 
@@ -274,7 +280,7 @@ def test_flow_shows_the_motion_into_each_frame_from_the_pairs_the_headless_annot
 
     guide = segment_guide(5, 0, np.zeros((24, 32, 3), np.uint8), None)
     video = GuidanceVideo(path, 0, 5, field="v")
-    guided = guide_segment(guide, Guidance(FLOW, (video,), strength=2.0), 0, (32, 24), 16, annotate)
+    guided = guide_segment(guide, placed(Guidance(FLOW, (video,), strength=2.0)), 0, (32, 24), 16, annotate)
     loaded = [int(i * 11 / 5) for i in range(6)]  # adjust: 6 loaded frames over 12
     expected_pairs = [(loaded[max(i - 1, 0)], loaded[max(i - 1, 0) + 1]) for i in range(1, 5)]
     assert guided.frames == [1, 2, 3, 4]
@@ -283,3 +289,18 @@ def test_flow_shows_the_motion_into_each_frame_from_the_pairs_the_headless_annot
     from wan_engine.nn.raft import flow_to_image
     right = flow_to_image(np.stack([np.full((24, 32), 20.0), np.zeros((24, 32))], -1).astype(np.float32))
     assert all(np.array_equal(guided.guide.guide[k], right) for k in guided.frames)  # uniform motion right
+
+
+def test_an_entrys_own_strength_or_type_is_reported_and_mixed_entry_types_are_refused() -> None:
+    """The headless composite scales every video by the guidance's one strength, takes a top-level
+    structure_type over the entries', and refuses entries of different types."""
+    reading = read({"structure_type": "raw", "structure_video_motion_strength": 1.0, "structure_videos": [
+        {"path": "a.mp4", "start_frame": 0, "end_frame": 9, "motion_strength": 0.5, "structure_type": "canny"},
+        {"path": "b.mp4", "start_frame": 9, "end_frame": 18, "motion_strength": 1.0}]})
+    assert reading.guidance.mode == RAW
+    assert set(reading.ignored) == {f"{DETAILS}structure_videos[0].motion_strength",
+                                    f"{DETAILS}structure_videos[0].structure_type"}
+    with pytest.raises(ValidationError, match="every video takes one type") as error:
+        read({"structure_videos": [{"path": "a.mp4", "structure_type": "depth"},
+                                   {"path": "b.mp4", "type": "canny"}]})
+    assert error.value.field == f"{DETAILS}structure_videos[1].type"

@@ -101,7 +101,8 @@ def verify_network_files(network: NetworkFiles) -> None:
     """Check one network's files from their headers (see the module docstring)."""
     with torch.device("meta"):
         expected = network.build().state_dict()
-    seen: dict[str, Path] = {}  # network name (with ":index" for a piece) -> the file that gave it
+    seen: dict[str, Path] = {}  # network name -> the file that gave it whole
+    pieces: dict[str, dict[int, Path]] = {}  # network name -> the files that gave its pieces, by index
     counts: dict[str, int] = {}  # network name -> how many pieces fill it
     with open_checkpoints(network.files) as tensors:
         for stored in tensors:
@@ -113,20 +114,21 @@ def verify_network_files(network: NetworkFiles) -> None:
             where = f"{network.label} file {stored.file}: key {stored.key}"
             if name not in expected:
                 raise LoadError(f"{where} is not a tensor of the {network.label} network (wrong file?)")
-            slot = name if piece is None else f"{name}:{piece.index}"
-            if slot in seen or (piece is not None and name in seen) or (piece is None and name in counts):
-                raise LoadError(f"{where} is also in {seen.get(slot) or seen.get(name) or 'another key'}")
+            given = pieces.get(name, {})
+            if name in seen or (piece is None and given) or (piece is not None and piece.index in given):
+                raise LoadError(f"{where} is also in {seen.get(name) or next(iter(given.values()))}")
             want = expected[name]
             if not (piece.fits(stored.shape, want.shape) if piece is not None else stored.shape == tuple(want.shape)):
                 raise LoadError(f"{where} has shape {list(stored.shape)}, the network needs {list(want.shape)}"
                                 + (f" (piece {piece.index + 1} of {piece.count})" if piece is not None else ""))
             if not _dtype_fits(stored.dtype, want):
                 raise LoadError(f"{where} has dtype {stored.dtype}, the network needs {want.dtype}")
-            seen[slot] = stored.file
-            if piece is not None:
+            if piece is None:
+                seen[name] = stored.file
+            else:
+                pieces.setdefault(name, {})[piece.index] = stored.file
                 counts[name] = piece.count
-    filled = {name for name in seen if ":" not in name} | {
-        name for name, count in counts.items() if all(f"{name}:{i}" in seen for i in range(count))}
+    filled = set(seen) | {name for name, given in pieces.items() if len(given) == counts[name]}
     missing = [name for name in expected if name not in filled]
     if missing:
         names = ", ".join(str(p) for p in network.files)

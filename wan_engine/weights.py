@@ -21,6 +21,7 @@ could fill a buffer that the checkpoint does not carry.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,6 @@ from torch import nn
 
 from wan_engine.errors import LoadError
 from wan_engine.tensor_files import open_checkpoints
-
 
 
 @dataclass(frozen=True)
@@ -45,18 +45,11 @@ class Piece:
 
     def fits(self, stored: Sequence[int], want: Sequence[int]) -> bool:
         if self.count == 1:
-            return _numel(stored) == _numel(want)
+            return math.prod(stored) == math.prod(want)
         return len(want) > 0 and want[0] % self.count == 0 and tuple(stored) == (want[0] // self.count, *want[1:])
 
 
 KeyMap = Callable[[str], "str | Piece | None"]
-
-
-def _numel(shape: Sequence[int]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 _LISTED_KEYS = 8  # how many offending keys an error message names before it summarises
 

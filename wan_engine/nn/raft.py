@@ -143,10 +143,12 @@ class RAFT(nn.Module):
         hidden, context = torch.split(self.cnet(first), [HIDDEN, CONTEXT], dim=1)
         hidden, context = torch.tanh(hidden), torch.relu(context)
         start = _grid(first.shape[0], *features.shape[-2:], features.device)
+        window, scales = _look_up_constants(pyramid)
         coords = start.clone()
         for _ in range(iterations):
             flow = coords - start
-            hidden, mask, delta = self.update_block(hidden, context, _look_up(pyramid, coords), flow)
+            correlation = _look_up(pyramid, coords, window, scales)
+            hidden, mask, delta = self.update_block(hidden, context, correlation, flow)
             coords = coords + delta
         return _convex_upsample(coords - start, mask)
 
@@ -170,19 +172,26 @@ def _correlation_pyramid(first: torch.Tensor, second: torch.Tensor) -> list[torc
     return pyramid
 
 
-def _look_up(pyramid: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+def _look_up_constants(pyramid: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The offsets of the 81 looked-up points around a match ([1, 9, 9, 2], dy before dx, as the
+    released code orders them) and, per level, the scale to grid_sample's [-1, 1] (made once per pair,
+    not in the refinement loop)."""
+    device = pyramid[0].device
+    offsets = torch.linspace(-CORRELATION_RADIUS, CORRELATION_RADIUS, 2 * CORRELATION_RADIUS + 1, device=device)
+    window = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1)[None]
+    scales = [2 / torch.tensor([level.shape[-1] - 1, level.shape[-2] - 1], device=device) for level in pyramid]
+    return window, scales
+
+
+def _look_up(pyramid: list[torch.Tensor], coords: torch.Tensor, window: torch.Tensor,
+             scales: list[torch.Tensor]) -> torch.Tensor:
     """The correlations within CORRELATION_RADIUS of each pixel's match at every level (bilinear,
     zero outside), [N, levels * 81, H, W]."""
     batch, _, height, width = coords.shape
-    offsets = torch.linspace(-CORRELATION_RADIUS, CORRELATION_RADIUS, 2 * CORRELATION_RADIUS + 1, device=coords.device)
-    side = len(offsets)
-    delta = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1).view(1, side, side, 2)
     centres = coords.permute(0, 2, 3, 1).reshape(batch * height * width, 1, 1, 2)
     sampled = []
-    for level, correlation in enumerate(pyramid):
-        points = centres / 2 ** level + delta
-        size = torch.tensor([correlation.shape[-1] - 1, correlation.shape[-2] - 1], device=coords.device)
-        grid = 2 * points / size - 1
+    for level, (correlation, scale) in enumerate(zip(pyramid, scales)):
+        grid = (centres / 2 ** level + window) * scale - 1
         values = F.grid_sample(correlation, grid, align_corners=True)
         sampled.append(values.view(batch, height, width, -1))
     return torch.cat(sampled, dim=-1).permute(0, 3, 1, 2).contiguous().float()

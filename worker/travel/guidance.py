@@ -78,6 +78,7 @@ READ_KEYS = (TRAVEL_GUIDANCE, STRUCTURE_GUIDANCE, *LEGACY_TYPE_KEYS, LEGACY_VIDE
              *LEGACY_BOOKKEEPING)
 # The keys whose value gives a row guidance of its own (or, travel_guidance kind "none", takes it away).
 GIVING_KEYS = (STRUCTURE_GUIDANCE, LEGACY_VIDEOS, LEGACY_PATH, *LEGACY_GUIDANCE_VIDEO, *UNI3C_KEYS)
+# Entry keys read elsewhere (types, strength) or the app's own bookkeeping.
 VIDEO_BOOKKEEPING = ("metadata", "resource_id", "structure_type", "type", "motion_strength")
 
 
@@ -92,6 +93,8 @@ class GuidanceVideo:
     source_start_frame: int = 0
     source_end_frame: int | None = None
     field: str = ""  # where the row gave it, for errors
+    source_frames: int | None = None  # the source's frames and rate, probed once by `place`
+    source_fps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,7 @@ def _structure_guidance(reader: ParamReader) -> GuidanceReading:
 
 def _legacy_guidance(reader: ParamReader) -> GuidanceReading:
     params, prefix = reader.params, reader.prefix
+    extra_ignored: dict[str, str] = {}
     for key in UNI3C_KEYS:
         if _asks(params.get(key)) and str(params[key]).lower() != "false":
             raise ValidationError(prefix + key, UNI3C)
@@ -208,10 +212,20 @@ def _legacy_guidance(reader: ParamReader) -> GuidanceReading:
         videos_field = prefix + LEGACY_PATH
     else:
         videos_field = prefix + LEGACY_VIDEOS
-        first = videos[0] if isinstance(videos, list) and videos and isinstance(videos[0], Mapping) else {}
-        entry_type = next((key for key in ("structure_type", "type") if first.get(key)), None)
-        if structure_type is None and entry_type is not None:  # the headless reader takes the first entry's
-            structure_type, type_key = first[entry_type], f"{LEGACY_VIDEOS}[0].{entry_type}"
+        types = {i: next((key for key in ("structure_type", "type") if entry.get(key)), None)
+                 for i, entry in enumerate(videos if isinstance(videos, list) else []) if isinstance(entry, Mapping)}
+        entry_types = {i: (key, videos[i][key]) for i, key in types.items() if key is not None}
+        given = structure_type is not None
+        if not given and 0 in entry_types:  # the headless reader takes the first entry's
+            structure_type, type_key = entry_types[0][1], f"{LEGACY_VIDEOS}[0].{entry_types[0][0]}"
+        for i, (key, value) in entry_types.items():
+            if value == (structure_type or FLOW):
+                continue
+            field = f"{videos_field}[{i}].{key}"
+            if not given:  # the headless composite refuses videos of different types
+                raise ValidationError(field, f"is {echo(value)}, but the guidance is {echo(structure_type or FLOW)}: "
+                                             "every video takes one type")
+            extra_ignored[field] = f"{type_key} ({structure_type}) applies to every video"
     video_url = next((reader.text(key) for key in LEGACY_GUIDANCE_VIDEO if reader.has(key)), None)
     if not videos and not video_url:
         return GuidanceReading(None)
@@ -224,8 +238,8 @@ def _legacy_guidance(reader: ParamReader) -> GuidanceReading:
     reading = _finish(strengths, mode, prefix + type_key, videos, videos_field, guidance_video=video_url,
                       frame_offset=offset, field=videos_field)
     renamed = {"strength": LEGACY_STRENGTH, "canny_intensity": LEGACY_CANNY, "depth_contrast": LEGACY_DEPTH}
-    reading.ignored = {prefix + renamed.get(key[len(prefix):], key[len(prefix):]): reason
-                       for key, reason in reading.ignored.items()}
+    reading.ignored = {**{prefix + renamed.get(key[len(prefix):], key[len(prefix):]): reason
+                          for key, reason in reading.ignored.items()}, **extra_ignored}
     return reading
 
 
@@ -244,8 +258,13 @@ def _finish(inner: ParamReader, mode: str, mode_field: str, videos: Any, videos_
     for key, value, used_by in (("canny_intensity", canny_intensity, CANNY), ("depth_contrast", depth_contrast, DEPTH)):
         if value != 1.0 and mode != used_by:
             ignored[inner.prefix + key] = f"used by mode {used_by} only; the mode is {mode}"
-    parsed = tuple(_video(entry, f"{videos_field}[{i}]", ignored) for i, entry in enumerate(_video_list(videos,
-                                                                                                       videos_field)))
+    entries = _video_list(videos, videos_field)
+    parsed = tuple(_video(entry, f"{videos_field}[{i}]", ignored) for i, entry in enumerate(entries))
+    for video, entry in zip(parsed, entries):  # the headless composite scales every video by one strength
+        own = entry.get("motion_strength")
+        if own is not None and own != strength:
+            ignored[f"{video.field}.motion_strength"] = (f"one strength ({strength:g}) applies to every video, as "
+                                                         "in the headless worker")
     if not parsed and guidance_video is None:
         raise ValidationError(videos_field, "structure guidance needs at least one video")
     inner.used.update(("kind", "mode", "videos", "_guidance_video_url", "guidance_video_url", "_frame_offset",
@@ -331,8 +350,8 @@ def place(guidance: Guidance, total_frames: int) -> tuple[Guidance, dict[str, st
         if video.source_end_frame is not None and video.source_end_frame <= video.source_start_frame:
             raise ValidationError(f"{video.field}.source_end_frame",
                                   f"must be after source_start_frame {video.source_start_frame}")
-        _source_info(video)
-        previous = replace(video, end_frame=end)
+        _, frames, fps = _source_info(video)
+        previous = replace(video, end_frame=end, source_frames=frames, source_fps=fps)
         placed.append(previous)
     return replace(guidance, videos=tuple(placed)), ignored
 
@@ -437,8 +456,9 @@ def guide_segment(guide: SegmentGuide, guidance: Guidance, offset: int, size: tu
         positions = [k for k in generated if video.start_frame <= offset + k < video.end_frame]
         if not positions:
             continue
-        path, count, source_fps = _source_info(video)
-        loaded = loaded_indices(video, count, source_fps, fps)
+        assert video.source_frames is not None and video.source_fps is not None  # placed
+        path = local_path(video.path, f"{video.field}.path")  # fetched once per box (worker.inputs)
+        loaded = loaded_indices(video, video.source_frames, video.source_fps, fps)
         wanted = {k: _shown(loaded, offset + k - video.start_frame, guidance.mode) for k in positions}
         frames = _frames_at(path, sorted({index for shown in wanted.values() for index in shown}), size, video.field)
         picked = [k for k in positions if all(index in frames for index in wanted[k])]
