@@ -72,6 +72,18 @@ def test_iter_frames_yields_the_same_frames_as_read_video(tmp_path: Path) -> Non
     assert np.array_equal(np.stack(list(iter_frames(path))), read_video(path))
 
 
+def test_iter_frames_from_a_start_frame_skips_exactly_the_frames_before_it(tmp_path: Path) -> None:
+    path = write(tmp_path / "moving.mp4", moving_frames(9))
+    every = read_video(path)
+    for start in (1, 4, 8):
+        assert np.array_equal(np.stack(list(iter_frames(path, start=start))), every[start:])
+    assert list(iter_frames(path, start=9)) == []
+    resampled = np.stack(list(iter_frames(path, fps=FPS / 2)))  # start counts the resampled frames
+    assert np.array_equal(np.stack(list(iter_frames(path, fps=FPS / 2, start=2))), resampled[2:])
+    with pytest.raises(ValueError, match="start"):
+        next(iter_frames(path, start=-1))
+
+
 def test_a_writer_fed_frame_by_frame_equals_one_fed_a_batch(tmp_path: Path) -> None:
     frames = moving_frames(5)
     batched = write(tmp_path / "batched.mp4", frames)

@@ -162,18 +162,24 @@ def cropped_size(width: int, height: int, aspect: float | None) -> tuple[int, in
 
 
 def iter_frames(path: str | os.PathLike[str], size: tuple[int, int] | None = None, *, fps: float | None = None,
-                aspect: float | None = None) -> Iterator[np.ndarray]:
+                aspect: float | None = None, start: int = 0) -> Iterator[np.ndarray]:
     """Decode a video one frame at a time, each uint8 [H, W, 3] (read-only); memory holds one frame.
 
     Frames come out as stored (`-fps_mode passthrough`: none duplicated or dropped to fit a rate),
     unless asked to fit, in this order: resampled to `fps` (ffmpeg's fps filter: the frame showing at
     each tick of the new rate), center-cropped to the aspect ratio `aspect` (cropped_size), scaled
     to `size` (width, height) by pixel-area averaging (the aspect ratio is not kept: how the headless
-    worker fits clips of another size). Closing the generator early kills ffmpeg.
+    worker fits clips of another size). `start` skips that many frames (counted after resampling)
+    inside ffmpeg, so frames before it are neither converted nor piped. Closing the generator early
+    kills ffmpeg.
     """
     path = _existing(path)
     width, height = frame_size(path)
+    if start < 0:
+        raise ValueError(f"start must not be negative, got {start}")
     filters = [f"fps={fps:g}"] if fps is not None else []
+    if start:
+        filters.append(f"trim=start_frame={start}")
     cropped = cropped_size(width, height, aspect)
     if cropped != (width, height):
         filters.append(f"crop={cropped[0]}:{cropped[1]}:{(width - cropped[0]) // 2}:{(height - cropped[1]) // 2}")

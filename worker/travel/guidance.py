@@ -512,13 +512,14 @@ def _control_frames(frames: np.ndarray, guidance: Guidance, annotate: Annotate |
 def _frames_at(path: Any, indices: list[int], size: tuple[int, int], field: str) -> dict[int, np.ndarray]:
     """The frames at `indices` (ascending) of a video, center-cropped to size's aspect ratio (where it
     differs by more than 0.01) and resized to `size` with Lanczos, as the headless loader fits them.
-    Decoding stops after the last one wanted."""
+    Frames before the first one wanted are skipped inside ffmpeg (a segment late in a long journey
+    does not pipe the video's beginning); decoding stops after the last one wanted."""
     wanted, found = set(indices), {}
     if not indices:
         return found
     width, height = size
     try:
-        for index, frame in enumerate(iter_frames(path)):
+        for index, frame in enumerate(iter_frames(path, start=indices[0]), start=indices[0]):
             if index in wanted:
                 found[index] = _fit(frame, width, height)
             if index >= indices[-1]:
