@@ -304,6 +304,29 @@ def test_bad_input_fails_at_once_with_a_clear_message_and_the_worker_carries_on(
     assert store.get(good).status == TaskStatus.COMPLETE
 
 
+def test_rows_that_other_workers_of_the_ecosystem_run_stay_queued_unless_task_types_names_them(
+    store: TaskStore, in_process_worker
+) -> None:
+    """A worker sharing a Reigh table must not fail its Qwen or LTX rows; a type nobody knows still fails."""
+    qwen = store.enqueue("qwen_image_edit", {"prompt": "a hat"}, priority=5)
+    ltx = store.enqueue("ltx2", {"prompt": "a dog"})
+    typo = store.enqueue("helth_check", {})
+    ours = store.enqueue("health_check", {})
+    run_until_idle(in_process_worker, store)
+    assert store.get(ours).status == TaskStatus.COMPLETE
+    assert store.get(typo).status == "Failed"
+    for left in (qwen, ltx):
+        task = store.get(left)
+        assert (task.status, task.attempts, task.worker_id) == ("Queued", 0, None)
+
+    # Named in --task-types (a worker of this fleet given a handler for it), such a row is claimed.
+    in_process_worker(store, exit_when_idle=True, task_types=("qwen_image_edit",)).thread.join(timeout=60)
+    task = store.get(qwen)
+    assert (task.status, task.attempts) == ("Failed", 1)
+    assert "unknown task_type 'qwen_image_edit'" in task.error_message
+    assert store.get(ltx).status == "Queued"
+
+
 def test_a_result_that_cannot_be_stored_fails_the_task_and_the_worker_carries_on(
     store: TaskStore, in_process_worker
 ) -> None:

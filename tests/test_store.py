@@ -139,6 +139,17 @@ def test_claim_takes_only_accepted_task_types(store: TaskStore) -> None:
     assert claim(store, task_types=["health_check"]) is None
 
 
+def test_claim_of_every_type_passes_over_the_types_left_queued_in_both_subqueries(store: TaskStore) -> None:
+    skipped = store.enqueue("qwen_image_edit", {"model": "vace_14B"}, priority=2)
+    same_model_skipped = store.enqueue("ltx2", {"model": "vace_14B"})
+    wanted = store.enqueue("health_check", {})
+    left = ["ltx2", "qwen_image_edit"]
+    assert claim(store, loaded_model="vace_14B", left_queued=left).id == wanted
+    assert claim(store, loaded_model="vace_14B", left_queued=left) is None
+    assert claim(store, loaded_model="vace_14B").id == skipped
+    assert claim(store, loaded_model="vace_14B").id == same_model_skipped
+
+
 def test_claim_waits_until_every_dependency_is_complete(store: TaskStore) -> None:
     first = store.enqueue("health_check", {})
     second = store.enqueue("health_check", {})

@@ -36,7 +36,7 @@ from wan_engine import errors as engine_errors
 from worker import errors, sdnotify, video
 from worker.config import WorkerConfig
 from worker.db import Undecodable, is_transient
-from worker.handlers import Handler, HandlerResult, TaskContext, load_handlers
+from worker.handlers import OTHER_WORKERS_TASK_TYPES, Handler, HandlerResult, TaskContext, load_handlers
 from worker.heartbeat import Heartbeat
 from worker.maintenance import Maintenance
 from worker.paths import check_writable
@@ -87,6 +87,8 @@ class Worker:
         self.store = store
         video.set_max_image_pixels(config.max_image_pixels)
         self.handlers = load_handlers() if handlers is None else handlers
+        # Without --task-types, the ecosystem's types that other workers run stay queued for them.
+        self.left_queued = () if config.task_types else tuple(sorted(OTHER_WORKERS_TASK_TYPES - set(self.handlers)))
         self.resources = resources or WorkerResources.from_config(config)
         self.log = structlog.get_logger("worker").bind(worker_id=config.worker_id)
         self.watchdog = sdnotify.Watchdog()
@@ -116,6 +118,7 @@ class Worker:
         (the task it was running is back in the queue by then)."""
         task_types = self.config.task_types
         self.log.info("worker starting", task_types=list(task_types) if task_types else "all",
+                      left_queued_for_other_workers=list(self.left_queued),
                       handlers=sorted(self.handlers), device=self.resources.device, database=self.store.db.dialect)
         try:
             twin = self._with_db_retry(self._live_twin, until=self._stopping)
@@ -175,6 +178,7 @@ class Worker:
             self.config.worker_id,
             self.config.task_types,
             self.resources.loaded_model,
+            left_queued=self.left_queued,
             affinity_max_wait_seconds=self.config.affinity_max_wait_seconds,
         )
 

@@ -202,13 +202,15 @@ class TaskStore:
         task_types: Sequence[str] | None,
         loaded_model: str | None,
         *,
+        left_queued: Sequence[str] = (),
         affinity_max_wait_seconds: float = 300.0,
     ) -> Task | None:
         """Take the best ready row (see the `claim` query) for `worker_id`; None when nothing is ready.
-        task_types None accepts every type."""
+        task_types None accepts every type but those in `left_queued`."""
         params = {
             "worker_id": worker_id,
             "task_types": self.db.encode_text_array(task_types),
+            "left_queued": self.db.encode_text_array(left_queued),
             "loaded_model": loaded_model,
             "affinity_max_wait_seconds": float(affinity_max_wait_seconds),
         }

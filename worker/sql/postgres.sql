@@ -67,10 +67,10 @@ SELECT status, count(*) AS n FROM tasks GROUP BY status;
 
 -- name: claim --
 -- Takes the best ready row for this worker in one statement and marks it In Progress.
--- Ready: Queued, run_after reached, a task_type this worker accepts (NULL = any), every dependency
--- Complete (a dependency id with no row keeps it waiting). Best: the highest priority; within it, the
--- oldest row if it waited longer than the affinity bound (so no model starves), else the oldest row
--- for the model this worker already has loaded, else the oldest row.
+-- Ready: Queued, run_after reached, a task_type this worker accepts (NULL = any but those it leaves
+-- queued), every dependency Complete (a dependency id with no row keeps it waiting). Best: the
+-- highest priority; within it, the oldest row if it waited longer than the affinity bound (so no model
+-- starves), else the oldest row for the model this worker already has loaded, else the oldest row.
 -- `head` walks the claim index (priority, age) to the first ready row nobody else is locking;
 -- `same_model` looks for a row of the loaded model only when the head is neither starved nor
 -- for the loaded model. Both stop at their first match, so a claim costs the same with 10 or 100,000
@@ -82,6 +82,7 @@ WITH head AS (
     WHERE t.status = 'Queued'
       AND t.run_after <= now()
       AND (CAST(:task_types AS text[]) IS NULL OR t.task_type = ANY (CAST(:task_types AS text[])))
+      AND t.task_type <> ALL (CAST(:left_queued AS text[]))
       AND NOT EXISTS (
           SELECT 1
           FROM unnest(t.dependant_on) AS dependency (id)
@@ -101,6 +102,7 @@ WITH head AS (
       AND t.status = 'Queued'
       AND t.run_after <= now()
       AND (CAST(:task_types AS text[]) IS NULL OR t.task_type = ANY (CAST(:task_types AS text[])))
+      AND t.task_type <> ALL (CAST(:left_queued AS text[]))
       AND NOT EXISTS (
           SELECT 1
           FROM unnest(t.dependant_on) AS dependency (id)

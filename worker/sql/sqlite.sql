@@ -68,10 +68,10 @@ SELECT status, count(*) AS n FROM tasks GROUP BY status;
 
 -- name: claim --
 -- Takes the best ready row for this worker in one statement and marks it In Progress.
--- Ready: Queued, run_after reached, a task_type this worker accepts (NULL = any), every dependency
--- Complete (a dependency id with no row keeps it waiting). Best: the highest priority; within it, the
--- oldest row if it waited longer than the affinity bound (so no model starves), else the oldest row
--- for the model this worker already has loaded, else the oldest row.
+-- Ready: Queued, run_after reached, a task_type this worker accepts (NULL = any but those it leaves
+-- queued), every dependency Complete (a dependency id with no row keeps it waiting). Best: the
+-- highest priority; within it, the oldest row if it waited longer than the affinity bound (so no model
+-- starves), else the oldest row for the model this worker already has loaded, else the oldest row.
 -- `head` walks the claim index (priority, age) to the first ready row; the second subquery looks for
 -- a row of the loaded model only when the head is neither starved nor for that model. Both stop at
 -- their first match, so a claim costs the same with 10 or 100,000 rows queued. INDEXED BY pins the
@@ -90,6 +90,7 @@ WHERE id = (
         WHERE t.status = 'Queued'
           AND t.run_after <= strftime('%Y-%m-%d %H:%M:%f', 'now')
           AND (:task_types IS NULL OR t.task_type IN (SELECT value FROM json_each(:task_types)))
+          AND t.task_type NOT IN (SELECT value FROM json_each(:left_queued))
           AND NOT EXISTS (
               SELECT 1
               FROM json_each(t.dependant_on) AS dependency
@@ -110,6 +111,7 @@ WHERE id = (
            AND t.status = 'Queued'
            AND t.run_after <= strftime('%Y-%m-%d %H:%M:%f', 'now')
            AND (:task_types IS NULL OR t.task_type IN (SELECT value FROM json_each(:task_types)))
+           AND t.task_type NOT IN (SELECT value FROM json_each(:left_queued))
            AND NOT EXISTS (
                SELECT 1
                FROM json_each(t.dependant_on) AS dependency
