@@ -11,6 +11,8 @@ from wan_engine.nn.dit import VACE_14B_LAYERS, VACE_IN_DIM, WAN21_14B, WAN21_1_3
 from wan_engine.nn.t5 import UMT5_XXL
 from wan_engine.nn.vae import TINY_VAE
 from wan_engine.registry import ModelRegistry, ModelSpec
+from wan_engine.multipliers import lora_multiplier_schedule
+from wan_engine.schema import resolve, step_plan
 from wan_engine.testing import write_tiny_models
 
 TINY_KEYS = ("tiny_t2v", "tiny_vace", "tiny_t2v_2_2", "tiny_vace_2_2")
@@ -115,6 +117,32 @@ def test_the_cocktail_carries_its_loras_and_multipliers(registry: ModelRegistry)
     spec = registry.get("vace_14B_cocktail_2_2")
     assert len(spec.loras) == 4 and spec.loras[0].endswith("Wan21_CausVid_14B_T2V_lora_rank32_v2.safetensors")
     assert spec.lora_multipliers == ("1", "0.2", "0.5", "0.5")
+
+
+def test_every_shipped_definition_resolves_its_sampling_defaults_and_plans_its_steps(registry: ModelRegistry) -> None:
+    for key in registry.known_keys:
+        spec = registry.get(key)
+        values, _ = resolve(spec, {})
+        plan = step_plan(values, spec.is_dual_expert)
+        assert len(plan) == values["num_inference_steps"], key
+        schedule = lora_multiplier_schedule(values["lora_multipliers"], len(values["lora_names"]), plan,
+                                            values["guidance_phases"], values["model_switch_phase"])
+        assert [len(steps) for steps in schedule] == [len(plan)] * len(spec.loras), key
+
+
+def test_wan2gps_three_phase_lightning_vace_runs_cfg_on_the_high_expert_then_the_loras_phase_by_phase(
+    registry: ModelRegistry,
+) -> None:
+    spec = registry.get("vace_14B_lightning_3p_2_2")
+    values, sources = resolve(spec, {})
+    assert (values["num_inference_steps"], values["guidance_phases"], values["sample_solver"]) == (8, 3, "euler")
+    assert sources["switch_threshold2"] == "definition"
+    plan = step_plan(values, spec.is_dual_expert)
+    assert [(s.phase, s.expert, s.guidance) for s in plan][:1] == [(1, "high", 3.5)]
+    assert {(s.phase, s.expert) for s in plan} == {(1, "high"), (2, "high"), (3, "low")}  # model_switch_phase 2
+    schedule = lora_multiplier_schedule(values["lora_multipliers"], 2, plan, 3, values["model_switch_phase"])
+    by_phase = [[{m for m, s in zip(steps, plan) if s.phase == phase} for phase in (1, 2, 3)] for steps in schedule]
+    assert by_phase == [[{0.0}, {1.0}, {0.0}], [{0.0}, {0.0}, {1.0}]]
 
 
 def test_an_unknown_key_is_unknown_model_listing_the_known_keys(registry: ModelRegistry) -> None:
