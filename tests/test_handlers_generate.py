@@ -2,6 +2,9 @@
 outputs, result_data, control inputs from paths, bad params, progress, cancellation, out-of-memory."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ from worker.errors import ValidationError
 from worker.dialects import sampling
 from worker.generation import DEFAULT_MODELS
 from worker.params import ParamReader
+from worker.resources import WorkerResources
 from worker.store import TaskStatus, TaskStore
 from worker.video import VideoWriter, probe, read_video
 from worker_harness import BackgroundWorker, background_workers, resources, run_until_idle, write_keyframes  # noqa: F401
@@ -58,6 +62,43 @@ def test_result_data_names_model_seed_parameters_with_sources_and_phase_seconds(
     assert result["parameter_sources"]["seed"] == "task" and result["parameter_sources"]["fps"] == "default"
     assert {"queue_wait", "model_load", "text_encode", "denoise_main", "decode", "video_encode"} <= set(result["phase_seconds"])
     assert all(seconds >= 0 for seconds in result["phase_seconds"].values())
+
+
+def test_a_definitions_resolution_length_and_negative_prompt_fill_what_the_row_leaves_out(
+        sqlite_store: TaskStore, resources: WorkerResources, tmp_path: Path) -> None:
+    """Wan2GP applies a definition's resolution, video_length and negative_prompt to what a row leaves
+    out (MoviiGen's 1280x720); the row's own values still win, and the sources say which is which."""
+    models = tmp_path / "models"
+    shutil.copytree(resources.models_dir, models, copy_function=os.link)
+    (models / "finetunes").mkdir()
+    (models / "finetunes" / "wide_tiny.json").write_text(json.dumps({
+        "model": {"name": "Wide tiny", "architecture": "tiny_t2v", "URLs": "tiny_t2v"},
+        "resolution": "48x32", "video_length": 9, "negative_prompt": "blur", "num_inference_steps": 2}))
+    here = WorkerResources(device="cpu", models_dir=models)
+    bare = sqlite_store.enqueue("t2v", {"model": "wide_tiny", "prompt": "a red car", "seed": 5})
+    own = sqlite_store.enqueue("t2v", {"model": "wide_tiny", "prompt": "a red car", "seed": 5, **SIZE,
+                                       "negative_prompt": ""})
+    bad = sqlite_store.enqueue("t2v", {"model": "wide_tiny", "prompt": "a red car", "video_length": 0})
+    run_until_idle(sqlite_store, here, tmp_path / "outputs")
+
+    task = sqlite_store.get(bare)
+    assert task.status == TaskStatus.COMPLETE, task.error_message
+    info = probe(task.output_location)
+    assert (info.width, info.height, info.frames) == (48, 32, 9)
+    sources = task.result_data["parameter_sources"]
+    assert sources["width"] == sources["video_length"] == "definition"
+    assert task.result_data["parameters"]["negative_prompt"] == "blur"
+    task = sqlite_store.get(own)
+    assert (probe(task.output_location).width, task.result_data["parameter_sources"]["width"]) == (32, "task")
+    assert (task.result_data["parameters"]["negative_prompt"], task.result_data["parameter_sources"]["negative_prompt"]) == (
+        "", "task (blank)")
+    assert "video_length: must be" in sqlite_store.get(bad).error_message
+
+    (models / "finetunes" / "wide_tiny.json").write_text(json.dumps({
+        "model": {"name": "Broken", "architecture": "tiny_t2v", "URLs": "tiny_t2v"}, "resolution": "wide"}))
+    broken = sqlite_store.enqueue("t2v", {"model": "wide_tiny", "prompt": "a red car"})
+    run_until_idle(sqlite_store, WorkerResources(device="cpu", models_dir=models), tmp_path / "outputs")
+    assert "resolution (from the definition of wide_tiny)" in sqlite_store.get(broken).error_message
 
 
 def test_video_length_is_rounded_down_to_4n_plus_1_and_the_rounding_recorded(sqlite_store: TaskStore, resources,

@@ -25,7 +25,8 @@ A definition file `defaults/<key>.json`:
   the same weights as other repos publish them (Wan-AI, diffusers, ComfyUI), or the key of a
   definition whose layouts it reuses. A layout's files are stored as `<repo name>/<path>`; what it
   does not give it inherits. The engine loads the first layout whose files are all present.
-- Every other top-level key is a sampling default of the model (see wan_engine.schema).
+- Every other top-level key is a default of the model: the sampling fields for every request, and
+  `resolution`, `video_length`, `negative_prompt` for generation rows (wan_engine.schema.model_default).
 
 A preset `defaults/presets/<name>.json` is `{"model": <definition key>, <sampling defaults>...}`:
 another name for a definition, whose defaults override the definition's.

@@ -410,6 +410,16 @@ def resolve(spec: Any, given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     return values, sources
 
 
+def model_default(spec: Any, name: str) -> tuple[Any, str] | None:
+    """(typed value, source) of field `name` from model `spec`'s preset, else its definition; None when
+    neither gives it. For the request fields a Wan2GP definition may also set (resolution,
+    video_length, negative_prompt), which Wan2GP applies to whatever a row leaves out."""
+    for source, layer in ((PRESET, spec.preset_defaults), (DEFINITION, spec.defaults)):
+        if name in layer:
+            return _typed(FIELDS[name], layer[name], f"{name} (from the {source} of {spec.preset or spec.key})"), source
+    return None
+
+
 # ---- checking a request -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import numpy as np
 
 from wan_engine.errors import InvalidRequest, UnknownModel, echo
 from wan_engine.loras import LORAS_FOLDER
-from wan_engine.schema import FIELDS, RANDOM_SEED, Limits, Reading, validate
+from wan_engine.schema import FIELDS, RANDOM_SEED, Limits, Reading, model_default, validate
 from worker.dialects import (
     compose_prompt,
     expand_lora_objects,
@@ -65,6 +65,18 @@ def read_seed(reader: ParamReader) -> tuple[int, str]:
     if seed == RANDOM_SEED:
         return int(np.random.default_rng().integers(0, FIELDS["seed"].maximum + 1)), "random (task asked for -1)"
     return seed, reader.source("seed")
+
+
+def _with_model_default(reader: ParamReader, spec: Any, name: str) -> tuple[Any, str]:
+    """(value, source) of request field `name`: the row's, else the model's preset or definition's
+    (Wan2GP definitions may set resolution, video_length and negative_prompt), else the schema's.
+    A blank negative prompt the row sends is its own (none), as Wan2GP takes it."""
+    if reader.given(name):
+        return reader.field(name), reader.source(name)
+    if name == "negative_prompt" and isinstance(reader.params.get(name), str):
+        return "", "task (blank)"
+    from_model = model_default(spec, name)
+    return from_model if from_model is not None else (reader.field(name), reader.source(name))
 
 
 def resolve_model(resources: WorkerResources, reader: ParamReader, default: str) -> Any:
@@ -279,14 +291,17 @@ def read_generation(params: Mapping[str, Any], *, resources: WorkerResources, li
 
     reader = ParamReader(expand_lora_objects(flatten_generation_task(params)))
     spec = resolve_model(resources, reader, default_model)
-    width, height = parse_resolution(reader.field("resolution"), reader.label("resolution"))
-    asked_length = 1 if one_frame else reader.field("video_length")
+    (resolution, size_source), (asked_length, length_source), (negative_prompt, negative_source) = (
+        _with_model_default(reader, spec, name) for name in ("resolution", "video_length", "negative_prompt"))
+    width, height = parse_resolution(resolution, reader.label("resolution"))
+    if one_frame:
+        asked_length, length_source = 1, IMAGE_TASK
     video_length = round_to_frame_count(asked_length, reader.label("video_length"))
     seed, seed_source = read_seed(reader)
     fps = reader.field("fps")
     prompt = compose_prompt(reader.field("prompt", REQUIRED if prompt_required else ""), reader)
     overridden: dict[str, str] = {}
-    fields = dict(model=spec.preset or spec.key, prompt=prompt, negative_prompt=reader.field("negative_prompt"),
+    fields = dict(model=spec.preset or spec.key, prompt=prompt, negative_prompt=negative_prompt,
                   width=width, height=height, video_length=video_length, seed=seed, **sampling(reader, overridden))
     install_loras(fields.get("lora_names"))
     check_request(resources, limits, fields, reader.schema)
@@ -308,16 +323,16 @@ def read_generation(params: Mapping[str, Any], *, resources: WorkerResources, li
         image_start=_frame_image(reader, "image_start", width, height),
         image_end=_frame_image(reader, "image_end", width, height),
     )
-    length_source = reader.source("video_length") if not one_frame else IMAGE_TASK
     if video_length != asked_length:
         length_source += f" ({asked_length} rounded down to 4n+1)"
     worker_parameters = {
-        "width": (width, reader.source("resolution")),
-        "height": (height, reader.source("resolution")),
+        "width": (width, size_source),
+        "height": (height, size_source),
         "video_length": (video_length, length_source),
         "seed": (seed, seed_source),
         "fps": (fps, reader.source("fps")),
         "prompt": (prompt, reader.source("prompt")),
+        "negative_prompt": (negative_prompt, negative_source),
     }
     suffix = ".png" if one_frame else ".mp4"
     name = reader.text("output_filename", DEFAULT_IMAGE_NAME if one_frame else DEFAULT_OUTPUT_NAME)
