@@ -74,7 +74,8 @@ SELECT status, count(*) AS n FROM tasks GROUP BY status;
 -- `head` walks the claim index (priority, age) to the first ready row nobody else is locking;
 -- `same_model` looks for a row of the loaded model only when the head is neither starved nor
 -- for the loaded model. Both stop at their first match, so a claim costs the same with 10 or 100,000
--- rows queued. The readiness conditions are written out in both on purpose: each subquery walks its
+-- rows queued (rows ahead of it that this worker may not take, such as types left queued for other
+-- workers, are walked past). The readiness conditions are written out in both on purpose: each subquery walks its
 -- own index (tasks_claimable_idx, tasks_claimable_model_idx), which one shared CTE of ready rows could not.
 WITH head AS (
     SELECT t.id, t.priority, t.created_at, coalesce(t.resolved_model, t.params ->> 'model') AS model

@@ -74,7 +74,8 @@ SELECT status, count(*) AS n FROM tasks GROUP BY status;
 -- starves), else the oldest row for the model this worker already has loaded, else the oldest row.
 -- `head` walks the claim index (priority, age) to the first ready row; the second subquery looks for
 -- a row of the loaded model only when the head is neither starved nor for that model. Both stop at
--- their first match, so a claim costs the same with 10 or 100,000 rows queued. INDEXED BY pins the
+-- their first match, so a claim costs the same with 10 or 100,000 rows queued (rows ahead of it that
+-- this worker may not take, such as types left queued for other workers, are walked past). INDEXED BY pins the
 -- plan (SQLite's planner may otherwise prefer a full scan and a sort once ANALYZE has run). The
 -- readiness conditions are written out in both on purpose: each subquery walks its own index.
 UPDATE tasks
