@@ -122,16 +122,17 @@ HANDLERS: dict[str, Handler] = {}
 
 # Task types of the headless Wan2GP / Reigh ecosystem that other workers run: other model families
 # (banodoco/reigh-worker tasks/task_types.py TASK_TYPE_TO_MODEL, its task_registry's specialized
-# handlers) and the app's own processing types (reigh-app taskTypeConfigFallback.ts). A worker that
-# shares their table leaves these queued for those workers unless --task-types names them; any other
-# type no handler here knows is claimed and fails naming the known ones (a typo must not wait forever).
+# handlers) and the app's own processing types (reigh-app taskTypeConfigFallback.ts and the
+# create-task resolvers, whose upscale row is "image-upscale"). A worker that shares their table
+# leaves these queued for those workers unless --task-types names them; any other type no handler
+# here knows is claimed and fails naming the known ones (a typo must not wait forever).
 OTHER_WORKERS_TASK_TYPES = frozenset({
     "flux", "hunyuan", "ltxv", "ltx2",
     "qwen_image", "qwen_image_2512", "qwen_image_edit", "qwen_image_hires", "qwen_image_style",
     "image_inpaint", "annotated_image_edit", "z_image_turbo", "z_image_turbo_i2i",
     "magic_edit", "create_visualization", "rife_interpolate_images", "comfy",
-    "animate_character", "video_enhance", "single_image", "edit_travel_kontext", "edit_travel_flux",
-    "edit_video_segment", "generate_openpose", "wgp",
+    "animate_character", "video_enhance", "image-upscale", "image_upscale", "single_image",
+    "edit_travel_kontext", "edit_travel_flux", "edit_video_segment", "generate_openpose", "wgp",
 })
 
 
