@@ -121,6 +121,21 @@ def test_oldest_ready_task_age_counts_only_claimable_rows(store: TaskStore) -> N
     assert age is not None and 86_000 < age < 87_000  # the blocker; its dependant is not claimable yet
 
 
+def test_oldest_ready_task_age_counts_only_the_types_a_worker_takes(store: TaskStore) -> None:
+    """A worker's gauge is not raised by rows it leaves queued for other workers (or does not take)."""
+    backdate(store, store.enqueue("qwen_image_edit", {}), days=2)
+    backdate(store, store.enqueue("t2v", {}), days=1)
+
+    def age(**claim_filter: object) -> float:
+        return oldest_ready_task_age_seconds(store.db, **claim_filter) // 86_400
+
+    assert age() == 2
+    assert age(left_queued=["qwen_image_edit"]) == 1
+    assert age(task_types=["t2v"]) == 1
+    assert age(task_types=["qwen_image_edit"]) == 2
+    assert oldest_ready_task_age_seconds(store.db, ["vace"]) is None
+
+
 def test_stats_command_prints_counts_and_phase_table(store: TaskStore) -> None:
     run_to_end(store, "t2v", {"model": "tiny_t2v"}, result_data={"model": "tiny_t2v", "phase_seconds": {"decode": 1.5}})
 

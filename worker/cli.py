@@ -69,6 +69,7 @@ def run_command(args: argparse.Namespace, config: WorkerConfig) -> int:
     from wan_engine.errors import DeviceFault, LoadError, UnknownModel, WeightsMissing
     from worker import sdnotify
     from worker.db import connect
+    from worker.handlers import left_for_other_workers, load_handlers
     from worker.metrics import serve_worker_metrics
     from worker.migrate import migrate, pending_migrations
     from worker.poller import EXIT_DEVICE_FAULT, Worker
@@ -87,7 +88,11 @@ def run_command(args: argparse.Namespace, config: WorkerConfig) -> int:
         if applied:
             log.info("applied migrations", applied=[m.version for m in applied])
     resources = WorkerResources.from_config(config)
-    store = TaskStore(db) if config.metrics_port is None else serve_worker_metrics(config.metrics_port, db, resources)
+    if config.metrics_port is None:
+        store = TaskStore(db)
+    else:
+        left_queued = left_for_other_workers(config.task_types, load_handlers())
+        store = serve_worker_metrics(config.metrics_port, db, resources, config.task_types, left_queued)
     if config.preload_model:
         # Loading a 14B model can outlast the unit's TimeoutStartSec: ask systemd for more time first.
         sdnotify.notify(f"STATUS=loading {config.preload_model}", f"EXTEND_TIMEOUT_USEC={PRELOAD_TIMEOUT_USEC}")

@@ -51,7 +51,7 @@ class WorkerMetrics:
             "by its caching allocator (reserved).", ["kind"], registry=self.registry)
         self.oldest_queued_task_age_seconds = Gauge(
             "wan_worker_oldest_queued_task_age_seconds", "Age of the oldest claimable 'Queued' task in the "
-            "table (fleet-wide; 0 when none).", registry=self.registry)
+            "table of the types this worker takes (0 when none).", registry=self.registry)
 
     def task_claimed(self, task_type: str, model: str | None) -> None:
         self.tasks_claimed.labels(task_type, model or NO_MODEL).inc()
@@ -98,15 +98,17 @@ class WorkerMetrics:
         start_http_server(port, addr=address, registry=self.registry)
 
 
-def serve_worker_metrics(port: int, db: Database, resources: Any) -> MeteredTaskStore:
+def serve_worker_metrics(port: int, db: Database, resources: Any, task_types: Sequence[str] | None = None,
+                         left_queued: Sequence[str] = ()) -> MeteredTaskStore:
     """Start serving a worker's metrics on `port`; returns the store the worker must use so that its
-    claims and outcomes are counted. `resources` (WorkerResources) counts the engine's model loads."""
+    claims and outcomes are counted. `resources` (WorkerResources) counts the engine's model loads;
+    the oldest-queued age counts the rows this worker's claim filter (task_types, left_queued) takes."""
     from worker.stats import oldest_ready_task_age_seconds
 
     metrics = WorkerMetrics()
     resources.metrics = metrics
     metrics.watch_gpu_memory(resources.device)
-    metrics.watch_oldest_queued(lambda: oldest_ready_task_age_seconds(db))
+    metrics.watch_oldest_queued(lambda: oldest_ready_task_age_seconds(db, task_types, left_queued))
     metrics.serve(port)
     return MeteredTaskStore(db, metrics)
 

@@ -36,7 +36,7 @@ from wan_engine import errors as engine_errors
 from worker import errors, sdnotify, video
 from worker.config import WorkerConfig
 from worker.db import Undecodable, is_transient
-from worker.handlers import OTHER_WORKERS_TASK_TYPES, Handler, HandlerResult, TaskContext, load_handlers
+from worker.handlers import Handler, HandlerResult, TaskContext, left_for_other_workers, load_handlers
 from worker.heartbeat import Heartbeat
 from worker.maintenance import Maintenance
 from worker.paths import check_writable
@@ -87,8 +87,7 @@ class Worker:
         self.store = store
         video.set_max_image_pixels(config.max_image_pixels)
         self.handlers = load_handlers() if handlers is None else handlers
-        # Without --task-types, the ecosystem's types that other workers run stay queued for them.
-        self.left_queued = () if config.task_types else tuple(sorted(OTHER_WORKERS_TASK_TYPES - set(self.handlers)))
+        self.left_queued = left_for_other_workers(config.task_types, self.handlers)
         self.resources = resources or WorkerResources.from_config(config)
         self.log = structlog.get_logger("worker").bind(worker_id=config.worker_id)
         self.watchdog = sdnotify.Watchdog()

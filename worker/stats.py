@@ -14,7 +14,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Sequence
 
 import sqlalchemy as sa
 
@@ -116,10 +116,13 @@ def collect_stats(db: Database, since: Since | None = None) -> FleetStats:
     return FleetStats(counts=counts, phases=phases)
 
 
-def oldest_ready_task_age_seconds(db: Database) -> float | None:
-    """How long the longest-waiting claimable row has been claimable (None when none is)."""
+def oldest_ready_task_age_seconds(db: Database, task_types: Sequence[str] | None = None,
+                                  left_queued: Sequence[str] = ()) -> float | None:
+    """How long the longest-waiting claimable row has been claimable (None when none is), among the
+    rows a worker with this claim filter (TaskStore.claim's) would take."""
+    params = {"task_types": db.encode_text_array(task_types), "left_queued": db.encode_text_array(left_queued)}
     with db.engine.begin() as conn:
-        age = conn.execute(_queries(db)["oldest_ready_task_age"]).scalar()
+        age = conn.execute(_queries(db)["oldest_ready_task_age"], params).scalar()
     return None if age is None else max(0.0, float(age))
 
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import sqlalchemy as sa
 import structlog
@@ -134,6 +134,12 @@ OTHER_WORKERS_TASK_TYPES = frozenset({
     "animate_character", "video_enhance", "image-upscale", "image_upscale", "single_image",
     "edit_travel_kontext", "edit_travel_flux", "edit_video_segment", "generate_openpose", "wgp",
 })
+
+
+def left_for_other_workers(task_types: Sequence[str] | None, handlers: Mapping[str, Handler]) -> tuple[str, ...]:
+    """The task types a worker leaves queued: without --task-types, the other workers' types it has no
+    handler for; none when --task-types names what it takes."""
+    return () if task_types else tuple(sorted(OTHER_WORKERS_TASK_TYPES - set(handlers)))
 
 
 def register(*task_types: str) -> Callable[[Handler], Handler]:

@@ -47,13 +47,16 @@ ORDER BY 1, 2, 3, 4;
 -- name: oldest_ready_task_age --
 -- Seconds the longest-waiting claimable row has been claimable: Queued, run_after reached, every
 -- dependency Complete; it became claimable at the latest of its creation, its run_after and its
--- last dependency's completion. NULL when nothing is claimable.
+-- last dependency's completion; of the types a worker takes (as the claim: a list or NULL for any,
+-- less those it leaves queued for other workers). NULL when nothing is claimable.
 SELECT EXTRACT(EPOCH FROM now() - min(greatest(
            t.created_at, t.run_after,
            (SELECT max(d.generation_processed_at) FROM tasks d WHERE d.id = ANY (t.dependant_on)))))
 FROM tasks t
 WHERE t.status = 'Queued'
   AND t.run_after <= now()
+  AND (CAST(:task_types AS text[]) IS NULL OR t.task_type = ANY (CAST(:task_types AS text[])))
+  AND t.task_type <> ALL (CAST(:left_queued AS text[]))
   AND NOT EXISTS (
       SELECT 1
       FROM unnest(t.dependant_on) AS dependency (id)

@@ -60,7 +60,8 @@ ORDER BY 1, 2, 3, 4;
 -- name: oldest_ready_task_age --
 -- Seconds the longest-waiting claimable row has been claimable: Queued, run_after reached, every
 -- dependency Complete; it became claimable at the latest of its creation, its run_after and its
--- last dependency's completion. NULL when nothing is claimable.
+-- last dependency's completion; of the types a worker takes (as the claim: a list or NULL for any,
+-- less those it leaves queued for other workers). NULL when nothing is claimable.
 SELECT (julianday('now') - julianday(min(max(
            t.created_at, t.run_after,
            coalesce((SELECT max(d.generation_processed_at)
@@ -69,6 +70,8 @@ SELECT (julianday('now') - julianday(min(max(
 FROM tasks t
 WHERE t.status = 'Queued'
   AND t.run_after <= strftime('%Y-%m-%d %H:%M:%f', 'now')
+  AND (:task_types IS NULL OR t.task_type IN (SELECT value FROM json_each(:task_types)))
+  AND t.task_type NOT IN (SELECT value FROM json_each(:left_queued))
   AND NOT EXISTS (
       SELECT 1
       FROM json_each(t.dependant_on) AS dependency
