@@ -81,6 +81,14 @@ def test_status_without_an_id_lists_recent_tasks_and_counts(sqlite_url: str, sql
     assert {line.split()[0] for line in lines[2:]} == set(ids)
 
 
+def test_status_names_the_queued_rows_left_for_other_workers(sqlite_url: str, sqlite_store: TaskStore) -> None:
+    for task_type in ("qwen_image_edit", "qwen_image_edit", "ltx2", "health_check", "no_such_type"):
+        sqlite_store.enqueue(task_type, {})
+    lines = cli("status", "--database-url", sqlite_url).stdout.splitlines()
+    assert lines[-1] == ("queued for other workers of the ecosystem (a worker without --task-types leaves "
+                         "them): ltx2: 1  qwen_image_edit: 2")
+
+
 def test_status_of_an_unknown_task_exits_1(sqlite_url: str) -> None:
     result = cli("status", str(uuid.uuid4()), "--database-url", sqlite_url)
     assert result.returncode == 1 and "no task" in result.stderr

@@ -189,6 +189,7 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def status_command(args: argparse.Namespace, config: WorkerConfig) -> int:
+    from worker.handlers import OTHER_WORKERS_TASK_TYPES
     from worker.store import TaskStore
 
     db = existing_database(config.database_url)
@@ -212,6 +213,11 @@ def status_command(args: argparse.Namespace, config: WorkerConfig) -> int:
         widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
         for row in (header, *rows):
             print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        others = {task_type: n for task_type, n in sorted(store.queued_by_type().items())
+                  if task_type in OTHER_WORKERS_TASK_TYPES}
+        if others:
+            print("queued for other workers of the ecosystem (a worker without --task-types leaves them): "
+                  + "  ".join(f"{task_type}: {n}" for task_type, n in others.items()))
         return 0
     finally:
         store.db.dispose()

@@ -194,6 +194,9 @@ class TaskStore:
     def count_by_status(self) -> dict[str, int]:
         return {row["status"]: row["n"] for row in self.db.run("count_by_status").rows}
 
+    def queued_by_type(self) -> dict[str, int]:
+        return {row["task_type"]: row["n"] for row in self.db.run("queued_by_type").rows}
+
     # ---- the claim and the lease -----------------------------------------------------------------
 
     def claim(

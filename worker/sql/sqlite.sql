@@ -66,6 +66,10 @@ SELECT * FROM tasks ORDER BY created_at DESC, id LIMIT :limit;
 -- How many rows are in each status.
 SELECT status, count(*) AS n FROM tasks GROUP BY status;
 
+-- name: queued_by_type --
+-- How many Queued rows there are of each task type.
+SELECT task_type, count(*) AS n FROM tasks WHERE status = 'Queued' GROUP BY task_type;
+
 -- name: claim --
 -- Takes the best ready row for this worker in one statement and marks it In Progress.
 -- Ready: Queued, run_after reached, a task_type this worker accepts (NULL = any but those it leaves
