@@ -371,23 +371,35 @@ def read(params: Mapping[str, Any], form: str = GENERATE) -> Reading:
 
 # ---- defaults -----------------------------------------------------------------------------------------
 
+def model_default(spec: Any, name: str) -> tuple[Any, str] | None:
+    """(typed value, source) of field `name` from model `spec`'s preset, else its definition; None when
+    neither gives it. Also for the request fields a Wan2GP definition may set (resolution,
+    video_length, negative_prompt), which Wan2GP applies to whatever a row leaves out."""
+    for source, layer in ((PRESET, spec.preset_defaults), (DEFINITION, spec.defaults)):
+        if name in layer:
+            return _from_layer(spec, name, source, layer)
+    return None
+
+
+def _from_layer(spec: Any, name: str, source: str, layer: Mapping[str, Any]) -> tuple[Any, str]:
+    """A layer's value of `name`, checked like a request's and labelled with where it came from."""
+    return _typed(FIELDS[name], layer[name], f"{name} (from the {source} of {spec.preset or spec.key})"), source
+
+
 def resolve(spec: Any, given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """Values of the sampling fields for model `spec` (a registry ModelSpec): the request's (`given`,
     None = not given), else the preset's, the definition's, the family's. Returns (values, sources).
     Definition values are checked like request values, naming the definition."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    layers = ((PRESET, spec.preset_defaults), (DEFINITION, spec.defaults))
     for name in SAMPLING_FIELDS:
         if name in ("lora_names", "lora_multipliers"):
             continue
         if given.get(name) is not None:
-            raw, sources[name], where = given[name], REQUEST, name
+            values[name], sources[name] = _typed(FIELDS[name], given[name], name), REQUEST
         else:
-            sources[name] = next((source for source, layer in layers if name in layer), FAMILY)
-            raw = dict(layers).get(sources[name], FAMILY_DEFAULTS[spec.family])[name]
-            where = f"{name} (from the {sources[name]} of {spec.preset or spec.key})"
-        values[name] = _typed(FIELDS[name], raw, where)
+            values[name], sources[name] = model_default(spec, name) or _from_layer(
+                spec, name, FAMILY, FAMILY_DEFAULTS[spec.family])
     values["sample_solver"] = solver_name(values["sample_solver"])
     if values["guidance_phases"] < 3 and values["model_switch_phase"] != 1:
         # Wan2GP reads the switch phase only with three phases; below that the experts switch after phase 1.
@@ -408,16 +420,6 @@ def resolve(spec: Any, given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
         values["lora_multipliers"] = model_multipliers
         sources["lora_multipliers"] = DEFINITION if model_multipliers else FAMILY
     return values, sources
-
-
-def model_default(spec: Any, name: str) -> tuple[Any, str] | None:
-    """(typed value, source) of field `name` from model `spec`'s preset, else its definition; None when
-    neither gives it. For the request fields a Wan2GP definition may also set (resolution,
-    video_length, negative_prompt), which Wan2GP applies to whatever a row leaves out."""
-    for source, layer in ((PRESET, spec.preset_defaults), (DEFINITION, spec.defaults)):
-        if name in layer:
-            return _typed(FIELDS[name], layer[name], f"{name} (from the {source} of {spec.preset or spec.key})"), source
-    return None
 
 
 # ---- checking a request -----------------------------------------------------------------------------
