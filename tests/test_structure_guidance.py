@@ -18,11 +18,11 @@ from worker.travel.guidance import (
     Guidance,
     GuidanceVideo,
     guide_segment,
+    loaded_indices,
     place,
     read_guidance,
     resampled_indices,
     segment_offsets,
-    source_indices,
 )
 from worker.travel.guide import MASK_GENERATE, MASK_KEEP, NEUTRAL_GRAY, segment_guide
 from worker_harness import write_lossless
@@ -158,6 +158,11 @@ def test_empty_ranges_and_unreadable_sources_fail_naming_the_entry(tmp_path: Pat
 def test_segment_offsets_start_each_segment_where_its_overlap_begins() -> None:
     assert segment_offsets([17, 21, 13], [0, 4, 6]) == [0, 13, 28]
     assert segment_offsets([9], [3]) == [0]  # a continued journey's first overlap is the video's
+
+
+def source_indices(video: GuidanceVideo, source_frames: int, source_fps: float, fps: float) -> list[int]:
+    """The source frame shown at each of the video's timeline frames: the loaded ones but the last."""
+    return loaded_indices(video, source_frames, source_fps, fps)[: video.end_frame - video.start_frame]
 
 
 def test_adjust_spreads_the_source_range_with_the_headless_formula() -> None:

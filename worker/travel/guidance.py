@@ -350,7 +350,7 @@ def place(guidance: Guidance, total_frames: int) -> tuple[Guidance, dict[str, st
         if video.source_end_frame is not None and video.source_end_frame <= video.source_start_frame:
             raise ValidationError(f"{video.field}.source_end_frame",
                                   f"must be after source_start_frame {video.source_start_frame}")
-        _, frames, fps = _source_info(video)
+        frames, fps = _source_info(video)
         previous = replace(video, end_frame=end, source_frames=frames, source_fps=fps)
         placed.append(previous)
     return replace(guidance, videos=tuple(placed)), ignored
@@ -363,12 +363,6 @@ def segment_offsets(frames: Sequence[int], overlaps: Sequence[int]) -> list[int]
     for i in range(1, len(frames)):
         offsets.append(offsets[-1] + frames[i - 1] - overlaps[i])
     return offsets
-
-
-def source_indices(video: GuidanceVideo, source_frames: int, source_fps: float, fps: float) -> list[int]:
-    """The source frame shown at each of the video's timeline frames (end_frame resolved)."""
-    assert video.end_frame is not None
-    return loaded_indices(video, source_frames, source_fps, fps)[: video.end_frame - video.start_frame]
 
 
 def loaded_indices(video: GuidanceVideo, source_frames: int, source_fps: float, fps: float) -> list[int]:
@@ -408,8 +402,8 @@ def resampled_indices(video_fps: float, video_frames: int, count: int, fps: floa
     return indices
 
 
-def _source_info(video: GuidanceVideo) -> tuple[Any, int, float]:
-    """(local path, frames, fps) of a video's source; an unreadable source fails naming its field."""
+def _source_info(video: GuidanceVideo) -> tuple[int, float]:
+    """(frames, fps) of a video's source; an unreadable source fails naming its field."""
     path = local_path(video.path, f"{video.field}.path")
     try:
         info = probe(path)
@@ -417,7 +411,7 @@ def _source_info(video: GuidanceVideo) -> tuple[Any, int, float]:
         raise ValidationError(f"{video.field}.path", f"not a readable video: {echo(video.path)} ({error})") from None
     if info.frames < 1 or not info.fps > 0:
         raise ValidationError(f"{video.field}.path", f"{echo(video.path)} has no frames or no frame rate")
-    return path, info.frames, info.fps
+    return info.frames, info.fps
 
 
 # ---- a segment's control frames ------------------------------------------------------------------------
