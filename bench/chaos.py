@@ -1,8 +1,9 @@
-"""Fault timings: travel jobs on the tiny model while real `wan-worker run` processes are killed
-(SIGKILL) at random moments, and optionally Postgres is restarted, then a check that each job still
-ends as one complete video with one set of children.
+"""Fault timings: travel, join-clips and edit-video jobs on the tiny model while real `wan-worker run` processes
+are killed (SIGKILL) at random moments, and optionally Postgres is restarted, then a check that each
+job still ends as one complete video of the planned length with one set of children.
 
     .venv/bin/python bench/chaos.py                                      # throwaway database, 6 jobs
+    .venv/bin/python bench/chaos.py --kinds join --trials 8              # join_clips_orchestrator jobs only
     .venv/bin/python bench/chaos.py --trials 20 --seed 7 \\
         --restart-postgres "pg_ctlcluster --skip-systemctl-redirect 16 main restart"
     .venv/bin/python bench/chaos.py --database-url sqlite:////tmp/chaos.db
@@ -38,7 +39,7 @@ from worker.db import connect  # noqa: E402
 from worker.migrate import migrate  # noqa: E402
 from worker.store import TaskStatus, TaskStore  # noqa: E402
 from worker.travel.plan import plan_travel  # noqa: E402
-from worker.video import probe  # noqa: E402
+from worker.video import VideoWriter, probe  # noqa: E402
 
 FAST_FLAGS = ("--lease-seconds", "1.5", "--heartbeat-seconds", "0.3", "--poll-seconds", "0.2",
               "--maintenance-seconds", "0.3", "--retry-base-seconds", "0.05", "--retry-max-seconds", "0.2")
@@ -54,12 +55,64 @@ def keyframes(folder: Path, count: int) -> list[str]:
     return paths
 
 
-def one_job(store: TaskStore, url: str, folder: Path, rng: random.Random, trial: int, args: argparse.Namespace) -> dict:
+def travel_job(folder: Path, rng: random.Random) -> tuple[str, dict, list[str], int]:
+    """A travel job of 3-4 keyframes: (task type, params, the child keys it plans, the frames it makes)."""
     count = rng.choice([3, 4])
     params = {"model": "tiny_vace_2_2", "images": keyframes(folder, count), "prompt": "a walk",
               "resolution": "64x48", "fps": 8, "segment_frames": rng.choice([9, 13]), "frame_overlap": 2,
               "seed": rng.randrange(1000), "num_inference_steps": 4}
-    orchestrator_id = store.enqueue("travel_orchestrator", params)
+    children = [f"segment-{i}" for i in range(count - 1)] + ["stitch"]
+    return "travel_orchestrator", params, children, plan_travel(params).expected_frames
+
+
+def join_job(folder: Path, rng: random.Random, trial: int) -> tuple[str, dict, list[str], int]:
+    """A join of 3 clips in the app's form, replacing or inserting: context 2 + gap 5 + context 2 is
+    already 4n+1, so a replacing join keeps the clips' length and an inserting one adds 5 per join."""
+    lengths = [rng.randrange(12, 20) for _ in range(3)]
+    clips = []
+    for i, frames in enumerate(lengths):
+        path = folder / f"clip{trial}-{i}.mp4"
+        with VideoWriter(path, 16, 64, 48) as writer:
+            for k in range(frames):
+                writer.write(np.full((48, 64, 3), (60 * i + 4 * k, 90, 200 - 50 * i), np.uint8))
+        clips.append(str(path))
+    replace = rng.random() < 0.5
+    details = {"clip_list": [{"url": path, "name": f"Clip {i + 1}"} for i, path in enumerate(clips)],
+               "prompt": "", "gap_frame_count": 5, "context_frame_count": 2, "replace_mode": replace,
+               "model": "tiny_vace_2_2", "num_inference_steps": 4, "seed": rng.randrange(1000), "fps": 16}
+    children = ["join-0", "join-1", "stitch"]
+    return "join_clips_orchestrator", {"orchestrator_details": details}, children, sum(lengths) + (0 if replace else 5 * 2)
+
+
+def edit_job(folder: Path, rng: random.Random, trial: int) -> tuple[str, dict, list[str], int]:
+    """An edit of a 36-47 frame video in the app's form, one or two portions regenerated, each a gap of
+    1, 5 or 9 frames between contexts of 2 (already 4n+1): the portion's frames (inclusive) give way
+    to its gap."""
+    total = rng.randrange(36, 48)
+    path = folder / f"source{trial}.mp4"
+    with VideoWriter(path, 16, 64, 48) as writer:
+        for k in range(total):
+            writer.write(np.full((48, 64, 3), (5 * k, 120, 40), np.uint8))
+    portions = []
+    for start, end in [(8, rng.randrange(10, 16)), (24, rng.randrange(26, 30))][:rng.choice([1, 2])]:
+        portions.append({"start_frame": start, "end_frame": end, "frame_count": end - start,
+                         "gap_frame_count": rng.choice([1, 5, 9])})
+    details = {"source_video_url": str(path), "source_video_fps": 16, "source_video_total_frames": total,
+               "portions_to_regenerate": portions, "model": "tiny_vace_2_2", "resolution": [64, 48],
+               "context_frame_count": 2, "replace_mode": False, "prompt": "", "num_inference_steps": 4,
+               "seed": rng.randrange(1000)}
+    children = [f"join-{i}" for i in range(len(portions))] + ["stitch"]
+    frames = total + sum(p["gap_frame_count"] - (p["end_frame"] - p["start_frame"] + 1) for p in portions)
+    return "edit_video_orchestrator", {"orchestrator_details": details}, children, frames
+
+
+JOBS = {"travel": lambda folder, rng, trial: travel_job(folder, rng), "join": join_job, "edit": edit_job}
+
+
+def one_job(store: TaskStore, url: str, folder: Path, rng: random.Random, trial: int, args: argparse.Namespace) -> dict:
+    kind = rng.choice(args.kinds)
+    task_type, params, planned, planned_frames = JOBS[kind](folder, rng, trial)
+    orchestrator_id = store.enqueue(task_type, params)
     logs = folder / "logs"
     logs.mkdir(exist_ok=True)
 
@@ -99,12 +152,10 @@ def one_job(store: TaskStore, url: str, folder: Path, rng: random.Random, trial:
 
     job = store.get(orchestrator_id)
     children = {child.params["child_key"]: child for child in store.children(orchestrator_id)}
-    planned = sorted([f"segment-{i}" for i in range(count - 1)] + ["stitch"])
-    frames_ok = (probe(job.output_location).frames == plan_travel(params).expected_frames
-                 if job.status == TaskStatus.COMPLETE else None)
-    ok = (job.status == TaskStatus.COMPLETE and sorted(children) == planned and frames_ok
+    frames_ok = probe(job.output_location).frames == planned_frames if job.status == TaskStatus.COMPLETE else None
+    ok = (job.status == TaskStatus.COMPLETE and sorted(children) == sorted(planned) and frames_ok
           and all(child.status == TaskStatus.COMPLETE for child in children.values()))
-    return {"trial": trial, "ok": bool(ok), "status": job.status, "error": job.error_message,
+    return {"trial": trial, "kind": kind, "ok": bool(ok), "status": job.status, "error": job.error_message,
             "attempts_exhausted": bool(job.error_message and "lease expired on attempt" in job.error_message),
             "children": sorted(children), "attempts": {key: child.attempts for key, child in children.items()},
             "video_frames_as_planned": frames_ok, "events": events, "seconds": round(time.monotonic() - began, 1)}
@@ -116,6 +167,8 @@ def main() -> None:
     parser.add_argument("--admin-url", default=ADMIN_URL)
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kinds", type=lambda text: text.split(","), default=list(JOBS),
+                        help="comma-separated job kinds to draw from: " + ", ".join(JOBS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-kills", type=int, default=3)
     parser.add_argument("--kill-window", type=float, default=6.0, help="seconds between kills, at most")
