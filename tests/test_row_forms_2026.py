@@ -217,7 +217,7 @@ def test_continuation_strategies_that_map_onto_ours(images: list[str], config: d
 
 
 @pytest.mark.parametrize("strategy,words", [("svi_latent_chaining", "SVI"), ("prefix_video_source", "LTX"),
-                                            ("latent_magic", "must be")])
+                                            ("latent_magic", "must be"), (["none"], "must be a string")])
 def test_continuation_strategies_this_worker_cannot_do_fail_naming_the_field(images: list[str], strategy: str,
                                                                              words: str) -> None:
     """The app's other strategies (src/tools/travel-between-images/modelCapabilities.ts: Wan i2v ->

@@ -66,6 +66,7 @@ from worker.params import (
     round_up_to_frame_count,
     snapped_resolution,
     to_int,
+    to_text,
 )
 from worker.travel.colour import ColourAdjustments, read_colour
 from worker.travel.guidance import Guidance, place, read_guidance, segment_offsets
@@ -353,7 +354,7 @@ def continuation_strategy(reader: ParamReader) -> str | None:
     config, field = reader.params[CONTINUATION], reader.prefix + CONTINUATION
     if not isinstance(config, Mapping):
         raise ValidationError(field, "must be an object {\"strategy\", \"overlap_frames\"}")
-    strategy = config.get("strategy") or NO_CONTINUATION
+    strategy = to_text(config.get("strategy") or NO_CONTINUATION, f"{field}.strategy")
     if strategy in UNSUPPORTED_CONTINUATIONS:
         raise ValidationError(f"{field}.strategy", f"{echo(strategy)}: {UNSUPPORTED_CONTINUATIONS[strategy]}")
     if strategy not in (NO_CONTINUATION, GUIDE_OVERLAP):
