@@ -235,6 +235,18 @@ def test_a_time_setting_must_be_a_finite_number(variable: str, value: str) -> No
         load_config(parse_settings(), {variable: value})
 
 
+def test_input_dirs_are_a_path_list_of_existing_folders_and_the_output_folder_joins_them(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    config = load_config(parse_settings("--output-dir", str(tmp_path / "out")),
+                         {"WAN_WORKER_INPUT_DIRS": f"{tmp_path / 'a'}:{tmp_path / 'b'}"})
+    assert config.input_dirs == (tmp_path / "a", tmp_path / "b")
+    assert config.local_input_roots == (tmp_path / "a", tmp_path / "b", tmp_path / "out")
+    assert load_config(parse_settings(), {}).local_input_roots is None  # default: any local path
+    with pytest.raises(ValueError, match=f"input_dirs: {tmp_path / 'missing'} is not a folder"):
+        load_config(parse_settings("--input-dirs", str(tmp_path / "missing")), {})
+
+
 # ---- the systemd unit --------------------------------------------------------------------------------------
 
 def read_assignments(path: Path) -> dict[str, list[str]]:

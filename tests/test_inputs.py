@@ -156,3 +156,33 @@ def test_content_decides_not_the_content_type(tmp_path: Path, file_server) -> No
     page = inputs.fetch(file_server.serve("/b.png", b"<html>sign in</html>", content_type="image/png"), "images[1]")
     with pytest.raises(ValidationError, match=r"images\[1\]: not a readable image"):
         check_image(page, "images[1]")
+
+
+# ---- local paths under --input-dirs ------------------------------------------------------------------------
+
+def test_with_local_roots_a_path_must_resolve_inside_one_of_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    allowed, outside = tmp_path / "inputs", tmp_path / "elsewhere"
+    (allowed / "keys").mkdir(parents=True)
+    outside.mkdir()
+    (allowed / "keys" / "a.png").write_bytes(png())
+    (outside / "b.png").write_bytes(png())
+    (allowed / "keys" / "link.png").symlink_to(outside / "b.png")
+    (allowed / "escape").symlink_to(outside)
+    guarded = fetcher(tmp_path, local_roots=(allowed,))
+    with guarded.active():
+        assert existing_file(str(allowed / "keys" / "a.png"), "images[0]") == allowed / "keys" / "a.png"
+        monkeypatch.chdir(allowed)
+        assert existing_file("keys/a.png", "images[0]") == Path("keys/a.png")  # relative to the working folder
+        for refused in (outside / "b.png", allowed / "keys" / "link.png", allowed / "escape" / "b.png",
+                        allowed / ".." / "elsewhere" / "b.png", Path("../elsewhere/b.png")):
+            with pytest.raises(ValidationError) as error:
+                existing_file(str(refused), "images[1]")
+            assert error.value.field == "images[1]"
+            assert "outside the folders this worker reads local inputs from" in error.value.rule
+            assert str(allowed) in error.value.rule and "--input-dirs" in error.value.rule
+        cached = guarded.cache_dir / "objects" / "c.png"  # the worker's own cache is always readable
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(png())
+        assert existing_file(str(cached), "images[2]") == cached
+    with fetcher(tmp_path).active():  # without roots, any local path, as before
+        assert existing_file(str(outside / "b.png"), "images[1]") == outside / "b.png"

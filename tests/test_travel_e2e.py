@@ -66,6 +66,27 @@ def test_three_images_become_two_chained_segments_and_one_video_of_the_planned_s
     assert children["stitch"].output_location == orchestrator.output_location
 
 
+def test_with_input_dirs_a_job_reads_its_keyframes_there_and_one_naming_a_file_elsewhere_fails_at_once(
+        sqlite_store: TaskStore, resources, tmp_path: Path) -> None:
+    """--input-dirs: the keyframes in the folder it names are read, and the segments' and the stitch's
+    videos in the worker's own output folder; a keyframe elsewhere (here through a link planted in the
+    folder) fails the job before any child is written, naming the field."""
+    inputs = tmp_path / "inputs"
+    images = write_keyframes(inputs / "keys", 3)
+    elsewhere = write_keyframes(tmp_path / "elsewhere", 1)[0]
+    (inputs / "planted.png").symlink_to(elsewhere)
+    good = sqlite_store.enqueue("travel_orchestrator", travel(images))
+    bad = sqlite_store.enqueue("travel_orchestrator", travel([images[0], str(inputs / "planted.png"), images[2]]))
+
+    run_until_idle(sqlite_store, resources, tmp_path / "outputs", input_dirs=(inputs,))
+
+    assert sqlite_store.get(good).status == TaskStatus.COMPLETE, sqlite_store.get(good).error_message
+    refused = sqlite_store.get(bad)
+    assert refused.status == TaskStatus.FAILED and sqlite_store.children(bad) == []
+    assert refused.error_message.startswith(f"ValidationError: images[1]: '{inputs / 'planted.png'}' is outside the "
+                                            "folders this worker reads local inputs from")
+
+
 def test_result_data_reports_segments_timings_and_resolved_parameters(sqlite_store: TaskStore, resources, tmp_path: Path) -> None:
     orchestrator_id = sqlite_store.enqueue("travel_orchestrator", travel(write_keyframes(tmp_path / "keys", 3)))
 

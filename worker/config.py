@@ -56,6 +56,11 @@ def _task_types(value: str) -> tuple[str, ...] | None:
     return names or None
 
 
+def _paths(value: str) -> tuple[Path, ...] | None:
+    folders = tuple(Path(part) for part in value.split(os.pathsep) if part.strip())
+    return folders or None
+
+
 def _boolean(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -108,6 +113,11 @@ class WorkerConfig:
     cache_dir: Path | None = _setting(
         None, parse=_optional_path, help="where URL inputs are cached by content (default <models-dir>/cache)"
     )
+    input_dirs: tuple[Path, ...] | None = _setting(
+        None, parse=_paths,
+        help=f"folders (separated by '{os.pathsep}') that local input paths must lie in, besides the output and cache "
+             "folders (default: any local path)",
+    )  # fmt: skip
     max_input_bytes: int = _setting(2 * 1024**3, parse=int, help="largest file a URL input may have, in bytes")
     input_connect_timeout_seconds: float = _setting(10.0, parse=float, help="connect timeout of a URL input fetch")
     input_read_timeout_seconds: float = _setting(
@@ -178,6 +188,9 @@ class WorkerConfig:
         for name in ("input_connect_timeout_seconds", "input_read_timeout_seconds"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        for folder in self.input_dirs or ():
+            if not Path(folder).is_dir():
+                raise ValueError(f"input_dirs: {folder} is not a folder")
         if self.storage_url is not None:
             parse_s3_url(self.storage_url)  # ValueError names what is wrong
         if self.storage_presign_seconds is not None and not 1 <= self.storage_presign_seconds <= 604800:
@@ -186,6 +199,12 @@ class WorkerConfig:
     @property
     def input_cache_dir(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else Path(self.models_dir) / "cache"
+
+    @property
+    def local_input_roots(self) -> tuple[Path, ...] | None:
+        """Where local input paths may lie (None: anywhere): --input-dirs and the worker's output folder,
+        which holds the videos of the tasks it ran (a travel segment's predecessor, a stitch's clips)."""
+        return None if self.input_dirs is None else (*self.input_dirs, Path(self.output_dir))
 
 
 def env_name(name: str) -> str:

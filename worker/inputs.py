@@ -15,6 +15,10 @@ arrive, whatever Content-Length says), connect/read timeouts, and retries with e
 5xx, timeouts and connection errors. A 4xx is the task's fault: a ValidationError naming the field, the
 URL and the status, so the row fails at once.
 
+Local paths: by default a path field may name any file on the box (headless rows carry local paths).
+With `--input-dirs` the fetcher also guards them: a local path must resolve (links followed) inside one
+of those folders or the worker's own output and cache folders, else the row fails naming the field.
+
 Handlers do not call this module: the path helpers of worker.params do, through the fetcher the
 poller makes active for the task's thread (`InputFetcher.active`).
 """
@@ -39,6 +43,7 @@ import tenacity
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
+from wan_engine.errors import echo
 from worker.errors import TransientError, ValidationError
 from worker.s3 import S3_SCHEME, error_code, http_status, parse_s3_url, s3_client
 
@@ -86,12 +91,23 @@ def fetch_input(url: str, field: str, *, missing_is_transient: bool = False) -> 
     return fetcher.fetch(url, field, missing_is_transient=missing_is_transient)
 
 
+def local_input(path: str, field: str) -> Path:
+    """The local path the param `field` names, once the fetcher active in this thread allows it (any
+    path without one: the in-process API and direct readers)."""
+    fetcher = _ACTIVE.get()
+    return fetcher.allowed_local(path, field) if fetcher is not None else Path(path)
+
+
 class InputFetcher:
     """Downloads URLs into the cache folder; safe to share between threads and processes of one box."""
 
     def __init__(self, cache_dir: Path, *, max_bytes: int, connect_timeout_seconds: float,
-                 read_timeout_seconds: float, attempts: int, backoff_first_seconds: float = BACKOFF_FIRST_SECONDS):
+                 read_timeout_seconds: float, attempts: int, backoff_first_seconds: float = BACKOFF_FIRST_SECONDS,
+                 local_roots: tuple[Path, ...] | None = None):
         self.cache_dir = Path(cache_dir)
+        # Folders local paths must lie in (None: anywhere); the cache is always one of them.
+        self.local_roots = None if local_roots is None else tuple(
+            Path(os.path.realpath(root)) for root in (*local_roots, self.cache_dir))
         self.max_bytes = max_bytes
         self.connect_timeout_seconds = connect_timeout_seconds
         self.read_timeout_seconds = read_timeout_seconds
@@ -109,6 +125,17 @@ class InputFetcher:
         finally:
             _ON_DOWNLOAD.reset(reporter)
             _ACTIVE.reset(token)
+
+    def allowed_local(self, path: str, field: str) -> Path:
+        """`path`, when it resolves (links followed, `..` folded) inside one of the local roots."""
+        if self.local_roots is None:
+            return Path(path)
+        resolved = Path(os.path.realpath(path))
+        if any(resolved.is_relative_to(root) for root in self.local_roots):
+            return Path(path)
+        roots = ", ".join(str(root) for root in self.local_roots)
+        raise ValidationError(field, f"{echo(path, 1024)} is outside the folders this worker reads local inputs from "
+                                     f"({roots}); send a URL, or add its folder to --input-dirs")
 
     # ---- the cache -----------------------------------------------------------------------------------
 
@@ -324,7 +351,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 @lru_cache(maxsize=8)
 def fetcher_for(cache_dir: Path, max_bytes: int, connect_timeout_seconds: float, read_timeout_seconds: float,
-                attempts: int) -> InputFetcher:
+                attempts: int, local_roots: tuple[Path, ...] | None = None) -> InputFetcher:
     """One fetcher (with its HTTP and S3 connection pools) per distinct setting, kept across tasks."""
     return InputFetcher(cache_dir, max_bytes=max_bytes, connect_timeout_seconds=connect_timeout_seconds,
-                        read_timeout_seconds=read_timeout_seconds, attempts=attempts)
+                        read_timeout_seconds=read_timeout_seconds, attempts=attempts, local_roots=local_roots)

@@ -31,7 +31,7 @@ from wan_engine.schema import (
 from wan_engine.schema import parse_resolution as _parse_resolution
 from wan_engine.schema import split_resolution
 from worker.errors import ValidationError
-from worker.inputs import fetch_input, is_url
+from worker.inputs import fetch_input, is_url, local_input
 
 _Number = TypeVar("_Number", int, float)
 
@@ -254,12 +254,13 @@ def round_up_to_frame_count(frames: int) -> int:
 
 
 def local_path(value: Any, field: str) -> Path:
-    """Where a path field's file is on this box: the path as given (not checked, and `~` not expanded:
-    the worker's home is not the backend's), or for an http(s):// or s3:// URL the local copy its
-    content was fetched into (worker.inputs), so every path field of every task type also takes a URL."""
+    """Where a path field's file is on this box: the path as given (its existence not checked, `~` not
+    expanded: the worker's home is not the backend's; inside --input-dirs when the worker has them), or
+    for an http(s):// or s3:// URL the local copy its content was fetched into (worker.inputs), so every
+    path field of every task type also takes a URL."""
     if not isinstance(value, str) or not value or "\x00" in value:
         raise ValidationError(field, f"must be a file path or URL, got {value!r}")
-    return fetch_input(value, field) if is_url(value) else Path(value)
+    return fetch_input(value, field) if is_url(value) else local_input(value, field)
 
 
 def existing_file(value: Any, field: str) -> Path:
