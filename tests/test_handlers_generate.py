@@ -200,6 +200,18 @@ def test_bad_params_fail_at_once_naming_the_field(store: TaskStore, resources, t
     assert not list((tmp_path / "outputs").rglob("*.mp4"))
 
 
+def test_a_guide_that_is_a_playlist_fails_naming_the_field(sqlite_store: TaskStore, resources, tmp_path: Path) -> None:
+    """An HLS playlist would make ffmpeg read the files it lists, wherever they are (worker.video)."""
+    clip = write_video(tmp_path / "clip.mp4", np.zeros((5, 32, 32, 3), np.uint8))
+    guide = tmp_path / "guide.m3u8"
+    guide.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\nfile://{clip}\n#EXT-X-ENDLIST\n")
+    task = run(sqlite_store, resources, tmp_path, "vace", t2v(model="tiny_vace", video_guide=str(guide)))
+
+    assert task.status == TaskStatus.FAILED and task.attempts == 1
+    assert task.error_message.startswith("ValidationError: video_guide: ")
+    assert "not a media file of a format this worker reads" in task.error_message
+
+
 # ---- progress, cancellation, out-of-memory -------------------------------------------------------------------
 
 def test_progress_rows_show_each_denoising_step_with_an_eta_while_it_runs(store: TaskStore, resources, tmp_path: Path,

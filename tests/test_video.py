@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fleet_servers import file_server  # noqa: F401 (fixture)
 from worker.errors import ValidationError
 from worker.video import (
     FFmpegError,
@@ -15,6 +16,7 @@ from worker.video import (
     check_image,
     iter_frames,
     load_image,
+    mux_audio,
     probe,
     read_last_frames,
     read_video,
@@ -210,3 +212,49 @@ def test_load_image_of_a_non_image_names_the_field(tmp_path: Path) -> None:
 def test_check_image_reads_the_size_from_the_header(tmp_path: Path) -> None:
     path = three_bands(tmp_path / "bands.png", (90, 30), vertical=False)
     assert check_image(path, "images[0]") == (90, 30)
+
+
+# ---- inputs are media files, never playlists ---------------------------------------------------------------
+
+REFUSED_FORMAT = "not a media file of a format this worker reads"
+
+
+def playlist(path: Path, *entries: str) -> Path:
+    """An HLS playlist naming `entries` (files or URLs) as its segments."""
+    lines = ["#EXTM3U", "#EXT-X-TARGETDURATION:1", "#EXT-X-MEDIA-SEQUENCE:0"]
+    for entry in entries:
+        lines += ["#EXTINF:1.0,", entry]
+    path.write_text("\n".join([*lines, "#EXT-X-ENDLIST", ""]))
+    return path
+
+
+def test_a_playlist_input_is_refused_without_opening_what_it_names(tmp_path: Path, file_server) -> None:
+    """An HLS playlist (say, fetched from a URL ending in .m3u8) would have ffmpeg open the files and URLs it
+    lists: local files outside the worker's folders, or services inside the box's network."""
+    segment = tmp_path / "elsewhere" / "segment.ts"
+    segment.parent.mkdir()
+    run_ffmpeg(["-loglevel", "error", "-f", "lavfi", "-i", f"testsrc=size={WIDTH}x{HEIGHT}:rate={FPS}", "-t", "1",
+                "-c:v", "libx264", "-f", "mpegts", str(segment)], check=True)
+    assert probe(segment).frames == FPS  # the segment itself is a readable video
+    remote = file_server.serve("/segment.ts", segment.read_bytes())
+    for entries in ([f"file://{segment}"], [str(segment)], [remote]):
+        listed = playlist(tmp_path / "guide.m3u8", *entries)
+        for read in (probe, lambda path: read_video(path)):
+            with pytest.raises(FFmpegError, match=REFUSED_FORMAT):
+                read(listed)
+        with pytest.raises(FFmpegError, match=REFUSED_FORMAT):
+            mux_audio(segment, listed, tmp_path / f"muxed{len(entries[0])}.mp4", 1.0)
+    assert file_server.hits["/segment.ts"] == 0
+
+
+@pytest.mark.parametrize("suffix, options", [
+    (".webm", ["-c:v", "libvpx-vp9", "-deadline", "realtime"]), (".avi", ["-c:v", "mjpeg"]), (".mov", ["-c:v", "libx264"]),
+    (".mkv", ["-c:v", "ffv1"]), (".ts", ["-c:v", "libx264"]), (".gif", []), (".mp4", ["-c:v", "libx264"]),
+])
+def test_the_media_formats_users_send_are_read(tmp_path: Path, suffix: str, options: list[str]) -> None:
+    path = tmp_path / f"clip{suffix}"
+    run_ffmpeg(["-loglevel", "error", "-f", "lavfi", "-i", f"testsrc=size={WIDTH}x{HEIGHT}:rate={FPS}", "-t", "1",
+                *options, str(path)], check=True)
+    info = probe(path)
+    assert (info.frames, info.width, info.height) == (FPS, WIDTH, HEIGHT)
+    assert read_video(path).shape == (FPS, HEIGHT, WIDTH, 3)

@@ -58,6 +58,20 @@ class VideoInfo:
     fps: float
 
 
+# Demuxers a task's video or audio file may be opened with: media containers and raw streams only. A
+# playlist or script (HLS .m3u8, DASH, concat lists) names other files or URLs, which ffmpeg would open
+# outside the folders the worker reads, and from inside the box's network; with these options ffmpeg
+# refuses a file of any other format and opens nothing but local files.
+MEDIA_DEMUXERS = ("mov", "matroska", "avi", "mpegts", "mpeg", "flv", "asf", "mxf", "dv", "nut", "ogg", "gif", "ivf",
+                  "h264", "hevc", "mjpeg", "yuv4mpegpipe", "mp3", "aac", "wav", "flac", "aiff")
+GUARDED_INPUT = {"protocol_whitelist": "file", "format_whitelist": ",".join(MEDIA_DEMUXERS)}
+
+
+def guarded_input(path: str | os.PathLike[str]) -> list[str]:
+    """ffmpeg's arguments opening the file `path` as an input, under GUARDED_INPUT."""
+    return [*(arg for name, value in GUARDED_INPUT.items() for arg in (f"-{name}", value)), "-i", str(path)]
+
+
 def ffmpeg_exe() -> str:
     """Path of the bundled ffmpeg binary."""
     return imageio_ffmpeg.get_ffmpeg_exe()
@@ -75,13 +89,21 @@ def _ffmpeg(args: list[str], check: bool, pass_fds: tuple[int, ...] = ()) -> sub
     proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *args], capture_output=True, text=True,
                           pass_fds=pass_fds)
     if check and proc.returncode != 0:
-        raise FFmpegError(f"ffmpeg {' '.join(args)} failed: {proc.stderr[-_STDERR_TAIL_CHARS:].strip()}")
+        raise FFmpegError(f"ffmpeg {' '.join(args)} failed: {_said(proc.stderr)}")
     return proc
 
 
 def _stderr_tail(stderr_file: IO[bytes]) -> str:
     stderr_file.seek(0)
-    return stderr_file.read().decode(errors="replace")[-_STDERR_TAIL_CHARS:].strip()
+    return _said(stderr_file.read().decode(errors="replace"))
+
+
+def _said(stderr: str) -> str:
+    """What ffmpeg's complaint means: a refused format in words, else the end of what it wrote."""
+    if "not on whitelist" in stderr:
+        return ("not a media file of a format this worker reads (playlists and scripts, such as HLS .m3u8, "
+                "are refused: they name other files)")
+    return stderr[-_STDERR_TAIL_CHARS:].strip()
 
 
 _VIDEO_STREAM = re.compile(r"Stream #\d+:\d+.*?: Video: (.*)")
@@ -94,7 +116,7 @@ def _parse_video_header(path: Path, stderr: str) -> tuple[int, int, float]:
     """(width, height, fps) of the first video stream, from the header `ffmpeg -i` prints."""
     match = _VIDEO_STREAM.search(stderr)
     if match is None:
-        raise FFmpegError(f"{path}: no video stream found; ffmpeg said: {stderr[-_STDERR_TAIL_CHARS:].strip()}")
+        raise FFmpegError(f"{path}: no video stream found; ffmpeg said: {_said(stderr)}")
     stream = match.group(1)
     size = _SIZE.search(stream)
     if size is None:
@@ -125,7 +147,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     stream-copying.
     """
     path = _existing(path)
-    proc = _ffmpeg(["-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"], check=True)
+    proc = _ffmpeg([*guarded_input(path), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"], check=True)
     width, height, fps = _parse_video_header(path, proc.stderr)
     frames = sum(1 for line in proc.stdout.splitlines() if line and not line.startswith("#"))
     return VideoInfo(frames=frames, width=width, height=height, fps=fps)
@@ -134,7 +156,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
 def frame_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(width, height) of a video's frames as stored, from its header alone."""
     path = _existing(path)
-    width, height, _ = _parse_video_header(path, run_ffmpeg(["-i", str(path)]))
+    width, height, _ = _parse_video_header(path, run_ffmpeg(guarded_input(path)))
     return width, height
 
 
@@ -189,7 +211,7 @@ def iter_frames(path: str | os.PathLike[str], size: tuple[int, int] | None = Non
         width, height = size
     fitting = {"vf": ",".join(filters)} if filters else {}
     args = (
-        ffmpeg.input(str(path), noautorotate=None)  # frames as stored, matching the header's size
+        ffmpeg.input(str(path), noautorotate=None, **GUARDED_INPUT)  # frames as stored, matching the header's size
         .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", map="0:v:0", **fitting)
         .global_args("-hide_banner", "-nostdin", "-loglevel", "error")
         .compile(cmd=ffmpeg_exe())
@@ -452,7 +474,7 @@ def mux_audio(video: str | os.PathLike[str], audio: str | os.PathLike[str], outp
     output = Path(output)
     descriptor = create_new_file(output)  # written through its descriptor, like VideoWriter's partial file
     try:
-        _ffmpeg(["-loglevel", "error", "-y", "-i", str(video), "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0",
+        _ffmpeg(["-loglevel", "error", "-y", *guarded_input(video), *guarded_input(audio), "-map", "0:v:0", "-map", "1:a:0",
                  "-c:v", "copy", "-c:a", "aac", "-t", f"{seconds:.6f}", "-movflags", "+faststart", "-f", "mp4",
                  f"/proc/self/fd/{descriptor}"], check=True, pass_fds=(descriptor,))
     finally:
