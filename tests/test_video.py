@@ -209,6 +209,19 @@ def test_load_image_of_a_non_image_names_the_field(tmp_path: Path) -> None:
     assert error.value.field == "image_refs[0]"
 
 
+@pytest.mark.parametrize("kind", ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_images_users_send_are_read_and_postscript_is_not(tmp_path: Path, kind: str) -> None:
+    """An EPS would be handed to Ghostscript, a PostScript interpreter; it is refused like a non-image."""
+    path = tmp_path / f"key.{kind.lower()}"
+    Image.new("RGB", (40, 30), (200, 90, 30)).save(path, kind)
+    assert check_image(path, "images[0]") == (40, 30)
+    postscript = tmp_path / "key.eps"
+    postscript.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 30\n0 0 moveto 40 30 lineto stroke\n%%EOF\n")
+    with pytest.raises(ValidationError, match="not a readable image") as error:
+        check_image(postscript, "images[1]")
+    assert error.value.field == "images[1]"
+
+
 def test_check_image_reads_the_size_from_the_header(tmp_path: Path) -> None:
     path = three_bands(tmp_path / "bands.png", (90, 30), vertical=False)
     assert check_image(path, "images[0]") == (90, 30)

@@ -403,6 +403,11 @@ Image.MAX_IMAGE_PIXELS = None  # PIL's own bomb check (a warning, then an error 
 _UNDECODABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
+# The image formats an input may be read as. PIL would also open EPS (through Ghostscript, a PostScript
+# interpreter that can read other files) and a long tail of rarely used formats.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+
+
 def set_max_image_pixels(pixels: int) -> None:
     """The pixel limit of every image decoded from now on in this process (the max_image_pixels setting)."""
     global _max_image_pixels
@@ -420,7 +425,7 @@ def _open_image(path: str | os.PathLike[str], field: str) -> Image.Image:
             raise ValidationError(field, f"not a regular file ({path_kind(path)}): {path}")
         raise ValidationError(field, f"image file not found: {path}")
     try:
-        image = Image.open(path)
+        image = Image.open(path, formats=IMAGE_FORMATS)
     except _UNDECODABLE as error:
         raise ValidationError(field, f"not a readable image: {path} ({type(error).__name__}: {error})") from None
     width, height = image.size
