@@ -67,7 +67,8 @@ def get_object(bucket: str, key: str) -> bytes:
 class Route:
     """What the HTTP server answers on one path. `fail_first` answers 500 that many times first;
     `delay_first_seconds` stalls the first answer, `delay_seconds` every answer; `length_header=False`
-    sends no Content-Length (the body arrives until the connection closes)."""
+    sends no Content-Length (the body arrives until the connection closes); `trickle_seconds` sends the
+    body 16 bytes at a time, this long apart."""
 
     body: bytes = b""
     status: int = 200
@@ -76,6 +77,7 @@ class Route:
     delay_first_seconds: float = 0.0
     delay_seconds: float = 0.0
     length_header: bool = True
+    trickle_seconds: float = 0.0
 
 
 @dataclass
@@ -119,9 +121,10 @@ def file_server() -> Iterator[FileServer]:
             if count <= route.fail_first:
                 self._answer(500, b"try again", "text/plain")
                 return
-            self._answer(route.status, route.body, route.content_type, route.length_header)
+            self._answer(route.status, route.body, route.content_type, route.length_header, route.trickle_seconds)
 
-        def _answer(self, status: int, body: bytes, content_type: str, length_header: bool = True) -> None:
+        def _answer(self, status: int, body: bytes, content_type: str, length_header: bool = True,
+                    trickle_seconds: float = 0.0) -> None:
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
@@ -131,7 +134,11 @@ def file_server() -> Iterator[FileServer]:
                     self.send_header("Connection", "close")
                     self.close_connection = True
                 self.end_headers()
-                self.wfile.write(body)
+                pieces = [body[i:i + 16] for i in range(0, len(body), 16)] if trickle_seconds else [body]
+                for piece in pieces:
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+                    time.sleep(trickle_seconds)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (a timeout or a size limit): what the test wanted
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,28 @@ def test_generate_video_path_fields_take_urls_and_a_bad_one_fails_before_any_gen
     assert reasons["video_guide2"].startswith("ValidationError: video_guide2: not a readable video")
     assert all(sqlite_store.get(task_id).status == TaskStatus.FAILED for task_id in rows.values())
     assert resources.generations_completed == generations_before  # no engine time spent on any of them
+
+
+def test_a_row_cancelled_while_its_input_trickles_in_stops_downloading_and_the_worker_goes_on(
+        sqlite_store: TaskStore, resources, tmp_path: Path, file_server) -> None:
+    """A guide arriving 16 bytes every 0.05 s would take minutes: cancelling the row stops the download."""
+    slow = file_server.serve("/guide.mp4", b"x" * 100_000, trickle_seconds=0.05)
+    base = {"model": "tiny_vace", "prompt": "a boat", "resolution": "32x32", "video_length": 5, "num_inference_steps": 2}
+    stuck = sqlite_store.enqueue("generate_video", {**base, "video_guide": slow}, priority=1)
+    after = sqlite_store.enqueue("generate_video", base)
+    worker = box(sqlite_store, resources, tmp_path, "box")
+    thread = threading.Thread(target=worker.run, kwargs={"exit_when_idle": True}, daemon=True)
+    thread.start()
+    wait_for(lambda: (sqlite_store.get(stuck).progress or {}).get("phase") == "download", timeout_seconds=30,
+             what="the download")
+
+    sqlite_store.cancel(stuck)
+    thread.join(timeout=30)
+
+    assert not thread.is_alive()
+    assert sqlite_store.get(stuck).status == TaskStatus.CANCELLED
+    assert sqlite_store.get(after).status == TaskStatus.COMPLETE
+    assert not any((tmp_path / "cache" / "tmp").iterdir())
 
 
 def test_the_same_keyframe_url_in_two_jobs_is_fetched_once(sqlite_store: TaskStore, resources, tmp_path: Path,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from fleet_servers import bucket, closed_port_url, file_server, s3, s3_endpoint, s3_env  # noqa: F401 (fixtures)
-from worker.errors import TransientError, ValidationError
+from worker.errors import TaskCancelled, TransientError, ValidationError
 from worker.inputs import InputFetcher, fetch_input, is_url
 from worker.params import ParamReader, existing_file
 from worker.video import check_image
@@ -111,6 +112,43 @@ def test_an_oversized_file_is_refused_and_nothing_is_left_in_the_cache(tmp_path:
     url = file_server.serve("/big.bin", b"x" * 300_000, length_header=length_header)
     with pytest.raises(ValidationError, match=r"big\.bin: .*the limit is 100000 bytes \(--max-input-bytes\)"):
         fetcher(tmp_path, max_bytes=100_000).fetch(url, "video_guide")
+    assert not any((tmp_path / "cache" / "tmp").iterdir()) and not any((tmp_path / "cache" / "objects").iterdir())
+
+
+def test_a_server_that_trickles_bytes_cannot_hold_a_task_past_the_download_deadline(tmp_path: Path, file_server) -> None:
+    """16 bytes every 0.05 s: each read comes well within the read timeout, the whole would take 6 s."""
+    url = file_server.serve("/trickle.png", b"x" * 2000, trickle_seconds=0.05)
+    began = time.monotonic()
+    with pytest.raises(TransientError, match=r"images\[0\]: http://127\.0\.0\.1:\d+/trickle\.png: not fetched "
+                                             r"within 0\.5 s \(\d+ bytes arrived; --input-download-seconds\)"):
+        fetcher(tmp_path, read_timeout_seconds=2.0, download_seconds=0.5).fetch(url, "images[0]")
+    assert time.monotonic() - began < 2.0 and file_server.hits["/trickle.png"] == 1  # not retried
+    assert not any((tmp_path / "cache" / "tmp").iterdir()) and not any((tmp_path / "cache" / "objects").iterdir())
+
+
+def test_a_stopped_task_abandons_its_download(tmp_path: Path, file_server) -> None:
+    url = file_server.serve("/long.mp4", b"x" * 4000, trickle_seconds=0.02)
+    stopped = threading.Event()
+
+    def stop_check() -> None:
+        if stopped.is_set():
+            raise TaskCancelled("task stopped")
+
+    outcome: list[BaseException] = []
+
+    def fetch() -> None:
+        with fetcher(tmp_path).active(stop_check=stop_check):
+            try:
+                fetch_input(url, "video_guide")
+            except TaskCancelled as error:
+                outcome.append(error)
+
+    thread = threading.Thread(target=fetch)
+    thread.start()
+    time.sleep(0.3)
+    stopped.set()
+    thread.join(timeout=2.0)
+    assert not thread.is_alive() and len(outcome) == 1
     assert not any((tmp_path / "cache" / "tmp").iterdir()) and not any((tmp_path / "cache" / "objects").iterdir())
 
 

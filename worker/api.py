@@ -117,10 +117,7 @@ class InProcessGenerator:
         self.resources = WorkerResources(device=resolve_device(device), models_dir=Path(models_dir))
         self.output_dir = Path(output_dir)
         self.limits = limits
-        defaults = WorkerConfig(models_dir=Path(models_dir))
-        self.fetcher = fetcher_for(defaults.input_cache_dir, defaults.max_input_bytes,
-                                   defaults.input_connect_timeout_seconds, defaults.input_read_timeout_seconds,
-                                   defaults.input_fetch_attempts)
+        self.fetcher = fetcher_for(WorkerConfig(models_dir=Path(models_dir)))
         self.current_model: str | None = None
         self.log = structlog.get_logger("wan_worker.api")
 

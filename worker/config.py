@@ -126,6 +126,9 @@ class WorkerConfig:
     input_fetch_attempts: int = _setting(
         4, parse=int, help="tries per URL input on 5xx, timeouts and connection errors (exponential backoff)"
     )
+    input_download_seconds: float = _setting(
+        900.0, parse=float, help="longest a URL input's fetch may take, tries included (then the task is retried later)"
+    )
     storage_url: str | None = _setting(
         None, parse=_optional_str, help="s3://bucket/prefix: upload artifacts to <prefix>/<task id>/ (default: keep them local)"
     )
@@ -185,7 +188,7 @@ class WorkerConfig:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.max_input_bytes < 1 or self.input_fetch_attempts < 1:
             raise ValueError("max_input_bytes and input_fetch_attempts must be >= 1")
-        for name in ("input_connect_timeout_seconds", "input_read_timeout_seconds"):
+        for name in ("input_connect_timeout_seconds", "input_read_timeout_seconds", "input_download_seconds"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
         for folder in self.input_dirs or ():

@@ -11,8 +11,9 @@ decodes, a video probes) before spending GPU time. Layout of the cache:
 
 A URL is taken to name fixed content: once fetched it is served from the cache (publish new content
 under a new URL). Downloads stream with a byte limit (`--max-input-bytes`, counted on the bytes that
-arrive, whatever Content-Length says), connect/read timeouts, and retries with exponential backoff on
-5xx, timeouts and connection errors. A 4xx is the task's fault: a ValidationError naming the field, the
+arrive, whatever Content-Length says), connect/read timeouts, a deadline for the whole fetch
+(`--input-download-seconds`: a server that trickles bytes cannot hold a worker), and retries with
+exponential backoff on 5xx, timeouts and connection errors; a task that is cancelled stops its download. A 4xx is the task's fault: a ValidationError naming the field, the
 URL and the status, so the row fails at once.
 
 Local paths: by default a path field may name any file on the box (headless rows carry local paths).
@@ -28,15 +29,17 @@ import contextlib
 import contextvars
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from functools import cached_property, lru_cache
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import tenacity
@@ -47,9 +50,13 @@ from wan_engine.errors import echo
 from worker.errors import TransientError, ValidationError
 from worker.s3 import S3_SCHEME, error_code, http_status, parse_s3_url, s3_client
 
+if TYPE_CHECKING:
+    from worker.config import WorkerConfig
+
 HTTP_SCHEMES = ("http", "https")
 URL_SCHEMES = (*HTTP_SCHEMES, S3_SCHEME)
 CHUNK_BYTES = 1 << 20
+STREAM_CHUNK_BYTES = 1 << 16  # small enough that the deadline and a stopped task are seen while bytes arrive
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 8.0
 # Statuses in the 4xx range that are worth another try (the server asks to come back), not bad input.
@@ -81,6 +88,9 @@ _ACTIVE: contextvars.ContextVar[InputFetcher | None] = contextvars.ContextVar("w
 # Told (field, url) when a download starts, in the thread of the task that asked (its progress).
 _ON_DOWNLOAD: contextvars.ContextVar[Callable[[str, str], None] | None] = contextvars.ContextVar(
     "wan_worker_on_download", default=None)
+# Called as the bytes arrive, in the thread of the task that asked; raises once the task is stopped.
+_STOP_CHECK: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "wan_worker_stop_check", default=None)
 
 
 def fetch_input(url: str, field: str, *, missing_is_transient: bool = False) -> Path:
@@ -103,7 +113,7 @@ class InputFetcher:
 
     def __init__(self, cache_dir: Path, *, max_bytes: int, connect_timeout_seconds: float,
                  read_timeout_seconds: float, attempts: int, backoff_first_seconds: float = BACKOFF_FIRST_SECONDS,
-                 local_roots: tuple[Path, ...] | None = None):
+                 local_roots: tuple[Path, ...] | None = None, download_seconds: float = math.inf):
         self.cache_dir = Path(cache_dir)
         # Folders local paths must lie in (None: anywhere); the cache is always one of them.
         self.local_roots = None if local_roots is None else tuple(
@@ -113,16 +123,20 @@ class InputFetcher:
         self.read_timeout_seconds = read_timeout_seconds
         self.attempts = attempts
         self.backoff_first_seconds = backoff_first_seconds
+        self.download_seconds = download_seconds
         self._clients_lock = threading.Lock()
 
     @contextlib.contextmanager
-    def active(self, on_download: Callable[[str, str], None] | None = None) -> Iterator[InputFetcher]:
+    def active(self, on_download: Callable[[str, str], None] | None = None,
+               stop_check: Callable[[], None] | None = None) -> Iterator[InputFetcher]:
         """Make this the fetcher the path helpers use in the current thread, for the `with` block;
-        `on_download(field, url)` is called when a download (not a cache hit) starts."""
-        token, reporter = _ACTIVE.set(self), _ON_DOWNLOAD.set(on_download)
+        `on_download(field, url)` is called when a download (not a cache hit) starts, `stop_check()`
+        as its bytes arrive (it raises to abandon the download: the task was stopped)."""
+        token, reporter, checker = _ACTIVE.set(self), _ON_DOWNLOAD.set(on_download), _STOP_CHECK.set(stop_check)
         try:
             yield self
         finally:
+            _STOP_CHECK.reset(checker)
             _ON_DOWNLOAD.reset(reporter)
             _ACTIVE.reset(token)
 
@@ -206,8 +220,9 @@ class InputFetcher:
             + tenacity.wait_random(0, self.backoff_first_seconds),
             reraise=True,
         )
+        deadline = time.monotonic() + self.download_seconds
         try:
-            return retrying(self._download_once, url, field)
+            return retrying(self._download_once, url, field, deadline)
         except _Missing as error:
             if missing_is_transient:
                 raise TransientError(f"{field}: {error.rule}") from None
@@ -215,12 +230,12 @@ class InputFetcher:
         except _Retryable as error:
             raise TransientError(f"{field}: {shown_url(url)}: {error} (after {self.attempts} attempts)") from None
 
-    def _download_once(self, url: str, field: str) -> Path:
+    def _download_once(self, url: str, field: str, deadline: float) -> Path:
         """One try: stream into tmp/, then rename into objects/ and record the URL's entry."""
         partial = tempfile.NamedTemporaryFile(dir=self.cache_dir / "tmp", prefix="fetch-", delete=False)
         try:
             with partial:
-                sink = _LimitedSink(partial, self.max_bytes, field, url)
+                sink = _LimitedSink(partial, self.max_bytes, field, url, deadline, self.download_seconds)
                 if urlsplit(url).scheme.lower() == S3_SCHEME:
                     self._stream_s3(url, field, sink)
                 else:
@@ -271,7 +286,7 @@ class InputFetcher:
                 if status != 200:
                     raise ValidationError(field, f"{shown}: HTTP {status} {reason}")
                 sink.check_declared(response.headers.get("content-length"))
-                for chunk in response.iter_bytes(CHUNK_BYTES):
+                for chunk in response.iter_bytes():  # as the bytes arrive, so a trickle meets the deadline
                     sink.write(chunk)
         except httpx.TransportError as error:  # timeouts, refused or reset connections, bad DNS
             raise _Retryable(f"{type(error).__name__}: {error or 'no detail'}") from None
@@ -286,7 +301,7 @@ class InputFetcher:
         try:
             response = self._client("_s3").get_object(Bucket=location.bucket, Key=location.key)
             sink.check_declared(response.get("ContentLength"))
-            for chunk in response["Body"].iter_chunks(CHUNK_BYTES):
+            for chunk in response["Body"].iter_chunks(STREAM_CHUNK_BYTES):
                 sink.write(chunk)
         except ClientError as error:
             code, status = error_code(error), http_status(error)
@@ -299,10 +314,13 @@ class InputFetcher:
 
 
 class _LimitedSink:
-    """Writes a download to its file, hashing it and stopping it once it passes the byte limit."""
+    """Writes a download to its file, hashing it; stops it once it passes the byte limit or the deadline,
+    or its task is stopped."""
 
-    def __init__(self, file: IO[bytes], limit: int, field: str, url: str):
+    def __init__(self, file: IO[bytes], limit: int, field: str, url: str, deadline: float, seconds: float):
         self.file, self.limit, self.field, self.url = file, limit, field, url
+        self.deadline, self.seconds = deadline, seconds
+        self.stop_check = _STOP_CHECK.get()
         self.size = 0
         self.hash = hashlib.sha256()
 
@@ -316,6 +334,11 @@ class _LimitedSink:
             self._too_large(f"announces {length} bytes")
 
     def write(self, chunk: bytes) -> None:
+        if self.stop_check is not None:
+            self.stop_check()
+        if time.monotonic() > self.deadline:
+            raise TransientError(f"{self.field}: {shown_url(self.url)}: not fetched within {self.seconds:g} s "
+                                 f"({self.size} bytes arrived; --input-download-seconds)")
         self.size += len(chunk)
         if self.size > self.limit:
             self._too_large(f"sent more than {self.limit} bytes")
@@ -350,8 +373,9 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 @lru_cache(maxsize=8)
-def fetcher_for(cache_dir: Path, max_bytes: int, connect_timeout_seconds: float, read_timeout_seconds: float,
-                attempts: int, local_roots: tuple[Path, ...] | None = None) -> InputFetcher:
-    """One fetcher (with its HTTP and S3 connection pools) per distinct setting, kept across tasks."""
-    return InputFetcher(cache_dir, max_bytes=max_bytes, connect_timeout_seconds=connect_timeout_seconds,
-                        read_timeout_seconds=read_timeout_seconds, attempts=attempts, local_roots=local_roots)
+def fetcher_for(config: WorkerConfig) -> InputFetcher:
+    """One fetcher (with its HTTP and S3 connection pools) per distinct configuration, kept across tasks."""
+    return InputFetcher(config.input_cache_dir, max_bytes=config.max_input_bytes,
+                        connect_timeout_seconds=config.input_connect_timeout_seconds,
+                        read_timeout_seconds=config.input_read_timeout_seconds, attempts=config.input_fetch_attempts,
+                        local_roots=config.local_input_roots, download_seconds=config.input_download_seconds)

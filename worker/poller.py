@@ -225,7 +225,7 @@ class Worker:
 
         def call_handler() -> None:
             try:
-                with ctx.inputs.active(downloading):  # path fields may be URLs: fetched by this task's thread
+                with ctx.inputs.active(downloading, ctx.raise_if_cancelled):  # path fields may be URLs: fetched here
                     result = handler(ctx)
                 if not isinstance(result, HandlerResult):
                     raise TypeError(f"handler returned {type(result).__name__}, not HandlerResult")

@@ -81,9 +81,7 @@ class TaskContext:
     @property
     def inputs(self) -> InputFetcher:
         """The worker's URL fetcher and local-path guard (the poller makes it active for the handler's thread)."""
-        config = self.config
-        return fetcher_for(config.input_cache_dir, config.max_input_bytes, config.input_connect_timeout_seconds,
-                           config.input_read_timeout_seconds, config.input_fetch_attempts, config.local_input_roots)
+        return fetcher_for(self.config)
 
     @property
     def storage(self) -> OutputStorage:
