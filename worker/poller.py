@@ -118,7 +118,8 @@ class Worker:
         task_types = self.config.task_types
         self.log.info("worker starting", task_types=list(task_types) if task_types else "all",
                       left_queued_for_other_workers=list(self.left_queued),
-                      handlers=sorted(self.handlers), device=self.resources.device, database=self.store.db.dialect)
+                      handlers=sorted(self.handlers), device=self.resources.device, database=self.store.db.dialect,
+                      local_inputs_from=[str(root) for root in self.config.local_input_roots or ()] or "any folder")
         try:
             twin = self._with_db_retry(self._live_twin, until=self._stopping)
             if twin is not None:
