@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from conftest import POSTGRES_ADMIN_URL, REPO_ROOT, worker_command
 from worker.config import ALL_SETTINGS, WorkerConfig, add_setting_arguments, env_name, flag_name, load_config
+from worker.inputs import fetcher_for
 from worker.migrate import available_migrations
 from worker.store import TaskStore
 
@@ -243,8 +244,16 @@ def test_input_dirs_are_a_path_list_of_existing_folders_and_the_output_folder_jo
     assert config.input_dirs == (tmp_path / "a", tmp_path / "b")
     assert config.local_input_roots == (tmp_path / "a", tmp_path / "b", tmp_path / "out")
     assert load_config(parse_settings(), {}).local_input_roots is None  # default: any local path
+    assert fetcher_for(config).local_roots[:2] == (tmp_path / "a", tmp_path / "b")
     with pytest.raises(ValueError, match=f"input_dirs: {tmp_path / 'missing'} is not a folder"):
         load_config(parse_settings("--input-dirs", str(tmp_path / "missing")), {})
+
+
+def test_the_cache_size_setting_reaches_the_fetcher_in_bytes() -> None:
+    assert fetcher_for(load_config(parse_settings("--cache-max-gb", "1.5"), {})).max_cached_bytes == 1.5 * 1024**3
+    assert fetcher_for(load_config(parse_settings(), {})).max_cached_bytes is None
+    with pytest.raises(ValueError, match="cache_max_gb must be a finite number > 0"):
+        load_config(parse_settings("--cache-max-gb", "0"), {})
 
 
 # ---- the systemd unit --------------------------------------------------------------------------------------

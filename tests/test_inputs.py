@@ -224,3 +224,29 @@ def test_with_local_roots_a_path_must_resolve_inside_one_of_them(tmp_path: Path,
         assert existing_file(str(cached), "images[2]") == cached
     with fetcher(tmp_path).active():  # without roots, any local path, as before
         assert existing_file(str(outside / "b.png"), "images[1]") == outside / "b.png"
+
+
+# ---- a cache of bounded size -------------------------------------------------------------------------------
+
+def test_a_bounded_cache_drops_the_least_recently_used_objects_and_refetches_them_when_asked(
+        tmp_path: Path, file_server) -> None:
+    urls = [file_server.serve(f"/clip{i}.mp4", bytes([i]) * 1000) for i in range(4)]
+    inputs = fetcher(tmp_path, max_cached_bytes=2500, keep_recent_seconds=0.0)
+    first = inputs.fetch(urls[0], "a")
+    second = inputs.fetch(urls[1], "b")
+    time.sleep(0.02)
+    assert inputs.fetch(urls[0], "a") == first  # a cache hit: clip 0 is now the more recently used
+    time.sleep(0.02)
+    third = inputs.fetch(urls[2], "c")  # 3000 bytes held: the least recently used, clip 1, goes
+    assert first.is_file() and not second.exists() and third.is_file()
+    assert inputs.fetch(urls[1], "b").read_bytes() == bytes([1]) * 1000  # asked for again: fetched again
+    assert file_server.hits["/clip1.mp4"] == 2 and file_server.hits["/clip0.mp4"] == 1
+    held = sum(path.stat().st_size for path in (tmp_path / "cache" / "objects").iterdir())
+    assert held <= 2500
+
+
+def test_a_bounded_cache_keeps_what_was_used_within_the_last_hour_even_over_its_size(tmp_path: Path, file_server) -> None:
+    inputs = fetcher(tmp_path, max_cached_bytes=1500)
+    paths = [inputs.fetch(file_server.serve(f"/key{i}.png", bytes([i]) * 1000), f"images[{i}]") for i in range(3)]
+    assert all(path.is_file() for path in paths)
+    assert inputs.prune() == 0

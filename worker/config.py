@@ -113,6 +113,10 @@ class WorkerConfig:
     cache_dir: Path | None = _setting(
         None, parse=_optional_path, help="where URL inputs are cached by content (default <models-dir>/cache)"
     )
+    cache_max_gb: float | None = _setting(
+        None, parse=_optional_float,
+        help="keep the URL input cache under this many GiB, least recently used first (default: no limit)",
+    )  # fmt: skip
     input_dirs: tuple[Path, ...] | None = _setting(
         None, parse=_paths,
         help=f"folders (separated by '{os.pathsep}') that local input paths must lie in, besides the output and cache "
@@ -182,6 +186,8 @@ class WorkerConfig:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.cache_max_gb is not None and not 0 < self.cache_max_gb < math.inf:
+            raise ValueError(f"cache_max_gb must be a finite number > 0, got {self.cache_max_gb}")
         if self.gpu_memory_gb is not None and not 0 < self.gpu_memory_gb < math.inf:
             raise ValueError(f"gpu_memory_gb must be a finite number > 0, got {self.gpu_memory_gb}")
         if self.log_level not in LOG_LEVELS:

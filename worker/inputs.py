@@ -10,7 +10,9 @@ decodes, a video probes) before spending GPU time. Layout of the cache:
     tmp/                          partial downloads, renamed into objects/ only when complete
 
 A URL is taken to name fixed content: once fetched it is served from the cache (publish new content
-under a new URL). Downloads stream with a byte limit (`--max-input-bytes`, counted on the bytes that
+under a new URL). With `--cache-max-gb` the cache is kept under that size after each download by
+removing the least recently used objects (a URL whose object went is fetched again when next asked
+for); an object used within the last hour is never removed, since a task may be about to open it. Downloads stream with a byte limit (`--max-input-bytes`, counted on the bytes that
 arrive, whatever Content-Length says), connect/read timeouts, a deadline for the whole fetch
 (`--input-download-seconds`: a server that trickles bytes cannot hold a worker), and retries with
 exponential backoff on 5xx, timeouts and connection errors; a task that is cancelled stops its download. A 4xx is the task's fault: a ValidationError naming the field, the
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
 HTTP_SCHEMES = ("http", "https")
 URL_SCHEMES = (*HTTP_SCHEMES, S3_SCHEME)
 CHUNK_BYTES = 1 << 20
+KEEP_RECENT_SECONDS = 3600.0  # pruning never removes an object used more recently than this
 STREAM_CHUNK_BYTES = 1 << 16  # small enough that the deadline and a stopped task are seen while bytes arrive
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 8.0
@@ -113,7 +116,8 @@ class InputFetcher:
 
     def __init__(self, cache_dir: Path, *, max_bytes: int, connect_timeout_seconds: float,
                  read_timeout_seconds: float, attempts: int, backoff_first_seconds: float = BACKOFF_FIRST_SECONDS,
-                 local_roots: tuple[Path, ...] | None = None, download_seconds: float = math.inf):
+                 local_roots: tuple[Path, ...] | None = None, download_seconds: float = math.inf,
+                 max_cached_bytes: int | None = None, keep_recent_seconds: float = KEEP_RECENT_SECONDS):
         self.cache_dir = Path(cache_dir)
         # Folders local paths must lie in (None: anywhere); the cache is always one of them.
         self.local_roots = None if local_roots is None else tuple(
@@ -124,6 +128,7 @@ class InputFetcher:
         self.attempts = attempts
         self.backoff_first_seconds = backoff_first_seconds
         self.download_seconds = download_seconds
+        self.max_cached_bytes, self.keep_recent_seconds = max_cached_bytes, keep_recent_seconds
         self._clients_lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -166,10 +171,40 @@ class InputFetcher:
         lock_timeout = self.attempts * (self.connect_timeout_seconds + self.read_timeout_seconds + BACKOFF_MAX_SECONDS)
         try:
             with FileLock(self._url_file(url, ".lock"), timeout=lock_timeout):
-                return self.cached(url) or self._download(url, field, missing_is_transient)
+                found = self.cached(url) or self._download(url, field, missing_is_transient)
         except LockTimeout:
             raise TransientError(f"{field}: {shown_url(url)}: another download of it did not finish "
                                  f"within {lock_timeout:.0f} s") from None
+        self.prune(keep=found)
+        return found
+
+    def prune(self, keep: Path | None = None) -> int:
+        """Remove the least recently used objects until the cache holds at most max_cached_bytes, never
+        `keep` nor one used within keep_recent_seconds; one process at a time (another one pruning:
+        skipped). Returns the bytes freed. An object also linked elsewhere (an installed LoRA) frees nothing."""
+        if self.max_cached_bytes is None:
+            return 0
+        try:
+            with FileLock(self.cache_dir / "prune.lock", timeout=0):
+                return self._prune(self.max_cached_bytes, keep)
+        except LockTimeout:
+            return 0
+
+    def _prune(self, limit: int, keep: Path | None) -> int:
+        objects = []
+        for path in (self.cache_dir / "objects").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                stat = path.stat()
+                objects.append((stat.st_mtime, stat.st_size if stat.st_nlink == 1 else 0, path))
+        held, freed = sum(size for _, size, _ in objects), 0
+        recent = time.time() - self.keep_recent_seconds
+        for used_at, size, path in sorted(objects):
+            if held - freed <= limit or used_at > recent:
+                break
+            if path != keep:
+                path.unlink(missing_ok=True)
+                freed += size
+        return freed
 
     def install_loras(self, names: list[str], loras_dir: Path) -> None:
         """Put each LoRA named by URL into `loras_dir` under the URL's file name (a hard link to the
@@ -198,11 +233,14 @@ class InputFetcher:
             os.replace(partial, target)
 
     def cached(self, url: str) -> Path | None:
-        """The cached copy of `url`, when one is complete."""
+        """The cached copy of `url`, when one is complete; marked as just used (what pruning goes by)."""
         try:
             entry = json.loads(self._url_file(url, ".json").read_text())
             path = self.cache_dir / "objects" / entry["file"]
-            return path if path.stat().st_size == entry["bytes"] else None
+            if path.stat().st_size != entry["bytes"]:
+                return None
+            os.utime(path)
+            return path
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -378,4 +416,5 @@ def fetcher_for(config: WorkerConfig) -> InputFetcher:
     return InputFetcher(config.input_cache_dir, max_bytes=config.max_input_bytes,
                         connect_timeout_seconds=config.input_connect_timeout_seconds,
                         read_timeout_seconds=config.input_read_timeout_seconds, attempts=config.input_fetch_attempts,
-                        local_roots=config.local_input_roots, download_seconds=config.input_download_seconds)
+                        local_roots=config.local_input_roots, download_seconds=config.input_download_seconds,
+                        max_cached_bytes=None if config.cache_max_gb is None else int(config.cache_max_gb * 1024**3))
