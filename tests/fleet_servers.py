@@ -68,7 +68,7 @@ class Route:
     """What the HTTP server answers on one path. `fail_first` answers 500 that many times first;
     `delay_first_seconds` stalls the first answer, `delay_seconds` every answer; `length_header=False`
     sends no Content-Length (the body arrives until the connection closes); `trickle_seconds` sends the
-    body 16 bytes at a time, this long apart."""
+    body 16 bytes at a time, this long apart; `location` is sent as the Location header (a redirect)."""
 
     body: bytes = b""
     status: int = 200
@@ -78,6 +78,7 @@ class Route:
     delay_seconds: float = 0.0
     length_header: bool = True
     trickle_seconds: float = 0.0
+    location: str | None = None
 
 
 @dataclass
@@ -121,12 +122,15 @@ def file_server() -> Iterator[FileServer]:
             if count <= route.fail_first:
                 self._answer(500, b"try again", "text/plain")
                 return
-            self._answer(route.status, route.body, route.content_type, route.length_header, route.trickle_seconds)
+            self._answer(route.status, route.body, route.content_type, route.length_header, route.trickle_seconds,
+                         route.location)
 
         def _answer(self, status: int, body: bytes, content_type: str, length_header: bool = True,
-                    trickle_seconds: float = 0.0) -> None:
+                    trickle_seconds: float = 0.0, location: str | None = None) -> None:
             try:
                 self.send_response(status)
+                if location is not None:
+                    self.send_header("Location", location)
                 self.send_header("Content-Type", content_type)
                 if length_header:
                     self.send_header("Content-Length", str(len(body)))

@@ -249,6 +249,13 @@ def test_input_dirs_are_a_path_list_of_existing_folders_and_the_output_folder_jo
         load_config(parse_settings("--input-dirs", str(tmp_path / "missing")), {})
 
 
+def test_url_hosts_are_a_comma_list_and_the_storage_public_host_joins_them() -> None:
+    config = load_config(parse_settings("--input-url-hosts", "media.example.com, *.supabase.co",
+                                        "--storage-public-url", "https://videos.example.net/outputs"), {})
+    assert fetcher_for(config).url_hosts == ("media.example.com", "*.supabase.co", "videos.example.net")
+    assert fetcher_for(load_config(parse_settings(), {})).url_hosts is None  # default: any host
+
+
 def test_the_cache_size_setting_reaches_the_fetcher_in_bytes() -> None:
     assert fetcher_for(load_config(parse_settings("--cache-max-gb", "1.5"), {})).max_cached_bytes == 1.5 * 1024**3
     assert fetcher_for(load_config(parse_settings(), {})).max_cached_bytes is None

@@ -196,6 +196,27 @@ def test_content_decides_not_the_content_type(tmp_path: Path, file_server) -> No
         check_image(page, "images[1]")
 
 
+# ---- hosts under --input-url-hosts -------------------------------------------------------------------------
+
+def test_with_url_hosts_only_those_hosts_are_fetched_from_redirects_included(tmp_path: Path, file_server) -> None:
+    allowed = fetcher(tmp_path, url_hosts=("127.0.0.1", "*.example.com"))
+    assert allowed.fetch(file_server.serve("/a.png", png()), "images[0]").read_bytes() == png()
+    assert allowed.allows_host("cdn.example.com") and allowed.allows_host("A.B.Example.COM")
+    assert not allowed.allows_host("example.com") and not allowed.allows_host("evilexample.com")
+    elsewhere = f"http://localhost:{file_server.port}/b.png"
+    file_server.serve("/b.png", png())
+    with pytest.raises(ValidationError) as error:
+        allowed.fetch(elsewhere, "images[1]")
+    assert error.value.field == "images[1]" and error.value.rule == (
+        f"{elsewhere}: the host 'localhost' is not one this worker fetches inputs from "
+        "(127.0.0.1, *.example.com; --input-url-hosts)")
+    redirect = file_server.serve("/moved.png", b"", status=302, location=elsewhere)
+    with pytest.raises(ValidationError, match=r"moved\.png: redirected; the host 'localhost' is not one"):
+        allowed.fetch(redirect, "images[2]")
+    assert file_server.hits["/b.png"] == 0 and file_server.hits["/moved.png"] == 1
+    assert fetcher(tmp_path).fetch(redirect, "images[2]").read_bytes() == png()  # without the setting: any host
+
+
 # ---- local paths under --input-dirs ------------------------------------------------------------------------
 
 def test_with_local_roots_a_path_must_resolve_inside_one_of_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

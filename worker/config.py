@@ -10,6 +10,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from wan_engine.request import PRECISIONS
 from wan_engine.schema import DEFAULT_LIMITS, Limits
@@ -51,7 +52,7 @@ def _optional_float(value: str) -> float | None:
     return float(value) if value else None
 
 
-def _task_types(value: str) -> tuple[str, ...] | None:
+def _names(value: str) -> tuple[str, ...] | None:
     names = tuple(name.strip() for name in value.split(",") if name.strip())
     return names or None
 
@@ -80,7 +81,7 @@ class WorkerConfig:
     )
     worker_id: str = _setting(factory=default_worker_id, env="WAN_WORKER_ID", help="default host:gpuN:pid")
     task_types: tuple[str, ...] | None = _setting(
-        None, parse=_task_types, help="comma-separated task types to claim (default: every type)"
+        None, parse=_names, help="comma-separated task types to claim (default: every type)"
     )
     lease_seconds: float = _setting(60.0, parse=float, help="a claim without a heartbeat for this long is rescued")
     heartbeat_seconds: float = _setting(10.0, parse=float, help="how often a running task's lease is refreshed")
@@ -121,6 +122,11 @@ class WorkerConfig:
         None, parse=_paths,
         help=f"folders (separated by '{os.pathsep}') that local input paths must lie in, besides the output and cache "
              "folders (default: any local path)",
+    )  # fmt: skip
+    input_url_hosts: tuple[str, ...] | None = _setting(
+        None, parse=_names,
+        help="hosts (comma-separated; *.example.com for its subdomains) http(s) inputs may come from, redirects "
+             "included; the --storage-public-url host is added (default: any host)",
     )  # fmt: skip
     max_input_bytes: int = _setting(2 * 1024**3, parse=int, help="largest file a URL input may have, in bytes")
     input_connect_timeout_seconds: float = _setting(10.0, parse=float, help="connect timeout of a URL input fetch")
@@ -208,6 +214,15 @@ class WorkerConfig:
     @property
     def input_cache_dir(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else Path(self.models_dir) / "cache"
+
+    @property
+    def input_url_host_list(self) -> tuple[str, ...] | None:
+        """The hosts URL inputs may name (None: any): --input-url-hosts and the host of
+        --storage-public-url, through which the segments of a travel job read each other's videos."""
+        if self.input_url_hosts is None:
+            return None
+        public = urlsplit(self.storage_public_url).hostname if self.storage_public_url else None
+        return (*self.input_url_hosts, *([public] if public else []))
 
     @property
     def local_input_roots(self) -> tuple[Path, ...] | None:

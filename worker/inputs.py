@@ -18,6 +18,10 @@ arrive, whatever Content-Length says), connect/read timeouts, a deadline for the
 exponential backoff on 5xx, timeouts and connection errors; a task that is cancelled stops its download. A 4xx is the task's fault: a ValidationError naming the field, the
 URL and the status, so the row fails at once.
 
+Hosts: by default a URL may name any host. With `--input-url-hosts` an http(s) URL, and every redirect
+it takes, must name one of those hosts (`example.com`, or `*.example.com` for its subdomains), so a row
+cannot make the box fetch from its own network (a cloud metadata address, an internal service).
+
 Local paths: by default a path field may name any file on the box (headless rows carry local paths).
 With `--input-dirs` the fetcher also guards them: a local path must resolve (links followed) inside one
 of those folders or the worker's own output and cache folders, else the row fails naming the field.
@@ -72,6 +76,10 @@ class _Missing(ValidationError):
     """Nothing at the URL: permanent for a user's input, worth waiting for on an object another task writes."""
 
 
+class _HostRefused(Exception):
+    """A request, or one of its redirects, to a host that is not allowed."""
+
+
 class _Retryable(Exception):
     """A failed try worth repeating: 5xx, timeout, connection error."""
 
@@ -117,7 +125,8 @@ class InputFetcher:
     def __init__(self, cache_dir: Path, *, max_bytes: int, connect_timeout_seconds: float,
                  read_timeout_seconds: float, attempts: int, backoff_first_seconds: float = BACKOFF_FIRST_SECONDS,
                  local_roots: tuple[Path, ...] | None = None, download_seconds: float = math.inf,
-                 max_cached_bytes: int | None = None, keep_recent_seconds: float = KEEP_RECENT_SECONDS):
+                 max_cached_bytes: int | None = None, keep_recent_seconds: float = KEEP_RECENT_SECONDS,
+                 url_hosts: tuple[str, ...] | None = None):
         self.cache_dir = Path(cache_dir)
         # Folders local paths must lie in (None: anywhere); the cache is always one of them.
         self.local_roots = None if local_roots is None else tuple(
@@ -129,6 +138,7 @@ class InputFetcher:
         self.backoff_first_seconds = backoff_first_seconds
         self.download_seconds = download_seconds
         self.max_cached_bytes, self.keep_recent_seconds = max_cached_bytes, keep_recent_seconds
+        self.url_hosts = None if url_hosts is None else tuple(host.lower() for host in url_hosts)
         self._clients_lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -156,6 +166,18 @@ class InputFetcher:
         raise ValidationError(field, f"{echo(path, 1024)} is outside the folders this worker reads local inputs from "
                                      f"({roots}); send a URL, or add its folder to --input-dirs")
 
+    def allows_host(self, host: str | None) -> bool:
+        """True when URLs may name `host`: any host without url_hosts, else one listed (`*.x` for x's subdomains)."""
+        if self.url_hosts is None:
+            return True
+        host = (host or "").lower()
+        return any(host.endswith(allowed[1:]) if allowed.startswith("*.") else host == allowed
+                   for allowed in self.url_hosts)
+
+    def _refusal(self, host: str | None) -> str:
+        return (f"the host {host!r} is not one this worker fetches inputs from "
+                f"({', '.join(self.url_hosts or ())}; --input-url-hosts)")
+
     # ---- the cache -----------------------------------------------------------------------------------
 
     def fetch(self, url: str, field: str, *, missing_is_transient: bool = False) -> Path:
@@ -163,6 +185,8 @@ class InputFetcher:
         when several tasks ask at the same time). Nothing at the URL (HTTP 404/410, S3 NoSuchKey) is a
         ValidationError, or a TransientError with `missing_is_transient` (for an object that another
         task writes, such as a travel segment's predecessor)."""
+        if urlsplit(url).scheme.lower() in HTTP_SCHEMES and not self.allows_host(urlsplit(url).hostname):
+            raise ValidationError(field, f"{shown_url(url)}: {self._refusal(urlsplit(url).hostname)}")
         cached = self.cached(url)
         if cached is not None:
             return cached
@@ -298,7 +322,13 @@ class InputFetcher:
 
         timeout = httpx.Timeout(connect=self.connect_timeout_seconds, read=self.read_timeout_seconds,
                                 write=self.read_timeout_seconds, pool=self.connect_timeout_seconds)
-        return httpx.Client(timeout=timeout, follow_redirects=True, headers={"User-Agent": "wan-worker"})
+
+        def check_host(request: httpx.Request) -> None:  # the first request and every redirect
+            if not self.allows_host(request.url.host):
+                raise _HostRefused(request.url.host)
+
+        return httpx.Client(timeout=timeout, follow_redirects=True, headers={"User-Agent": "wan-worker"},
+                            event_hooks={"request": [check_host]})
 
     @cached_property
     def _s3(self) -> Any:
@@ -328,6 +358,8 @@ class InputFetcher:
                     sink.write(chunk)
         except httpx.TransportError as error:  # timeouts, refused or reset connections, bad DNS
             raise _Retryable(f"{type(error).__name__}: {error or 'no detail'}") from None
+        except _HostRefused as refused:
+            raise ValidationError(field, f"{shown}: redirected; {self._refusal(refused.args[0])}") from None
 
     def _stream_s3(self, url: str, field: str, sink: _LimitedSink) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -417,4 +449,5 @@ def fetcher_for(config: WorkerConfig) -> InputFetcher:
                         connect_timeout_seconds=config.input_connect_timeout_seconds,
                         read_timeout_seconds=config.input_read_timeout_seconds, attempts=config.input_fetch_attempts,
                         local_roots=config.local_input_roots, download_seconds=config.input_download_seconds,
-                        max_cached_bytes=None if config.cache_max_gb is None else int(config.cache_max_gb * 1024**3))
+                        max_cached_bytes=None if config.cache_max_gb is None else int(config.cache_max_gb * 1024**3),
+                        url_hosts=config.input_url_host_list)
