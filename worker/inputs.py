@@ -10,13 +10,16 @@ decodes, a video probes) before spending GPU time. Layout of the cache:
     tmp/                          partial downloads, renamed into objects/ only when complete
 
 A URL is taken to name fixed content: once fetched it is served from the cache (publish new content
-under a new URL). With `--cache-max-gb` the cache is kept under that size after each download by
-removing the least recently used objects (a URL whose object went is fetched again when next asked
-for); an object used within the last hour is never removed, since a task may be about to open it. Downloads stream with a byte limit (`--max-input-bytes`, counted on the bytes that
+under a new URL). Downloads stream with a byte limit (`--max-input-bytes`, counted on the bytes that
 arrive, whatever Content-Length says), connect/read timeouts, a deadline for the whole fetch
 (`--input-download-seconds`: a server that trickles bytes cannot hold a worker), and retries with
-exponential backoff on 5xx, timeouts and connection errors; a task that is cancelled stops its download. A 4xx is the task's fault: a ValidationError naming the field, the
-URL and the status, so the row fails at once.
+exponential backoff on 5xx, timeouts and connection errors; a task that is stopped stops its download.
+A 4xx is the task's fault: a ValidationError naming the field, the URL and the status, so the row
+fails at once.
+
+With `--cache-max-gb` the cache is kept under that size after each download by removing the least
+recently used objects (a URL whose object went is fetched again when next asked for); an object used
+within the last hour is never removed, since a task may be about to open it.
 
 Hosts: by default a URL may name any host. With `--input-url-hosts` an http(s) URL, and every redirect
 it takes, must name one of those hosts (`example.com`, or `*.example.com` for its subdomains), so a row
@@ -185,8 +188,9 @@ class InputFetcher:
         when several tasks ask at the same time). Nothing at the URL (HTTP 404/410, S3 NoSuchKey) is a
         ValidationError, or a TransientError with `missing_is_transient` (for an object that another
         task writes, such as a travel segment's predecessor)."""
-        if urlsplit(url).scheme.lower() in HTTP_SCHEMES and not self.allows_host(urlsplit(url).hostname):
-            raise ValidationError(field, f"{shown_url(url)}: {self._refusal(urlsplit(url).hostname)}")
+        parts = urlsplit(url)
+        if parts.scheme.lower() in HTTP_SCHEMES and not self.allows_host(parts.hostname):
+            raise ValidationError(field, f"{shown_url(url)}: {self._refusal(parts.hostname)}")
         cached = self.cached(url)
         if cached is not None:
             return cached
@@ -263,7 +267,8 @@ class InputFetcher:
             path = self.cache_dir / "objects" / entry["file"]
             if path.stat().st_size != entry["bytes"]:
                 return None
-            os.utime(path)
+            with contextlib.suppress(OSError):  # a read-only cache still serves its objects
+                os.utime(path)
             return path
         except (OSError, ValueError, KeyError, TypeError):
             return None

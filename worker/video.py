@@ -479,8 +479,8 @@ def mux_audio(video: str | os.PathLike[str], audio: str | os.PathLike[str], outp
     output = Path(output)
     descriptor = create_new_file(output)  # written through its descriptor, like VideoWriter's partial file
     try:
-        _ffmpeg(["-loglevel", "error", "-y", *guarded_input(video), *guarded_input(audio), "-map", "0:v:0", "-map", "1:a:0",
-                 "-c:v", "copy", "-c:a", "aac", "-t", f"{seconds:.6f}", "-movflags", "+faststart", "-f", "mp4",
+        _ffmpeg(["-loglevel", "error", "-y", *guarded_input(video), *guarded_input(audio),
+                 "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-t", f"{seconds:.6f}", "-movflags", "+faststart", "-f", "mp4",
                  f"/proc/self/fd/{descriptor}"], check=True, pass_fds=(descriptor,))
     finally:
         os.close(descriptor)
