@@ -65,7 +65,14 @@ def returns_nan(ctx: TaskContext) -> HandlerResult:
     return HandlerResult(result_data={"psnr": float("inf")})
 
 
+def ignores_stop(ctx: TaskContext) -> HandlerResult:
+    """Stuck where no stop is seen (a hung kernel, a subprocess): sleeps without looking."""
+    time.sleep(float(ctx.task.params["seconds"]))
+    return HandlerResult()
+
+
 TEST_HANDLERS = {
+    "ignores_stop": ignores_stop,
     "returns_nan": returns_nan,
     "needs_prompt": needs_prompt,
     "flaky": flaky_until_attempt,
@@ -274,6 +281,35 @@ def test_a_cancelled_queued_task_is_never_run(store: TaskStore, in_process_worke
     run_until_idle(in_process_worker, store)
     task = store.get(cancelled)
     assert (task.status, task.attempts, task.worker_id) == ("Cancelled", 0, None)
+
+
+# ---- time limit -----------------------------------------------------------------------------------------------
+
+def test_a_task_over_its_time_limit_is_stopped_retried_then_failed_and_the_worker_carries_on(
+        store: TaskStore, in_process_worker) -> None:
+    worker = in_process_worker(store, task_timeout_seconds=0.5)
+    slow = store.enqueue("health_check", {"sleep_seconds": 60}, max_attempts=2)
+    wait_for_status(store, slow, TaskStatus.FAILED, timeout_seconds=30)
+    following = store.enqueue("health_check", {})
+    wait_for_status(store, following, TaskStatus.COMPLETE)
+    task = store.get(slow)
+    assert task.attempts == 2
+    assert task.error_message == ("TaskTimeout: ran longer than 0.5 s (task_timeout_seconds); stopped "
+                                  "(attempt 2 of 2; giving up)")
+    assert worker.worker.exit_code == 0 and worker.worker.counts["retried"] == 1
+    worker.stop()
+
+
+def test_a_task_that_does_not_stop_after_its_time_limit_is_requeued_and_its_worker_exits_for_a_restart(
+        store: TaskStore, in_process_worker) -> None:
+    stuck = store.enqueue("ignores_stop", {"seconds": 20})
+    worker = in_process_worker(store, task_timeout_seconds=0.3, grace_seconds=0.5)
+    worker.thread.join(timeout=15)
+    assert not worker.thread.is_alive() and worker.worker.exit_code == 70
+    task = store.get(stuck)
+    assert (task.status, task.attempts, task.worker_id) == (TaskStatus.QUEUED, 1, None)
+    assert task.error_message.startswith("TaskTimeout: ran longer than 0.3 s (task_timeout_seconds) and did not "
+                                         "stop within 0.5 s; its worker exits for a restart (attempt 1 of 3;")
 
 
 # ---- what the poller writes for each outcome -----------------------------------------------------------------------

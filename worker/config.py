@@ -87,6 +87,11 @@ class WorkerConfig:
     heartbeat_seconds: float = _setting(10.0, parse=float, help="how often a running task's lease is refreshed")
     poll_seconds: float = _setting(2.0, parse=float, help="claim attempts when no NOTIFY arrives (and on SQLite)")
     grace_seconds: float = _setting(30.0, parse=float, help="on SIGTERM, time the running task gets to finish")
+    task_timeout_seconds: float | None = _setting(
+        None, parse=_optional_float,
+        help="a task running longer is stopped and retried later (then Failed); one that does not stop within "
+             "grace_seconds makes the worker exit for a restart (default: no limit)",
+    )  # fmt: skip
     maintenance_seconds: float = _setting(15.0, parse=float, help="interval of lease rescue and dependency cascade")
     affinity_max_wait_seconds: float = _setting(
         300.0, parse=float, help="rows older than this are claimed by age before rows for the loaded model"
@@ -192,6 +197,8 @@ class WorkerConfig:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.task_timeout_seconds is not None and not 0 < self.task_timeout_seconds < math.inf:
+            raise ValueError(f"task_timeout_seconds must be a finite number > 0, got {self.task_timeout_seconds}")
         if self.cache_max_gb is not None and not 0 < self.cache_max_gb < math.inf:
             raise ValueError(f"cache_max_gb must be a finite number > 0, got {self.cache_max_gb}")
         if self.gpu_memory_gb is not None and not 0 < self.gpu_memory_gb < math.inf:

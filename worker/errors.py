@@ -26,3 +26,8 @@ class StorageError(TaskError):
 
 class TaskCancelled(TaskError):
     """The row was cancelled while the handler ran."""
+
+
+class TaskTimeout(TaskError):
+    """The task ran past --task-timeout-seconds and was stopped: retried later, like any unexpected
+    failure, until its attempts are used up."""

@@ -12,6 +12,8 @@ row is decided here, from the handler's result or the type of what it raised:
   DeviceFault (the GPU failed),       -> Queued again after retry_base_seconds for another worker (the
   StorageError (the output folder       attempt counts, so a task that breaks every GPU still ends
   is read-only or full)                  Failed at max_attempts)
+  TaskTimeout (over                    -> like anything else (below); a handler that does not stop within
+  task_timeout_seconds)                  grace_seconds also makes the worker exit for a restart
   anything else                       -> Queued again after exponential backoff with jitter, until
                                          max_attempts, then Failed with the last error
 Database outages are retried (tenacity) with backoff: the worker never dies because Postgres restarted.
@@ -52,7 +54,7 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     engine_errors.OutOfMemory,
 )
 CANCELLATION_ERRORS: tuple[type[BaseException], ...] = (errors.TaskCancelled, engine_errors.GenerationCancelled)
-EXIT_DEVICE_FAULT = 70  # EX_SOFTWARE (sysexits.h): the process must be restarted to use its GPU again
+EXIT_DEVICE_FAULT = 70  # EX_SOFTWARE (sysexits.h): a restart is needed (the GPU failed, or a task would not stop)
 EXIT_WORKER_ID_IN_USE = 2  # a configuration error: another live process runs under this worker id
 EXIT_STORAGE = 74  # EX_IOERR (sysexits.h): the output folder cannot be written
 
@@ -236,16 +238,32 @@ class Worker:
 
         thread = threading.Thread(target=call_handler, name=f"task-{task.id[:8]}", daemon=True)
         thread.start()
-        deadline: float | None = None
+        limit = self.config.task_timeout_seconds
+        overdue_at = time.monotonic() + limit if limit is not None else None
+        deadline: float | None = None  # the shutdown grace period's end
+        stop_by: float | None = None  # set when the time limit passed: when the stopped handler must be gone
         while True:
             thread.join(timeout=0.25)
             if not thread.is_alive():
+                if stop_by is not None and isinstance(outcome[0], _Raised) and isinstance(
+                        outcome[0].error, CANCELLATION_ERRORS):
+                    return _Raised(errors.TaskTimeout(f"ran longer than {limit:g} s (task_timeout_seconds); stopped"))
                 return outcome[0]
+            now = time.monotonic()
+            if overdue_at is not None and stop_by is None and now >= overdue_at:
+                stop_by = now + self.config.grace_seconds
+                ctx.log.warning("task over its time limit: stopping it", task_timeout_seconds=limit)
+                ctx.cancel()
+            if stop_by is not None and now >= stop_by:
+                self._give_up_hung_task(ctx.log)
+                return _Raised(errors.TaskTimeout(
+                    f"ran longer than {limit:g} s (task_timeout_seconds) and did not stop within "
+                    f"{self.config.grace_seconds:g} s; its worker exits for a restart"))
             if self._stopping.is_set() and deadline is None:
-                deadline = time.monotonic() + self.config.grace_seconds
+                deadline = now + self.config.grace_seconds
                 ctx.log.info("stopping: the running task has the grace period to finish",
                              grace_seconds=self.config.grace_seconds)
-            if deadline is not None and (time.monotonic() >= deadline or self._hurry.is_set()):
+            if deadline is not None and (now >= deadline or self._hurry.is_set()):
                 ctx.cancel()
                 return _Released()
 
@@ -330,6 +348,15 @@ class Worker:
             self.wakeup.set()
             log.error("device unusable; exiting for a restart", sticky=fault.sticky, exit_code=EXIT_DEVICE_FAULT,
                       consecutive_device_faults=self.consecutive_device_faults, max_device_faults=limit)
+
+    def _give_up_hung_task(self, log: Any) -> None:
+        """A handler that ignores being stopped (stuck in a GPU kernel, a subprocess, C code) cannot be
+        taken back from this process: stop claiming and exit with EXIT_DEVICE_FAULT for a restart."""
+        self.exit_code = EXIT_DEVICE_FAULT
+        self._stopping.set()
+        self.wakeup.set()
+        log.error("task did not stop after its time limit; exiting for a restart", exit_code=EXIT_DEVICE_FAULT,
+                  task_timeout_seconds=self.config.task_timeout_seconds, grace_seconds=self.config.grace_seconds)
 
     def _storage_failed(self, error: errors.StorageError, log: Any) -> None:
         """Count a storage error (its task is already back in the queue); at max_storage_errors in a row
