@@ -274,3 +274,17 @@ def test_a_bounded_cache_keeps_what_was_used_within_the_last_hour_even_over_its_
     paths = [inputs.fetch(file_server.serve(f"/key{i}.png", bytes([i]) * 1000), f"images[{i}]") for i in range(3)]
     assert all(path.is_file() for path in paths)
     assert inputs.prune() == 0
+
+
+def test_a_bounded_cache_keeps_an_object_installed_as_a_lora(tmp_path: Path, file_server) -> None:
+    """Its bytes live on in the LoRA folder: removing the cache's link would free nothing, and the next
+    task naming the URL would download it again."""
+    inputs = fetcher(tmp_path, max_cached_bytes=100, keep_recent_seconds=0.0)
+    lora = file_server.serve("/style.safetensors", b"s" * 1000)
+    inputs.install_loras([lora], tmp_path / "loras")
+    inputs.fetch(file_server.serve("/clip.mp4", b"c" * 1000), "video_guide")
+    time.sleep(0.02)
+    inputs.fetch(file_server.serve("/other.mp4", b"o" * 1000), "video_guide")  # over the limit: clip.mp4 goes
+    inputs.install_loras([lora], tmp_path / "loras")
+    assert file_server.hits["/style.safetensors"] == 1 and (tmp_path / "loras" / "style.safetensors").is_file()
+    assert len(list((tmp_path / "cache" / "objects").iterdir())) == 2  # the LoRA's and the newest clip

@@ -209,7 +209,8 @@ class InputFetcher:
     def prune(self, keep: Path | None = None) -> int:
         """Remove the least recently used objects until the cache holds at most max_cached_bytes, never
         `keep` nor one used within keep_recent_seconds; one process at a time (another one pruning:
-        skipped). Returns the bytes freed. An object also linked elsewhere (an installed LoRA) frees nothing."""
+        skipped). Returns the bytes freed. An object also linked elsewhere (an installed LoRA) is kept:
+        removing it would free nothing and make the next use of its URL download it again."""
         if self.max_cached_bytes is None:
             return 0
         try:
@@ -223,7 +224,8 @@ class InputFetcher:
         for path in (self.cache_dir / "objects").iterdir():
             with contextlib.suppress(FileNotFoundError):
                 stat = path.stat()
-                objects.append((stat.st_mtime, stat.st_size if stat.st_nlink == 1 else 0, path))
+                if stat.st_nlink == 1:
+                    objects.append((stat.st_mtime, stat.st_size, path))
         held, freed = sum(size for _, size, _ in objects), 0
         recent = time.time() - self.keep_recent_seconds
         for used_at, size, path in sorted(objects):

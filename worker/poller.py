@@ -40,6 +40,7 @@ from worker.config import WorkerConfig
 from worker.db import Undecodable, is_transient
 from worker.handlers import Handler, HandlerResult, TaskContext, left_for_other_workers, load_handlers
 from worker.heartbeat import Heartbeat
+from worker.inputs import fetcher_for
 from worker.maintenance import Maintenance
 from worker.paths import check_writable
 from worker.resources import WorkerResources
@@ -121,7 +122,7 @@ class Worker:
         self.log.info("worker starting", task_types=list(task_types) if task_types else "all",
                       left_queued_for_other_workers=list(self.left_queued),
                       handlers=sorted(self.handlers), device=self.resources.device, database=self.store.db.dialect,
-                      local_inputs_from=[str(root) for root in self.config.local_input_roots or ()] or "any folder")
+                      local_inputs_from=[str(root) for root in fetcher_for(self.config).local_roots or ()] or "any folder")
         try:
             twin = self._with_db_retry(self._live_twin, until=self._stopping)
             if twin is not None:
